@@ -1,0 +1,30 @@
+# kernelcraft: idea-branching search for fast GPU kernels.
+# Thin on purpose: config + schema validation, includes, rule all. The logic lives in src/kernelcraft.
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "workflow/rules/common.smk"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/baseline.smk"
+include: "workflow/rules/search.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RUN}/report.html",
+        f"{RUN}/candidates.csv",
+        f"{RUN}/manifest.json",

@@ -1,0 +1,126 @@
+"""The ``kernelcraft`` command. ``kernelcraft eval REF.py CANDIDATE.py`` is the single-candidate contract of
+DESIGN.md §3, and runs exactly the code the workflow's compile, verify and benchmark rules run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from kernelcraft.config import load_config, merge
+
+
+class UsageError(Exception):
+    """Unusable input: reported as one line and a non-zero exit."""
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from kernelcraft import progress
+    from kernelcraft.context import RunContext
+    from kernelcraft.harness.benchmark_round import baseline, benchmark_candidates
+    from kernelcraft.harness.compile_round import compile_candidates
+    from kernelcraft.harness.gpu import detect_cuda_arch, visible_cuda_devices
+    from kernelcraft.harness.verify_round import verify_candidates
+    from kernelcraft.problems import ProblemError, load_problem
+
+    ref, cand = Path(args.reference).resolve(), Path(args.candidate).resolve()
+    for path, what in ((ref, "reference"), (cand, "candidate")):
+        if not path.is_file():
+            raise UsageError(f"{what} file not found: {path}")
+    device = args.device or ("cuda" if visible_cuda_devices() > 0 else "cpu")
+    if device == "cuda" and visible_cuda_devices() == 0:
+        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    try:
+        problem = load_problem(ref, "full")
+    except ProblemError as err:
+        raise UsageError(str(err)) from None
+    overrides = {"run": "eval", "backend": device, "seed": args.seed,
+                 "benchmark": {"torch_compile": bool(args.torch_compile)}}
+    if args.atol is not None:
+        overrides.setdefault("tolerance", {})["atol"] = args.atol
+    if args.rtol is not None:
+        overrides.setdefault("tolerance", {})["rtol"] = args.rtol
+    config = load_config(overrides=overrides)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="kernelcraft-eval-"))
+    arch = detect_cuda_arch() if device == "cuda" else None
+    resolved = {"backend": device, "size": "full", "cuda_arch": arch, "problems": {problem.id: str(ref)}}
+    ctx = RunContext.from_config(merge(config, {"_resolved": resolved}), results=work)
+    if args.json:
+        progress.quiet(True)
+    entry = {"id": "candidate", "path": str(cand), "parent": "reference", "idea": "", "model": "user"}
+    built = compile_candidates(ctx, problem.id, 0, [entry], 1, float(config["build"]["timeout_s"]))
+    verdict = verify_candidates(ctx, problem.id, 0, [entry], built, float(config["verify"]["timeout_s"]))
+    timing = benchmark_candidates(ctx, problem.id, 0, [entry], verdict["results"],
+                                  float(config["benchmark"]["timeout_s"]))
+    base = baseline(ctx, problem.id, 4 * float(config["benchmark"]["timeout_s"])) if args.torch_compile else {}
+    b, v, t = built["candidate"], verdict["results"].get("candidate", {}), timing["results"].get("candidate", {})
+    reasons = [] if b["compiled"] else [b["reason"]]
+    reasons += list(v.get("reasons") or [])
+    if v.get("correct") and not t.get("timed"):
+        reasons.append(t.get("reason") or "not timed")
+    compile_ms = base.get("compile_ms")
+    time_ms = t.get("time_ms")
+    result = {
+        "reference": str(ref), "candidate": str(cand), "device": device,
+        "compiled": b["compiled"], "correct": bool(v.get("correct")) and bool(t.get("timed")),
+        "reasons": reasons,
+        "time_ms": time_ms, "time_iqr_ms": t.get("time_iqr_ms"),
+        "eager_ms": t.get("eager_ms"), "eager_iqr_ms": t.get("eager_iqr_ms"),
+        "compile_ms": compile_ms,
+        "speedup_eager": t.get("speedup_eager"),
+        "speedup_compile": (compile_ms / time_ms) if (compile_ms and time_ms) else None,
+        "max_abs_err": v.get("max_abs_err"), "max_rel_err": v.get("max_rel_err"),
+        "passes_1e-4": v.get("passes_1e-4"), "tolerance": verdict["tolerance"],
+        "build_s": b["build_s"],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verdict_text = "correct" if result["correct"] else "REJECTED: " + "; ".join(reasons)
+        print(f"{cand.name}: {verdict_text}")
+        if time_ms is not None:
+            print(f"  time {time_ms:.4g} ms (eager {result['eager_ms']:.4g} ms, "
+                  f"{result['speedup_eager']:.2f}x)  max abs err {result['max_abs_err']:.3g}")
+    return 0
+
+
+def _problems(args: argparse.Namespace) -> int:
+    from kernelcraft.problems import builtin_ids
+
+    for pid in builtin_ids():
+        print(pid)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernelcraft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="compile, verify and time one candidate against a reference")
+    ev.add_argument("reference", help="KernelBench-format reference file (class Model, get_inputs, get_init_inputs)")
+    ev.add_argument("candidate", help="candidate file defining class ModelNew")
+    ev.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if visible, else cpu")
+    ev.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: config.yaml's)")
+    ev.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: config.yaml's)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--torch-compile", action="store_true", help="also time the reference under torch.compile")
+    ev.add_argument("--work-dir", default=None, help="where builds and logs go (default: a temporary folder)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_eval)
+    pr = sub.add_parser("problems", help="list the built-in problem ids")
+    pr.set_defaults(func=_problems)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"kernelcraft: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

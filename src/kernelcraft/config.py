@@ -1,0 +1,111 @@
+"""Run configuration: schema check with one-line errors, and the few values resolved at start.
+
+The Snakefile calls :func:`check_config` before Snakemake's own ``validate`` so that a wrong key or value stops the
+run with a single line naming the key and what is allowed, instead of a multi-line jsonschema dump.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is one line naming the key."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error: Any) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "<top level>"
+
+
+def _describe(error: Any) -> str:
+    """Turn one jsonschema error into 'config key X: <what is wrong>; <what is allowed>'."""
+    key = _key_path(error)
+    validator = error.validator
+    schema = error.schema
+    if validator == "additionalProperties":
+        allowed = ", ".join(sorted(schema.get("properties", {})))
+        extra = sorted(set(error.instance) - set(schema.get("properties", {})))
+        where = f"config key '{key}.{extra[0]}'" if key != "<top level>" else f"config key '{extra[0]}'"
+        return f"{where} is not a known key; allowed keys here: {allowed}"
+    if validator == "required":
+        return f"config key '{key}' is missing a required entry: {error.message}"
+    if validator == "enum":
+        allowed = ", ".join(str(v) for v in error.validator_value)
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {allowed}"
+    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        bound = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[validator]
+        return f"config key '{key}': {error.instance!r} is out of range; it must be {bound} {error.validator_value}"
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"config key '{key}': {error.instance!r} has the wrong type; expected {expected}"
+    if validator == "pattern":
+        return f"config key '{key}': {error.instance!r} does not match the allowed form {error.validator_value}"
+    if validator == "oneOf" and key == "problems.builtin":
+        return f"config key '{key}': {error.instance!r} is not allowed; use \"all\" or a list of built-in ids"
+    return f"config key '{key}': {error.message}"
+
+
+def check_config(config: dict, schema: dict | None = None) -> None:
+    """Raise :class:`ConfigError` with one line for the first (deepest) schema violation."""
+    import jsonschema
+
+    schema = schema if schema is not None else load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (-len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        raise ConfigError(_describe(errors[0]))
+    for role, ensemble in config["models"].items():
+        if not ensemble:
+            raise ConfigError(f"config key 'models.{role}' is empty; list at least one model")
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH, overrides: dict | None = None) -> dict:
+    """Read a config file, apply nested overrides and check it (for use outside Snakemake, e.g. tests)."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    if overrides:
+        config = merge(config, overrides)
+    check_config(config)
+    return config
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """Deep-merge ``overrides`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_backend(requested: str) -> str:
+    """``auto`` means cuda when a GPU is visible to this process, else cpu."""
+    if requested != "auto":
+        return requested
+    from kernelcraft.harness.gpu import visible_cuda_devices
+
+    return "cuda" if visible_cuda_devices() > 0 else "cpu"
+
+
+def resolve_size(requested: str, backend: str) -> str:
+    """``auto`` means the published sizes on a GPU and the small ones on a CPU."""
+    if requested != "auto":
+        return requested
+    return "full" if backend == "cuda" else "small"

@@ -1,0 +1,158 @@
+"""What a candidate child process does: build, run for verification, or time. Executed only inside children forked
+by the zygote (zygote.py); every function returns plain JSON data (and may write a tensor file the parent loads
+with ``weights_only=True``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kernelcraft.harness.candidate import load_candidate
+
+_MAX_ERROR_CHARS = 600
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: exception type and the first line of its message (CUDA errors, OOM, build logs alike)."""
+    from kernelcraft.harness.build import BuildError
+
+    if isinstance(exc, BuildError):
+        head = "compile error"
+    else:
+        head = type(exc).__name__
+    message = str(exc).strip()
+    lines = [ln for ln in message.splitlines() if ln.strip()]
+    if isinstance(exc, BuildError):
+        text = "; ".join(lines[:4])
+    else:
+        text = lines[0] if lines else ""
+    out = f"{head}: {text}" if text else head
+    return out[:_MAX_ERROR_CHARS]
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def instantiate(cls: type, init_inputs: list, seed: int, device: str) -> Any:
+    """Build Model or ModelNew the way KernelBench does: the same seed right before construction, so both hold the
+    same weights."""
+    import torch
+
+    torch.manual_seed(seed)
+    return cls(*init_inputs).to(device).eval()
+
+
+def flatten_outputs(out: Any) -> list:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, list | tuple) and all(isinstance(o, torch.Tensor) for o in out):
+        return list(out)
+    raise TypeError(f"forward returned {type(out).__name__}, expected a tensor or a tuple of tensors")
+
+
+def task_build(candidate: str) -> dict:
+    from kernelcraft.harness.build import build_stats
+
+    load_candidate(candidate)
+    return {"kernels": build_stats()}
+
+
+def task_outputs(problem: str, size: str, candidate: str, device: str, weight_seed: int, seeds: list[int],
+                 out: str) -> dict:
+    """Run the candidate on the inputs of each trial seed and save its outputs and its inputs afterwards."""
+    import torch
+
+    from kernelcraft.problems import load_problem
+
+    prob = load_problem(problem, size)
+    module = load_candidate(candidate)
+    model = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
+    trials = []
+    for seed in seeds:
+        inputs = prob.make_inputs(seed, device)
+        with torch.no_grad():
+            result = model(*inputs)
+        _sync(device)
+        outs = flatten_outputs(result)
+        trials.append({
+            "meta": [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type} for o in outs],
+            "outputs": [o.detach().to("cpu") for o in outs],
+            "inputs_after": [t.detach().to("cpu") if isinstance(t, torch.Tensor) else None for t in inputs],
+        })
+    torch.save(trials, out)
+    return {"trials": len(trials)}
+
+
+def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
+    """Several input sets to rotate through, as many as fit in a quarter of free memory (at least one)."""
+    import torch
+
+    first = prob.make_inputs(seed, device)
+    nbytes = sum(t.numel() * t.element_size() for t in first if isinstance(t, torch.Tensor))
+    if str(device).startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info()
+        budget = free // 4
+    else:
+        budget = 2 * 2**30
+    count = max(1, min(max_sets, budget // max(nbytes, 1)))
+    return [first] + [prob.make_inputs(seed + k, device) for k in range(1, count)]
+
+
+def task_time(problem: str, size: str, candidate: str, device: str, weight_seed: int, seed: int, warmup: int,
+              iters: int) -> dict:
+    """Time the candidate interleaved with the eager reference on the same rotating inputs."""
+    from kernelcraft.harness.timing import interleaved, summarize
+    from kernelcraft.problems import load_problem
+
+    prob = load_problem(problem, size)
+    module = load_candidate(candidate)
+    ref = prob.make_reference(weight_seed, device)
+    cand = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
+    sets = _input_sets(prob, seed, device)
+    samples = interleaved({"candidate": lambda xs: cand(*xs), "eager": lambda xs: ref(*xs)},
+                          sets, device, warmup, iters)
+    return {name: summarize(s) for name, s in samples.items()} | {"input_sets": len(sets)}
+
+
+def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: int, warmup: int, iters: int,
+                  torch_compile: bool) -> dict:
+    """Time the reference eager and under torch.compile, interleaved; a compile failure is recorded, not fatal."""
+    import torch
+
+    from kernelcraft.harness.timing import interleaved, summarize
+    from kernelcraft.problems import load_problem
+
+    prob = load_problem(problem, size)
+    ref = prob.make_reference(weight_seed, device)
+    sets = _input_sets(prob, seed, device)
+    contenders = {"eager": lambda xs: ref(*xs)}
+    compile_error = None
+    if torch_compile:
+        try:
+            compiled = torch.compile(ref)
+            with torch.no_grad():
+                compiled(*sets[0])
+            _sync(device)
+            contenders["compile"] = lambda xs: compiled(*xs)
+        except Exception as exc:  # inductor needs a compiler toolchain; record why it is missing
+            compile_error = describe_error(exc)
+    samples = interleaved(contenders, sets, device, warmup, iters)
+    out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
+    out["compile_error"] = compile_error
+    out["input_sets"] = len(sets)
+    out["input_bytes"] = sum(t.numel() * t.element_size() for t in sets[0] if isinstance(t, torch.Tensor))
+    return out
+
+
+TASKS = {"build": task_build, "outputs": task_outputs, "time": task_time, "baseline": task_baseline}
+
+
+def run(task: str, kwargs: dict) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}")
+    return TASKS[task](**kwargs)

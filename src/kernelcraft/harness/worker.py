@@ -1,0 +1,168 @@
+"""Parent side of the candidate runner: start a zygote, hand it tasks, enforce timeouts, turn every way a candidate
+can fail into a recorded reason.
+
+The parent is the trusted side. It never imports candidate code; it only reads the result file a child wrote
+(JSON, and tensors through ``torch.load(weights_only=True)``), so a candidate cannot reach the comparator or the
+decision.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kernelcraft.harness.env import scrubbed_env
+
+
+@dataclass
+class Outcome:
+    """What one task in one child came to. ``reason`` is set whenever ``ok`` is false."""
+
+    ok: bool
+    result: dict = field(default_factory=dict)
+    reason: str | None = None
+    wall_s: float = 0.0
+    log: str | None = None
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _log_tail(path: Path, lines: int = 6) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+class Worker:
+    """One zygote process. Not thread-safe: give each thread its own Worker."""
+
+    _counter = itertools.count()
+
+    def __init__(self, env: dict[str, str] | None = None, work_dir: str | Path | None = None,
+                 start_timeout: float = 120.0) -> None:
+        self._env = scrubbed_env(extra=env or {})
+        # The package must be importable in the zygote even when it is not installed (PYTHONPATH=src use).
+        src = str(Path(__file__).resolve().parents[2])
+        self._env["PYTHONPATH"] = os.pathsep.join(p for p in (src, self._env.get("PYTHONPATH", "")) if p)
+        self._work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kernelcraft-worker-"))
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        self._start_timeout = start_timeout
+        self._proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    # -- process management -------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "kernelcraft.harness.zygote"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            env=self._env, text=True, bufsize=1,
+        )
+        msg = self._read(self._start_timeout)
+        if not msg or not msg.get("ready"):
+            self.close()
+            raise RuntimeError("candidate worker failed to start (see the job log for its error)")
+
+    def _read(self, timeout: float | None) -> dict | None:
+        assert self._proc is not None and self._proc.stdout is not None
+        if timeout is not None:
+            ready, _, _ = select.select([self._proc.stdout], [], [], max(timeout, 0.0))
+            if not ready:
+                return None
+        line = self._proc.stdout.readline()
+        if not line:
+            return {"eof": True}
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                if self._proc.stdin:
+                    self._proc.stdin.close()
+                self._proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tasks ---------------------------------------------------------------------------------------------
+    def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None) -> Outcome:
+        """Run ``task`` in a fresh child; never raises for anything the candidate does."""
+        if self._proc is None or self._proc.poll() is not None:
+            if self._proc is not None:
+                self.restarts += 1
+            self._start()
+        n = next(self._counter)
+        result_path = self._work_dir / f"task-{os.getpid()}-{n}.json"
+        log_path = Path(log) if log else self._work_dir / f"task-{os.getpid()}-{n}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        request = {"task": task, "kwargs": kwargs, "result": str(result_path), "log": str(log_path)}
+        start = time.perf_counter()
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self.close()
+            return Outcome(False, reason="worker died before the task started", log=str(log_path))
+        started = self._read(self._start_timeout)
+        if not started or "pid" not in started:
+            self.close()
+            return Outcome(False, reason="worker died before the task started", log=str(log_path))
+        pid = started["pid"]
+        done = self._read(timeout)
+        timed_out = done is None
+        if timed_out:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            done = self._read(30.0)
+        wall = time.perf_counter() - start
+        if done is None or done.get("eof"):
+            # The zygote itself is gone (killed by the candidate, or wedged): replace it next call.
+            self.close()
+            if timed_out:
+                return Outcome(False, reason=f"timeout after {timeout:g} s", wall_s=wall, log=str(log_path))
+            return Outcome(False, reason="candidate killed its worker process", wall_s=wall, log=str(log_path))
+        if timed_out:
+            result_path.unlink(missing_ok=True)
+            return Outcome(False, reason=f"timeout after {timeout:g} s", wall_s=wall, log=str(log_path))
+        payload = None
+        if result_path.exists():
+            try:
+                payload = json.loads(result_path.read_text())
+            except (OSError, ValueError):
+                payload = None
+            result_path.unlink(missing_ok=True)
+        if done.get("signal"):
+            name = _signal_name(done["signal"])
+            return Outcome(False, reason=f"crashed with {name}", wall_s=wall, log=str(log_path))
+        if payload is None:
+            tail = _log_tail(log_path)
+            reason = f"process exited with code {done.get('exit')} and no result"
+            return Outcome(False, reason=reason + (f": {tail}" if tail else ""), wall_s=wall, log=str(log_path))
+        if not payload.get("ok"):
+            return Outcome(False, reason=payload.get("error") or "failed", wall_s=wall, log=str(log_path))
+        return Outcome(True, result=payload.get("result") or {}, wall_s=wall, log=str(log_path))

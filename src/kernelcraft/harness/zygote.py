@@ -1,0 +1,84 @@
+"""The warm candidate runner: a process that has imported torch once and forks one child per candidate task.
+
+Why fork from a zygote: a fresh Python + torch (+ CUDA) start costs seconds (6.5 s measured on the H100 host), far
+more than most candidates' work. The zygote never initialises CUDA and never runs a parallel torch op, so forking it
+is safe; each child initialises CUDA for itself, runs one untrusted candidate, writes its result file and exits.
+A child that crashes, hangs or corrupts its context takes nothing with it: the zygote and the comparing parent
+live in other processes.
+
+Protocol (one JSON object per line): the parent writes ``{"task", "kwargs", "result", "log"}`` on stdin; the
+zygote answers ``{"pid"}`` as soon as the child exists (so the parent can kill it on timeout) and then
+``{"pid", "exit", "signal"}`` when it ends. The child's stdout/stderr go to ``log``, never into the protocol.
+
+Run as ``python -m kernelcraft.harness.zygote``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import traceback
+
+
+def _child(request: dict, proto_out: int) -> None:
+    """In the forked child: isolate, run the task, write the result file, exit without returning."""
+    code = 0
+    try:
+        os.setpgid(0, 0)
+        os.close(proto_out)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        sys.stdout = os.fdopen(1, "w", buffering=1)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        from kernelcraft.harness import tasks
+        from kernelcraft.jsonio import write_json
+
+        try:
+            result = tasks.run(request["task"], request["kwargs"])
+            write_json(request["result"], {"ok": True, "result": result})
+        except BaseException as exc:  # the candidate's failure is a result, not our crash
+            traceback.print_exc()
+            write_json(request["result"], {"ok": False, "error": tasks.describe_error(exc)})
+            code = 3
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        code = 4
+    finally:
+        os._exit(code)
+
+
+def main() -> None:
+    # Imported before any fork, once: this is the start-up cost the zygote exists to amortise.
+    import torch  # noqa: F401
+
+    from kernelcraft.harness import tasks  # noqa: F401
+
+    proto_out = os.dup(1)
+    # Nothing the zygote itself prints may corrupt the protocol.
+    os.dup2(2, 1)
+    out = os.fdopen(proto_out, "w", buffering=1)
+    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request, proto_out)
+        out.write(json.dumps({"pid": pid}) + "\n")
+        _, status = os.waitpid(pid, 0)
+        exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        out.write(json.dumps({"pid": pid, "exit": exit_code, "signal": signal}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

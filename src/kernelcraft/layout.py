@@ -1,0 +1,60 @@
+"""The results layout (DESIGN.md §3): the one place that knows where each stage writes.
+
+Snakemake rules and the package both name files through these functions, so the DAG and the code that reads the
+files cannot drift apart.
+
+    results/<run>/manifest.json, candidates.csv, report.html
+    results/<run>/<problem>/baseline.json
+    results/<run>/<problem>/round_<r>/{ideas,implement,compile,verify,benchmark,select}.json
+    results/<run>/<problem>/round_<r>/candidates/<candidate>.py
+    results/<run>/build/   kernel build cache shared by compile (CPU) and verify/benchmark (GPU) jobs
+    results/<run>/logs/    one log per job, one per candidate process
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("ideas", "implement", "compile", "verify", "benchmark", "select")
+
+
+def run_dir(results: str | Path, run: str) -> Path:
+    return Path(results) / run
+
+
+def problem_dir(run_root: str | Path, problem: str) -> Path:
+    return Path(run_root) / problem
+
+
+def round_dir(run_root: str | Path, problem: str, round_: int) -> Path:
+    return problem_dir(run_root, problem) / f"round_{int(round_)}"
+
+
+def stage_file(run_root: str | Path, problem: str, round_: int, stage: str) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    return round_dir(run_root, problem, round_) / f"{stage}.json"
+
+
+def candidates_dir(run_root: str | Path, problem: str, round_: int) -> Path:
+    return round_dir(run_root, problem, round_) / "candidates"
+
+
+def baseline_file(run_root: str | Path, problem: str) -> Path:
+    return problem_dir(run_root, problem) / "baseline.json"
+
+
+def build_dir(run_root: str | Path) -> Path:
+    return Path(run_root) / "build"
+
+
+def logs_dir(run_root: str | Path) -> Path:
+    return Path(run_root) / "logs"
+
+
+def idea_id(round_: int, index: int) -> str:
+    return f"r{round_}_i{index}"
+
+
+def candidate_id(round_: int, idea_index: int, impl_index: int) -> str:
+    return f"r{round_}_i{idea_index}_m{impl_index}"

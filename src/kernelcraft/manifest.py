@@ -1,0 +1,92 @@
+"""The run manifest (DESIGN.md §6): what produced these results, so a run can be compared and reproduced."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+from kernelcraft.config import REPO_ROOT
+from kernelcraft.context import RunContext
+
+_PACKAGES = ("kernelcraft", "torch", "numpy", "snakemake", "jinja2", "jsonschema", "cuda-bindings",
+             "nvidia-cuda-nvrtc", "triton")
+
+
+def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_state(repo: Path = REPO_ROOT) -> dict:
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def gpu_info() -> list[dict]:
+    """GPU names, driver and memory through nvidia-smi: no CUDA context is created for the manifest."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    out = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                "--format=csv,noheader"])
+    gpus = []
+    for line in (out or "").splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4:
+            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2], "compute_capability": parts[3]})
+    return gpus
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_manifest(ctx: RunContext) -> dict:
+    import torch
+
+    config = {k: v for k, v in ctx.config.items() if not k.startswith("_")}
+    return {
+        "run": ctx.config["run"],
+        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git": git_state(),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpu_info(),
+        "torch_cuda": torch.version.cuda,
+        "nvcc": (_run(["nvcc", "--version"]) or "").splitlines()[-1:] or None,
+        "container_image": os.environ.get("KERNELCRAFT_IMAGE"),
+        "container_digest": os.environ.get("KERNELCRAFT_IMAGE_DIGEST"),
+        "backend": ctx.backend,
+        "size": ctx.size,
+        "cuda_arch": ctx.cuda_arch,
+        "problems": ctx.problems,
+        "seed": ctx.seed,
+        "config": config,
+    }

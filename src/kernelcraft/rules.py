@@ -1,0 +1,108 @@
+"""Entry points of the Snakemake rules: each reads its rule's inputs, calls the package, writes its outputs.
+
+The scripts under scripts/ are one line each and call these, so all logic stays here where it is tested. Each
+function takes the ``snakemake`` object Snakemake injects into scripts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kernelcraft import progress
+from kernelcraft.context import RunContext
+from kernelcraft.jsonio import read_json, write_json
+
+
+def _ctx(smk: Any) -> RunContext:
+    progress.set_log(smk.log[0] if smk.log else None)
+    return RunContext.from_config(smk.config, results=smk.params.results)
+
+
+def _round(smk: Any) -> int:
+    return int(smk.wildcards["round"])
+
+
+def ideas(smk: Any) -> None:
+    from kernelcraft.search.rounds import propose_ideas
+
+    ctx = _ctx(smk)
+    write_json(smk.output[0], propose_ideas(ctx, smk.wildcards["problem"], _round(smk)))
+
+
+def implement(smk: Any) -> None:
+    from kernelcraft.search.rounds import implement_ideas
+
+    ctx = _ctx(smk)
+    doc = implement_ideas(ctx, smk.wildcards["problem"], _round(smk), read_json(smk.input["ideas"]))
+    write_json(smk.output[0], doc)
+
+
+def compile(smk: Any) -> None:  # noqa: A001 - the rule is called compile
+    from kernelcraft.harness.compile_round import compile_candidates
+
+    ctx = _ctx(smk)
+    problem, round_ = smk.wildcards["problem"], _round(smk)
+    candidates = read_json(smk.input["implement"])["candidates"]
+    workers = int(ctx.config["build"]["workers"]) or int(smk.threads)
+    results = compile_candidates(ctx, problem, round_, candidates, workers, float(ctx.config["build"]["timeout_s"]))
+    write_json(smk.output[0], {"problem": problem, "round": round_, "backend": ctx.backend,
+                               "cuda_arch": ctx.cuda_arch, "results": results})
+
+
+def verify(smk: Any) -> None:
+    from kernelcraft.harness.verify_round import verify_candidates
+
+    ctx = _ctx(smk)
+    problem, round_ = smk.wildcards["problem"], _round(smk)
+    doc = verify_candidates(ctx, problem, round_, read_json(smk.input["implement"])["candidates"],
+                            read_json(smk.input["compile"])["results"],
+                            float(ctx.config["verify"]["timeout_s"]), threads=int(smk.threads))
+    write_json(smk.output[0], {"problem": problem, "round": round_} | doc)
+
+
+def benchmark(smk: Any) -> None:
+    from kernelcraft.harness.benchmark_round import benchmark_candidates
+
+    ctx = _ctx(smk)
+    problem, round_ = smk.wildcards["problem"], _round(smk)
+    doc = benchmark_candidates(ctx, problem, round_, read_json(smk.input["implement"])["candidates"],
+                               read_json(smk.input["verify"])["results"],
+                               float(ctx.config["benchmark"]["timeout_s"]), threads=int(smk.threads))
+    write_json(smk.output[0], {"problem": problem, "round": round_} | doc)
+
+
+def select(smk: Any) -> None:
+    from kernelcraft.search.rounds import select_seeds
+
+    ctx = _ctx(smk)
+    doc = select_seeds(ctx, smk.wildcards["problem"], _round(smk), read_json(smk.input["implement"]),
+                       read_json(smk.input["verify"]), read_json(smk.input["benchmark"]))
+    write_json(smk.output[0], doc)
+
+
+def baseline(smk: Any) -> None:
+    from kernelcraft.harness.benchmark_round import baseline as run_baseline
+
+    ctx = _ctx(smk)
+    timeout = float(ctx.config["benchmark"]["timeout_s"]) * 4  # includes a torch.compile
+    write_json(smk.output[0], run_baseline(ctx, smk.wildcards["problem"], timeout, threads=int(smk.threads)))
+
+
+def manifest(smk: Any) -> None:
+    from kernelcraft.manifest import build_manifest
+
+    ctx = _ctx(smk)
+    write_json(smk.output[0], build_manifest(ctx))
+
+
+def report(smk: Any) -> None:
+    from kernelcraft.report.collect import collect
+    from kernelcraft.report.render import render_report
+    from kernelcraft.report.table import write_candidates_csv
+
+    ctx = _ctx(smk)
+    summary, rows = collect(ctx, manifest=read_json(smk.input["manifest"]))
+    write_candidates_csv(rows, smk.output["csv"])
+    render_report(summary, smk.output["html"], template_dir=os.path.abspath(smk.params.templates))
+    progress.report(ctx.config["run"], None, "report", f"wrote {smk.output['html']}")

@@ -1,0 +1,35 @@
+"""The weighted model ensemble of the config: which model answers which share of a round's requests.
+
+Shares are split by weight with the largest-remainder rule, so they are deterministic and add up exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def split_by_weight(total: int, entries: list[dict]) -> list[int]:
+    """How many of ``total`` requests each entry gets, in proportion to its weight."""
+    weights = [float(e.get("weight", 1)) for e in entries]
+    norm = sum(weights)
+    exact = [total * w / norm for w in weights]
+    counts = [math.floor(x) for x in exact]
+    order = sorted(range(len(entries)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def model_label(entry: dict) -> str:
+    return f"{entry['provider']}/{entry['model']}"
+
+
+def make_proposer(entry: dict, seed: int) -> Any:
+    """The proposer object behind one ensemble entry."""
+    provider = entry["provider"]
+    if provider == "offline":
+        from kernelcraft.search.offline import OfflineProposer
+
+        return OfflineProposer(seed)
+    raise ValueError(f"models: provider {provider!r} is not available; allowed providers: offline")

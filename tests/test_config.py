@@ -1,0 +1,93 @@
+"""The config schema: the shipped config is valid, and every kind of mistake stops the run with one line that
+names the key and what is allowed."""
+
+import copy
+
+import pytest
+import yaml
+
+from kernelcraft.config import DEFAULT_CONFIG_PATH, ConfigError, check_config, merge
+
+
+@pytest.fixture()
+def config():
+    with open(DEFAULT_CONFIG_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def test_shipped_config_is_valid(config):
+    check_config(config)
+
+
+def test_every_key_of_the_shipped_config_is_commented():
+    lines = DEFAULT_CONFIG_PATH.read_text().splitlines()
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        if ":" in stripped and not stripped.startswith("{"):
+            previous = lines[i - 1].strip() if i else ""
+            assert previous.startswith("#"), f"key without a comment: {line!r}"
+
+
+def _error(config, **changes) -> str:
+    bad = merge(config, changes)
+    with pytest.raises(ConfigError) as info:
+        check_config(bad)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_unknown_top_level_key_is_named_with_the_allowed_keys(config):
+    msg = _error(config, roundz=3)
+    assert "'roundz'" in msg and "rounds" in msg and "allowed keys" in msg
+
+
+def test_unknown_nested_key_is_named_with_its_parent(config):
+    msg = _error(config, tolerance={"atoll": 1e-3})
+    assert "'tolerance.atoll'" in msg and "atol, rtol" in msg
+
+
+def test_bad_enum_value_lists_the_allowed_values(config):
+    msg = _error(config, backend="gpu")
+    assert "'backend'" in msg and "'gpu'" in msg and "auto, cuda, cpu" in msg
+
+
+def test_out_of_range_value_names_the_bound(config):
+    msg = _error(config, rounds=0)
+    assert "'rounds'" in msg and ">= 1" in msg
+
+
+def test_negative_tolerance_is_rejected(config):
+    msg = _error(config, tolerance={"atol": -1.0})
+    assert "'tolerance.atol'" in msg and ">= 0" in msg
+
+
+def test_wrong_type_names_the_expected_type(config):
+    msg = _error(config, ideas_per_round="eight")
+    assert "'ideas_per_round'" in msg and "integer" in msg
+
+
+def test_unknown_provider_lists_the_allowed_ones(config):
+    bad = copy.deepcopy(config)
+    bad["models"]["ideas"][0]["provider"] = "openia"
+    with pytest.raises(ConfigError, match=r"'models.ideas.0.provider'.*'openia'.*offline"):
+        check_config(bad)
+
+
+def test_builtin_must_be_all_or_a_list(config):
+    msg = _error(config, problems={"builtin": "softmax"})
+    assert "'problems.builtin'" in msg and "all" in msg
+
+
+def test_bad_cuda_arch_is_rejected(config):
+    msg = _error(config, build={"cuda_arch": "hopper"})
+    assert "'build.cuda_arch'" in msg
+
+
+def test_missing_required_key_is_named(config):
+    bad = copy.deepcopy(config)
+    del bad["benchmark"]["iters"]
+    with pytest.raises(ConfigError, match=r"'benchmark'.*'iters'"):
+        check_config(bad)

@@ -1,0 +1,292 @@
+"""The run report and the candidates table: exact CSV contract, self-contained escaped HTML, robust charts."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kernelcraft.report.charts import trajectory_svg
+from kernelcraft.report.render import fmt_ms, fmt_ms_iqr, fmt_speedup, render_report, speedup_class
+from kernelcraft.report.table import CANDIDATE_COLUMNS, read_candidates_csv, write_candidates_csv
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "workflow" / "templates"
+PLANTED = "<script>alert('pwned')</script>"
+
+PARENT_SRC = """import torch
+import torch.nn as nn
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return softmax_rows(x, block=256)
+"""
+BEST_SRC = PARENT_SRC.replace("block=256", "block=1024, vec=4") + f"# {PLANTED}\n"
+
+
+def _cand(problem: str, rnd: int, i: int, correct: bool, speedup: float | None, **kw) -> dict:
+    eager = 1.43
+    row = {
+        "problem": problem, "round": rnd, "candidate_id": f"r{rnd}_i{i}_m0", "parent": "reference",
+        "idea": f"idea {i}", "model": "offline", "compiled": correct or i % 2 == 0, "correct": correct,
+        "reject_reason": None if correct else "incorrect: max error above tolerance",
+        "time_ms": eager / speedup if speedup else None, "eager_ms": eager, "compile_ms": 1.06,
+        "speedup_eager": speedup, "speedup_compile": 1.06 * speedup / eager if speedup else None,
+        "max_rel_err": 1e-7 if correct else 0.3,
+    }
+    row.update(kw)
+    return row
+
+
+def synthetic_summary() -> dict:
+    """Two problems: softmax with a best kernel, layernorm with no correct candidate and no compile time."""
+    softmax_cands = [
+        _cand("softmax_4096x65536", 1, 0, True, 1.21),
+        _cand("softmax_4096x65536", 1, 1, False, None),
+        _cand("softmax_4096x65536", 2, 0, True, 1.48, parent="r1_i0_m0", idea=f"tile rows {PLANTED}"),
+        _cand("softmax_4096x65536", 2, 1, True, 0.82),
+        _cand("softmax_4096x65536", 3, 0, True, 1.79, parent="r2_i0_m0"),
+        _cand("softmax_4096x65536", 3, 1, False, None, reject_reason="compile error", compiled=False),
+    ]
+    layernorm_cands = [
+        _cand("layernorm_16x64x256x256", 1, 0, False, None, eager_ms=8.15, compile_ms=None),
+        _cand("layernorm_16x64x256x256", 1, 1, False, None, eager_ms=8.15, compile_ms=None,
+              reject_reason="timeout"),
+    ]
+    return {
+        "run": "default", "generated_at": "2026-11-25T12:00:00Z", "backend": "cuda",
+        "device": "NVIDIA H100 80GB HBM3", "proposer": "offline", "tolerance": {"atol": 1e-2, "rtol": 1e-2},
+        "rounds": 3,
+        "config": {"rounds": 3, "ideas_per_round": 2, "problems": ["softmax", "layernorm"]},
+        "manifest": {"git_commit": "abc123", "torch": "2.11.0"},
+        "problems": [
+            {
+                "id": "softmax_4096x65536", "op": "softmax", "size": "full",
+                "eager_ms": 1.43, "eager_iqr_ms": 0.01, "compile_ms": 1.06, "compile_iqr_ms": 0.01,
+                "compile_error": None, "supported": True,
+                "rounds": [
+                    {"round": 1, "n_candidates": 2, "n_compiled": 2, "n_correct": 1, "best_round_ms": 1.18,
+                     "best_so_far_ms": 1.18, "best_so_far_speedup_eager": 1.21,
+                     "best_so_far_speedup_compile": 0.9},
+                    {"round": 2, "n_candidates": 2, "n_compiled": 2, "n_correct": 2, "best_round_ms": 0.966,
+                     "best_so_far_ms": 0.966, "best_so_far_speedup_eager": 1.48,
+                     "best_so_far_speedup_compile": 1.1},
+                    {"round": 3, "n_candidates": 2, "n_compiled": 1, "n_correct": 1, "best_round_ms": 0.8,
+                     "best_so_far_ms": 0.8, "best_so_far_speedup_eager": 1.79,
+                     "best_so_far_speedup_compile": 1.33},
+                ],
+                "best": {
+                    "candidate_id": "r3_i0_m0", "round": 3, "idea": f"vectorised loads {PLANTED}",
+                    "kind": "memory access", "model": "offline", "time_ms": 0.8, "time_iqr_ms": 0.01,
+                    "speedup_eager": 1.79, "speedup_compile": 1.33, "max_rel_err": 1e-7,
+                    "source": BEST_SRC, "parent_id": "r2_i0_m0", "parent_source": PARENT_SRC,
+                    "lineage": [
+                        {"candidate_id": "r1_i0_m0", "round": 1, "idea": "one block per row",
+                         "speedup_eager": 1.21},
+                        {"candidate_id": "r2_i0_m0", "round": 2, "idea": f"tile rows {PLANTED}",
+                         "speedup_eager": 1.48},
+                        {"candidate_id": "r3_i0_m0", "round": 3, "idea": "vectorised loads",
+                         "speedup_eager": 1.79},
+                    ],
+                },
+                "candidates": softmax_cands,
+                "failures": {"compile error": 1, "incorrect: max error above tolerance": 1},
+            },
+            {
+                "id": "layernorm_16x64x256x256", "op": "layernorm", "size": "full",
+                "eager_ms": 8.15, "eager_iqr_ms": 0.02, "compile_ms": None, "compile_iqr_ms": None,
+                "compile_error": "torch.compile disabled", "supported": False,
+                "rounds": [{"round": 1, "n_candidates": 2, "n_compiled": 1, "n_correct": 0,
+                            "best_round_ms": None, "best_so_far_ms": None, "best_so_far_speedup_eager": None,
+                            "best_so_far_speedup_compile": None}],
+                "best": None,
+                "candidates": layernorm_cands,
+                "failures": {"incorrect: max error above tolerance": 1, "timeout": 1},
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def report_html(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    render_report(synthetic_summary(), out, TEMPLATES)
+    return out.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------- CSV
+
+
+def test_csv_has_exactly_the_contract_columns_in_order(tmp_path):
+    out = tmp_path / "candidates.csv"
+    rows = [dict(_cand("p", 1, 0, True, 1.5), extra_key="ignored")]
+    write_candidates_csv(rows, out)
+    with out.open(newline="") as fh:
+        header = next(csv.reader(fh))
+    assert tuple(header) == CANDIDATE_COLUMNS
+    assert "extra_key" not in out.read_text()
+
+
+def test_csv_cells_none_empty_bools_lowercase_floats_six_significant_digits(tmp_path):
+    out = tmp_path / "candidates.csv"
+    row = {col: None for col in CANDIDATE_COLUMNS}
+    row.update(problem="softmax", round=2, candidate_id="r2_i1_m0", compiled=True, correct=False,
+               idea='has "quotes", commas\nand a newline', time_ms=0.123456789, max_rel_err=1.5e-7)
+    write_candidates_csv([row], out)
+    with out.open(newline="") as fh:
+        cells = list(csv.DictReader(fh))[0]
+    assert cells["compiled"] == "true" and cells["correct"] == "false"
+    assert cells["time_ms"] == "0.123457"
+    assert cells["max_rel_err"] == "1.5e-07"
+    assert cells["eager_ms"] == "" and cells["parent"] == "" and cells["reject_reason"] == ""
+    assert cells["round"] == "2"
+    assert cells["idea"] == 'has "quotes", commas\nand a newline'
+
+
+def test_csv_round_trips_typed_values(tmp_path):
+    out = tmp_path / "candidates.csv"
+    rows = [_cand("softmax", 1, 0, True, 1.25), _cand("softmax", 1, 1, False, None)]
+    rows[0]["time_ms"] = 1.144  # exactly representable at 6 significant digits
+    rows[0]["speedup_compile"] = 0.5
+    write_candidates_csv(rows, out)
+    back = read_candidates_csv(out)
+    assert len(back) == 2
+    assert back[0]["round"] == 1 and back[0]["correct"] is True and back[0]["compiled"] is True
+    assert back[0]["time_ms"] == 1.144 and back[0]["speedup_eager"] == 1.25
+    assert back[0]["speedup_compile"] == 0.5 and back[0]["max_rel_err"] == 1e-7
+    assert back[1]["correct"] is False and back[1]["time_ms"] is None and back[1]["speedup_eager"] is None
+    assert back[1]["reject_reason"] == "incorrect: max error above tolerance"
+
+
+def test_csv_rejects_a_row_that_is_not_a_dict(tmp_path):
+    with pytest.raises(TypeError, match="candidate row 1 is a list"):
+        write_candidates_csv([{}, ["softmax", 1]], tmp_path / "c.csv")
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def test_number_formatting_is_engineer_friendly():
+    assert fmt_ms(1.43) == "1.430"
+    assert fmt_ms(0.8) == "0.8000"
+    assert fmt_ms(266.04) == "266.0"
+    assert fmt_ms(None) == "—"
+    assert fmt_ms_iqr(1.43, 0.01) == "1.430 ± 0.010"
+    assert fmt_speedup(1.589) == "1.59×"
+    assert fmt_speedup(12.34) == "12.3×"
+    assert fmt_speedup(None) == "—"
+    assert [speedup_class(v) for v in (1.2, 0.8, 1.001, None)] == ["up", "down", "even", "even"]
+
+
+# ---------------------------------------------------------------------------------------------- HTML
+
+
+def test_report_names_every_problem_and_header_fields(report_html):
+    for text in ("softmax_4096x65536", "layernorm_16x64x256x256", "NVIDIA H100 80GB HBM3", "offline",
+                 "2026-11-25T12:00:00Z", "atol 0.01"):
+        assert text in report_html
+
+
+def test_report_shows_formatted_speedups_and_geomean(report_html):
+    assert "1.79×" in report_html and "1.33×" in report_html
+    assert re.search(r'class="num up"[^>]*>1\.79×</td>', report_html)
+    assert ">0.8000 ± 0.0100</td>" in report_html  # the IQR takes the median's decimals
+    # one problem with a correct kernel, so the geomean equals its speedup
+    assert re.search(r"Geometric mean \(1 problem with a correct kernel\)</td>\s*<td[^>]*>1\.79×", report_html)
+
+
+def test_report_handles_problem_without_correct_candidate_or_compile_time(report_html):
+    section = report_html.split('id="p-layernorm_16x64x256x256"')[1]
+    assert "no offline kernels for this op yet" in section.lower()
+    assert "torch.compile failed" in section
+
+
+def test_report_embeds_an_svg_chart_per_problem(report_html):
+    assert report_html.count("<svg") == 2
+
+
+def test_report_is_self_contained(report_html):
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", report_html, re.I)
+    assert "@import" not in report_html and not re.search(r"url\(\s*['\"]?(https?:)?//", report_html)
+    assert "<link" not in report_html and "<script src" not in report_html
+
+
+def test_report_escapes_planted_script_in_ideas_and_source(report_html):
+    assert PLANTED not in report_html
+    escaped = "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;"
+    assert report_html.count(escaped) >= 3  # idea text, lineage, source listing / diff
+
+
+def test_report_shows_diff_against_parent(report_html):
+    assert '<span class="l d-del">-        return softmax_rows(x, block=256)</span>' in report_html
+    assert '<span class="l d-add">+        return softmax_rows(x, block=1024, vec=4)</span>' in report_html
+
+
+def test_report_renders_with_minimal_summary(tmp_path):
+    out = tmp_path / "report.html"
+    render_report({"problems": [{"id": "empty"}]}, out, TEMPLATES)
+    html = out.read_text()
+    assert "empty" in html and "No rounds finished yet" in html
+
+
+def test_report_bad_input_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match=r"summary\['problems'\]\[0\] must be a dict with an 'id'"):
+        render_report({"problems": [{"op": "softmax"}]}, tmp_path / "r.html", TEMPLATES)
+    with pytest.raises(FileNotFoundError, match="workflow/templates"):
+        render_report({"problems": []}, tmp_path / "r.html", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- charts
+
+
+def test_trajectory_zero_rounds_says_so():
+    svg = trajectory_svg({"id": "p", "rounds": [], "candidates": []})
+    assert svg.startswith("<svg") and svg.endswith("</svg>") and "No rounds finished yet" in svg
+
+
+def test_trajectory_one_round_plots_points_and_best_so_far():
+    problem = synthetic_summary()["problems"][0]
+    problem["rounds"] = problem["rounds"][:1]
+    problem["candidates"] = [c for c in problem["candidates"] if c["round"] == 1]
+    svg = trajectory_svg(problem)
+    assert svg.count('<circle class="pt"') == 1  # the one correct candidate of round 1
+    assert "<polyline" in svg and "torch.compile 1.35×" in svg
+
+
+def test_trajectory_no_correct_candidates_counts_failures():
+    problem = synthetic_summary()["problems"][1]
+    svg = trajectory_svg(problem)
+    assert "No correct candidate yet" in svg
+    assert "torch.compile" not in svg  # no compile time, no compile line
+    assert svg.count('stroke="#dc2626" stroke-width="1.2"') == 2  # two failure crosses
+
+
+def test_trajectory_escapes_idea_text_in_tooltips():
+    problem = synthetic_summary()["problems"][0]
+    svg = trajectory_svg(problem)
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+
+
+# ---------------------------------------------------------------------------------------------- browser
+
+
+def _chromium() -> str | None:
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
+                None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium not on PATH")
+def test_report_renders_in_headless_chromium(tmp_path):
+    html = tmp_path / "report.html"
+    render_report(synthetic_summary(), html, TEMPLATES)
+    png = tmp_path / "shot.png"
+    subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--screenshot={png}", "--window-size=1280,2000", html.as_uri()],
+        check=True, capture_output=True, timeout=60,
+    )
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

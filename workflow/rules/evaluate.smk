@@ -1,0 +1,74 @@
+# compile (CPU, parallel builds) -> verify (GPU) -> benchmark (GPU) -> select, per problem and round.
+# A candidate that fails to build, is wrong, crashes or hangs is a recorded result, never a failed job.
+
+
+rule compile:
+    input:
+        implement=stage("implement"),
+    output:
+        stage("compile"),
+    log:
+        job_log("compile"),
+    params:
+        results=RESULTS,
+    threads: config["build"]["workers"] or workflow.cores
+    message:
+        "{wildcards.problem} round {wildcards.round}: building candidates"
+    script:
+        "../../scripts/compile.py"
+
+
+rule verify:
+    input:
+        implement=stage("implement"),
+        compile=stage("compile"),
+    output:
+        stage("verify"),
+    log:
+        job_log("verify"),
+    params:
+        results=RESULTS,
+    threads: EVAL_THREADS
+    resources:
+        gpu=1,
+    message:
+        "{wildcards.problem} round {wildcards.round}: verifying candidates against the reference"
+    script:
+        "../../scripts/verify.py"
+
+
+rule benchmark:
+    input:
+        implement=stage("implement"),
+        verify=stage("verify"),
+    output:
+        stage("benchmark"),
+    log:
+        job_log("benchmark"),
+    params:
+        results=RESULTS,
+    threads: EVAL_THREADS
+    resources:
+        gpu=1,
+    message:
+        "{wildcards.problem} round {wildcards.round}: timing verified kernels against eager"
+    script:
+        "../../scripts/benchmark.py"
+
+
+rule select:
+    input:
+        implement=stage("implement"),
+        verify=stage("verify"),
+        benchmark=stage("benchmark"),
+        seeds=lambda wc: previous("select", wc),
+    output:
+        stage("select"),
+    log:
+        job_log("select"),
+    params:
+        results=RESULTS,
+    message:
+        "{wildcards.problem} round {wildcards.round}: selecting seeds for the next round"
+    script:
+        "../../scripts/select.py"

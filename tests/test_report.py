@@ -195,7 +195,8 @@ def test_report_shows_formatted_speedups_and_geomean(report_html):
     assert re.search(r'class="num up"[^>]*>1\.79×</td>', report_html)
     assert ">0.8000 ± 0.0100</td>" in report_html  # the IQR takes the median's decimals
     # one problem with a correct kernel, so the geomean equals its speedup
-    assert re.search(r"Geometric mean \(1 problem with a correct kernel\)</td>\s*<td[^>]*>1\.79×", report_html)
+    geomean = r"Geometric mean \(1 problem with a correct kernel\)</td>\s*<td[^>]*>1\.79×"
+    assert re.search(geomean, report_html)
 
 
 def test_report_handles_problem_without_correct_candidate_or_compile_time(report_html):
@@ -223,6 +224,30 @@ def test_report_escapes_planted_script_in_ideas_and_source(report_html):
 def test_report_shows_diff_against_parent(report_html):
     assert '<span class="l d-del">-        return softmax_rows(x, block=256)</span>' in report_html
     assert '<span class="l d-add">+        return softmax_rows(x, block=1024, vec=4)</span>' in report_html
+
+
+def test_report_colours_slowdowns_red_and_shows_lineage(report_html):
+    assert re.search(r'class="num down"[^>]*>0\.90×</td>', report_html)  # round 1 best vs torch.compile
+    section = report_html.split('id="p-softmax_4096x65536"')[1].split('id="p-layernorm')[0]
+    lineage = section.split('<ol class="lineage">')[1].split("</ol>")[0]
+    assert re.findall(r"<code>(r\d_i\d_m\d)</code>", lineage) == ["r1_i0_m0", "r2_i0_m0", "r3_i0_m0"]
+    assert "one block per row" in lineage and "(1.21× over its parent)" in lineage
+
+
+def test_report_flags_a_speedup_within_run_to_run_noise(tmp_path):
+    summary = synthetic_summary()
+    best = summary["problems"][0]["best"]
+    best.update(time_ms=1.42, time_iqr_ms=0.02, speedup_eager=1.43 / 1.42)
+    out = tmp_path / "report.html"
+    render_report(summary, out, TEMPLATES)
+    assert 'title="difference is smaller than the run-to-run spread">≈</span>' in out.read_text()
+
+
+def test_report_is_byte_identical_for_the_same_summary(tmp_path):
+    a, b = tmp_path / "a.html", tmp_path / "b.html"
+    render_report(synthetic_summary(), a, TEMPLATES)
+    render_report(synthetic_summary(), b, TEMPLATES)
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_report_renders_with_minimal_summary(tmp_path):
@@ -274,8 +299,8 @@ def test_trajectory_escapes_idea_text_in_tooltips():
 
 
 def _chromium() -> str | None:
-    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
-                None)
+    found = (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+    return next((p for p in found if p), None)
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium not on PATH")

@@ -1,11 +1,11 @@
 """The fast kernel build paths that candidates call at import time, and what they share.
 
 Candidates write ``k = cuda_kernel(SRC, "name")`` (NVRTC, see ``nvrtc.py``) or ``k = c_kernel(SRC, "name")``
-(the system C compiler, see ``cc.py``) at module level. The workflow's ``compile`` rule imports every candidate
-in a CPU-only process so all compilation happens there, in parallel; the GPU ``verify`` rule imports it again
-and must only hit the content-addressed cache under :func:`build_dir`. This module holds the pieces both
-backends share (errors, cache location, atomic writes, argument typing, build statistics) and the public
-facade; the backends are imported lazily so a CPU-only candidate never loads the CUDA bindings.
+(the system C compiler, see ``cc.py``) at module level. The workflow's ``compile`` rule imports every
+candidate in a CPU-only process so all compilation happens there, in parallel; the GPU ``verify`` rule
+imports it again and must only hit the content-addressed cache under :func:`build_dir`. This module holds
+the pieces both backends share (errors, cache location, atomic writes, argument typing, build statistics)
+and the public facade; the backends are imported lazily so a CPU-only candidate never loads CUDA bindings.
 """
 
 from __future__ import annotations
@@ -53,19 +53,21 @@ class BuildError(RuntimeError):
 
 
 def build_dir() -> Path:
-    """Root of the build cache: ``$KERNELCRAFT_BUILD_DIR``, else ``~/.cache/kernelcraft/build`` (created here)."""
+    """Root of the build cache: ``$KERNELCRAFT_BUILD_DIR``, else ``~/.cache/kernelcraft/build``; created."""
     root = os.environ.get(ENV_BUILD_DIR, "").strip()
     path = Path(root).expanduser() if root else Path.home() / ".cache" / "kernelcraft" / "build"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BuildError(f"cannot create build directory {path}: {exc.strerror}; set {ENV_BUILD_DIR}") from exc
+        raise BuildError(f"cannot create build directory {path}: {exc.strerror}; "
+                         f"set {ENV_BUILD_DIR} to a writable directory") from exc
     return path
 
 
 def _check_arch(arch: str, origin: str) -> str:
     if not _ARCH_RE.match(arch):
-        raise BuildError(f"{origin}={arch!r} is not a CUDA GPU arch: use the form sm_XY, e.g. sm_90a or sm_80")
+        raise BuildError(f"{origin}={arch!r} is not a CUDA GPU arch: use the form sm_XY, "
+                         "e.g. sm_90a or sm_80")
     return arch
 
 
@@ -211,8 +213,8 @@ def describe(value: object) -> str:
 def scalar_arg(value: object, index: int, kernel: str, *, half_bits: bool) -> tuple[type, object]:
     """(ctypes type, value to store) for one non-tensor kernel argument, or a TypeError saying what to pass.
 
-    ``index`` is 1-based as in the messages. ``half_bits`` lets np.float16 travel as its 16 raw bits, which
-    is right for a CUDA ``__half`` parameter (copied bytewise) and wrong for a C ABI call, so only CUDA sets it.
+    ``index`` is 1-based as in the messages. ``half_bits`` lets np.float16 travel as its 16 raw bits,
+    right for a CUDA ``__half`` parameter (copied bytewise), wrong for a C ABI call: only CUDA sets it.
     """
     kind = type(value)
     ctype = PY_SCALAR_CTYPES.get(kind)
@@ -237,7 +239,7 @@ def scalar_arg(value: object, index: int, kernel: str, *, half_bits: bool) -> tu
 # ----------------------------------------------------------------------------------------------- facade
 
 def cuda_kernel(source: str, name: str, *, options: Sequence[str] = (), shared_mem: int = 0) -> CudaKernel:
-    """Compile ``name`` from CUDA C++ ``source`` with NVRTC to a cubin for :func:`cuda_arch` (or reuse the cache).
+    """Compile ``name`` from CUDA C++ ``source`` with NVRTC to a cubin for :func:`cuda_arch` (or reuse one).
 
     Loading onto the GPU is deferred to the first launch, so this works in a process with no GPU.
     ``shared_mem`` is the default dynamic shared memory per launch; above 48 KiB the kernel is opted in.

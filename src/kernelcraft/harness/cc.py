@@ -1,4 +1,4 @@
-"""C kernels for the CPU backend: compiled with the system C compiler into a shared library, called via ctypes.
+"""C kernels for the CPU backend: built by the system C compiler into a shared library, called via ctypes.
 
 The CPU backend lets the whole search run (and be tested) on machines without a GPU. Building is one
 ``cc`` invocation (~0.1-0.3 s) instead of a torch C++ extension build; the library is content-addressed under
@@ -74,7 +74,7 @@ def _cpu_identity() -> str:
 
 
 def compile_shared_library(source: str, name: str, options: Sequence[str], output: Path) -> None:
-    """Compile ``source`` into the shared library ``output`` (renamed into place: parallel builds are safe)."""
+    """Compile ``source`` into the shared library ``output``, renamed into place: parallel builds are safe."""
     argv, _ = _compiler(os.environ.get("CC", "").strip() or "cc")
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".build-") as tmp:
         src = Path(tmp, f"{name}.c")
@@ -82,14 +82,17 @@ def compile_shared_library(source: str, name: str, options: Sequence[str], outpu
         lib = Path(tmp, f"{name}.so")
         cmd = [*argv, *BASE_FLAGS, "-o", lib.name, src.name, *options, "-lm"]
         try:
-            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+            # LC_ALL=C: plain ASCII quotes in diagnostics, whatever the host's locale.
+            proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S,
+                                  env={**os.environ, "LC_ALL": "C"})
         except subprocess.TimeoutExpired as exc:
             raise BuildError(f"compiling C kernel '{name}' took over {COMPILE_TIMEOUT_S} s; aborted") from exc
         except OSError as exc:
             raise BuildError(f"cannot run C compiler {argv[0]!r}: {exc.strerror}; set CC") from exc
         if proc.returncode != 0:
             log = (proc.stderr + proc.stdout).replace(tmp + os.sep, "")
-            raise BuildError(f"C compiler failed on kernel '{name}' (exit {proc.returncode}):\n{trim_log(log)}")
+            raise BuildError(f"C compiler failed on kernel '{name}' (exit {proc.returncode}):\n"
+                             f"{trim_log(log)}")
         os.replace(lib, output)
 
 
@@ -172,8 +175,8 @@ class CKernel:
                             f"{len(signature)}: the C signature is fixed by the first call")
         for i, (was, now) in enumerate(zip(fixed, signature, strict=True), 1):
             if was is not now:
-                raise TypeError(f"kernel '{self.name}': argument {i} was {_c_name(was)} on the first call and "
-                                f"is {_c_name(now)} now: pass the same type on every call")
+                raise TypeError(f"kernel '{self.name}': argument {i} was {_c_name(was)} on the first call "
+                                f"and is {_c_name(now)} now: pass the same type on every call")
 
 
 def _c_name(ctype: type) -> str:

@@ -44,7 +44,8 @@ def _nvrtc() -> Any:
     try:
         from cuda.bindings import nvrtc
     except ImportError as exc:
-        raise BuildError(f"NVRTC is unavailable ({exc}): pip install cuda-bindings nvidia-cuda-nvrtc") from exc
+        raise BuildError(f"NVRTC is unavailable ({exc}): "
+                         "pip install cuda-bindings nvidia-cuda-nvrtc") from exc
     return nvrtc
 
 
@@ -107,8 +108,9 @@ def compile_cubin(source: str, name: str, arch: str, options: Sequence[str],
     number = int(arch[3:].rstrip("af"))
     err, supported = nvrtc.nvrtcGetSupportedArchs()
     if err == ok and number not in supported:
-        raise BuildError(f"NVRTC {nvrtc_version()} cannot target {arch}; it supports sm_"
-                         + ", sm_".join(str(s) for s in supported) + ": set KERNELCRAFT_CUDA_ARCH accordingly")
+        listed = ", ".join(f"sm_{s}" for s in supported)
+        raise BuildError(f"NVRTC {nvrtc_version()} cannot target {arch}; it supports {listed}: "
+                         "set KERNELCRAFT_CUDA_ARCH accordingly")
     user_std = any(o.startswith(("--std", "-std")) for o in options)
     opts = [f"--gpu-architecture={arch}", *(o for o in DEFAULT_OPTIONS if not (user_std and "std" in o)),
             *(f"--include-path={d}" for d in includes), *options]
@@ -180,7 +182,8 @@ class _Loaded:
 
     __slots__ = ("module", "function", "param_sizes", "max_dynamic_smem", "smem_optin")
 
-    def __init__(self, module: Any, function: Any, param_sizes: tuple[int, ...] | None, smem_optin: int) -> None:
+    def __init__(self, module: Any, function: Any, param_sizes: tuple[int, ...] | None,
+                 smem_optin: int) -> None:
         self.module = module
         self.function = function
         self.param_sizes = param_sizes
@@ -252,7 +255,8 @@ class CudaKernel:
         self.cache_hit = bool(self.lowered_name)
         if not self.cache_hit:
             cubin, self.lowered_name = compile_cubin(source, name, self.arch, self.options, includes)
-            write_atomic(symbol_path, self.lowered_name.encode())  # before the cubin: cubin present => sym too
+            # The symbol file goes first: a cubin on disk implies its symbol file is there too.
+            write_atomic(symbol_path, self.lowered_name.encode())
             write_atomic(self.cubin_path, cubin)
         self.build_seconds = time.perf_counter() - start
         record_build(name, "cuda", self.build_seconds, self.cache_hit)
@@ -280,11 +284,12 @@ class CudaKernel:
                 _check(driver, driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent", self.name)
             image = self.cubin_path.read_bytes()
             err, module = driver.cuModuleLoadData(image)
-            if err == driver.CUresult.CUDA_ERROR_NO_BINARY_FOR_GPU or err == driver.CUresult.CUDA_ERROR_INVALID_SOURCE:
+            result = driver.CUresult
+            if err in (result.CUDA_ERROR_NO_BINARY_FOR_GPU, result.CUDA_ERROR_INVALID_SOURCE):
                 cc = torch.cuda.get_device_capability(device)
-                raise BuildError(f"kernel '{self.name}' was built for {self.arch}, which cannot run on cuda:{device}"
-                                 f" (compute capability {cc[0]}.{cc[1]}): set KERNELCRAFT_CUDA_ARCH to match "
-                                 "the GPU, or unset it to detect the arch")
+                raise BuildError(f"kernel '{self.name}' was built for {self.arch}, which cannot run on "
+                                 f"cuda:{device} (compute capability {cc[0]}.{cc[1]}): set "
+                                 "KERNELCRAFT_CUDA_ARCH to match the GPU, or unset it to detect the arch")
             _check(driver, (err,), "cuModuleLoadData", self.name)
             (function,) = _check(driver, driver.cuModuleGetFunction(module, self.lowered_name.encode()),
                                  "cuModuleGetFunction", self.name)
@@ -335,15 +340,16 @@ class CudaKernel:
                 if have != size:
                     what = "a tensor (device pointer)" if ctype is ctypes.c_void_p else \
                         f"{type(args[i - 1]).__name__} packed as {ctype.__name__[2:]}"
-                    raise TypeError(f"kernel '{self.name}': argument {i} is {what}, {have} bytes, but kernel "
-                                    f"parameter {i} is {size} bytes: Python int is int64 (declare long long), "
-                                    "float is float32, bool is int32; pass a numpy scalar for other widths")
+                    raise TypeError(f"kernel '{self.name}': argument {i} is {what}, {have} bytes, but "
+                                    f"kernel parameter {i} is {size} bytes: Python int is int64 (declare "
+                                    "long long), float is float32, bool is int32; pass a numpy scalar for "
+                                    "other widths")
         layout = _Layout(signature)
         self._layouts[signature] = layout
         return layout
 
-    def __call__(self, grid: object, block: object, args: Sequence[object] = (), shared_mem: int | None = None,
-                 stream: object = None) -> None:
+    def __call__(self, grid: object, block: object, args: Sequence[object] = (),
+                 shared_mem: int | None = None, stream: object = None) -> None:
         """Launch on ``stream`` (default: torch's current stream on the current device), asynchronously.
 
         A grid with a zero dimension launches nothing (an empty tensor has no work), instead of the
@@ -389,7 +395,10 @@ class CudaKernel:
                     self._allow_dynamic_smem(_driver(), loaded, smem, device)
         if gx == 0 or gy == 0 or gz == 0:
             return
-        raw_stream = torch._C._cuda_getCurrentRawStream(device) if stream is None else _raw_stream(stream, name)
+        if stream is None:
+            raw_stream = torch._C._cuda_getCurrentRawStream(device)
+        else:
+            raw_stream = _raw_stream(stream, name)
 
         packed = layout.struct(*values)
         base = ctypes.addressof(packed)
@@ -398,11 +407,11 @@ class CudaKernel:
         (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
                                        ctypes.addressof(pointers), 0)
         if err != driver.CUresult.CUDA_SUCCESS:
-            if err in (driver.CUresult.CUDA_ERROR_INVALID_CONTEXT, driver.CUresult.CUDA_ERROR_CONTEXT_IS_DESTROYED):
+            if err == driver.CUresult.CUDA_ERROR_INVALID_CONTEXT:
                 # This thread has not touched CUDA through torch yet: make the primary context current, retry.
                 (cu_device,) = _check(driver, driver.cuDeviceGet(device), "cuDeviceGet", name)
-                (ctx,) = _check(driver, driver.cuDevicePrimaryCtxRetain(cu_device), "cuDevicePrimaryCtxRetain",
-                                name)
+                (ctx,) = _check(driver, driver.cuDevicePrimaryCtxRetain(cu_device),
+                                "cuDevicePrimaryCtxRetain", name)
                 _check(driver, driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent", name)
                 (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
                                                ctypes.addressof(pointers), 0)

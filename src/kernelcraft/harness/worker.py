@@ -64,10 +64,16 @@ class Worker:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen | None = None
-        self.restarts = 0
+        self._starts = 0
+
+    @property
+    def restarts(self) -> int:
+        """How often a zygote had to be replaced because a candidate took it down."""
+        return max(0, self._starts - 1)
 
     # -- process management -------------------------------------------------------------------------------
     def _start(self) -> None:
+        self._starts += 1
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "kernelcraft.harness.zygote"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
@@ -110,8 +116,6 @@ class Worker:
     def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None) -> Outcome:
         """Run ``task`` in a fresh child; never raises for anything the candidate does."""
         if self._proc is None or self._proc.poll() is not None:
-            if self._proc is not None:
-                self.restarts += 1
             self._start()
         n = next(self._counter)
         result_path = self._work_dir / f"task-{os.getpid()}-{n}.json"
@@ -141,7 +145,12 @@ class Worker:
             done = self._read(30.0)
         wall = time.perf_counter() - start
         if done is None or done.get("eof"):
-            # The zygote itself is gone (killed by the candidate, or wedged): replace it next call.
+            # The zygote itself is gone (killed by the candidate, or wedged): replace it next call, and take the
+            # orphaned candidate down with it.
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
             self.close()
             if timed_out:
                 return Outcome(False, reason=f"timeout after {timeout:g} s", wall_s=wall, log=str(log_path))

@@ -1,7 +1,7 @@
 """Reference problems: loading KernelBench-format files, the built-in suite, and op tags.
 
-Importing this package does not import torch (discovery runs at Snakemake DAG-build time); the methods that build
-tensors import it when called.
+Importing this package does not import torch (discovery runs at Snakemake DAG-build time); the methods that
+build tensors import it when called.
 """
 
 from kernelcraft.problems.loader import (

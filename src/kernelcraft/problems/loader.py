@@ -1,9 +1,9 @@
 """Loading KernelBench-format problems: the built-in suite and any directory of such files.
 
 A problem is a Python file with ``class Model(nn.Module)``, ``get_inputs()`` and ``get_init_inputs()``. This
-module finds them, validates them *without importing them* (discovery runs while Snakemake builds its DAG, so it
-must stay fast and must not import torch), and, when a stage needs the real thing, executes a fresh private copy of
-the file so no two problems or candidates ever share globals.
+module finds them, validates them *without importing them* (discovery runs while Snakemake builds its DAG, so
+it must stay fast and must not import torch), and, when a stage needs the real thing, executes a fresh private
+copy of the file so no two problems or candidates ever share globals.
 
 Optional metadata lives in a module-level literal dict::
 
@@ -56,9 +56,10 @@ class Problem:
     def load_module(self) -> types.ModuleType:
         """Execute the file as a new module, with this size's overrides applied.
 
-        Each call returns its own module object under a unique name, so mutating one (a harness patching a global,
-        a candidate monkey-patching) never leaks into another. The module is not left in ``sys.modules``; the
-        source is compiled directly so no ``__pycache__`` is written next to the user's files.
+        Each call returns its own module object under a unique name, so mutating one (a harness patching a
+        global, a candidate monkey-patching) never leaks into another. The module is not left in
+        ``sys.modules``; the source is compiled directly so no ``__pycache__`` is written next to the user's
+        files.
         """
         name = f"kernelcraft_problem_{_identifier(self.id)}_{next(_module_counter)}"
         spec = importlib.util.spec_from_file_location(name, self.path)
@@ -85,11 +86,12 @@ class Problem:
         return list(self.load_module().get_init_inputs())
 
     def make_reference(self, seed: int, device: str | torch.device) -> nn.Module:
-        """The reference Model in eval mode on ``device``, its weights drawn right after ``torch.manual_seed(seed)``.
+        """The reference Model in eval mode on ``device``, its weights drawn right after
+        ``torch.manual_seed(seed)``.
 
-        Same order as KernelBench (and the harness's ``instantiate``): constructor arguments first, then the seed,
-        then construction on the CPU, then the move. So a candidate's ModelNew built the same way holds the same
-        weights.
+        Same order as KernelBench (and the harness's ``instantiate``): constructor arguments first, then the
+        seed, then construction on the CPU, then the move. So a candidate's ModelNew built the same way holds
+        the same weights.
         """
         import torch
 
@@ -102,8 +104,8 @@ class Problem:
     def make_inputs(self, seed: int, device: str | torch.device) -> list:
         """``get_inputs()`` after seeding, with every tensor created directly on ``device``.
 
-        Creating on the device (``with torch.device(device)``) rather than on the CPU and copying matters at full
-        size: a 4096x65536 input is 1 GiB. Tensors keep their dtype (integer indices, boolean masks) and
+        Creating on the device (``with torch.device(device)``) rather than on the CPU and copying matters at
+        full size: a 4096x65536 input is 1 GiB. Tensors keep their dtype (integer indices, boolean masks) and
         non-tensor inputs pass through unchanged. The same seed gives identical inputs on the same device.
         """
         import random
@@ -132,8 +134,8 @@ class Problem:
 def load_problem(path: str | Path, size: str = "full") -> Problem:
     """Read and validate one problem file (without executing it).
 
-    Raises ProblemError when the file does not parse, lacks Model/get_inputs/get_init_inputs, or carries malformed
-    KERNELCRAFT metadata; ValueError for an unknown size.
+    Raises ProblemError when the file does not parse, lacks Model/get_inputs/get_init_inputs, or carries
+    malformed KERNELCRAFT metadata; ValueError for an unknown size.
     """
     _check_size(size)
     path = Path(path).expanduser().resolve()
@@ -170,10 +172,10 @@ def discover(builtin: list[str] | str, dirs: list[str | Path], include: str | No
              size: str) -> list[Problem]:
     """All problems of a run, sorted by id.
 
-    ``builtin`` is "all" or a list of built-in ids ([] for none); ``dirs`` are KernelBench-style directories whose
-    ``*.py`` files that define Model, get_inputs and get_init_inputs are problems (others, such as helpers, are
-    skipped); ``include``/``exclude`` are regexes searched in the id. Two problems with one id are an error, as is
-    an unknown built-in id. Does not import torch or the problem files.
+    ``builtin`` is "all" or a list of built-in ids ([] for none); ``dirs`` are KernelBench-style directories
+    whose ``*.py`` files that define Model, get_inputs and get_init_inputs are problems (others, such as
+    helpers, are skipped); ``include``/``exclude`` are regexes searched in the id. Two problems with one id
+    are an error, as is an unknown built-in id. Does not import torch or the problem files.
     """
     _check_size(size)
     include_re = _compile_regex(include, "include")
@@ -194,7 +196,7 @@ def discover(builtin: list[str] | str, dirs: list[str | Path], include: str | No
     return [load_problem(chosen[pid], size) for pid in sorted(chosen)]
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 
 
 def _check_size(size: str) -> None:
@@ -245,7 +247,8 @@ def _parse(path: Path) -> ast.Module:
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:
-    """Names a module binds at top level (class/def/assignment/import), which is where KernelBench puts them."""
+    """Names a module binds at top level (class/def/assignment/import), which is where KernelBench puts
+    them."""
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):

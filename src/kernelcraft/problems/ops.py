@@ -1,14 +1,14 @@
 """Operation tags for problems: which single, well-known op a reference computes.
 
-Code generators (the offline proposer's templates, prompt hints, speed-of-light estimates) need to know *what* a
-problem computes, not just its shapes. Built-in problems say so in their ``KERNELCRAFT`` metadata; external
-KernelBench files do not, so :func:`detect_op` reads the source's syntax tree -- never imports it, because problem
-discovery runs at Snakemake DAG-build time and must not pay for importing torch.
+Code generators (the offline proposer's templates, prompt hints, speed-of-light estimates) need to know *what*
+a problem computes, not just its shapes. Built-in problems say so in their ``KERNELCRAFT`` metadata; external
+KernelBench files do not, so :func:`detect_op` reads the source's syntax tree -- never imports it, because
+problem discovery runs at Snakemake DAG-build time and must not pay for importing torch.
 
-The detector is deliberately strict. A tag is a promise to a code generator ("this forward is exactly a softmax
-over the last dimension"), so it only answers when the whole forward is one recognised op applied directly to the
-inputs, with any dimension argument provably the last one; everything else is ``None`` (the problem is still
-searched, just without op-specific help).
+The detector is deliberately strict. A tag is a promise to a code generator ("this forward is exactly a
+softmax over the last dimension"), so it only answers when the whole forward is one recognised op applied
+directly to the inputs, with any dimension argument provably the last one; everything else is ``None`` (the
+problem is still searched, just without op-specific help).
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ _FAMILIES: dict[str, str] = {
 
 
 def op_family(op: str | None) -> str | None:
-    """The kernel family of an op tag ("elementwise", "rowwise", "matmul", "conv"); None for None or an unknown tag.
+    """The kernel family of an op tag ("elementwise", "rowwise", "matmul", "conv"); None for None or an
+    unknown tag.
 
-    Families group ops that share a kernel skeleton (one thread per element, one block per row, tiled GEMM, ...).
+    Families group ops that share a kernel skeleton (one thread per element, one block per row, tiled GEMM,
+    ...).
     """
     if op is None:
         return None
@@ -87,7 +89,7 @@ def match_op(source: str) -> OpMatch | None:
     return _classify(result, ctx)
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # A tiny intermediate representation of the forward's return value.
 
 
@@ -251,7 +253,7 @@ class _Context:
                 return cls(tree, node)
         return None
 
-    # ---- static values ---------------------------------------------------------------------------------------
+    # ---- static values -------------------------------------------------------------------------------------
 
     def module_value(self, name: str) -> Any:
         """The value of a module-level constant such as ``batch_size = 16 * 2``, or UNKNOWN."""
@@ -269,7 +271,8 @@ class _Context:
         return value
 
     def static(self, node: ast.expr | None, scope: dict[str, Any]) -> Any:
-        """Evaluate a constant expression over literals, names in ``scope`` and module constants; else UNKNOWN."""
+        """Evaluate a constant expression over literals, names in ``scope`` and module constants; else
+        UNKNOWN."""
         if node is None:
             return UNKNOWN
         if isinstance(node, ast.Constant):
@@ -358,10 +361,11 @@ class _Context:
         value = self.static(node, scope)
         return _SelfAttr(name) if value is UNKNOWN else value
 
-    # ---- names -----------------------------------------------------------------------------------------------
+    # ---- names ---------------------------------------------------------------------------------------------
 
     def dotted(self, node: ast.expr) -> str | None:
-        """``F.gelu`` -> ``torch.nn.functional.gelu`` through the file's imports; None for non-module names."""
+        """``F.gelu`` -> ``torch.nn.functional.gelu`` through the file's imports; None for non-module
+        names."""
         parts: list[str] = []
         while isinstance(node, ast.Attribute):
             parts.append(node.attr)
@@ -371,7 +375,7 @@ class _Context:
         parts.append(self.aliases[node.id])
         return ".".join(reversed(parts))
 
-    # ---- inputs ----------------------------------------------------------------------------------------------
+    # ---- inputs --------------------------------------------------------------------------------------------
 
     def input_ranks(self) -> list[int | None]:
         """The rank of each tensor get_inputs() returns, where the factory call shows it (None where not)."""
@@ -417,10 +421,11 @@ class _Context:
             return known
         return len(node.args) if node.args else None
 
-    # ---- forward ---------------------------------------------------------------------------------------------
+    # ---- forward -------------------------------------------------------------------------------------------
 
     def forward_ir(self) -> Any:
-        """The forward's return value as IR, with local assignments inlined; None when the body is not simple."""
+        """The forward's return value as IR, with local assignments inlined; None when the body is not
+        simple."""
         if self.forward is None:
             return None
         args = self.forward.args
@@ -595,7 +600,7 @@ def _shape_len(value: Any) -> int | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Classification of the forward's IR.
 
 

@@ -193,7 +193,8 @@ def trajectory_svg(problem: dict) -> str:
         y = y_of(t)
         out.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}" stroke="{_C_GRID}"/>')
         out.append(
-            f'<text x="{_LEFT - 6}" y="{y + 3.5:.1f}" text-anchor="end" fill="#475569">{_tick_label(t)}</text>'
+            f'<text x="{_LEFT - 6}" y="{y + 3.5:.1f}" text-anchor="end" fill="#475569">'
+            f"{_tick_label(t)}</text>"
         )
     # Plot frame, failure band and x ticks.
     out.append(
@@ -253,10 +254,12 @@ def trajectory_svg(problem: dict) -> str:
         if p["idea"]:
             tip += f' — {p["idea"]}'
         is_best = best_id is not None and p["id"] == best_id
-        r_, fill, stroke = (5.5, _C_BEST, "#92400e") if is_best else (3.2, _C_POINT, "#1e40af")
+        if is_best:
+            style = f'r="5.5" fill="{_C_BEST}" fill-opacity="1" stroke="#92400e" stroke-width="1.2"'
+        else:
+            style = f'r="3.2" fill="{_C_POINT}" fill-opacity="0.55" stroke="#1e40af" stroke-width="0.6"'
         out.append(
-            f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="{r_}" fill="{fill}" fill-opacity="{1 if is_best else 0.55}" '
-            f'stroke="{stroke}" stroke-width="{1.2 if is_best else 0.6}"><title>{escape(tip)}</title></circle>'
+            f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" {style}><title>{escape(tip)}</title></circle>'
         )
 
     # Best-so-far line.
@@ -276,7 +279,8 @@ def trajectory_svg(problem: dict) -> str:
         )
     elif not points:
         out.append(
-            f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_TOP + 0.3 * (_PLOT_BOTTOM - _TOP):.1f}" text-anchor="middle" '
+            f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_TOP + 0.3 * (_PLOT_BOTTOM - _TOP):.1f}" '
+            f'text-anchor="middle" '
             f'fill="#64748b" font-size="13" paint-order="stroke" stroke="#ffffff" stroke-width="4">'
             f"No correct candidate yet</text>"
         )
@@ -335,8 +339,8 @@ def _baselines(y_of: Any, compile_speedup: float | None) -> list[str]:
     )
     if y_comp is not None and compile_speedup is not None:
         out.append(
-            f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y_comp:.1f}" y2="{y_comp:.1f}" stroke="{_C_COMPILE}" '
-            f'stroke-width="1.5" stroke-dasharray="6 3"/>'
+            f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y_comp:.1f}" y2="{y_comp:.1f}" '
+            f'stroke="{_C_COMPILE}" stroke-width="1.5" stroke-dasharray="6 3"/>'
         )
         ly = y_comp + 12 if close and eager_is_upper else y_comp - 4
         out.append(

@@ -225,13 +225,13 @@ def _best_view(best: Mapping[str, Any], eager_ms: float | None, compile_ms: floa
         "source_lines": source.splitlines(),
         "parent_id": parent_id,
         "has_parent_source": parent_source is not None,
-        "diff": _diff_lines(parent_source, source, parent_id, candidate_id) if parent_source is not None else [],
+        "diff": [] if parent_source is None else _diff_lines(parent_source, source, parent_id, candidate_id),
         "lineage": lineage,
     }
 
 
 def _within_noise(a: float | None, a_iqr: float | None, b: float | None, b_iqr: float | None) -> bool:
-    """True when two medians differ by less than the larger run-to-run spread (DESIGN.md §5: that is noise)."""
+    """True when two medians differ by less than the larger run-to-run spread (DESIGN.md §5: noise)."""
     if a is None or b is None:
         return False
     spread = max(a_iqr or 0.0, b_iqr or 0.0)
@@ -317,8 +317,9 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
         "failures": failures,
         "n_failed": sum(n for _, n in failures),
         "best": best,
-        "noise_vs_eager": bool(best) and _within_noise(best["time_ms"], best["time_iqr_ms"], eager_ms, eager_iqr),
-        "noise_vs_compile": bool(best)
+        "noise_vs_eager": best is not None
+        and _within_noise(best["time_ms"], best["time_iqr_ms"], eager_ms, eager_iqr),
+        "noise_vs_compile": best is not None
         and _within_noise(best["time_ms"], best["time_iqr_ms"], compile_ms, compile_iqr),
         "candidates": candidates,
         "svg": Markup(trajectory_svg(dict(problem))),  # charts.py escapes every text it emits
@@ -331,7 +332,9 @@ def build_context(summary: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"render_report needs the summary dict, got {type(summary).__name__}")
     problems_in = summary.get("problems") or []
     if not isinstance(problems_in, Sequence) or isinstance(problems_in, (str, bytes)):
-        raise ValueError(f"summary['problems'] must be a list of problem dicts, got {type(problems_in).__name__}")
+        raise ValueError(
+            f"summary['problems'] must be a list of problem dicts, got {type(problems_in).__name__}"
+        )
     taken: set[str] = set()
     problems = []
     for i, p in enumerate(problems_in):
@@ -365,7 +368,7 @@ def build_context(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_environment(template_dir: Path) -> jinja2.Environment:
-    """Jinja with autoescape always on (candidate text is untrusted) and StrictUndefined (typos fail loudly)."""
+    """Jinja with autoescape always on (candidate text is untrusted), StrictUndefined (typos fail loudly)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir)),
         autoescape=True,

@@ -1,4 +1,5 @@
-"""2-D convolution, AlexNet's first layer: 3 -> 96 channels, 11x11 kernel, stride 4, padding 2, on 100x3x224x224.
+"""2-D convolution, AlexNet's first layer: 3 -> 96 channels, 11x11 kernel, stride 4, padding 2, on
+100x3x224x224.
 
 From the idea-branching method's published set.
 """

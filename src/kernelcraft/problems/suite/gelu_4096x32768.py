@@ -1,4 +1,5 @@
-"""Exact (erf) GELU on a 4096 x 32768 matrix: a classic level-1 elementwise op (KernelBench level 1 "GELU")."""
+"""Exact (erf) GELU on a 4096 x 32768 matrix: a classic level-1 elementwise op (KernelBench level 1
+"GELU")."""
 
 import torch
 import torch.nn as nn

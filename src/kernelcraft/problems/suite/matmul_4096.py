@@ -1,6 +1,7 @@
 """Square matrix multiplication C = A @ B, 4096 x 4096, fp32.
 
-From the idea-branching method's published set (KernelBench level 1, problem 1 "Square matrix multiplication").
+From the idea-branching method's published set (KernelBench level 1, problem 1 "Square matrix
+multiplication").
 """
 
 import torch

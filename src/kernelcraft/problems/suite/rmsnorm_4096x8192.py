@@ -1,7 +1,7 @@
 """RMS normalisation over the last dimension of a 4096 x 8192 matrix, with a learnable scale.
 
-A classic row-wise op (LLaMA-style RMSNorm). Written with explicit torch ops rather than nn.RMSNorm so that it runs
-on torch 2.4 and later.
+A classic row-wise op (LLaMA-style RMSNorm). Written with explicit torch ops rather than nn.RMSNorm so that it
+runs on torch 2.4 and later.
 """
 
 import torch

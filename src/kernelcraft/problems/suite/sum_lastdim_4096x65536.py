@@ -1,4 +1,5 @@
-"""Sum over the last dimension of a 4096 x 65536 matrix, keeping the dimension (a classic level-1 reduction)."""
+"""Sum over the last dimension of a 4096 x 65536 matrix, keeping the dimension (a classic level-1
+reduction)."""
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,92 @@
+"""The candidate worker: every way a candidate process can misbehave becomes a recorded reason, the parent goes
+on, and candidates never see secrets from the environment."""
+
+import os
+
+import pytest
+
+from kernelcraft.harness.env import scrubbed_env
+from kernelcraft.harness.worker import Worker
+
+
+@pytest.fixture()
+def worker(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-should-never-leak")
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-should-never-leak")
+    w = Worker(env={"KERNELCRAFT_BUILD_DIR": str(tmp_path / "build")}, work_dir=tmp_path / "work")
+    yield w
+    w.close()
+
+
+def _candidate(tmp_path, body: str, name: str = "cand.py"):
+    path = tmp_path / name
+    path.write_text("import torch\nimport torch.nn as nn\n" + body +
+                    "\nclass ModelNew(nn.Module):\n    def forward(self, x):\n        return x\n")
+    return str(path)
+
+
+def test_a_hanging_candidate_is_killed_at_its_timeout_and_recorded(worker, tmp_path):
+    out = worker.call("build", {"candidate": _candidate(tmp_path, "import time\ntime.sleep(60)")}, timeout=2)
+    assert not out.ok
+    assert out.reason == "timeout after 2 s"
+    assert out.wall_s < 20
+
+
+def test_a_segfaulting_candidate_is_recorded_as_a_crash(worker, tmp_path):
+    out = worker.call("build", {"candidate": _candidate(tmp_path, "import ctypes\nctypes.string_at(0)")}, timeout=30)
+    assert not out.ok
+    assert out.reason == "crashed with SIGSEGV"
+
+
+def test_an_exception_is_recorded_with_its_type_and_message(worker, tmp_path):
+    out = worker.call("build", {"candidate": _candidate(tmp_path, "raise ValueError('bad tile size')")}, timeout=30)
+    assert not out.ok
+    assert out.reason == "ValueError: bad tile size"
+
+
+def test_a_file_without_modelnew_is_rejected(worker, tmp_path):
+    path = tmp_path / "nomodel.py"
+    path.write_text("x = 1\n")
+    out = worker.call("build", {"candidate": str(path)}, timeout=30)
+    assert out.reason == "CandidateError: defines no class ModelNew"
+
+
+def test_candidates_see_no_api_keys_or_tokens(worker, tmp_path):
+    body = ("import os\nleaked = sorted(k for k in os.environ if 'KEY' in k or 'TOKEN' in k)\n"
+            "raise RuntimeError('seen:' + ','.join(leaked) + ';build=' + str('KERNELCRAFT_BUILD_DIR' in os.environ))")
+    out = worker.call("build", {"candidate": _candidate(tmp_path, body)}, timeout=30)
+    assert out.reason == "RuntimeError: seen:;build=True"
+
+
+def test_killing_the_worker_is_recorded_and_the_next_candidate_still_runs(worker, tmp_path):
+    killer = _candidate(tmp_path, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "killer.py")
+    out = worker.call("build", {"candidate": killer}, timeout=30)
+    assert not out.ok and out.reason == "candidate killed its worker process"
+    good = worker.call("build", {"candidate": _candidate(tmp_path, "", "good.py")}, timeout=30)
+    assert good.ok, good.reason
+    assert worker.restarts == 1
+
+
+def test_candidate_output_goes_to_its_log_not_the_protocol(worker, tmp_path):
+    log = tmp_path / "c.log"
+    out = worker.call("build", {"candidate": _candidate(tmp_path, "print('{\"pid\": 1}')\nprint('hello')")},
+                      timeout=30, log=log)
+    assert out.ok, out.reason
+    assert "hello" in log.read_text()
+
+
+def test_scrubbed_env_keeps_build_settings_and_drops_secrets():
+    env = scrubbed_env({"PATH": "/bin", "HOME": "/h", "AWS_SECRET_ACCESS_KEY": "x", "GEMINI_API_KEY": "y",
+                        "HF_TOKEN": "z", "KERNELCRAFT_BUILD_DIR": "/b", "KERNELCRAFT_API_KEY": "k",
+                        "SOME_RANDOM_VAR": "r", "LC_ALL": "C"})
+    assert env == {"PATH": "/bin", "HOME": "/h", "KERNELCRAFT_BUILD_DIR": "/b", "LC_ALL": "C"}
+
+
+def test_passing_a_secret_explicitly_is_refused():
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        scrubbed_env({}, extra={"OPENAI_API_KEY": "x"})
+
+
+def test_the_parent_environment_is_untouched(worker, tmp_path):
+    worker.call("build", {"candidate": _candidate(tmp_path, "")}, timeout=30)
+    assert os.environ["OPENAI_API_KEY"] == "sk-should-never-leak"

@@ -4,17 +4,20 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from kernelcraft.config import exit_on_bad_config
+
 min_version("9.0")
 
 
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-include: "workflow/rules/common.smk"
-
-
+# One line naming the bad key first; then Snakemake's own schema validation (which also fills defaults).
+exit_on_bad_config(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 
+
+include: "workflow/rules/common.smk"
 
 include: "workflow/rules/baseline.smk"
 include: "workflow/rules/search.smk"

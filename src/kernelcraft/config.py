@@ -74,6 +74,14 @@ def check_config(config: dict, schema: dict | None = None) -> None:
             raise ConfigError(f"config key 'models.{role}' is empty; list at least one model")
 
 
+def exit_on_bad_config(config: dict) -> None:
+    """For the Snakefile: stop with one line, before any job, when the config is wrong."""
+    try:
+        check_config({k: v for k, v in config.items() if not k.startswith("_")})
+    except ConfigError as err:
+        raise SystemExit(f"kernelcraft: {err}") from None
+
+
 def load_config(path: Path = DEFAULT_CONFIG_PATH, overrides: dict | None = None) -> dict:
     """Read a config file, apply nested overrides and check it (for use outside Snakemake, e.g. tests)."""
     with open(path) as fh:

@@ -36,6 +36,14 @@ def resolve(config: dict) -> dict:
     }
 
 
+def resolve_or_exit(config: dict) -> dict:
+    """For the Snakefile: resolve, or stop with one line (unknown problem id, bad problem directory...)."""
+    try:
+        return resolve({k: v for k, v in config.items() if not k.startswith("_")})
+    except (ValueError, OSError) as err:
+        raise SystemExit(f"kernelcraft: {err}") from None
+
+
 @dataclass(frozen=True)
 class RunContext:
     config: dict

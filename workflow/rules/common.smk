@@ -1,15 +1,8 @@
-# Shared settings: one-line config check, values resolved once per run, path helpers for input functions.
-import sys
-
-from kernelcraft.config import ConfigError, check_config
-from kernelcraft.context import RESOLVED_KEY, resolve
+# Shared settings: values resolved once per run (backend, sizes, problems), path helpers for input functions.
 from kernelcraft import layout
+from kernelcraft.context import RESOLVED_KEY, resolve_or_exit
 
-try:
-    check_config({k: v for k, v in config.items() if k != RESOLVED_KEY})
-    config[RESOLVED_KEY] = resolve({k: v for k, v in config.items() if k != RESOLVED_KEY})
-except (ConfigError, ValueError) as err:
-    sys.exit(f"kernelcraft: {err}")
+config[RESOLVED_KEY] = resolve_or_exit(config)
 
 RESULTS = "results"
 RUN = str(layout.run_dir(RESULTS, config["run"]))

@@ -67,7 +67,8 @@ class Problem:
             raise ProblemError(f"{self.path}: cannot be loaded as a Python module; give a .py file")
         module = importlib.util.module_from_spec(spec)
         source = self.source()
-        sys.modules[name] = module  # dataclasses and typing resolve names through sys.modules during execution
+        # dataclasses and typing look names up through sys.modules while the module executes
+        sys.modules[name] = module
         try:
             exec(compile(source, str(self.path), "exec", dont_inherit=True), module.__dict__)
         except Exception as exc:
@@ -147,7 +148,8 @@ def load_problem(path: str | Path, size: str = "full") -> Problem:
         raise ProblemError(f"{path}: not a KernelBench problem: missing {_describe(missing[0])}")
     meta = _metadata(tree, path)
     declared_op = meta.get("op")
-    detected = match_op(path.read_text(encoding="utf-8")) if declared_op is None or "params" not in meta else None
+    needs_detection = declared_op is None or "params" not in meta
+    detected = match_op(path.read_text(encoding="utf-8")) if needs_detection else None
     op = declared_op if declared_op is not None else (detected.op if detected else None)
     if "params" in meta:
         params = dict(meta["params"])
@@ -191,7 +193,8 @@ def discover(builtin: list[str] | str, dirs: list[str | Path], include: str | No
         if exclude_re is not None and exclude_re.search(pid):
             continue
         if pid in chosen:
-            raise ValueError(f"duplicate problem id {pid!r}: {chosen[pid]} and {path}; rename one or exclude it")
+            raise ValueError(f"duplicate problem id {pid!r}: {chosen[pid]} and {path}; "
+                             "rename one or exclude it")
         chosen[pid] = path
     return [load_problem(chosen[pid], size) for pid in sorted(chosen)]
 
@@ -274,7 +277,8 @@ def _metadata(tree: ast.Module, path: Path) -> dict[str, Any]:
     try:
         meta = ast.literal_eval(value_node)
     except ValueError as exc:
-        raise ProblemError(f"{path}: {METADATA_NAME} must be a literal dict (no names or calls): {exc}") from exc
+        raise ProblemError(f"{path}: {METADATA_NAME} must be a literal dict (no names or calls): "
+                           f"{_first_line(exc)}") from exc
     if not isinstance(meta, dict):
         raise ProblemError(f"{path}: {METADATA_NAME} must be a dict, got {type(meta).__name__}")
     unknown = sorted(set(meta) - set(METADATA_KEYS))
@@ -298,8 +302,8 @@ def _apply_overrides(module: types.ModuleType, path: Path) -> None:
         return
     for name, value in small.items():
         if not hasattr(module, name):
-            raise ProblemError(f"{path}: {METADATA_NAME}['small'] overrides {name!r}, which the module does not "
-                               "define; fix the name or define the global")
+            raise ProblemError(f"{path}: {METADATA_NAME}['small'] overrides {name!r}, which the module does "
+                               "not define; fix the name or define the global")
         setattr(module, name, value)
 
 

@@ -211,8 +211,8 @@ _CTOR_SIGNATURES: dict[str, tuple[str, ...]] = {
     "log_softmax": ("dim",),
     "layer_norm": ("normalized_shape", "eps", "elementwise_affine", "bias"),
     "rms_norm": ("normalized_shape", "eps", "elementwise_affine"),
-    "conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
-               "padding_mode"),
+    "conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+               "bias", "padding_mode"),
     "max_pool2d": ("kernel_size", "stride", "padding", "dilation", "return_indices", "ceil_mode"),
 }
 _TENSOR_KWARGS = ("input", "other")
@@ -351,7 +351,7 @@ class _Context:
         if isinstance(node, ast.Call):
             op = _MODULES.get(self.dotted(node.func) or "")
             if op is not None:
-                if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+                if _has_unpacking(node):
                     return _SelfAttr(name)
                 attrs = {key: self.static(arg, scope) for key, arg in zip(_CTOR_SIGNATURES[op], node.args,
                                                                           strict=False)}
@@ -385,7 +385,7 @@ class _Context:
             return []
         local: dict[str, ast.expr] = {}
         for stmt in fn.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            if _is_name_assign(stmt):
                 local[stmt.targets[0].id] = stmt.value
         ranks: list[int | None] = []
         for elt in ret.elts:
@@ -402,11 +402,9 @@ class _Context:
             return None
         name = self.dotted(node.func)
         if name == "torch.randint":
-            size = next((k.value for k in node.keywords if k.arg == "size"), node.args[-1] if node.args else None)
-            return _shape_len(self.static(size, {}))
+            return _shape_len(self.static(_size_arg(node, -1), {}))
         if name == "torch.full":
-            size = next((k.value for k in node.keywords if k.arg == "size"), node.args[0] if node.args else None)
-            return _shape_len(self.static(size, {}))
+            return _shape_len(self.static(_size_arg(node, 0), {}))
         if name not in _SHAPE_FACTORIES:
             return None
         if len(node.args) == 1 and not isinstance(node.args[0], ast.Starred):
@@ -439,7 +437,7 @@ class _Context:
         if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
             return None
         for stmt in body[:-1]:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            if _is_name_assign(stmt):
                 env[stmt.targets[0].id] = self.ir(stmt.value, env)
             elif (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
                   and stmt.value is not None):
@@ -484,7 +482,7 @@ class _Context:
         return _Bin(symbol, left, right)
 
     def _call(self, node: ast.Call, env: dict[str, Any]) -> Any:
-        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+        if _has_unpacking(node):
             return UNKNOWN
         func = node.func
         dotted = self.dotted(func)
@@ -559,6 +557,22 @@ def _module_assigns(tree: ast.Module) -> dict[str, ast.expr]:
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             assigns[node.target.id] = node.value
     return assigns
+
+
+def _has_unpacking(call: ast.Call) -> bool:
+    return any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords)
+
+
+def _is_name_assign(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+
+
+def _size_arg(call: ast.Call, position: int) -> ast.expr | None:
+    """The ``size`` argument of a factory such as torch.randint/torch.full (keyword, else positional)."""
+    for kw in call.keywords:
+        if kw.arg == "size":
+            return kw.value
+    return call.args[position] if call.args else None
 
 
 def _single_return(fn: ast.FunctionDef | None) -> ast.expr | None:
@@ -642,7 +656,8 @@ def _classify(ir: Any, ctx: _Context) -> OpMatch | None:
         return None
     if ir.name == "sum":
         keepdim = attrs.get("keepdim", False)
-        if _is_last_dim(attrs.get("dim"), rank(x)) and isinstance(keepdim, bool) and attrs.get("dtype") is None:
+        plain = isinstance(keepdim, bool) and attrs.get("dtype") is None
+        if plain and _is_last_dim(attrs.get("dim"), rank(x)):
             return OpMatch("sum_lastdim", {"dim": -1, "keepdim": keepdim})
         return None
     if ir.name == "layer_norm":

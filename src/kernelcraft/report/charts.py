@@ -36,12 +36,14 @@ _MAX_CROSSES_PER_ROUND = 40  # beyond this the band is a smear; the count label 
 
 
 def _fmt_x(v: float) -> str:
-    """Speedup tick/label text: 2 decimals below 10x, fewer above, no trailing zeros on ticks."""
+    """Speedup label text, the same rule as the page's tables (render.fmt_speedup): 1.59×, 12.3×, 150×."""
     if v >= 100:
         return f"{v:.0f}×"
     if v >= 10:
         return f"{v:.1f}×"
-    return f"{v:.2f}×"
+    if v >= 0.095:
+        return f"{v:.2f}×"
+    return f"{v:.2g}×"
 
 
 def _tick_label(v: float) -> str:
@@ -83,42 +85,30 @@ def _jitter(key: str, width: float) -> float:
     return (2.0 * h - 1.0) * width
 
 
-def _candidate_points(candidates: Sequence[Mapping[str, Any]]) -> tuple[list[dict], Counter]:
-    """Split candidates into plotted points (correct with a measured speedup) and failures per round."""
+def _split_candidates(
+    candidates: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict], Counter, dict[int, list[str]]]:
+    """Plotted points (correct, with a measured speedup), failure counts per round, and the failures' ids.
+
+    The ids only key the crosses' jitter and are capped per round; the counts are always complete.
+    """
     points: list[dict] = []
     failed: Counter = Counter()
+    failed_ids: dict[int, list[str]] = {}
     for i, c in enumerate(candidates):
         rnd = as_int(c.get("round"))
-        if rnd is None:
+        if rnd is None or rnd < 1:
             continue
+        cid = str(c.get("candidate_id") or f"#{i}")
         speedup = as_float(c.get("speedup_eager"))
         if as_bool(c.get("correct")) and speedup is not None and speedup > 0:
-            points.append({
-                "round": rnd,
-                "speedup": speedup,
-                "id": str(c.get("candidate_id") or f"#{i}"),
-                "idea": str(c.get("idea") or ""),
-                "time_ms": as_float(c.get("time_ms")),
-            })
-        else:
-            failed[rnd] += 1
-    return points, failed
-
-
-def _failure_crosses(failed: Counter, candidates: Sequence[Mapping[str, Any]]) -> dict[int, list[str]]:
-    """Candidate ids (for jitter keys) of the failures in each round, capped per round."""
-    ids: dict[int, list[str]] = {}
-    for i, c in enumerate(candidates):
-        rnd = as_int(c.get("round"))
-        if rnd is None or rnd not in failed:
+            points.append({"round": rnd, "speedup": speedup, "id": cid, "idea": str(c.get("idea") or "")})
             continue
-        speedup = as_float(c.get("speedup_eager"))
-        if as_bool(c.get("correct")) and speedup is not None and speedup > 0:
-            continue
-        bucket = ids.setdefault(rnd, [])
+        failed[rnd] += 1
+        bucket = failed_ids.setdefault(rnd, [])
         if len(bucket) < _MAX_CROSSES_PER_ROUND:
-            bucket.append(str(c.get("candidate_id") or f"#{i}"))
-    return ids
+            bucket.append(cid)
+    return points, failed, failed_ids
 
 
 def trajectory_svg(problem: dict) -> str:
@@ -132,8 +122,7 @@ def trajectory_svg(problem: dict) -> str:
         raise TypeError(f"trajectory_svg needs a problem dict, got {type(problem).__name__}")
     rounds = [r for r in (problem.get("rounds") or []) if isinstance(r, Mapping)]
     candidates = [c for c in (problem.get("candidates") or []) if isinstance(c, Mapping)]
-    points, failed = _candidate_points(candidates)
-    crosses = _failure_crosses(failed, candidates)
+    points, failed, crosses = _split_candidates(candidates)
 
     eager_ms = as_float(problem.get("eager_ms"))
     compile_ms = as_float(problem.get("compile_ms"))
@@ -142,12 +131,12 @@ def trajectory_svg(problem: dict) -> str:
     bsf: list[tuple[int, float]] = []
     for r in rounds:
         rnd, s = as_int(r.get("round")), as_float(r.get("best_so_far_speedup_eager"))
-        if rnd is not None and s is not None and s > 0:
+        if rnd is not None and rnd >= 1 and s is not None and s > 0:
             bsf.append((rnd, s))
     bsf.sort()
 
     round_numbers = [as_int(r.get("round")) for r in rounds] + [p["round"] for p in points] + list(failed)
-    n_rounds = max([r for r in round_numbers if r is not None] + [0])
+    n_rounds = max([r for r in round_numbers if r is not None and r >= 1] + [0])
 
     best = problem.get("best") if isinstance(problem.get("best"), Mapping) else None
     best_id = str(best.get("candidate_id")) if best and best.get("candidate_id") is not None else None

@@ -154,7 +154,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-_DIAG_START = re.compile(r"^\S.*?(\(\d+\)|:\d+:(\d+:)?)\s*(catastrophic error|fatal error|error|warning)\b")
+_DIAG_START = re.compile(r"^\S.*?(\(\d+\)|:\d+:(\d+:)?):?\s*(catastrophic error|fatal error|error|warning)\b")
 
 
 def trim_log(log: str, max_lines: int = 20) -> str:

@@ -179,8 +179,13 @@ class CKernel:
                                 f"and is {_c_name(now)} now: pass the same type on every call")
 
 
+_C_NAMES = {
+    ctypes.c_void_p: "a tensor (pointer)", ctypes.c_float: "float", ctypes.c_double: "double",
+    ctypes.c_bool: "bool", ctypes.c_int8: "int8_t", ctypes.c_int16: "int16_t", ctypes.c_int32: "int32_t",
+    ctypes.c_int64: "int64_t", ctypes.c_uint8: "uint8_t", ctypes.c_uint16: "uint16_t",
+    ctypes.c_uint32: "uint32_t", ctypes.c_uint64: "uint64_t",
+}
+
+
 def _c_name(ctype: type) -> str:
-    if ctype is ctypes.c_void_p:
-        return "a tensor (pointer)"
-    return {ctypes.c_float: "float", ctypes.c_double: "double", ctypes.c_bool: "bool"}.get(
-        ctype, ctype.__name__[2:] + "_t")
+    return _C_NAMES.get(ctype, ctype.__name__)

@@ -1,0 +1,332 @@
+"""What a code generator needs to know about a problem, derived once from the reference itself.
+
+The offline proposer writes kernels for one op applied to one float32 input. The op tag says *which* op; this
+module pins down everything else the generated file depends on, from the reference rather than from guesses:
+the input shape (``get_inputs()`` run on the meta device, so a 1 GiB input costs nothing), how many trailing
+dimensions form a row, the eps, the output shape (the reference's forward on meta tensors), and how ModelNew must
+recreate the reference's parameters so the same seed gives the same weights. A small real probe then checks
+that the reference really computes the op we are about to generate for (an external KernelBench file can call
+something the static op detector mistook); if anything does not fit, :func:`describe` says why and the
+proposer reports the problem as unsupported instead of emitting wrong kernels.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+ELEMENTWISE_OPS = ("relu", "gelu")
+ROWWISE_OPS = ("softmax", "log_softmax", "layernorm", "rmsnorm", "sum_lastdim")
+FAMILIES = {**{op: "elementwise" for op in ELEMENTWISE_OPS}, **{op: "rowwise" for op in ROWWISE_OPS}}
+
+
+class Unsupported(ValueError):
+    """The problem is outside what the offline generators can write correct code for (message says why)."""
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One problem as the generators see it. ``row_dims`` trailing dims form a row of ``row_len`` floats."""
+
+    problem_id: str
+    op: str
+    family: str
+    input_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    row_dims: int
+    eps: float
+    keepdim: bool
+    init_signature: str  # "(self, normalized_shape)": ModelNew.__init__'s parameter list, verbatim
+    init_body: tuple[str, ...]  # statements after super().__init__() that recreate the parameters
+    weight: str | None  # Python expression for the weight tensor inside forward ("self.ln.weight")
+    bias: str | None
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.input_shape[: len(self.input_shape) - self.row_dims])
+
+    @property
+    def row_len(self) -> int:
+        return math.prod(self.input_shape[len(self.input_shape) - self.row_dims:])
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.input_shape)
+
+
+def describe(problem: Any) -> OpSpec:
+    """The OpSpec of ``problem`` (a kernelcraft Problem), or Unsupported with a one-line reason."""
+    import torch
+
+    op = getattr(problem, "op", None)
+    if op not in FAMILIES:
+        raise Unsupported(f"op {op!r} has no offline generator (supported: {', '.join(FAMILIES)})")
+    module = problem.load_module()
+    params = dict(getattr(problem, "params", None) or {})
+    meta = getattr(module, "KERNELCRAFT", None)
+    if isinstance(meta, dict) and isinstance(meta.get("params"), dict):
+        params = {**params, **meta["params"]}
+    init_inputs = list(module.get_init_inputs())
+
+    with torch.device("meta"):
+        try:
+            inputs = list(module.get_inputs())
+        except Exception as exc:  # noqa: BLE001 - any failure just means we cannot see the shapes cheaply
+            raise Unsupported(f"get_inputs() does not run on the meta device ({type(exc).__name__})") from exc
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+        raise Unsupported("the offline generators handle exactly one tensor input")
+    x = inputs[0]
+    if x.dtype != torch.float32:
+        raise Unsupported(f"input dtype is {x.dtype}; the offline generators write float32 kernels")
+    if x.dim() == 0:
+        raise Unsupported("input is a 0-d tensor")
+    shape = tuple(int(s) for s in x.shape)
+
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    named = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    if buffers:
+        raise Unsupported(f"the reference has buffers ({', '.join(buffers)}) that ModelNew would have to mirror")
+
+    family = FAMILIES[op]
+    row_dims = 1
+    eps = 0.0
+    keepdim = False
+    init_body: list[str] = []
+    weight = bias = None
+    ctor = _ctor_bindings(module.Model, init_inputs)
+
+    if op == "gelu" and params.get("approximate", "none") != "none":
+        raise Unsupported("only the exact (erf) GELU is generated; approximate='tanh' is not")
+    if op in ("relu", "gelu", "softmax", "log_softmax", "sum_lastdim") and named:
+        raise Unsupported(f"a {op} reference with parameters ({', '.join(named)}) is not a plain {op}")
+    if op in ("softmax", "log_softmax", "sum_lastdim") and params.get("dim", -1) not in (-1, len(shape) - 1):
+        raise Unsupported(f"{op} over dim {params.get('dim')} is not over the last dim")
+    if op == "sum_lastdim":
+        keepdim = bool(params.get("keepdim", False))
+    if op == "layernorm":
+        row_dims, eps, init_body, weight, bias = _layernorm_mirror(model, named, shape, ctor)
+    if op == "rmsnorm":
+        eps, init_body, weight = _rmsnorm_mirror(model, named, shape, params, ctor)
+
+    if row_dims > len(shape):
+        raise Unsupported(f"normalised dims ({row_dims}) exceed the input rank ({len(shape)})")
+    out_shape = _out_shape(module, init_inputs, x, op, shape, keepdim)
+    spec = OpSpec(problem_id=str(problem.id), op=op, family=family, input_shape=shape, out_shape=out_shape,
+                  row_dims=row_dims, eps=float(eps), keepdim=keepdim,
+                  init_signature=_render_signature(module.Model), init_body=tuple(init_body),
+                  weight=weight, bias=bias)
+    _probe(spec, model)
+    return spec
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+
+
+def _ctor_bindings(model_cls: type, init_inputs: list) -> dict[str, Any]:
+    """Constructor argument name -> value passed by get_init_inputs(), to refer to them by name in ModelNew."""
+    try:
+        sig = inspect.signature(model_cls.__init__)
+        bound = sig.bind(None, *init_inputs)
+    except (TypeError, ValueError):
+        return {}
+    bound.apply_defaults()
+    out = dict(bound.arguments)
+    out.pop(next(iter(sig.parameters)), None)  # self
+    return out
+
+
+def _expr_for(value: Any, ctor: dict[str, Any], literal: str) -> str:
+    """A constructor argument's name when it carries exactly ``value``, else the literal."""
+    for name, given in ctor.items():
+        if type(given) is type(value) and given == value:
+            return name
+        if isinstance(given, list | tuple) and isinstance(value, tuple) and tuple(given) == value:
+            return f"tuple({name})"
+    return literal
+
+
+def _layernorm_mirror(model: Any, named: dict, shape: tuple[int, ...], ctor: dict[str, Any]):
+    import torch.nn as nn
+
+    lns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    if len(lns) != 1 or "." in lns[0][0] or not lns[0][0]:
+        raise Unsupported("layernorm: expected exactly one nn.LayerNorm attribute on the Model")
+    attr, ln = lns[0]
+    norm_shape = tuple(int(s) for s in ln.normalized_shape)
+    if tuple(shape[len(shape) - len(norm_shape):]) != norm_shape:
+        raise Unsupported(f"layernorm: normalized_shape {norm_shape} does not match the input's trailing dims")
+    expected = {f"{attr}.weight", f"{attr}.bias"} if ln.elementwise_affine else set()
+    if ln.elementwise_affine and ln.bias is None:
+        raise Unsupported("layernorm: an affine LayerNorm without bias is not generated")
+    if set(named) != expected:
+        raise Unsupported(f"layernorm: unexpected parameters {sorted(set(named) - expected)}")
+    if ln.elementwise_affine and not (bool((ln.weight == 1).all()) and bool((ln.bias == 0).all())):
+        raise Unsupported("layernorm: weight/bias are not LayerNorm's default init (ones/zeros)")
+    shape_expr = _expr_for(norm_shape, ctor, repr(norm_shape))
+    body = [f"self.{attr} = nn.LayerNorm({shape_expr}, eps={float(ln.eps)!r}, "
+            f"elementwise_affine={bool(ln.elementwise_affine)})"]
+    if ln.elementwise_affine:
+        return len(norm_shape), float(ln.eps), body, f"self.{attr}.weight", f"self.{attr}.bias"
+    return len(norm_shape), float(ln.eps), body, None, None
+
+
+def _rmsnorm_mirror(model: Any, named: dict, shape: tuple[int, ...], params: dict, ctor: dict[str, Any]):
+    import torch
+    import torch.nn as nn
+
+    n = shape[-1]
+    rms_modules = [(name, m) for name, m in model.named_modules() if type(m).__name__ == "RMSNorm"]
+    if rms_modules:
+        attr, mod = rms_modules[0]
+        norm_shape = tuple(int(s) for s in mod.normalized_shape)
+        if len(rms_modules) != 1 or "." in attr or norm_shape != (n,):
+            raise Unsupported("rmsnorm: only one nn.RMSNorm over the last dim is generated")
+        eps = mod.eps if mod.eps is not None else float(torch.finfo(torch.float32).eps)
+        affine = mod.weight is not None
+        if affine and not bool((mod.weight == 1).all()):
+            raise Unsupported("rmsnorm: weight is not initialised to ones")
+        body = [f"self.{attr} = nn.RMSNorm({_expr_for((n,), ctor, repr((n,)))}, eps={mod.eps!r}, "
+                f"elementwise_affine={affine})"]
+        return float(eps), body, (f"self.{attr}.weight" if affine else None)
+    eps = params.get("eps")
+    if not isinstance(eps, int | float) or isinstance(eps, bool):
+        eps = getattr(model, "eps", None)
+    if not isinstance(eps, int | float) or isinstance(eps, bool):
+        raise Unsupported("rmsnorm: eps is not known statically (no params['eps'], no float self.eps)")
+    if not named:
+        return float(eps), [], None
+    if len(named) != 1:
+        raise Unsupported(f"rmsnorm: expected at most one weight parameter, found {sorted(named)}")
+    (name, p), = named.items()
+    if "." in name or tuple(p.shape) != (n,):
+        raise Unsupported(f"rmsnorm: parameter {name} of shape {tuple(p.shape)} is not a ({n},) weight")
+    if bool((p == 1).all()):
+        fill = "ones"
+    elif bool((p == 0).all()):
+        fill = "zeros"
+    else:
+        raise Unsupported("rmsnorm: weight init is neither ones nor zeros, so ModelNew cannot reproduce it")
+    body = []
+    if isinstance(getattr(model, "eps", None), float):
+        body.append(f"self.eps = {_expr_for(getattr(model, 'eps'), ctor, repr(getattr(model, 'eps')))}")
+    body.append(f"self.{name} = nn.Parameter(torch.{fill}({_expr_for(n, ctor, str(n))}))")
+    _ = nn  # nn is what the generated statements name
+    return float(eps), body, f"self.{name}"
+
+
+def _render_signature(model_cls: type) -> str:
+    """ModelNew.__init__'s parameter list: the reference's names, kinds and (literal) defaults, no annotations."""
+    params = list(inspect.signature(model_cls.__init__).parameters.values())
+    parts: list[str] = []
+    star_done = False
+    for i, p in enumerate(params):
+        if p.kind is p.VAR_POSITIONAL:
+            parts.append(f"*{p.name}")
+            star_done = True
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            parts.append(f"**{p.name}")
+            continue
+        if p.kind is p.KEYWORD_ONLY and not star_done:
+            parts.append("*")
+            star_done = True
+        text = p.name
+        if p.default is not p.empty:
+            default = repr(p.default)
+            try:
+                ast.literal_eval(default)
+            except (ValueError, SyntaxError):
+                default = "None"  # ModelNew never reads it: shapes were fixed when the file was generated
+            text += f"={default}"
+        parts.append(text)
+        if p.kind is p.POSITIONAL_ONLY and (i + 1 == len(params) or params[i + 1].kind is not p.POSITIONAL_ONLY):
+            parts.append("/")
+    return "(" + ", ".join(parts) + ")"
+
+
+# ------------------------------------------------------------------------------------------------ semantics
+
+
+def _out_shape(module: Any, init_inputs: list, x: Any, op: str, shape: tuple[int, ...],
+               keepdim: bool) -> tuple[int, ...]:
+    import torch
+
+    if op == "sum_lastdim":
+        expected = shape[:-1] + ((1,) if keepdim else ())
+    else:
+        expected = shape
+    try:
+        with torch.device("meta"):
+            out = module.Model(*init_inputs)(x)
+    except Exception:  # noqa: BLE001 - some references do not run on meta; the probe still checks semantics
+        return expected
+    got = tuple(int(s) for s in out.shape) if isinstance(out, torch.Tensor) else None
+    if got != expected:
+        raise Unsupported(f"the reference's output shape {got} is not the {op} shape {expected}")
+    return expected
+
+
+def semantics(spec: OpSpec, x: Any, weight: Any = None, bias: Any = None) -> Any:
+    """What the generated kernels compute, in torch: the yardstick the probe holds the reference to."""
+    import torch
+    import torch.nn.functional as F
+
+    op = spec.op
+    if op == "relu":
+        return torch.relu(x)
+    if op == "gelu":
+        return F.gelu(x)
+    if op == "softmax":
+        return torch.softmax(x, dim=-1)
+    if op == "log_softmax":
+        return torch.log_softmax(x, dim=-1)
+    if op == "sum_lastdim":
+        return torch.sum(x, dim=-1, keepdim=spec.keepdim)
+    if op == "layernorm":
+        return F.layer_norm(x, x.shape[x.dim() - spec.row_dims:], weight, bias, spec.eps)
+    if op == "rmsnorm":
+        y = x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + spec.eps)
+        return y * weight if weight is not None else y
+    raise Unsupported(f"no semantics for op {op!r}")
+
+
+def _probe(spec: OpSpec, model: Any) -> None:
+    """Run the reference on a small real input and compare with :func:`semantics`; Unsupported on mismatch."""
+    import torch
+
+    tail = spec.input_shape[len(spec.input_shape) - spec.row_dims:]
+    if spec.family == "elementwise":
+        probe_shape = (3,) * (len(spec.input_shape) - 1) + (5,)
+    elif spec.op in ("layernorm", "rmsnorm"):
+        probe_shape = (2,) * (len(spec.input_shape) - spec.row_dims) + tuple(tail)
+    else:
+        probe_shape = tuple(2 + i for i in range(len(spec.input_shape) - 1)) + (7,)
+    if math.prod(probe_shape) > 1 << 24:
+        return  # too big to probe cheaply; the op tag and parameter checks above stand
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(probe_shape, generator=gen) * 2 + 0.25
+    weight = _resolve(model, spec.weight)
+    bias = _resolve(model, spec.bias)
+    with torch.no_grad():
+        try:
+            got = model(x.clone())
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"the reference fails on a probe input of shape {probe_shape}") from exc
+        want = semantics(spec, x, weight, bias)
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not torch.allclose(got, want, atol=1e-5,
+                                                                                          rtol=1e-5):
+        raise Unsupported(f"the reference does not compute a plain {spec.op} on a probe input")
+
+
+def _resolve(model: Any, expr: str | None) -> Any:
+    if expr is None:
+        return None
+    obj = model
+    for part in expr.split(".")[1:]:  # drop "self"
+        obj = getattr(obj, part)
+    return obj.detach()

@@ -1,0 +1,130 @@
+"""`kernelcraft eval REF CANDIDATE`: the single-candidate contract of DESIGN.md §3 on the CPU backend."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+REF = '''
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        return torch.relu(x)
+
+rows, cols = 64, 1000
+
+def get_inputs():
+    return [torch.randn(rows, cols)]
+
+def get_init_inputs():
+    return []
+'''
+
+GOOD = '''
+import torch
+import torch.nn as nn
+from kernelcraft.harness.build import c_kernel
+
+SRC = r"""
+#include <stdint.h>
+void relu_k(const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+}
+"""
+relu_k = c_kernel(SRC, "relu_k")
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        x = x.contiguous()
+        y = torch.empty_like(x)
+        relu_k(x, y, x.numel())
+        return y
+'''
+
+WRONG = GOOD.replace("x[i] > 0.f ? x[i] : 0.f", "x[i]")
+BROKEN = GOOD.replace("int64_t n) {", "int64_t n) { undeclared_thing = 1;")
+
+CONTRACT_KEYS = {"compiled", "correct", "reasons", "time_ms", "eager_ms", "compile_ms", "speedup_eager",
+                 "max_abs_err", "max_rel_err"}
+
+
+def _eval(tmp_path, candidate_source, *extra):
+    ref = tmp_path / "ref.py"
+    ref.write_text(REF)
+    cand = tmp_path / "cand.py"
+    cand.write_text(candidate_source)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelcraft.cli", "eval", str(ref), str(cand), "--device", "cpu", "--json",
+         "--work-dir", str(tmp_path / "work"), *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    return proc
+
+
+@pytest.mark.slow
+def test_a_correct_kernel_is_accepted_and_timed(tmp_path):
+    proc = _eval(tmp_path, GOOD)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert CONTRACT_KEYS <= set(result)
+    assert result["compiled"] is True and result["correct"] is True and result["reasons"] == []
+    assert result["time_ms"] > 0 and result["eager_ms"] > 0
+    assert result["speedup_eager"] == pytest.approx(result["eager_ms"] / result["time_ms"])
+    assert result["max_abs_err"] == 0.0
+    assert result["compile_ms"] is None
+    assert result["passes_1e-4"] is True
+
+
+@pytest.mark.slow
+def test_a_wrong_kernel_is_rejected_with_its_error_and_the_command_still_succeeds(tmp_path):
+    proc = _eval(tmp_path, WRONG)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["compiled"] is True and result["correct"] is False
+    assert any("max error above tolerance" in r for r in result["reasons"])
+    assert result["max_abs_err"] > 0.1
+    assert result["time_ms"] is None
+
+
+@pytest.mark.slow
+def test_a_kernel_that_does_not_build_is_reported_as_not_compiled(tmp_path):
+    proc = _eval(tmp_path, BROKEN)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["compiled"] is False and result["correct"] is False
+    assert result["reasons"][0].startswith("compile error")
+    assert "undeclared_thing" in result["reasons"][0]
+
+
+def test_tolerance_flags_are_recorded(tmp_path):
+    proc = _eval(tmp_path, GOOD, "--atol", "1e-5", "--rtol", "1e-6")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["tolerance"] == {"atol": 1e-5, "rtol": 1e-6}
+
+
+def test_a_missing_reference_is_a_one_line_error_and_non_zero_exit(tmp_path):
+    cand = tmp_path / "cand.py"
+    cand.write_text(GOOD)
+    proc = subprocess.run([sys.executable, "-m", "kernelcraft.cli", "eval", str(tmp_path / "nope.py"), str(cand)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "reference file not found" in proc.stderr
+
+
+def test_a_reference_that_is_not_kernelbench_format_is_a_one_line_error(tmp_path):
+    ref = tmp_path / "ref.py"
+    ref.write_text("x = 1\n")
+    cand = tmp_path / "cand.py"
+    cand.write_text(GOOD)
+    proc = subprocess.run([sys.executable, "-m", "kernelcraft.cli", "eval", str(ref), str(cand), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "not a KernelBench problem" in proc.stderr

@@ -58,3 +58,12 @@ def idea_id(round_: int, index: int) -> str:
 
 def candidate_id(round_: int, idea_index: int, impl_index: int) -> str:
     return f"r{round_}_i{idea_index}_m{impl_index}"
+
+
+def results_root(output: str | Path, run: str) -> Path:
+    """The results folder that holds ``output``: rules derive it from their output paths, so nothing about
+    where results live is hard-coded into a job."""
+    for parent in Path(output).parents:
+        if parent.name == run:
+            return parent.parent
+    raise ValueError(f"{output} is not inside a run folder named {run!r}")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kernelcraft import progress
+from kernelcraft import layout, progress
 from kernelcraft.context import RunContext
 from kernelcraft.jsonio import read_json, write_json
 
 
 def _ctx(smk: Any) -> RunContext:
     progress.set_log(smk.log[0] if smk.log else None)
-    return RunContext.from_config(smk.config, results=smk.params.results)
+    return RunContext.from_config(smk.config, results=layout.results_root(smk.output[0], smk.config["run"]))
 
 
 def _round(smk: Any) -> int:

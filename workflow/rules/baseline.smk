@@ -3,11 +3,9 @@
 
 rule baseline:
     output:
-        RUN + "/{problem}/baseline.json",
+        f"{RUN}/{{problem}}/baseline.json",
     log:
-        RUN + "/logs/{problem}/baseline.log",
-    params:
-        results=RESULTS,
+        f"{RUN}/logs/{{problem}}/baseline.log",
     threads: EVAL_THREADS
     resources:
         gpu=1,

@@ -4,8 +4,7 @@ from kernelcraft.context import RESOLVED_KEY, resolve_or_exit
 
 config[RESOLVED_KEY] = resolve_or_exit(config)
 
-RESULTS = "results"
-RUN = str(layout.run_dir(RESULTS, config["run"]))
+RUN = f"results/{config['run']}"
 PROBLEMS = list(config[RESOLVED_KEY]["problems"])
 ROUNDS = list(range(1, int(config["rounds"]) + 1))
 BACKEND = config[RESOLVED_KEY]["backend"]
@@ -20,7 +19,7 @@ wildcard_constraints:
 
 def stage(name):
     """Output path pattern of a per-(problem, round) stage."""
-    return RUN + "/{problem}/round_{round}/" + name + ".json"
+    return f"{RUN}/{{problem}}/round_{{round}}/{name}.json"
 
 
 def previous(name, wildcards):
@@ -33,4 +32,4 @@ def earlier_ideas(wildcards):
 
 
 def job_log(name):
-    return RUN + "/logs/{problem}/round_{round}/" + name + ".log"
+    return f"{RUN}/logs/{{problem}}/round_{{round}}/{name}.log"

@@ -9,8 +9,6 @@ rule compile:
         stage("compile"),
     log:
         job_log("compile"),
-    params:
-        results=RESULTS,
     threads: config["build"]["workers"] or workflow.cores
     message:
         "{wildcards.problem} round {wildcards.round}: building candidates"
@@ -26,8 +24,6 @@ rule verify:
         stage("verify"),
     log:
         job_log("verify"),
-    params:
-        results=RESULTS,
     threads: EVAL_THREADS
     resources:
         gpu=1,
@@ -45,8 +41,6 @@ rule benchmark:
         stage("benchmark"),
     log:
         job_log("benchmark"),
-    params:
-        results=RESULTS,
     threads: EVAL_THREADS
     resources:
         gpu=1,
@@ -66,8 +60,6 @@ rule select:
         stage("select"),
     log:
         job_log("select"),
-    params:
-        results=RESULTS,
     message:
         "{wildcards.problem} round {wildcards.round}: selecting seeds for the next round"
     script:

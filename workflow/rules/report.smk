@@ -3,11 +3,9 @@
 
 rule manifest:
     output:
-        RUN + "/manifest.json",
+        f"{RUN}/manifest.json",
     log:
-        RUN + "/logs/manifest.log",
-    params:
-        results=RESULTS,
+        f"{RUN}/logs/manifest.log",
     message:
         "recording the run manifest"
     script:
@@ -16,17 +14,16 @@ rule manifest:
 
 rule report:
     input:
-        manifest=RUN + "/manifest.json",
-        baselines=expand(RUN + "/{problem}/baseline.json", problem=PROBLEMS),
+        manifest=f"{RUN}/manifest.json",
+        baselines=expand(f"{RUN}/{{problem}}/baseline.json", problem=PROBLEMS),
         selections=expand(stage("select"), problem=PROBLEMS, round=ROUNDS),
     output:
-        html=RUN + "/report.html",
-        csv=RUN + "/candidates.csv",
+        html=f"{RUN}/report.html",
+        csv=f"{RUN}/candidates.csv",
     log:
-        RUN + "/logs/report.log",
+        f"{RUN}/logs/report.log",
     params:
-        results=RESULTS,
-        templates=workflow.basedir + "/workflow/templates",
+        templates=f"{workflow.basedir}/workflow/templates",
     message:
         "rendering the report"
     script:

@@ -4,15 +4,13 @@
 
 rule ideas:
     input:
-        baseline=RUN + "/{problem}/baseline.json",
+        baseline=f"{RUN}/{{problem}}/baseline.json",
         seeds=lambda wc: previous("select", wc),
         tried=earlier_ideas,
     output:
         stage("ideas"),
     log:
         job_log("ideas"),
-    params:
-        results=RESULTS,
     message:
         "{wildcards.problem} round {wildcards.round}: asking for ideas"
     script:
@@ -27,8 +25,6 @@ rule implement:
         stage("implement"),
     log:
         job_log("implement"),
-    params:
-        results=RESULTS,
     message:
         "{wildcards.problem} round {wildcards.round}: implementing ideas"
     script:

@@ -12,6 +12,7 @@ import ctypes
 import functools
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +35,8 @@ from kernelcraft.harness.build import (
 DEFAULT_OPTIONS = ("-default-device", "--std=c++17")
 _STATIC_SMEM_LIMIT = 48 * 1024  # above this, dynamic shared memory needs an explicit per-function opt-in
 _MAX_THREADS_PER_BLOCK = 1024
+_SPARE_SLOTS = 32
+_ZEROS = (ctypes.c_char * 4096)()  # what spare parameter slots point at (see _Layout)
 
 
 # ----------------------------------------------------------------------------------------------- compiling
@@ -191,29 +194,72 @@ class _Loaded:
         self.smem_optin = smem_optin
 
 
+# struct format characters with C natural alignment ("@"), matching the kernel's parameter layout
+_FORMAT = {
+    ctypes.c_void_p: "P", ctypes.c_bool: "?", ctypes.c_int8: "b", ctypes.c_uint8: "B", ctypes.c_int16: "h",
+    ctypes.c_uint16: "H", ctypes.c_int32: "i", ctypes.c_uint32: "I", ctypes.c_int64: "q",
+    ctypes.c_uint64: "Q", ctypes.c_float: "f", ctypes.c_double: "d",
+}
+
+
 class _Layout:
-    """How one argument-type signature is packed: a ctypes struct plus the kernelParams pointer array type."""
+    """How one argument-type signature is packed for cuLaunchKernel's kernelParams.
 
-    __slots__ = ("struct", "offsets", "pointers")
+    Each thread gets one parameter buffer and one pointer array into it, made once; a launch then costs a
+    single ``struct.pack_into`` (the driver copies the parameters before cuLaunchKernel returns, so the
+    buffer is free again for the thread's next launch).
+    """
 
-    def __init__(self, ctypes_list: tuple[type, ...]) -> None:
+    __slots__ = ("struct", "offsets", "spare", "pointers", "packer", "local")
+
+    def __init__(self, ctypes_list: tuple[type, ...], checked: bool) -> None:
         fields = [(f"a{i}", t) for i, t in enumerate(ctypes_list)]
         self.struct = type("KernelArgs", (ctypes.Structure,), {"_fields_": fields})
         self.offsets = tuple(getattr(self.struct, f).offset for f, _ in fields)
-        self.pointers = ctypes.c_void_p * max(len(fields), 1)
+        self.packer = struct.Struct("@" + "".join(_FORMAT[t] for t in ctypes_list))
+        assert self.packer.size <= ctypes.sizeof(self.struct)
+        # When the driver cannot tell the kernel's parameters, too few arguments go unnoticed: spare slots
+        # pointing at zeros make the driver read zeros rather than stray host memory (a segfault).
+        self.spare = () if checked else (ctypes.addressof(_ZEROS),) * _SPARE_SLOTS
+        self.pointers = ctypes.c_void_p * max(len(fields) + len(self.spare), 1)
+        self.local = threading.local()
+
+    def buffer(self) -> tuple[ctypes.Structure, int]:
+        """This thread's (parameter buffer, address of its kernelParams array)."""
+        local = self.local
+        try:
+            return local.buf, local.addr
+        except AttributeError:
+            buf = self.struct()
+            base = ctypes.addressof(buf)
+            local.pointers = self.pointers(*[base + off for off in self.offsets], *self.spare)
+            local.buf, local.addr = buf, ctypes.addressof(local.pointers)
+            return local.buf, local.addr
 
 
 def _dim3(value: object, what: str, kernel: str, minimum: int) -> tuple[int, int, int]:
+    if type(value) is tuple:  # the common case, checked cheaply: every launch pays for this
+        n = len(value)
+        if n == 1:
+            dims = (value[0], 1, 1)
+        elif n == 2:
+            dims = (value[0], value[1], 1)
+        else:
+            dims = value  # type: ignore[assignment]
+        if (len(dims) == 3 and type(dims[0]) is int and type(dims[1]) is int and type(dims[2]) is int
+                and minimum <= dims[0] <= 0x7FFFFFFF and minimum <= dims[1] <= 0xFFFF
+                and minimum <= dims[2] <= 0xFFFF):
+            return dims  # type: ignore[return-value]
     if isinstance(value, int) and not isinstance(value, bool):
-        dims = (value,)
+        given = (value,)
     elif isinstance(value, tuple | list) and 1 <= len(value) <= 3:
-        dims = tuple(value)
+        given = tuple(value)
     else:
         raise TypeError(f"kernel '{kernel}': {what} must be a tuple of 1 to 3 ints, got {value!r}")
-    for d in dims:
+    for d in given:
         if isinstance(d, bool) or not isinstance(d, int) or d < minimum or d > 0x7FFFFFFF:
             raise ValueError(f"kernel '{kernel}': {what} {value!r} must hold ints >= {minimum}")
-    return (dims + (1, 1))[:3]  # type: ignore[return-value]
+    return (given + (1, 1))[:3]  # type: ignore[return-value]
 
 
 def _raw_stream(stream: object, kernel: str) -> int:
@@ -303,20 +349,33 @@ class CudaKernel:
             return loaded
 
     def _param_sizes(self, driver: Any, function: Any) -> tuple[int, ...] | None:
-        """Byte size of each kernel parameter, to check launches against; None where the driver can't say."""
+        """Byte size of each kernel parameter, to check launches against; None where the driver can't say.
+
+        cuFuncGetParamCount is newer (CUDA 13.1) than cuFuncGetParamInfo (12.4); without a count, the
+        parameters are walked until the driver reports an index past the last one.
+        """
+        ok = driver.CUresult.CUDA_SUCCESS
+        count: int | None = None
         try:
-            err, count = driver.cuFuncGetParamCount(function)
-            if err != driver.CUresult.CUDA_SUCCESS:
-                return None
-            sizes = []
-            for i in range(int(count)):
-                err, _offset, size = driver.cuFuncGetParamInfo(function, i)
-                if err != driver.CUresult.CUDA_SUCCESS:
+            err, value = driver.cuFuncGetParamCount(function)
+            if err == ok:
+                count = int(value)
+        except Exception:  # noqa: BLE001 - the binding or the driver lacks the call: walk instead
+            count = None
+        sizes: list[int] = []
+        try:
+            while count is None or len(sizes) < count:
+                err, _offset, size = driver.cuFuncGetParamInfo(function, len(sizes))
+                if err != ok:
+                    if count is None and err == driver.CUresult.CUDA_ERROR_INVALID_VALUE:
+                        break  # one past the last parameter
                     return None
                 sizes.append(int(size))
-            return tuple(sizes)
-        except Exception:  # noqa: BLE001 - older drivers/bindings lack these queries; launches still work
+                if len(sizes) > 4096:
+                    return None
+        except Exception:  # noqa: BLE001 - too old for parameter queries; launches still work unchecked
             return None
+        return tuple(sizes)
 
     def _allow_dynamic_smem(self, driver: Any, loaded: _Loaded, nbytes: int, device: int) -> None:
         if nbytes > loaded.smem_optin:
@@ -344,7 +403,7 @@ class CudaKernel:
                                     f"kernel parameter {i} is {size} bytes: Python int is int64 (declare "
                                     "long long), float is float32, bool is int32; pass a numpy scalar for "
                                     "other widths")
-        layout = _Layout(signature)
+        layout = _Layout(signature, checked=sizes is not None)
         self._layouts[signature] = layout
         return layout
 
@@ -361,10 +420,13 @@ class CudaKernel:
         if bx * by * bz > _MAX_THREADS_PER_BLOCK:
             raise ValueError(f"kernel '{name}': block {block!r} has {bx * by * bz} threads; at most "
                              f"{_MAX_THREADS_PER_BLOCK} per block")
-        if not self._loaded and not torch.cuda.is_available():
-            raise BuildError(f"kernel '{name}' was launched but no CUDA GPU is visible to torch; build-only "
-                             "processes may construct kernels but not call them")
-        device = torch.cuda.current_device()
+        if self._loaded:
+            device = torch._C._cuda_getDevice()  # CUDA is initialised: skip current_device()'s lazy-init check
+        else:
+            if not torch.cuda.is_available():
+                raise BuildError(f"kernel '{name}' was launched but no CUDA GPU is visible to torch; "
+                                 "build-only processes may construct kernels but not call them")
+            device = torch.cuda.current_device()
         loaded = self._loaded.get(device) or self._load(device)
 
         values: list[object] = []
@@ -400,12 +462,10 @@ class CudaKernel:
         else:
             raw_stream = _raw_stream(stream, name)
 
-        packed = layout.struct(*values)
-        base = ctypes.addressof(packed)
-        pointers = layout.pointers(*[base + off for off in layout.offsets])
+        buf, params = layout.buffer()
+        layout.packer.pack_into(buf, 0, *values)
         driver = _driver()
-        (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
-                                       ctypes.addressof(pointers), 0)
+        (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream, params, 0)
         if err != driver.CUresult.CUDA_SUCCESS:
             if err == driver.CUresult.CUDA_ERROR_INVALID_CONTEXT:
                 # This thread has not touched CUDA through torch yet: make the primary context current, retry.
@@ -414,5 +474,5 @@ class CudaKernel:
                                 "cuDevicePrimaryCtxRetain", name)
                 _check(driver, driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent", name)
                 (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
-                                               ctypes.addressof(pointers), 0)
+                                               params, 0)
             _check(driver, (err,), "cuLaunchKernel", name)

@@ -1,0 +1,107 @@
+"""CUDA snippets both CUDA generators share: load/store flavours, PTX helpers, and the launcher boilerplate.
+
+The helpers are emitted into a candidate only when its features use them, so a candidate's source stays the
+kernel a reader (or a language model seeing it as a seed) would write by hand.
+"""
+
+from __future__ import annotations
+
+# Largest dynamic shared memory a generated kernel asks for: H100 allows 227 KiB per block; the static
+# reduction scratch (at most ~24 KiB) must fit beside it.
+SMEM_CACHE_MAX = 200 * 1024
+
+THREADS = (128, 256, 512, 1024)
+
+
+def load(kind: str, ptr: str) -> str:
+    """A global load of ``*ptr`` (float or float4) with the requested cache behaviour."""
+    if kind == "ldg":
+        return f"__ldg({ptr})"
+    if kind == "ldcs":
+        return f"__ldcs({ptr})"
+    if kind == "noalloc":
+        return f"ld_noalloc({ptr})"
+    return f"*({ptr})"
+
+
+def store(kind: str, ptr: str, value: str) -> str:
+    if kind == "stcs":
+        return f"__stcs({ptr}, {value});"
+    return f"*({ptr}) = {value};"
+
+
+NOALLOC_HELPERS = r"""
+// Read-only loads that bypass L1 allocation: streamed data is never reused, so keep L1 for others.
+__device__ __forceinline__ float ld_noalloc(const float* p) {
+  float v;
+  asm volatile("ld.global.nc.L1::no_allocate.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float2 ld_noalloc(const float2* p) {
+  float2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float4 ld_noalloc(const float4* p) {
+  float4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+  return v;
+}
+"""
+
+PREFETCH_L2 = r"""
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+}
+"""
+
+CP_ASYNC = r"""
+// 16-byte asynchronous global->shared copy (sm_80+): the data skips registers and the SM keeps issuing.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+}
+"""
+
+CLUSTER = r"""
+// Thread-block cluster helpers (sm_90): rank in the cluster, a cluster-wide barrier, and loads from a
+// neighbour block's shared memory (distributed shared memory).
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ float dsmem_load(const float* p, unsigned rank) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(p), r;
+  float v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+  return v;
+}
+__device__ __forceinline__ double dsmem_load(const double* p, unsigned rank) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(p), r;
+  double v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+  asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(r) : "memory");
+  return v;
+}
+"""
+
+SM_COUNT_PY = '''
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    """Multiprocessors of the GPU: grids are sized to fill every SM, not to a fixed number of blocks."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+'''
+
+
+def options(fast_math: bool) -> str:
+    return '("--use_fast_math",)' if fast_math else "()"

@@ -1,0 +1,697 @@
+"""CUDA kernels for row-wise ops (softmax, log_softmax, layernorm, rmsnorm, sum over the last dim).
+
+A candidate is a feature dict; :func:`render` turns it into kernel source plus the launch code of ModelNew's
+forward. The features are the classic levers for memory-bound row reductions:
+
+- mapping: a block per row (``block``), a warp per row for short rows (``warp``), several blocks per row with
+  partial results in a workspace and one more kernel per phase (``split``: needed when rows are few and long,
+  e.g. layernorm's 16 rows of 4M floats, where a block per row would use 16 of 132 SMs), or a thread-block
+  cluster per row whose blocks keep their share of the row in shared memory and exchange partial statistics
+  through distributed shared memory (``cluster``: reads a 256 KiB row from HBM once, which one SM cannot hold);
+- how the row is read: float4 vectors, loads in flight per thread (``ilp``), read-only / streaming cache
+  hints, an L2 prefetch of the next row, caching the row in shared memory (filled by cp.async, optionally) or
+  in registers so later passes do not go back to HBM;
+- the statistics algorithm (three-pass vs online softmax; two-pass, Welford or shifted single-pass variance),
+  accumulator precision (float, double, Kahan), reduction style (shared-memory tree vs warp shuffles),
+  fast intrinsics (``__expf``, ``exp2f``, ``rsqrtf``, ``--use_fast_math``) and launch shape.
+
+Every kernel must be correct for any shape: a fast path whose preconditions (row length a multiple of four and
+16-byte aligned pointers for float4, the row fitting the shared-memory or register cache, 32-bit indices) do
+not hold at run time falls back to a plain scalar kernel compiled beside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from kernelcraft.search.offline_kernels import cuda_common as cc
+from kernelcraft.search.offline_kernels.opspec import OpSpec
+from kernelcraft.search.offline_kernels.phases import Phase, RowOp, all_consts, fmt, row_op
+
+FAMILY = "rowwise"
+BACKEND = "cuda"
+GEN = "rowwise_cuda"
+
+MAPPINGS = ("block", "warp", "split", "cluster")
+REGS_MAX_FLOATS = 64  # per thread; beyond this the register cache spills and stops paying
+
+TUNABLES: dict[str, tuple] = {
+    "threads": (128, 256, 512, 1024),
+    "ilp": (1, 2, 4),
+    "bps": (1, 2, 4, 8),
+    "cluster": (2, 4, 8),
+    "unroll": (False, True),
+}
+
+
+def default_stats(op: str) -> str:
+    return {"softmax": "three_pass", "log_softmax": "three_pass", "layernorm": "two_pass"}.get(op, "single")
+
+
+def baseline(spec: OpSpec) -> dict:
+    """The plain kernel the reference maps to: one block of 256 threads per row, scalar loads, smem tree."""
+    return {
+        "gen": GEN, "mapping": "block", "threads": 256, "vec": 1, "ilp": 1, "cache": "none", "cp_async": False,
+        "stats": default_stats(spec.op), "reduce": "tree", "load": "plain", "stream": False, "exp": "expf",
+        "rsqrt": False, "recip": False, "fma_apply": False, "accum": "float", "grid": "rows", "bps": 2,
+        "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
+        "finish": "kernel", "cluster": 2,
+    }
+
+
+def _team(f: dict) -> int:
+    return 32 if f["mapping"] == "warp" else f["threads"]
+
+
+def regs_per_thread(spec: OpSpec, f: dict) -> int:
+    """Vectors each thread keeps in registers for the register cache (0: the row does not fit)."""
+    nv = -(-spec.row_len // f["vec"])
+    rk = max(1, -(-nv // _team(f)))
+    return rk if rk * f["vec"] <= REGS_MAX_FLOATS else 0
+
+
+def cluster_fits(spec: OpSpec, f: dict, size: int) -> bool:
+    """Whether a ``size``-block cluster can keep its share of a row in shared memory."""
+    return -(-spec.row_len // size) * 4 <= cc.SMEM_CACHE_MAX
+
+
+def multi_pass(spec: OpSpec, f: dict) -> bool:
+    """More than one pass over the row (a cache pays only then): every op but a plain sum."""
+    return spec.op != "sum_lastdim"
+
+
+def normalise(spec: OpSpec, f: dict) -> dict:
+    """Fill defaults and resolve conflicting features so every dict maps to one well-defined kernel."""
+    g = baseline(spec) | {k: v for k, v in f.items() if k in baseline(spec)}
+    g["gen"] = GEN
+    op = spec.op
+    if g["mapping"] not in MAPPINGS:
+        g["mapping"] = "block"
+    if g["threads"] not in cc.THREADS:
+        g["threads"] = 256
+    if g["vec"] not in (1, 4):
+        g["vec"] = 1
+    if g["ilp"] not in TUNABLES["ilp"]:
+        g["ilp"] = 1
+    if g["bps"] not in TUNABLES["bps"]:
+        g["bps"] = 2
+    if g["cluster"] not in TUNABLES["cluster"]:
+        g["cluster"] = 2
+    if g["launch_min"] not in (0, 1, 2, 4):
+        g["launch_min"] = 0
+    if g["stats"] not in {"softmax": ("three_pass", "online"), "log_softmax": ("three_pass", "online"),
+                          "layernorm": ("two_pass", "welford", "shifted")}.get(op, ("single",)):
+        g["stats"] = default_stats(op)
+    if op not in ("softmax", "log_softmax"):
+        g["exp"] = "expf"
+    elif g["exp"] not in ("expf", "fast", "exp2"):
+        g["exp"] = "expf"
+    if op not in ("layernorm", "rmsnorm"):
+        g["rsqrt"] = False
+    if op != "softmax":
+        g["recip"] = False
+    if op != "layernorm":
+        g["fma_apply"] = False
+    if g["accum"] not in ("float", "double", "kahan") or op in ("softmax", "log_softmax") or (
+            op == "layernorm" and g["stats"] == "welford"):
+        g["accum"] = "float"
+    if g["load"] not in ("plain", "ldg"):
+        g["load"] = "plain"
+    if g["reduce"] not in ("tree", "shuffle"):
+        g["reduce"] = "tree"
+    if g["cache"] not in ("none", "smem", "regs") or not multi_pass(spec, g):
+        g["cache"] = "none"
+
+    mapping = g["mapping"]
+    if mapping == "cluster" and multi_pass(spec, g):
+        size = next((s for s in TUNABLES["cluster"] if s >= g["cluster"] and cluster_fits(spec, g, s)), None)
+        if size is None:
+            g["mapping"] = mapping = "split"
+        else:
+            g["cluster"] = size
+    if mapping == "warp":
+        g["reduce"] = "shuffle"
+        g["l2_prefetch"] = False
+        if g["cache"] == "smem":
+            g["cache"] = "none"
+    if mapping in ("split", "cluster"):
+        g["cache"] = "none"
+        g["grid"] = "rows"
+        g["l2_prefetch"] = False
+    if mapping != "cluster":
+        g["cluster"] = 2
+    if g["grid"] not in ("rows", "persistent"):
+        g["grid"] = "rows"
+    if mapping not in ("split", "cluster") and g["grid"] != "persistent":
+        g["bps"] = 2
+    if g["cache"] == "smem" and spec.row_len * 4 > cc.SMEM_CACHE_MAX:
+        g["cache"] = "none"
+    if g["cache"] == "regs" and regs_per_thread(spec, g) == 0:
+        g["cache"] = "none"
+    if not (g["cache"] == "smem" and g["vec"] == 4 and mapping == "block"):
+        g["cp_async"] = False
+    if not (mapping == "split" and op == "sum_lastdim") or g["finish"] not in ("kernel", "lastblock"):
+        g["finish"] = "kernel"
+    if mapping != "block":
+        g["l2_prefetch"] = False
+    return g
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+class _Kernel:
+    """Renders the kernels of one feature dict (the fast path, or its scalar fallback)."""
+
+    def __init__(self, spec: OpSpec, f: dict, prefix: str) -> None:
+        self.spec = spec
+        self.f = f
+        self.prefix = prefix
+        self.vw = f["vec"]
+        self.vt = "float4" if self.vw == 4 else "float"
+        self.idx = "int" if f["idx32"] else "long long"
+        self.T = f["threads"]
+        self.rop: RowOp = row_op(spec.op, f["stats"], f["accum"], recip=f["recip"], fma_apply=f["fma_apply"],
+                                 has_weight=spec.weight is not None, has_bias=spec.bias is not None)
+        self.sum_op = self.rop.reduce_out is not None
+        self.rk = regs_per_thread(spec, f) if f["cache"] == "regs" else 0
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def names(self, phase: Phase, u: int | str) -> dict[str, str]:
+        return {fl.name: f"a_{fl.name}{u}" for fl in phase.fields}
+
+    def acc_lines(self, phase: Phase, u: int, var: str) -> list[str]:
+        names = self.names(phase, u)
+        if self.vw == 1:
+            return [fmt(phase.acc, names | {"v": var})]
+        if phase.acc4:
+            return [fmt(phase.acc4, names | {f"v{i}": f"{var}.{c}" for i, c in enumerate("xyzw")})]
+        return [fmt(phase.acc, names | {"v": f"{var}.{c}"}) for c in "xyzw"]
+
+    def apply_lines(self, var: str, idx: str) -> list[str]:
+        f = self.f
+        has_w = self.spec.weight is not None and "{w}" in self.rop.apply
+        has_b = self.spec.bias is not None and "{b}" in self.rop.apply
+        lines = [f"{self.vt} o_;"]
+        if has_w:
+            lines.append(f"const {self.vt} wv_ = __ldg(reinterpret_cast<const {self.vt}*>(w) + {idx});")
+        if has_b:
+            lines.append(f"const {self.vt} bv_ = __ldg(reinterpret_cast<const {self.vt}*>(b) + {idx});")
+        comps = [""] if self.vw == 1 else [f".{c}" for c in "xyzw"]
+        for c in comps:
+            lines.append(fmt(self.rop.apply, {"y": f"o_{c}", "v": f"{var}{c}", "w": f"wv_{c}", "b": f"bv_{c}"}))
+        lines.append(cc.store("stcs" if f["stream"] else "plain", f"yr + {idx}", "o_"))
+        return ["{ " + lines[0]] + ["  " + ln for ln in lines[1:]] + ["}"]
+
+    def iterate(self, src: str, seg0: str, seg1: str, tid: str, stride: str, body, *, final_pass: bool = False,
+                fill_smem: bool = False) -> list[str]:
+        """Loop over the team's vectors of [seg0, seg1): ``body(u, var, idx)`` gives the lines per vector."""
+        f = self.f
+        vt, idx_t = self.vt, self.idx
+        if src == "regs":
+            out = ["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk}; ++k_) {{",
+                   f"  const {idx_t} i = {'' if seg0 == '0' else seg0 + ' + '}{tid} + ({idx_t})k_ * {stride};",
+                   f"  if (i < {seg1}) {{"]
+            if fill_smem:  # first pass: load into the register cache
+                out.append(f"    rc[k_] = {cc.load(f['load'], 'xr + i')};")
+            out += ["    " + ln for ln in body(0, "rc[k_]", "i")]
+            out += ["  }", "}"]
+            return out
+        if src == "smem":
+            def ld(i: str) -> str:
+                return f"sc[{i}]" if seg0 == "0" else f"sc[{i} - {seg0}]"
+        else:
+            kind = "ldcs" if (final_pass and f["stream"]) else f["load"]
+
+            def ld(i: str) -> str:
+                return cc.load(kind, f"xr + {i}")
+        ilp = f["ilp"]
+        out = [f"{idx_t} i = {tid if seg0 == '0' else seg0 + ' + ' + tid};"]
+        if ilp > 1:
+            out.append(f"for (; i + {ilp - 1} * {stride} < {seg1}; i += {ilp} * {stride}) {{")
+            for u in range(ilp):
+                iu = "i" if u == 0 else f"i + {u} * {stride}"
+                out.append(f"  const {vt} v{u} = {ld(iu)};")
+            for u in range(ilp):
+                iu = "i" if u == 0 else f"(i + {u} * {stride})"
+                if fill_smem:
+                    out.append(f"  sc[{iu}] = v{u};" if seg0 == "0" else f"  sc[{iu} - {seg0}] = v{u};")
+                out += ["  " + ln for ln in body(u, f"v{u}", iu)]
+            out.append("}")
+        if f["unroll"]:
+            out.append("#pragma unroll 4")
+        out.append(f"for (; i < {seg1}; i += {stride}) {{")
+        out.append(f"  const {vt} v0 = {ld('i')};")
+        if fill_smem:
+            out.append("  sc[i] = v0;" if seg0 == "0" else f"  sc[i - {seg0}] = v0;")
+        out += ["  " + ln for ln in body(0, "v0", "i")]
+        out.append("}")
+        return out
+
+    def phase_stats(self, pi: int, phase: Phase, src: str, seg0: str, seg1: str, tid: str, stride: str,
+                    fill: bool) -> list[str]:
+        """Per-thread partial state of phase ``pi`` over the segment, copies merged into copy 0."""
+        copies = self.f["ilp"] if src != "regs" else 1
+        out = []
+        for u in range(copies):
+            for fl in phase.fields:
+                out.append(f"{fl.ctype} a_{fl.name}{u} = {fl.init};")
+        out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.acc_lines(phase, u, var),
+                            fill_smem=fill)
+        for u in range(1, copies):
+            args = ", ".join([f"a_{n}0" for n in phase.names()] + [f"a_{n}{u}" for n in phase.names()])
+            out.append(f"merge_p{pi}({args});")
+        return out
+
+    def final_lines(self, pi: int, phase: Phase, suffix: str = "0") -> list[str]:
+        alias = " ".join(f"const {fl.ctype} {fl.name} = a_{fl.name}{suffix};" for fl in phase.fields)
+        return [f"{{ {alias} {phase.final} }}"]
+
+    def reduce_call(self, pi: int, phase: Phase, team: str) -> str:
+        args = ", ".join(f"a_{n}0" for n in phase.names())
+        return f"{team}_reduce_p{pi}({args});"
+
+    # -- device functions ----------------------------------------------------------------------------
+
+    def device_functions(self) -> list[str]:
+        f = self.f
+        out = []
+        for pi, ph in enumerate(self.rop.phases):
+            params = ", ".join([f"{fl.ctype}& {fl.name}" for fl in ph.fields]
+                               + [f"const {fl.ctype} {fl.name}_b" for fl in ph.fields])
+            out.append(f"__device__ __forceinline__ void merge_p{pi}({params}) {{\n  {ph.merge}\n}}")
+            refs = ", ".join(f"{fl.ctype}& {fl.name}" for fl in ph.fields)
+            shfl = "\n".join(f"    const {fl.ctype} {fl.name}_b = __shfl_xor_sync(0xffffffffu, {fl.name}, o);"
+                             for fl in ph.fields)
+            call = ", ".join(ph.names() + [f"{n}_b" for n in ph.names()])
+            warp = (f"__device__ __forceinline__ void warp_reduce_p{pi}({refs}) {{\n"
+                    f"#pragma unroll\n  for (int o = 16; o > 0; o >>= 1) {{\n{shfl}\n    merge_p{pi}({call});\n"
+                    f"  }}\n}}")
+            out.append(warp)
+            if f["mapping"] == "warp":
+                continue
+            if f["reduce"] == "shuffle":
+                decl = " ".join(f"__shared__ {fl.ctype} sh_{fl.name}[32];" for fl in ph.fields)
+                put = " ".join(f"sh_{fl.name}[wid] = {fl.name};" for fl in ph.fields)
+                get = " ".join(f"{fl.name} = lane < nw ? sh_{fl.name}[lane] : {fl.init};" for fl in ph.fields)
+                put0 = " ".join(f"sh_{fl.name}[0] = {fl.name};" for fl in ph.fields)
+                get0 = " ".join(f"{fl.name} = sh_{fl.name}[0];" for fl in ph.fields)
+                names = ", ".join(ph.names())
+                out.append(
+                    f"__device__ __forceinline__ void block_reduce_p{pi}({refs}) {{\n"
+                    f"  {decl}\n  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;\n"
+                    f"  const int nw = blockDim.x >> 5;\n  warp_reduce_p{pi}({names});\n"
+                    f"  if (lane == 0) {{ {put} }}\n  __syncthreads();\n"
+                    f"  if (wid == 0) {{\n    {get}\n    warp_reduce_p{pi}({names});\n"
+                    f"    if (lane == 0) {{ {put0} }}\n  }}\n  __syncthreads();\n  {get0}\n  __syncthreads();\n}}")
+            else:
+                T = self.T
+                decl = " ".join(f"__shared__ {fl.ctype} sh_{fl.name}[{T}];" for fl in ph.fields)
+                put = " ".join(f"sh_{fl.name}[t] = {fl.name};" for fl in ph.fields)
+                other = ", ".join(f"sh_{fl.name}[t + st]" for fl in ph.fields)
+                get0 = " ".join(f"{fl.name} = sh_{fl.name}[0];" for fl in ph.fields)
+                names = ", ".join(ph.names())
+                out.append(
+                    f"__device__ __forceinline__ void block_reduce_p{pi}({refs}) {{\n"
+                    f"  {decl}\n  const int t = threadIdx.x;\n  {put}\n  __syncthreads();\n"
+                    f"#pragma unroll 1\n  for (int st = {T} / 2; st > 0; st >>= 1) {{\n"
+                    f"    if (t < st) {{ merge_p{pi}({names}, {other}); {put} }}\n    __syncthreads();\n  }}\n"
+                    f"  {get0}\n  __syncthreads();\n}}")
+        return out
+
+    def header(self) -> list[str]:
+        f = self.f
+        exp = {"expf": "expf(x)", "fast": "__expf(x)", "exp2": "exp2f((x) * 1.4426950408889634f)"}[f["exp"]]
+        rsq = "rsqrtf(x)" if f["rsqrt"] else "(1.0f / sqrtf(x))"
+        out = []
+        if self.spec.op in ("softmax", "log_softmax"):
+            out += ["#ifndef INFINITY\n#define INFINITY __int_as_float(0x7f800000)\n#endif", f"#define EXPF(x) {exp}"]
+        if self.spec.op in ("layernorm", "rmsnorm"):
+            out.append(f"#define RSQRT(x) {rsq}")
+        if f["l2_prefetch"]:
+            out.append(cc.PREFETCH_L2)
+        if f["cp_async"]:
+            out.append(cc.CP_ASYNC)
+        if f["mapping"] == "cluster":
+            out.append(cc.CLUSTER)
+        return out
+
+    def signature(self, name: str, extra: str = "") -> str:
+        f = self.f
+        lb = f"__launch_bounds__({self.T}, {f['launch_min']})" if f["launch_min"] else f"__launch_bounds__({self.T})"
+        cl = f"__cluster_dims__({f['cluster']}, 1, 1) " if f["mapping"] == "cluster" else ""
+        return (f'extern "C" __global__ void {cl}{lb} {name}(const float* __restrict__ x, '
+                f"float* __restrict__ y, const float* __restrict__ w, const float* __restrict__ b, long long R, "
+                f"long long N, float eps{extra})")
+
+    def row_prelude(self) -> list[str]:
+        out = [f"const {self.vt}* __restrict__ xr = reinterpret_cast<const {self.vt}*>(x + row * N);"]
+        if not self.sum_op:
+            out.append(f"{self.vt}* __restrict__ yr = reinterpret_cast<{self.vt}*>(y + row * N);")
+        consts = all_consts(self.rop)
+        if consts:
+            out.append("float " + ", ".join(f"{c} = 0.f" for c in consts) + ";")
+        if self.rop.needs_shift:
+            out.append("const float c_k = __ldg(x + row * N);")
+        return out
+
+    def write_out(self, src: str, seg0: str, seg1: str, tid: str, stride: str, leader: str) -> list[str]:
+        if self.sum_op:
+            return [f"if ({leader}) y[row] = {self.rop.reduce_out};"]
+        out = []
+        if self.rop.prelude:
+            out.append(self.rop.prelude)
+        out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.apply_lines(var, i),
+                            final_pass=True)
+        return out
+
+    def nv_line(self) -> str:
+        """Vectors per row (the fast path is only taken when a row is a whole number of vectors)."""
+        if self.vw == 1:
+            return f"const {self.idx} NV = ({self.idx})N;"
+        return f"const {self.idx} NV = ({self.idx})(N / {self.vw});"
+
+    # -- kernels -------------------------------------------------------------------------------------
+
+    def kernel_rows(self) -> str:
+        """Block or warp per row (optionally persistent), optionally caching the row in smem or registers."""
+        f = self.f
+        warp = f["mapping"] == "warp"
+        team = "warp" if warp else "block"
+        tid, stride = ("lane", "32") if warp else ("(int)threadIdx.x", str(self.T))
+        body = []
+        if f["cache"] == "smem":
+            body.append("extern __shared__ __align__(16) unsigned char smem_raw[];")
+            body.append(f"{self.vt}* __restrict__ sc = reinterpret_cast<{self.vt}*>(smem_raw);")
+        body.append(self.nv_line())
+        if warp:
+            wpb = self.T // 32
+            body.append("const int lane = threadIdx.x & 31;")
+            body.append(f"for (long long row = (long long)blockIdx.x * {wpb} + (threadIdx.x >> 5); row < R; "
+                        f"row += (long long)gridDim.x * {wpb}) {{")
+        else:
+            body.append("for (long long row = blockIdx.x; row < R; row += gridDim.x) {")
+        inner = self.row_prelude()
+        if f["l2_prefetch"]:
+            inner.append("{ const long long nrow = row + gridDim.x;")
+            inner.append("  if (nrow < R) { const char* p = reinterpret_cast<const char*>(x + nrow * N);")
+            inner.append(f"    for (long long o = (long long)threadIdx.x * 128; o < N * 4; o += {self.T}LL * 128) "
+                         "prefetch_l2(p + o); } }")
+        if f["cache"] == "regs":
+            inner.append(f"{self.vt} rc[{self.rk}];")
+        cache = f["cache"]
+        first_src = "global"
+        if f["cp_async"]:
+            inner.append(f"for ({self.idx} i = {tid}; i < NV; i += {stride}) cp_async16(sc + i, xr + i);")
+            inner.append("cp_async_wait_all();")
+            first_src = "smem"
+        for pi, ph in enumerate(self.rop.phases):
+            if cache == "none":
+                src, fill = "global", False
+            elif pi == 0:
+                src, fill = ("regs", True) if cache == "regs" else (first_src, first_src == "global")
+            else:
+                src, fill = cache, False
+            inner.append("{")
+            inner += ["  " + ln for ln in self.phase_stats(pi, ph, src, "0", "NV", tid, stride, fill)]
+            inner.append("  " + self.reduce_call(pi, ph, team))
+            inner += ["  " + ln for ln in self.final_lines(pi, ph)]
+            inner.append("}")
+        leader = "lane == 0" if warp else "threadIdx.x == 0"
+        inner += self.write_out(cache if cache != "none" else "global", "0", "NV", tid, stride, leader)
+        body += ["  " + ln for ln in inner]
+        body.append("}")
+        name = f"{self.prefix}"
+        return self.signature(name) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
+
+    def merge_partials(self, pi: int, ph: Phase, cum: int, cached_loads: bool) -> list[str]:
+        nf = len(ph.fields)
+        out = ["{"]
+        out += [f"  {fl.ctype} a_{fl.name}0 = {fl.init};" for fl in ph.fields]
+        out.append(f"  for (long long t = threadIdx.x; t < S; t += {self.T}) {{")
+        out.append(f"    const double* pp = part + R * S * {cum} + (row * S + t) * {nf};")
+        ld = (lambda k: f"__ldcg(pp + {k})") if cached_loads else (lambda k: f"pp[{k}]")
+        args = ", ".join([f"a_{n}0" for n in ph.names()]
+                         + [f"({fl.ctype}){ld(k)}" for k, fl in enumerate(ph.fields)])
+        out.append(f"    merge_p{pi}({args});")
+        out.append("  }")
+        out.append("  " + self.reduce_call(pi, ph, "block"))
+        out += ["  " + ln for ln in self.final_lines(pi, ph)]
+        out.append("}")
+        return out
+
+    def kernels_split(self) -> list[str]:
+        """One kernel per phase writing per-chunk partial states, then one that merges them and writes."""
+        f = self.f
+        extra = ", double* __restrict__ part, long long S, long long chunk"
+        seg = [self.nv_line(),
+               "const long long blk = blockIdx.x;",
+               "const long long row = blk / S, c = blk - (blk / S) * S;",
+               f"const {self.idx} seg0 = ({self.idx})(c * chunk);",
+               f"const {self.idx} seg1 = ({self.idx})min((long long)NV, (c + 1) * chunk);"]
+        tid, stride = "(int)threadIdx.x", str(self.T)
+        kernels = []
+        cums = []
+        cum = 0
+        for ph in self.rop.phases:
+            cums.append(cum)
+            cum += len(ph.fields)
+        last = f["finish"] == "lastblock"
+        for pi, ph in enumerate(self.rop.phases):
+            sig_extra = extra + (", unsigned int* __restrict__ counters" if last else "")
+            body = seg + self.row_prelude()
+            for qi in range(pi):
+                body += self.merge_partials(qi, self.rop.phases[qi], cums[qi], False)
+            body += self.phase_stats(pi, ph, "global", "seg0", "seg1", tid, stride, False)
+            body.append(self.reduce_call(pi, ph, "block"))
+            nf = len(ph.fields)
+            stores = " ".join(f"pp[{k}] = (double)a_{fl.name}0;" for k, fl in enumerate(ph.fields))
+            body.append(f"double* pp = part + R * S * {cums[pi]} + (row * S + c) * {nf};")
+            if last:
+                body += ["__shared__ unsigned int s_ticket;",
+                         f"if (threadIdx.x == 0) {{ {stores} __threadfence(); "
+                         "s_ticket = atomicAdd(counters + row, 1u); }",
+                         "__syncthreads();",
+                         "if (s_ticket == (unsigned int)(S - 1)) {",
+                         "  __threadfence();"]
+                body += ["  " + ln for ln in self.merge_partials(pi, ph, cums[pi], True)]
+                body += ["  " + ln for ln in self.write_out("global", "seg0", "seg1", tid, stride,
+                                                            "threadIdx.x == 0")]
+                body.append("}")
+            else:
+                body.append(f"if (threadIdx.x == 0) {{ {stores} }}")
+            kernels.append(self.signature(f"{self.prefix}_p{pi}", sig_extra) + " {\n"
+                           + "\n".join("  " + ln for ln in body) + "\n}")
+        if not last:
+            if self.sum_op:
+                body = ["const long long row = blockIdx.x;"] + self.row_prelude()
+            else:
+                body = seg + self.row_prelude()
+            for qi, ph in enumerate(self.rop.phases):
+                body += self.merge_partials(qi, ph, cums[qi], False)
+            body += self.write_out("global", "seg0", "seg1", tid, stride, "threadIdx.x == 0")
+            kernels.append(self.signature(f"{self.prefix}_apply", extra) + " {\n"
+                           + "\n".join("  " + ln for ln in body) + "\n}")
+        return kernels
+
+    def kernel_cluster(self) -> str:
+        """A cluster of blocks per row; each block caches its share in smem; stats cross via DSMEM."""
+        f = self.f
+        CL = f["cluster"]
+        cache = multi_pass(self.spec, f)
+        idx = self.idx
+        body = []
+        if cache:
+            body.append("extern __shared__ __align__(16) unsigned char smem_raw[];")
+            body.append(f"{self.vt}* __restrict__ sc = reinterpret_cast<{self.vt}*>(smem_raw);")
+        for pi, ph in enumerate(self.rop.phases):
+            body += [f"__shared__ {fl.ctype} xs{pi}_{fl.name};" for fl in ph.fields]
+        body += ["const unsigned crank = cluster_rank();",
+                 "unsigned cid, ncl;",
+                 'asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(cid));',
+                 'asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(ncl));',
+                 self.nv_line(),
+                 f"const {idx} chunk = (NV + {CL} - 1) / {CL};",
+                 f"const {idx} seg0 = min(NV, ({idx})crank * chunk);",
+                 f"const {idx} seg1 = min(NV, seg0 + chunk);",
+                 "for (long long row = cid; row < R; row += ncl) {"]
+        inner = self.row_prelude()
+        tid, stride = "(int)threadIdx.x", str(self.T)
+        for pi, ph in enumerate(self.rop.phases):
+            src = "global" if (pi == 0 or not cache) else "smem"
+            inner.append("{")
+            inner += ["  " + ln for ln in self.phase_stats(pi, ph, src, "seg0", "seg1", tid, stride,
+                                                           cache and pi == 0)]
+            inner.append("  " + self.reduce_call(pi, ph, "block"))
+            puts = " ".join(f"xs{pi}_{fl.name} = a_{fl.name}0;" for fl in ph.fields)
+            inner.append(f"  if (threadIdx.x == 0) {{ {puts} }}")
+            inner.append("  cluster_sync();")
+            inner.append("  {")
+            inner += [f"    {fl.ctype} r_{fl.name} = {fl.init};" for fl in ph.fields]
+            args = ", ".join([f"r_{n}" for n in ph.names()]
+                             + [f"dsmem_load(&xs{pi}_{fl.name}, q)" for fl in ph.fields])
+            inner.append(f"    for (unsigned q = 0; q < {CL}; ++q) merge_p{pi}({args});")
+            inner += [f"    a_{fl.name}0 = r_{fl.name};" for fl in ph.fields]
+            inner.append("  }")
+            inner.append("  cluster_sync();")
+            inner += ["  " + ln for ln in self.final_lines(pi, ph)]
+            inner.append("}")
+        inner += self.write_out("smem" if cache else "global", "seg0", "seg1", tid, stride,
+                                "crank == 0 && threadIdx.x == 0")
+        body += ["  " + ln for ln in inner]
+        body.append("}")
+        return self.signature(self.prefix) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
+
+    def source(self) -> str:
+        parts = ["// generated by kernelcraft's offline proposer (rowwise_cuda)"] + self.header()
+        parts += self.device_functions()
+        mapping = self.f["mapping"]
+        if mapping in ("block", "warp"):
+            parts.append(self.kernel_rows())
+        elif mapping == "split":
+            parts += self.kernels_split()
+        else:
+            parts.append(self.kernel_cluster())
+        return "\n\n".join(parts) + "\n"
+
+    def kernel_names(self) -> list[str]:
+        if self.f["mapping"] == "split":
+            names = [f"{self.prefix}_p{i}" for i in range(len(self.rop.phases))]
+            return names + ([] if self.f["finish"] == "lastblock" else [f"{self.prefix}_apply"])
+        return [self.prefix]
+
+
+def safe_features(spec: OpSpec, f: dict) -> dict:
+    """The fallback for run-time shapes the fast path cannot take: scalar, uncached, 64-bit indices."""
+    g = dict(f, vec=1, cache="none", cp_async=False, idx32=False)
+    if g["mapping"] == "cluster":
+        g["mapping"] = "block"
+    return normalise(spec, g)
+
+
+def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
+    """Python expressions (over N, NV, x, out, w, b) that must hold for the fast kernel to be correct."""
+    conds = []
+    if f["vec"] == 4:
+        conds.append("N % 4 == 0")
+        ptrs = ["x"] + ([] if spec.op == "sum_lastdim" else ["out"])
+        ptrs += [p for p, e in (("w", spec.weight), ("b", spec.bias)) if e is not None]
+        conds += [f"{p}.data_ptr() % 16 == 0" for p in ptrs]
+    if f["idx32"]:
+        conds.append("N < 2**30")
+    if f["cache"] == "smem":
+        conds.append(f"N * 4 <= {cc.SMEM_CACHE_MAX}")
+    if f["cache"] == "regs":
+        team = 32 if f["mapping"] == "warp" else f["threads"]
+        conds.append(f"N // {f['vec']} <= {team * regs_per_thread(spec, f)}")
+    if f["mapping"] == "cluster" and multi_pass(spec, f):
+        cl = f["cluster"]
+        conds.append(f"-(-(N // {f['vec']}) // {cl}) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
+    return conds
+
+
+def _launch(spec: OpSpec, f: dict, kern: _Kernel, var: str) -> list[str]:
+    """Forward-body lines launching the kernels of ``kern`` (objects named ``{var}_<suffix>``)."""
+    T = f["threads"]
+    vw = f["vec"]
+    mapping = f["mapping"]
+    out = []
+    if mapping in ("block", "warp"):
+        rows_per_block = T // 32 if mapping == "warp" else 1
+        out.append(f"grid = min(-(-R // {rows_per_block}), 2**31 - 1)")
+        if f["grid"] == "persistent":
+            out.append(f"grid = min(grid, _sm_count(x.device.index) * {f['bps']})")
+        smem = "N * 4" if f["cache"] == "smem" else "0"
+        out.append(f"{var}(grid=(grid,), block=({T},), args=args, shared_mem={smem})")
+    elif mapping == "cluster":
+        cl = f["cluster"]
+        out.append(f"ncl = min(R, max(1, _sm_count(x.device.index) * {f['bps']} // {cl}), (2**31 - 1) // {cl})")
+        smem = f"-(-(N // {vw}) // {cl}) * {4 * vw}" if multi_pass(spec, f) else "0"
+        out.append(f"{var}(grid=(ncl * {cl},), block=({T},), args=args, shared_mem={smem})")
+    else:
+        nphases = len(kern.rop.phases)
+        nf = sum(len(p.fields) for p in kern.rop.phases)
+        out += [f"NV = N // {vw}",
+                f"S = max(1, min(-(-_sm_count(x.device.index) * {f['bps']} // R), -(-NV // {T * 4})))",
+                "chunk = max(1, -(-NV // S))",
+                "S = max(1, -(-NV // chunk))",
+                f"part = torch.empty(R * S * {nf}, dtype=torch.float64, device=x.device)",
+                "sargs = args + (part, S, chunk)"]
+        if f["finish"] == "lastblock":
+            out.append("counters = torch.zeros(R, dtype=torch.int32, device=x.device)")
+            out.append(f"{var}_p0(grid=(R * S,), block=({T},), args=sargs + (counters,))")
+        else:
+            for pi in range(nphases):
+                out.append(f"{var}_p{pi}(grid=(R * S,), block=({T},), args=sargs)")
+            grid = "R" if spec.op == "sum_lastdim" else "R * S"
+            out.append(f"{var}_apply(grid=({grid},), block=({T},), args=sargs)")
+    return out
+
+
+def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
+    """(module-level code defining sources and kernel objects, forward-body lines) for features ``f``."""
+    f = normalise(spec, f)
+    fast = _Kernel(spec, f, "rowwise_fast")
+    conds = fast_conditions(spec, f)
+    opts = cc.options(f["fast_math"])
+    mod = [f"SRC = r'''\n{fast.source()}'''", ""]
+    suffixes = _suffixes(fast)
+    for name, suffix in zip(fast.kernel_names(), suffixes, strict=True):
+        mod.append(f'_fast{suffix} = cuda_kernel(SRC, "{name}", options={opts})')
+    safe = None
+    if conds:
+        sf = safe_features(spec, f)
+        safe = _Kernel(spec, sf, "rowwise_safe")
+        mod += ["", "# Scalar fallback for shapes or pointers the fast path cannot take (see forward).",
+                f"SRC_SAFE = r'''\n{safe.source()}'''", ""]
+        for name, suffix in zip(safe.kernel_names(), _suffixes(safe), strict=True):
+            mod.append(f'_safe{suffix} = cuda_kernel(SRC_SAFE, "{name}", options={opts})')
+    mod.append(cc.SM_COUNT_PY)
+
+    fwd = _forward_prelude(spec)
+    if safe is None:
+        fwd += _launch(spec, f, fast, "_fast")
+    else:
+        fwd.append("if " + " and ".join(conds) + ":")
+        fwd += ["    " + ln for ln in _launch(spec, f, fast, "_fast")]
+        fwd.append("else:")
+        fwd += ["    " + ln for ln in _launch(spec, safe.f, safe, "_safe")]
+    fwd.append("return out")
+    return "\n".join(mod), fwd
+
+
+def _suffixes(k: _Kernel) -> list[str]:
+    return [name[len(k.prefix):] for name in k.kernel_names()]
+
+
+def _forward_prelude(spec: OpSpec) -> list[str]:
+    """Shapes, output allocation, empty-input early exit and the uniform kernel argument tuple."""
+    nd = spec.row_dims
+    out = ["x = x.contiguous()"]
+    if nd == 1:
+        out.append("N = x.shape[-1]")
+    else:
+        out.append(f"N = math.prod(x.shape[x.dim() - {nd}:])")
+    out.append(f"R = math.prod(x.shape[:x.dim() - {nd}])")
+    if spec.op == "sum_lastdim":
+        shape = "x.shape[:-1] + (1,)" if spec.keepdim else "x.shape[:-1]"
+        out.append(f"out = torch.empty({shape}, dtype=x.dtype, device=x.device)")
+        out.append("if R == 0:")
+    else:
+        out.append("out = torch.empty_like(x)")
+        out.append("if R == 0 or N == 0:")
+    out.append("    return out")
+    out.append(f"w = {spec.weight or 'x'}")
+    out.append(f"b = {spec.bias or 'x'}")
+    out.append(f"args = (x, out, w, b, R, N, {float(spec.eps)!r})")
+    return out
+
+
+def describe_features(f: dict) -> str:
+    """A compact one-line summary for tables and comments."""
+    keys = ("mapping", "threads", "vec", "ilp", "cache", "stats", "reduce", "grid")
+    return " ".join(f"{k}={f[k]}" for k in keys if k in f)
+
+
+_ = math  # the generated forward uses math.prod; keep the import visible to readers of this module

@@ -3,6 +3,8 @@
 The workflow resolves backend "auto" and the NVRTC target arch with these on every job, including CPU-only
 ones, so they must be cheap (no torch import, no context creation: ``cuInit`` plus attribute queries only)
 and must never raise: no driver library, no device, or ``CUDA_VISIBLE_DEVICES=""`` all simply mean "no GPU".
+Caveat: ``cuInit`` runs in the calling process, and CUDA does not survive ``fork`` after ``cuInit``; a process
+that forks children which use CUDA (the candidate zygote) must not call these (fork+exec is fine).
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""The comparator's verdicts: every mismatch is a named reason, and both tolerances are recorded."""
+
+import torch
+
+from kernelcraft.harness.compare import compare_trial, merge_verdicts
+
+
+def _meta(t, device="cpu"):
+    return [{"shape": list(t.shape), "dtype": str(t.dtype), "device": device}]
+
+
+def _cmp(out, ref, *, inputs_before=(), inputs_after=(), device="cpu", atol=1e-2, rtol=1e-2):
+    return compare_trial([out], _meta(out, device), [ref], list(inputs_before), list(inputs_after), "cpu",
+                         atol, rtol)
+
+
+def test_identical_outputs_are_correct_with_zero_error():
+    ref = torch.randn(8, 16)
+    v = _cmp(ref.clone(), ref)
+    assert v.correct and v.reasons == [] and v.max_abs_err == 0.0 and v.passes_strict
+
+
+def test_error_within_the_configured_tolerance_but_above_1e4_is_correct_but_not_strict():
+    ref = torch.ones(4, 4)
+    v = _cmp(ref + 5e-3, ref)
+    assert v.correct
+    assert v.passes_strict is False
+    assert abs(v.max_abs_err - 5e-3) < 1e-6
+
+
+def test_error_above_tolerance_is_rejected_with_the_max_error():
+    ref = torch.zeros(4, 4)
+    out = ref.clone()
+    out[2, 3] = 0.5
+    v = _cmp(out, ref)
+    assert not v.correct
+    assert v.reasons == ["output: max error above tolerance (max abs 0.5, atol=0.01, rtol=0.01)"]
+
+
+def test_nan_where_the_reference_is_finite_is_rejected():
+    ref = torch.zeros(3)
+    out = torch.tensor([0.0, float("nan"), float("inf")])
+    v = _cmp(out, ref)
+    assert v.reasons == ["output has 2 NaN/Inf values where the reference is finite"]
+
+
+def test_wrong_shape_dtype_and_device_are_named():
+    ref = torch.zeros(2, 3)
+    assert _cmp(torch.zeros(3, 2), ref).reasons == ["output has shape (3, 2), expected (2, 3)"]
+    assert _cmp(torch.zeros(2, 3, dtype=torch.float64), ref).reasons == [
+        "output has dtype torch.float64, expected torch.float32"]
+    assert _cmp(torch.zeros(2, 3), ref, device="cuda").reasons == ["output is on cuda, expected cpu"]
+
+
+def test_integer_outputs_must_match_exactly():
+    ref = torch.tensor([1, 2, 3])
+    assert _cmp(torch.tensor([1, 2, 4]), ref).reasons == ["output: 1 elements differ from the reference"]
+
+
+def test_modifying_an_input_in_place_is_rejected():
+    x = torch.randn(5)
+    changed = x.clone()
+    changed[0] += 1
+    v = _cmp(x.clone(), x.clone(), inputs_before=[x], inputs_after=[changed])
+    assert v.reasons == ["modified input 0 in place"]
+
+
+def test_a_candidate_is_correct_only_if_every_trial_is():
+    ref = torch.zeros(2)
+    good = _cmp(ref.clone(), ref)
+    bad = _cmp(ref + 1, ref)
+    merged = merge_verdicts([good, bad, good])
+    assert not merged.correct and merged.max_abs_err == 1.0 and len(merged.reasons) == 1

@@ -1,0 +1,41 @@
+"""Kernel generators and the ideas catalogue behind the offline proposer.
+
+One module per (family, backend) generator, each exposing the same small interface -- ``GEN``, ``TUNABLES``,
+``baseline(spec)``, ``normalise(spec, features)`` and ``render(spec, features) -> (module code, forward
+lines)`` -- so the proposer treats them alike. :func:`generator` picks one; :func:`candidate_source` turns a
+feature dict into a complete candidate file.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from kernelcraft.search.offline_kernels import elementwise_c, elementwise_cuda, rowwise_c, rowwise_cuda
+from kernelcraft.search.offline_kernels.candidate import assemble
+from kernelcraft.search.offline_kernels.opspec import OpSpec
+
+BACKENDS = ("cuda", "cpu")
+
+_GENERATORS: dict[tuple[str, str], ModuleType] = {
+    ("elementwise", "cuda"): elementwise_cuda,
+    ("elementwise", "cpu"): elementwise_c,
+    ("rowwise", "cuda"): rowwise_cuda,
+    ("rowwise", "cpu"): rowwise_c,
+}
+
+
+def generator(family: str, backend: str) -> ModuleType:
+    """The generator module for a family and backend ("cuda" or "cpu"); KeyError names what exists."""
+    try:
+        return _GENERATORS[(family, backend)]
+    except KeyError:
+        raise KeyError(f"no offline generator for family {family!r} on backend {backend!r}; have "
+                       + ", ".join(f"{f}/{b}" for f, b in _GENERATORS)) from None
+
+
+def candidate_source(spec: OpSpec, backend: str, features: dict, idea: str, parent: str) -> str:
+    """The full candidate file for ``features`` (normalised first, so the header shows what was built)."""
+    gen = generator(spec.family, backend)
+    feats = gen.normalise(spec, features)
+    module_code, forward = gen.render(spec, feats)
+    return assemble(spec, backend, idea, parent, feats, module_code, forward)

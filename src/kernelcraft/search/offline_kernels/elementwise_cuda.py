@@ -45,8 +45,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["threads"] = 256
     if g["grid"] not in ("exact", "persistent"):
         g["grid"] = "exact"
-    if g["bps"] not in TUNABLES["bps"] or g["grid"] != "persistent":
-        g["bps"] = 4 if g["grid"] != "persistent" or g["bps"] not in TUNABLES["bps"] else g["bps"]
+    if g["grid"] != "persistent" or g["bps"] not in TUNABLES["bps"]:
+        g["bps"] = 4  # only a persistent grid reads it
     if g["load"] not in ("plain", "ldg", "ldcs", "noalloc"):
         g["load"] = "plain"
     if g["store"] not in ("plain", "stcs"):
@@ -117,6 +117,12 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
             lines += loads("v", t0, True) + stores("v", t0, True)
         return lines
 
+    def prefetch(t: str) -> str:
+        """One 128-byte line per thread of the tile after next-in-line: the loads then hit L2."""
+        per_line = max(1, 128 // (4 * vw))
+        return (f"{{ const {idx} pf = {t} + step + ({idx})threadIdx.x * {per_line}; "
+                f"if (({idx})threadIdx.x * {per_line} < tile && pf < nv) prefetch_l2(xv + pf); }}")
+
     lb = f"__launch_bounds__({T}, {f['launch_min']})" if f["launch_min"] else f"__launch_bounds__({T})"
     body = [f"const {idx} nv = ({idx})(n / {vw});" if vw > 1 else f"const {idx} nv = ({idx})n;",
             f"const {idx} tile = ({idx}){T * ept};",
@@ -130,14 +136,13 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
         body += ["while (t0 < nv) {", f"  const {idx} t1 = t0 + step;", f"  {vt} nx[{ept}];"]
         body += ["  " + ln for ln in loads("nx", "t1", True)]
         if f["l2_prefetch"]:
-            body.append("  if (threadIdx.x == 0 && t1 + step < nv) prefetch_l2(xv + t1 + step);")
+            body.append("  " + prefetch("t1"))
         body += ["  " + ln for ln in stores("v", "t0", True)]
         body += ["#pragma unroll", f"  for (int e = 0; e < {ept}; ++e) v[e] = nx[e];", "  t0 = t1;", "}"]
     else:
         body.append(f"for ({idx} t0 = ({idx})blockIdx.x * tile; t0 < nv; t0 += step) {{")
         if f["l2_prefetch"]:
-            body.append("  if (t0 + step < nv) prefetch_l2(xv + t0 + step + threadIdx.x * "
-                        f"{max(1, 128 // (4 * vw))});")
+            body.append("  " + prefetch("t0"))
         body += ["  " + ln for ln in tile("t0")]
         body.append("}")
     if vw > 1:

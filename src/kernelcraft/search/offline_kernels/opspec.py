@@ -177,7 +177,6 @@ def _layernorm_mirror(model: Any, named: dict, shape: tuple[int, ...], ctor: dic
 
 def _rmsnorm_mirror(model: Any, named: dict, shape: tuple[int, ...], params: dict, ctor: dict[str, Any]):
     import torch
-    import torch.nn as nn
 
     n = shape[-1]
     rms_modules = [(name, m) for name, m in model.named_modules() if type(m).__name__ == "RMSNorm"]
@@ -212,10 +211,10 @@ def _rmsnorm_mirror(model: Any, named: dict, shape: tuple[int, ...], params: dic
     else:
         raise Unsupported("rmsnorm: weight init is neither ones nor zeros, so ModelNew cannot reproduce it")
     body = []
-    if isinstance(getattr(model, "eps", None), float):
-        body.append(f"self.eps = {_expr_for(getattr(model, 'eps'), ctor, repr(getattr(model, 'eps')))}")
+    model_eps = getattr(model, "eps", None)
+    if isinstance(model_eps, float):
+        body.append(f"self.eps = {_expr_for(model_eps, ctor, repr(model_eps))}")
     body.append(f"self.{name} = nn.Parameter(torch.{fill}({_expr_for(n, ctor, str(n))}))")
-    _ = nn  # nn is what the generated statements name
     return float(eps), body, f"self.{name}"
 
 

@@ -11,6 +11,7 @@ scales; polynomial exp so loops with exp vectorise; prefetch, non-temporal store
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
+from kernelcraft.search.offline_kernels import rowwise_cuda
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "rowwise"
@@ -33,8 +34,8 @@ def baseline(spec: OpSpec) -> dict:
     """A straightforward serial C loop nest: one row after another, one plain pass per statistic."""
     return {"gen": GEN, "par": "serial", "schedule": "static", "simd": False, "accs": 1,
             "stats": default_stats(spec.op), "store_exp": False, "exp": "libm", "recip": False,
-            "fma_apply": False, "accum": "float", "restrict": False, "prefetch": 0, "if_parallel": False,
-            "nt_store": False, "unroll": 0, "proc_bind": "none", "chunk": 65536, "tile": 1024}
+            "fma_apply": False, "accum": rowwise_cuda.default_accum(spec.op), "restrict": False, "prefetch": 0,
+            "if_parallel": False, "nt_store": False, "unroll": 0, "proc_bind": "none", "chunk": 65536, "tile": 1024}
 
 
 def normalise(spec: OpSpec, f: dict) -> dict:
@@ -104,7 +105,6 @@ def _phases(spec: OpSpec, f: dict):
     op = spec.op
     acc_t = "double" if f["accum"] == "double" else "float"
     EXP = "EXPF"
-    kahan = f["accum"] == "kahan"
 
     def sum_phase(name: str, expr: str, final: str, consts: list[str], pre: list[str] | None = None):
         def compute(lo: str, hi: str) -> list[str]:
@@ -192,7 +192,6 @@ def _phases(spec: OpSpec, f: dict):
             return phases, f"fmaf(fmaf(xr[j], c_rstd, c_nmr), {w}, {bb})", "c_nmr = -c_mean * c_rstd;", \
                 ["c_nmr"], None
         return phases, f"(xr[j] - c_mean) * c_rstd * {w} + {bb}", "", [], None
-    _ = kahan
     raise ValueError(f"no CPU row phases for op {op!r}")
 
 
@@ -219,8 +218,7 @@ def _apply_loop(expr: str, lo: str, hi: str, f: dict) -> list[str]:
 
 
 def _plain_apply(expr: str, lo: str, hi: str, f: dict) -> list[str]:
-    out = ["#pragma omp simd"] if f["simd"] else []
-    out += c.pragma_unroll(f["unroll"])
+    out = ["#pragma omp simd"] if f["simd"] else c.pragma_unroll(f["unroll"])
     out.append(f"for (int64_t j = {lo}; j < {hi}; ++j) yr[j] = {expr};")
     return out
 

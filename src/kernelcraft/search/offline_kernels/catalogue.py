@@ -1,0 +1,414 @@
+"""The ideas catalogue: every optimisation idea the offline proposer knows, per (family, backend).
+
+An idea is a natural-language sentence plus the feature delta that implements it. Applying it to a parent's
+features and normalising gives the child kernel; an idea whose delta changes nothing for a parent is not an
+idea for that parent. ``weight`` is a prior on how promising the idea usually is (the proposer samples by it,
+so different seeds explore differently but the strong ideas come up early); ``when`` restricts an idea to the
+problems and parents it makes sense for (e.g. splitting rows across blocks only pays when rows are few).
+
+Texts are templates over a small context (row length, rows, threads, ...) filled from the problem and the child
+features, so the sentence a report shows says what this kernel actually does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kernelcraft.search.offline_kernels import cuda_common, rowwise_cuda
+from kernelcraft.search.offline_kernels.opspec import OpSpec
+
+KINDS = ("memory access", "asynchronous work and latency hiding", "data type and precision",
+         "compute and instructions", "parallelism and occupancy", "control flow and loops")
+MEM, ASYNC, PREC, COMP, PAR, CTRL = KINDS
+
+H100_SMS = 132  # only for judging which ideas are promising; launch code reads the real SM count
+
+
+@dataclass(frozen=True)
+class Idea:
+    key: str
+    kind: str
+    text: str
+    delta: dict
+    weight: float = 1.0
+    ops: tuple[str, ...] | None = None
+    when: Callable[[OpSpec, dict], bool] | None = None
+    boost: Callable[[OpSpec, dict], float] | None = None  # multiplies weight for this problem/parent
+
+    def applies(self, spec: OpSpec, parent: dict) -> bool:
+        if self.ops is not None and spec.op not in self.ops:
+            return False
+        return self.when is None or bool(self.when(spec, parent))
+
+    def prior(self, spec: OpSpec, parent: dict) -> float:
+        return self.weight * (self.boost(spec, parent) if self.boost else 1.0)
+
+
+def context(spec: OpSpec, child: dict) -> dict:
+    """Values the text templates may use."""
+    n = spec.row_len if spec.family == "rowwise" else spec.numel
+    ctx = {"N": n, "R": spec.rows, "rowkb": round(spec.row_len * 4 / 1024, 1), "op": spec.op,
+           "numel": spec.numel, "mb": round(spec.numel * 4 / 2**20)}
+    ctx.update({k: v for k, v in child.items() if isinstance(v, int | str | bool)})
+    ctx["T"] = child.get("threads", 256)
+    ctx["wpb"] = ctx["T"] // 32
+    ctx["cl"] = child.get("cluster", 2)
+    if spec.family == "rowwise" and child.get("gen") == rowwise_cuda.GEN:
+        ctx["rk"] = rowwise_cuda.regs_per_thread(spec, child) * child.get("vec", 1)
+    return ctx
+
+
+SOFTMAXES = ("softmax", "log_softmax")
+NORMS = ("layernorm", "rmsnorm")
+SUMMED = ("sum_lastdim", "rmsnorm", "layernorm")
+
+
+def _few_rows(spec: OpSpec, f: dict) -> bool:
+    return spec.rows < 2 * H100_SMS
+
+
+def _short_rows(spec: OpSpec, f: dict) -> bool:
+    return spec.row_len <= 4096
+
+
+def _multi(spec: OpSpec, f: dict) -> bool:
+    return spec.op != "sum_lastdim"
+
+
+def _smem_fits(spec: OpSpec, f: dict) -> bool:
+    return _multi(spec, f) and spec.row_len * 4 <= cuda_common.SMEM_CACHE_MAX
+
+
+def _regs_fit(spec: OpSpec, f: dict) -> bool:
+    return _multi(spec, f) and rowwise_cuda.regs_per_thread(spec, f) > 0
+
+
+def _cluster_ok(spec: OpSpec, f: dict) -> bool:
+    if not _multi(spec, f):
+        return True
+    return not _smem_fits(spec, f) and rowwise_cuda.cluster_fits(spec, f, 8)
+
+
+def _not_welford(spec: OpSpec, f: dict) -> bool:
+    """Welford's state is a count/mean/M2 triple, not a sum: accumulator ideas do not apply to it."""
+    return spec.op != "layernorm" or f.get("stats") != "welford"
+
+
+def _boost_if(pred: Callable[[OpSpec, dict], bool], factor: float) -> Callable[[OpSpec, dict], float]:
+    return lambda spec, f: factor if pred(spec, f) else 1.0
+
+
+# ------------------------------------------------------------------------------------------------ rowwise CUDA
+
+ROWWISE_CUDA: list[Idea] = [
+    Idea("vec4", MEM, "Load and store each row as 16-byte float4 vectors so every thread moves four floats per "
+         "memory instruction (a scalar kernel takes rows whose length is not a multiple of 4 or misaligned "
+         "pointers).", {"vec": 4}, 3.0),
+    Idea("smem_cache", MEM, "Keep the {rowkb} KiB row in shared memory during the first pass so the later passes "
+         "over it read shared memory instead of going back to L2/HBM.", {"cache": "smem"}, 2.5, when=_smem_fits),
+    Idea("regs_cache", MEM, "Hold each thread's {rk} elements of the row in registers across all passes "
+         "(fully unrolled loop), so every element is read from HBM exactly once.", {"cache": "regs"}, 2.5,
+         when=_regs_fit),
+    Idea("regs_cache_1024", MEM, "Use 1024-thread blocks and keep each thread's {rk} row elements in registers "
+         "across all passes, so the row is read from HBM once without any shared-memory traffic.",
+         {"cache": "regs", "threads": 1024}, 1.5,
+         when=lambda s, f: _multi(s, f) and rowwise_cuda.regs_per_thread(s, f | {"threads": 1024}) > 0),
+    Idea("ldg", MEM, "Read the input through the read-only data cache with __ldg() so repeated passes over the "
+         "row hit the non-coherent texture path.", {"load": "ldg"}, 1.0),
+    Idea("noalloc", MEM, "Load the row with ld.global.nc.L1::no_allocate so streaming data does not evict useful "
+         "lines from L1.", {"load": "noalloc"}, 0.7),
+    Idea("ldcs", MEM, "Read the input with evict-first streaming loads (__ldcs): each element is used once, so "
+         "it should not displace other data in L2.", {"load": "ldcs"}, 0.8, ops=("sum_lastdim",)),
+    Idea("stream_last", MEM, "Use evict-first streaming hints on the last pass: __ldcs() for the final read of the "
+         "row and __stcs() for the output, so write-once output does not evict rows still being reused from "
+         "L2.", {"stream": True}, 1.2, when=_multi),
+    Idea("cluster", MEM, "Give each row to a cluster of {cl} thread blocks on neighbouring SMs: each block keeps "
+         "its 1/{cl} share of the {rowkb} KiB row in shared memory and the blocks exchange partial statistics "
+         "through distributed shared memory, so a row no single SM can hold is read from HBM only once.",
+         {"mapping": "cluster"}, 3.0, when=_cluster_ok,
+         boost=lambda s, f: 3.0 if _multi(s, f) else 0.3),
+    Idea("ilp2", ASYNC, "Unroll the row loops by 2 with independent loads issued before any use (and separate "
+         "partial accumulators), doubling the bytes each thread keeps in flight.", {"ilp": 2}, 1.5),
+    Idea("ilp4", ASYNC, "Unroll the row loops by 4 with four independent loads in flight per thread and four "
+         "partial accumulators merged at the end, to hide HBM latency.", {"ilp": 4}, 1.8),
+    Idea("cp_async", ASYNC, "Fill a shared-memory copy of the row with cp.async 16-byte asynchronous copies "
+         "(global to shared without passing through registers), then run every pass from shared memory.",
+         {"cache": "smem", "vec": 4, "cp_async": True}, 1.5, when=_smem_fits),
+    Idea("l2_prefetch", ASYNC, "Make the grid persistent and, while a block reduces its current row, prefetch its "
+         "next row into L2 with prefetch.global.L2 so the next first pass finds it on chip.",
+         {"l2_prefetch": True, "grid": "persistent"}, 1.0),
+    Idea("exp_fast", PREC, "Compute the exponentials with the __expf() hardware intrinsic (ex2.approx, a few ulp: "
+         "far inside 1e-4) instead of the full-precision expf().", {"exp": "fast"}, 2.0, ops=SOFTMAXES),
+    Idea("exp2", PREC, "Rewrite exp(x - max) as exp2f((x - max) * log2(e)) so each exponential is a multiply and "
+         "the native base-2 exponential.", {"exp": "exp2"}, 1.5, ops=SOFTMAXES),
+    Idea("fast_math", PREC, "Compile with --use_fast_math (approximate division, square root and exponentials; "
+         "denormals flushed): the row statistics stay accurate to ~1e-6.", {"fast_math": True}, 1.2,
+         ops=SOFTMAXES + NORMS),
+    Idea("rsqrt", PREC, "Use the rsqrtf() intrinsic for 1/sqrt(var + eps) instead of a division and a "
+         "correctly-rounded square root.", {"rsqrt": True}, 0.8, ops=NORMS),
+    Idea("welford", PREC, "Compute mean and variance with Welford's update per thread, merged across threads with "
+         "Chan's formula: a single pass over the row with no cancellation.", {"stats": "welford"}, 1.5,
+         ops=("layernorm",)),
+    Idea("double_acc", PREC, "Accumulate the per-thread partial sums in double precision and round to float once "
+         "per row, so a {N}-element sum loses no low-order bits.", {"accum": "double"}, 0.6, ops=SUMMED,
+         when=_not_welford),
+    Idea("kahan", PREC, "Use Kahan compensated summation for the per-thread partial sums (and when merging them), "
+         "keeping the accuracy of long rows at float cost.", {"accum": "kahan"}, 0.6, ops=SUMMED,
+         when=_not_welford),
+    Idea("float_acc", PREC, "Accumulate the row sum in float instead of double: no float-to-double conversions "
+         "(the result may then differ from torch's by a few 1e-4 when a row sums to nearly zero).",
+         {"accum": "float"}, 0.5, ops=("sum_lastdim",)),
+    Idea("online", COMP, "Fuse the max and sum-of-exp passes into one online pass that keeps a running max and "
+         "rescales the running sum (a float4 shares one rescale), removing one full read of the row.",
+         {"stats": "online"}, 3.0, ops=SOFTMAXES),
+    Idea("shifted", COMP, "Compute mean and variance in one pass as sums of (x - x0) and (x - x0)^2, shifted by the "
+         "row's first element so there is no cancellation, instead of a separate variance pass.",
+         {"stats": "shifted"}, 2.5, ops=("layernorm",)),
+    Idea("recip", COMP, "Compute 1/sum once per row and multiply every output by it instead of dividing each "
+         "element.", {"recip": True}, 1.5, ops=("softmax",)),
+    Idea("fma_apply", COMP, "Fold the normalisation into two FMAs per element: y = fma(fma(x, rstd, -mean*rstd), "
+         "w, b) with -mean*rstd computed once per row.", {"fma_apply": True}, 1.0, ops=("layernorm",)),
+    Idea("idx32", COMP, "Use 32-bit index arithmetic inside rows (64-bit only for the row base; a 64-bit fallback "
+         "kernel for rows of 2^30 elements or more) to cut integer instructions in the loops.", {"idx32": True},
+         0.8),
+    Idea("threads128", PAR, "Use 128-thread blocks so more rows are resident per SM and reductions need fewer "
+         "steps.", {"threads": 128}, 0.8),
+    Idea("threads512", PAR, "Use 512-thread blocks so each row gets more threads and bytes in flight.",
+         {"threads": 512}, 1.0),
+    Idea("threads1024", PAR, "Use 1024-thread blocks: one block per row keeps the most loads in flight for long "
+         "rows of {N} elements.", {"threads": 1024}, 1.0, boost=lambda s, f: 1.5 if s.row_len >= 16384 else 0.5),
+    Idea("warp_rows", PAR, "Map one warp to each row and reduce with warp shuffles only (no shared memory, no "
+         "__syncthreads), {wpb} rows per block: rows of {N} elements are too short to keep a whole block busy.",
+         {"mapping": "warp"}, 2.0, when=_short_rows),
+    Idea("split_rows", PAR, "Split each row across several blocks so all SMs work ({R} rows alone would occupy "
+         "only {R} blocks): each block reduces a chunk into a partial state in a workspace, a second kernel "
+         "merges them per row and writes the output.", {"mapping": "split"}, 1.0,
+         boost=_boost_if(_few_rows, 20.0)),
+    Idea("persistent1", PAR, "Launch a persistent grid of one block per SM that loops over rows, so blocks never "
+         "retire and relaunch and there is no tail wave.", {"grid": "persistent", "bps": 1}, 0.8),
+    Idea("persistent2", PAR, "Launch a persistent grid of two blocks per SM that loops over rows: one block's "
+         "reduction barriers overlap the other's loads.", {"grid": "persistent", "bps": 2}, 1.2),
+    Idea("persistent4", PAR, "Launch a persistent grid of four blocks per SM looping over rows, for more "
+         "independent rows in flight per SM.", {"grid": "persistent", "bps": 4}, 0.8),
+    Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler caps registers to keep at least two "
+         "blocks resident per SM.", {"launch_min": 2}, 0.8),
+    Idea("shuffle_reduce", CTRL, "Replace the shared-memory tree reduction (log2({T}) barrier steps) with warp "
+         "shuffles: a butterfly within each warp, one shared-memory exchange of the per-warp partials, two "
+         "barriers in total.", {"reduce": "shuffle"}, 2.0),
+    Idea("unroll", CTRL, "Add #pragma unroll 4 to the strided row loops so the compiler overlaps iterations.",
+         {"unroll": True}, 0.6),
+    Idea("lastblock", CTRL, "Split each row across blocks and finish in the same kernel: every block publishes its "
+         "partial sum, and the last block to arrive (atomic ticket after __threadfence) adds the partials and "
+         "writes the result, saving the second launch.", {"mapping": "split", "finish": "lastblock"}, 1.5,
+         ops=("sum_lastdim",), boost=_boost_if(_few_rows, 5.0)),
+    Idea("rows_grid", CTRL, "Go back to one block per row (a grid of {R} blocks) instead of looping over rows in a "
+         "persistent grid, letting the hardware scheduler balance the rows.", {"grid": "rows"}, 0.5,
+         when=lambda s, f: f.get("grid") == "persistent"),
+]
+
+# ------------------------------------------------------------------------------------------------ rowwise C
+
+ROWWISE_C: list[Idea] = [
+    Idea("omp_rows", PAR, "Process rows in parallel with an OpenMP parallel-for over rows (static schedule): "
+         "each core takes a contiguous band of rows.", {"par": "rows"}, 4.0),
+    Idea("split_rows", PAR, "Split every row into {chunk}-element chunks processed in parallel, with per-chunk "
+         "partial statistics merged per row: {R} rows alone cannot keep every core busy.", {"par": "split"}, 1.0,
+         boost=_boost_if(lambda s, f: s.rows < 64, 8.0)),
+    Idea("sched_dynamic", PAR, "Hand rows to threads dynamically (schedule(dynamic, 1)) so a core that finishes "
+         "early takes the next row.", {"par": "rows", "schedule": "dynamic"}, 0.8),
+    Idea("sched_guided", PAR, "Use a guided schedule over rows: big row batches first, smaller ones at the end to "
+         "balance the tail.", {"par": "rows", "schedule": "guided"}, 0.7),
+    Idea("sched_cyclic", PAR, "Interleave rows across threads (schedule(static, 1)) so neighbouring rows run on "
+         "different cores at the same time.", {"par": "rows", "schedule": "static1"}, 0.4),
+    Idea("bind_close", PAR, "Pin OpenMP threads close together (proc_bind(close)) so threads stay on their cores "
+         "and caches.", {"proc_bind": "close"}, 0.5, when=lambda s, f: f.get("par") != "serial"),
+    Idea("bind_spread", PAR, "Spread OpenMP threads across the machine (proc_bind(spread)) to use every memory "
+         "channel.", {"proc_bind": "spread"}, 0.4, when=lambda s, f: f.get("par") != "serial"),
+    Idea("if_parallel", CTRL, "Fork the OpenMP team only when the tensor holds more than 32K elements (an if "
+         "clause), so small calls skip the fork/join cost.", {"if_parallel": True}, 0.5,
+         when=lambda s, f: f.get("par") != "serial"),
+    Idea("simd", COMP, "Vectorise the row reductions and the output loop with #pragma omp simd (reduction "
+         "clauses), which lets GCC reassociate the float sums and maxima into SIMD lanes.", {"simd": True}, 3.0),
+    Idea("accs4", COMP, "Break the floating-point add dependency chain with 4 independent accumulators per "
+         "reduction (manually unrolled), merged at the end of the row.", {"accs": 4}, 1.5),
+    Idea("accs8", COMP, "Use 8 independent accumulators per reduction so 8 adds are in flight each cycle.",
+         {"accs": 8}, 1.2),
+    Idea("exp_poly", PREC, "Replace libm expf with an inlined Cephes-style polynomial exp (about 1 ulp, "
+         "branch-free) so the exponential loops vectorise.", {"exp": "poly"}, 2.5, ops=SOFTMAXES),
+    Idea("online", COMP, "Fuse max and sum-of-exp into one pass over L1-sized tiles of {tile} elements: tile max, "
+         "rescale the running sum, then add the tile's exponentials while it is still in L1.",
+         {"stats": "online"}, 2.0, ops=SOFTMAXES),
+    Idea("store_exp", COMP, "Store exp(x - max) into the output during the sum pass and rescale it in place, so "
+         "the last pass multiplies cache-hot outputs instead of recomputing every exponential.",
+         {"store_exp": True}, 1.5, ops=("softmax",)),
+    Idea("recip", COMP, "Compute 1/sum once per row and multiply instead of dividing every element.",
+         {"recip": True}, 1.0, ops=("softmax",)),
+    Idea("shifted", COMP, "Compute mean and variance in one pass as sums of (x - x0) and (x - x0)^2, shifted by "
+         "the row's first element to avoid cancellation, instead of two passes.", {"stats": "shifted"}, 2.0,
+         ops=("layernorm",)),
+    Idea("welford", PREC, "Compute mean and variance blockwise: exact two-pass statistics per {tile}-element tile "
+         "while it sits in L1, merged into running (count, mean, M2) with Chan's formula.",
+         {"stats": "welford"}, 1.0, ops=("layernorm",)),
+    Idea("fma_apply", COMP, "Normalise with two FMAs per element: y = fma(fma(x, rstd, -mean*rstd), w, b).",
+         {"fma_apply": True}, 0.8, ops=("layernorm",)),
+    Idea("double_acc", PREC, "Accumulate the row sums in double precision and round once per row.",
+         {"accum": "double"}, 0.6, ops=SUMMED, when=_not_welford),
+    Idea("kahan", PREC, "Use Kahan compensated summation for the row sums so long rows keep float accuracy "
+         "(costs vectorisation of the sums).", {"accum": "kahan"}, 0.4, ops=SUMMED, when=_not_welford),
+    Idea("float_acc", PREC, "Accumulate the row sums in float instead of double so the sum loop runs twice as many "
+         "lanes per SIMD instruction (blocked partial sums keep the error small).", {"accum": "float"}, 0.6,
+         ops=("sum_lastdim",)),
+    Idea("restrict", MEM, "Declare the input, output and weight pointers restrict so the compiler knows they never "
+         "alias and can vectorise and keep loads in registers.", {"restrict": True}, 1.2),
+    Idea("prefetch64", ASYNC, "Software-prefetch 64 elements (four cache lines) ahead in every row loop with "
+         "__builtin_prefetch.", {"prefetch": 64}, 0.6),
+    Idea("prefetch256", ASYNC, "Software-prefetch 256 elements (1 KiB) ahead in the row loops so memory latency is "
+         "covered by the work on the current lines.", {"prefetch": 256}, 0.6),
+    Idea("nt_store", MEM, "Write the output with non-temporal streaming stores (_mm_stream_ps): written once, it "
+         "should not take a read-for-ownership nor evict the row being processed.", {"nt_store": True}, 0.8,
+         when=_multi),
+    Idea("unroll4", CTRL, "Ask GCC to unroll the row loops by 4 (#pragma GCC unroll 4).", {"unroll": 4}, 0.5),
+    Idea("unroll8", CTRL, "Ask GCC to unroll the row loops by 8 (#pragma GCC unroll 8).", {"unroll": 8}, 0.4),
+    Idea("tile256", CTRL, "Use 256-element tiles for the fused single pass so each tile stays in L1 between its two "
+         "sweeps.", {"tile": 256}, 0.5, when=lambda s, f: f.get("stats") in ("online", "welford")),
+    Idea("tile4096", CTRL, "Use 4096-element tiles for the fused single pass, fewer rescale steps per row.",
+         {"tile": 4096}, 0.5, when=lambda s, f: f.get("stats") in ("online", "welford")),
+    Idea("chunk16k", CTRL, "Split rows into 16K-element chunks so there are more parallel tasks per row.",
+         {"chunk": 16384}, 0.5, when=lambda s, f: f.get("par") == "split"),
+    Idea("chunk256k", CTRL, "Split rows into 256K-element chunks so each task streams a long contiguous range.",
+         {"chunk": 262144}, 0.5, when=lambda s, f: f.get("par") == "split"),
+]
+
+# ------------------------------------------------------------------------------------------------ elementwise CUDA
+
+ELEMENTWISE_CUDA: list[Idea] = [
+    Idea("vec4", MEM, "Vectorise global loads and stores to 16-byte float4 accesses so each thread moves 4 "
+         "elements per instruction (scalar tail for the last n % 4, scalar kernel for misaligned pointers).",
+         {"vec": 4}, 3.0),
+    Idea("vec2", MEM, "Use 8-byte float2 loads and stores so each thread moves 2 elements per instruction.",
+         {"vec": 2}, 1.0),
+    Idea("ldg", MEM, "Read the input through the read-only data cache with __ldg().", {"load": "ldg"}, 0.8),
+    Idea("ldcs", MEM, "Load with evict-first streaming hints (__ldcs): each input element is read once, so it "
+         "should not displace other lines in L2.", {"load": "ldcs"}, 1.0),
+    Idea("noalloc", MEM, "Load with ld.global.nc.L1::no_allocate so the streamed input never allocates L1 lines.",
+         {"load": "noalloc"}, 0.8),
+    Idea("stcs", MEM, "Write the output with streaming stores (__stcs, evict-first): written once, never re-read "
+         "by this kernel.", {"store": "stcs"}, 1.0),
+    Idea("restrict", MEM, "Mark the input and output pointers __restrict__ so the compiler may use the "
+         "non-coherent load path and reorder loads ahead of stores.", {"restrict": True}, 0.8),
+    Idea("ept2", ASYNC, "Have each thread handle 2 vectors per tile, issuing both loads before computing, to keep "
+         "more bytes in flight per thread.", {"ept": 2}, 1.5),
+    Idea("ept4", ASYNC, "Have each thread issue 4 independent vector loads per tile before any compute (memory-"
+         "level parallelism), then compute and store all 4.", {"ept": 4}, 2.0),
+    Idea("ept8", ASYNC, "Have each thread keep 8 independent vector loads in flight per tile.", {"ept": 8}, 1.0),
+    Idea("pipeline", ASYNC, "Use a persistent grid-stride loop that double-buffers in registers: load the next "
+         "tile before computing and storing the current one.", {"grid": "persistent", "pipeline": True}, 1.2),
+    Idea("l2_prefetch", ASYNC, "Use a persistent grid-stride loop that prefetches the tile after the next one into "
+         "L2 (prefetch.global.L2) while working on the current one.",
+         {"grid": "persistent", "l2_prefetch": True}, 0.8),
+    Idea("gelu_normcdf", PREC, "Compute GELU as x * normcdff(x), the CUDA normal CDF, instead of "
+         "0.5 * x * (1 + erff(x / sqrt(2))).", {"gelu": "normcdf"}, 1.0, ops=("gelu",)),
+    Idea("fast_math", PREC, "Compile with --use_fast_math: approximate division and flush-to-zero denormals for the "
+         "GELU arithmetic (erf stays accurate to a few ulp).", {"fast_math": True}, 0.8, ops=("gelu",)),
+    Idea("gelu_fma", COMP, "Evaluate GELU as fmaf(0.5x, erff(x/sqrt(2)), 0.5x): one multiply and one FMA around "
+         "the erf.", {"gelu": "fma"}, 1.0, ops=("gelu",)),
+    Idea("idx32", COMP, "Use 32-bit index arithmetic (a 64-bit kernel takes tensors of 2^30 elements or more) to "
+         "halve the integer instructions per element.", {"idx32": True}, 0.8),
+    Idea("threads128", PAR, "Use 128-thread blocks: more, smaller blocks spread over the SMs evenly.",
+         {"threads": 128}, 0.7),
+    Idea("threads512", PAR, "Use 512-thread blocks for fewer, larger blocks.", {"threads": 512}, 0.8),
+    Idea("threads1024", PAR, "Use 1024-thread blocks, the fewest blocks for the {mb} MiB stream.", {"threads": 1024},
+         0.5),
+    Idea("persistent2", PAR, "Launch a persistent grid of 2 blocks per SM that strides over the tensor instead of "
+         "one block per tile.", {"grid": "persistent", "bps": 2}, 0.8),
+    Idea("persistent4", PAR, "Launch a persistent grid of 4 blocks per SM that strides over the tensor.",
+         {"grid": "persistent", "bps": 4}, 1.0),
+    Idea("persistent8", PAR, "Launch a persistent grid of 8 blocks per SM that strides over the tensor.",
+         {"grid": "persistent", "bps": 8}, 1.0),
+    Idea("persistent16", PAR, "Launch a persistent grid of 16 blocks per SM that strides over the tensor.",
+         {"grid": "persistent", "bps": 16}, 0.6),
+    Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) to cap registers for at least two resident blocks "
+         "per SM.", {"launch_min": 2}, 0.5),
+    Idea("launch_bounds4", PAR, "Add __launch_bounds__({T}, 4) to cap registers for at least four resident blocks "
+         "per SM.", {"launch_min": 4}, 0.5),
+    Idea("full_tiles", CTRL, "Give full tiles a branch-free path (no per-element bounds checks) and keep the "
+         "guarded path only for the last partial tile.", {"full_tiles": True}, 1.0),
+    Idea("exact_grid", CTRL, "Size the grid to the data again (one tile per block) instead of a persistent loop, "
+         "so no block loops.", {"grid": "exact"}, 0.5, when=lambda s, f: f.get("grid") == "persistent"),
+]
+
+# ------------------------------------------------------------------------------------------------ elementwise C
+
+ELEMENTWISE_C: list[Idea] = [
+    Idea("omp", PAR, "Parallelise the loop over elements with an OpenMP parallel-for (static schedule): every core "
+         "streams its own contiguous share.", {"par": "omp"}, 4.0),
+    Idea("manual_ranges", PAR, "Open one OpenMP parallel region and give each thread a contiguous range cut at "
+         "64-byte boundaries, so no cache line of the output is written by two threads.", {"par": "manual"}, 1.0),
+    Idea("dynamic_tiles", PAR, "Hand out 16K-element tiles dynamically (schedule(dynamic)) so faster cores take "
+         "more tiles.", {"par": "omp", "schedule": "dynamic", "tile": 16384}, 0.8),
+    Idea("guided_tiles", PAR, "Hand out tiles with a guided schedule: large batches first, small ones to balance "
+         "the end.", {"par": "omp", "schedule": "guided", "tile": 16384}, 0.6),
+    Idea("bind_close", PAR, "Pin OpenMP threads close together (proc_bind(close)).", {"proc_bind": "close"}, 0.4,
+         when=lambda s, f: f.get("par") != "serial"),
+    Idea("bind_spread", PAR, "Spread OpenMP threads across the machine (proc_bind(spread)) to use every memory "
+         "channel.", {"proc_bind": "spread"}, 0.4, when=lambda s, f: f.get("par") != "serial"),
+    Idea("if_parallel", CTRL, "Fork the OpenMP team only for tensors of more than 32K elements (if clause), so small "
+         "calls skip the fork/join.", {"if_parallel": True}, 0.5, when=lambda s, f: f.get("par") != "serial"),
+    Idea("simd", COMP, "Vectorise the element loop with #pragma omp simd so the formula runs in SIMD registers.",
+         {"simd": True}, 3.0),
+    Idea("gelu_poly", COMP, "Replace libm erff with the Abramowitz-Stegun 7.1.26 rational approximation "
+         "(|error| <= 1.5e-7, branch-free) so the GELU loop can vectorise.", {"gelu": "poly"}, 2.0, ops=("gelu",)),
+    Idea("gelu_poly_exp", COMP, "Use a polynomial erf and an inlined polynomial exp (no libm calls at all) so the "
+         "whole GELU loop vectorises.", {"gelu": "poly_exp"}, 2.5, ops=("gelu",)),
+    Idea("gelu_fma", COMP, "Evaluate GELU as fmaf(0.5x, erff(x/sqrt(2)), 0.5x).", {"gelu": "fma"}, 0.6,
+         ops=("gelu",)),
+    Idea("gelu_double", PREC, "Evaluate GELU in double precision (erf on doubles) and round once, for results "
+         "within half an ulp of exact.", {"gelu": "double"}, 0.3, ops=("gelu",)),
+    Idea("restrict", MEM, "Declare the pointers restrict so the compiler knows input and output never alias and "
+         "can vectorise without runtime overlap checks.", {"restrict": True}, 1.5),
+    Idea("aligned", MEM, "When both pointers are 64-byte aligned (torch's allocations are), tell the compiler "
+         "with __builtin_assume_aligned so it emits aligned vector moves and no peeling.", {"aligned": True}, 0.7),
+    Idea("prefetch64", ASYNC, "Software-prefetch 64 elements (four cache lines) ahead with __builtin_prefetch.",
+         {"prefetch": 64}, 0.5),
+    Idea("prefetch512", ASYNC, "Software-prefetch 512 elements (2 KiB) ahead so DRAM latency is covered.",
+         {"prefetch": 512}, 0.5),
+    Idea("batch8", ASYNC, "Process elements in batches of 8 held in a small local array: 8 loads back to back, "
+         "then 8 evaluations, then 8 stores, so loads overlap the arithmetic.", {"batch": 8}, 0.6),
+    Idea("batch32", ASYNC, "Process elements in batches of 32 (load all, compute all, store all) to keep many "
+         "independent loads in flight per core.", {"batch": 32}, 0.5),
+    Idea("nt_store", MEM, "Write the output with non-temporal streaming stores (_mm_stream_ps), avoiding the "
+         "read-for-ownership of output lines and cache pollution.", {"nt_store": True}, 1.0),
+    Idea("tile4k", CTRL, "Block the loop into 4096-element tiles (16 KiB, L1-sized) handed to threads whole.",
+         {"tile": 4096}, 0.6),
+    Idea("tile16k", CTRL, "Block the loop into 16K-element tiles (64 KiB, L2-friendly) handed to threads whole.",
+         {"tile": 16384}, 0.6),
+    Idea("tile64k", CTRL, "Block the loop into 64K-element tiles so each task is a long contiguous stream.",
+         {"tile": 65536}, 0.5),
+    Idea("unroll4", CTRL, "Ask GCC to unroll the element loop by 4 (#pragma GCC unroll 4).", {"unroll": 4}, 0.5),
+    Idea("unroll8", CTRL, "Ask GCC to unroll the element loop by 8 (#pragma GCC unroll 8).", {"unroll": 8}, 0.4),
+]
+
+CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("rowwise", "cuda"): ROWWISE_CUDA,
+    ("rowwise", "cpu"): ROWWISE_C,
+    ("elementwise", "cuda"): ELEMENTWISE_CUDA,
+    ("elementwise", "cpu"): ELEMENTWISE_C,
+}
+
+
+def catalogue(family: str, backend: str) -> list[Idea]:
+    return CATALOGUE[(family, backend)]
+
+
+def _check_unique() -> None:
+    for (family, backend), ideas in CATALOGUE.items():
+        keys = [i.key for i in ideas]
+        if len(keys) != len(set(keys)):
+            raise AssertionError(f"duplicate idea keys in {family}/{backend}")
+        for i in ideas:
+            if i.kind not in KINDS:
+                raise AssertionError(f"idea {i.key} has unknown kind {i.kind!r}")
+
+
+_check_unique()

@@ -20,6 +20,7 @@ def resolve(config: dict) -> dict:
     """The values ``auto`` stands for on this machine, plus the problem list."""
     from kernelcraft.harness.gpu import detect_cuda_arch
     from kernelcraft.problems import discover
+    from kernelcraft.search.ensemble import may_propose
 
     backend = resolve_backend(config["backend"])
     size = resolve_size(config["problems"]["size"], backend)
@@ -33,6 +34,7 @@ def resolve(config: dict) -> dict:
         "size": size,
         "cuda_arch": arch,
         "problems": {p.id: str(p.path) for p in problems},
+        "searched": [p.id for p in problems if may_propose(config["models"], p.op, backend)],
     }
 
 
@@ -52,6 +54,7 @@ class RunContext:
     size: str
     cuda_arch: str | None
     problems: dict[str, str] = field(default_factory=dict)
+    searched: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: dict, results: str | Path = "results") -> RunContext:
@@ -63,6 +66,7 @@ class RunContext:
             size=resolved["size"],
             cuda_arch=resolved["cuda_arch"],
             problems=dict(resolved["problems"]),
+            searched=tuple(resolved.get("searched", resolved["problems"])),
         )
 
     @property

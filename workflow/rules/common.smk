@@ -6,6 +6,8 @@ config[RESOLVED_KEY] = resolve_or_exit(config)
 
 RUN = f"results/{config['run']}"
 PROBLEMS = list(config[RESOLVED_KEY]["problems"])
+# Problems some configured model may write kernels for; the others get only their baseline.
+SEARCHED = list(config[RESOLVED_KEY]["searched"])
 ROUNDS = list(range(1, int(config["rounds"]) + 1))
 BACKEND = config[RESOLVED_KEY]["backend"]
 # Candidate processes on the CPU backend compute with every core; on cuda, the GPU does the work.

@@ -16,7 +16,7 @@ rule report:
     input:
         manifest=f"{RUN}/manifest.json",
         baselines=expand(f"{RUN}/{{problem}}/baseline.json", problem=PROBLEMS),
-        selections=expand(stage("select"), problem=PROBLEMS, round=ROUNDS),
+        selections=expand(stage("select"), problem=SEARCHED, round=ROUNDS),
     output:
         html=f"{RUN}/report.html",
         csv=f"{RUN}/candidates.csv",

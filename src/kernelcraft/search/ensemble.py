@@ -25,6 +25,17 @@ def model_label(entry: dict) -> str:
     return f"{entry['provider']}/{entry['model']}"
 
 
+def may_propose(models: dict, op: str | None, backend: str) -> bool:
+    """Whether some configured model might propose kernels for a problem with this op: decided at DAG-build
+    time, without torch, so problems nobody can search cost only their baseline."""
+    for entry in (*models["ideas"], *models["implement"]):
+        if entry["provider"] != "offline":
+            return True
+    from kernelcraft.search.offline import OfflineProposer
+
+    return OfflineProposer.may_support(op, backend)
+
+
 def make_proposer(entry: dict, seed: int) -> Any:
     """The proposer object behind one ensemble entry."""
     provider = entry["provider"]

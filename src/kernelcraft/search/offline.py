@@ -63,6 +63,14 @@ class OfflineProposer:
             raise found
         return found
 
+    @staticmethod
+    def may_support(op: str | None, backend: str) -> bool:
+        """A check that needs no torch and no import of the problem: False means :meth:`supports` is surely
+        False too, so the workflow plans no search rounds for the problem (only its baseline)."""
+        from kernelcraft.search.offline_kernels.opspec import FAMILIES
+
+        return backend in BACKENDS and op in FAMILIES
+
     def supports(self, problem: Any, backend: str) -> bool:
         """True when a generator exists for the problem's op on ``backend`` ("cuda" or "cpu") and the
         reference is exactly that op (matmul and conv families are not generated yet)."""

@@ -7,6 +7,7 @@ build (~1 s against 0.04-0.3 s), so the job starts a few warm zygotes once and f
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,8 +43,10 @@ def compile_candidates(ctx: RunContext, problem: str, round_: int, candidates: l
             "kernels": outcome.result.get("kernels", []) if outcome.ok else [],
         }
 
+    # Each pool worker owns a zygote (one torch import, ~1.3 s of CPU): never more of them than cores or candidates.
+    workers = max(1, min(workers, len(candidates), len(os.sched_getaffinity(0))))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(candidates)))) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             for cid, res in pool.map(build, candidates):
                 results[cid] = res
     finally:

@@ -125,6 +125,23 @@ def record_build(name: str, backend: str, seconds: float, cache_hit: bool) -> No
         _stats.append({"name": name, "backend": backend, "seconds": seconds, "cache_hit": cache_hit})
 
 
+_launches: dict[str, int] = {}
+
+
+def record_launch(name: str) -> None:
+    """Count one launch of a compiled kernel: the verifier's evidence that the candidate's own kernels ran."""
+    _launches[name] = _launches.get(name, 0) + 1
+
+
+def launch_counts() -> dict[str, int]:
+    """Launches per kernel name in this process since the last :func:`reset_launch_counts`."""
+    return dict(_launches)
+
+
+def reset_launch_counts() -> None:
+    _launches.clear()
+
+
 def build_stats() -> list[dict]:
     """One entry per kernel built or loaded in this process: name, backend, seconds, cache_hit."""
     with _stats_lock:

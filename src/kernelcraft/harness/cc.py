@@ -29,6 +29,7 @@ from kernelcraft.harness.build import (
     build_dir,
     cache_key,
     record_build,
+    record_launch,
     scalar_arg,
     trim_log,
 )
@@ -161,6 +162,7 @@ class CKernel:
         signature = tuple(types)
         if signature != self._signature:
             self._fix_signature(signature)
+        record_launch(name)
         self._function(*values)
 
     def _fix_signature(self, signature: tuple[type, ...]) -> None:

@@ -27,6 +27,7 @@ from kernelcraft.harness.build import (
     cache_key,
     cuda_arch,
     record_build,
+    record_launch,
     scalar_arg,
     trim_log,
     write_atomic,
@@ -464,6 +465,7 @@ class CudaKernel:
 
         buf, params = layout.buffer()
         layout.packer.pack_into(buf, 0, *values)
+        record_launch(name)
         driver = _driver()
         (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream, params, 0)
         if err != driver.CUresult.CUDA_SUCCESS:

@@ -62,30 +62,60 @@ def task_build(candidate: str) -> dict:
     return {"kernels": build_stats()}
 
 
-def task_outputs(problem: str, size: str, candidate: str, device: str, weight_seed: int, seeds: list[int],
-                 out: str) -> dict:
-    """Run the candidate on the inputs of each trial seed and save its outputs and its inputs afterwards."""
+def _poison(device: str, nbytes: int) -> None:
+    """Fill a block as large as the expected outputs with NaN and free it: the caching allocator hands that block
+    to the candidate's next allocation, so any output element the candidate does not write reads as NaN."""
     import torch
 
+    if not str(device).startswith("cuda") or nbytes <= 0:
+        return
+    block = torch.empty(nbytes // 4 + 1, dtype=torch.float32, device=device)
+    block.fill_(float("nan"))
+    del block
+
+
+def task_outputs(problem: str, size: str, candidate: str, device: str, weight_seed: int, plan: list[dict],
+                 out: str, poison_bytes: int = 0) -> dict:
+    """Run the candidate on each trial of ``plan`` (see trials.py) and save its outputs, its inputs afterwards
+    and an audit of what its forward did (PyTorch operators, kernel launches, extension calls, aliasing)."""
+    import torch
+
+    from kernelcraft.harness import trials as trial_inputs
+    from kernelcraft.harness.audit import aliased_inputs, recorder
+    from kernelcraft.harness.build import launch_counts, reset_launch_counts
     from kernelcraft.problems import load_problem
 
     prob = load_problem(problem, size)
     module = load_candidate(candidate)
     model = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
-    trials = []
-    for seed in seeds:
-        inputs = prob.make_inputs(seed, device)
-        with torch.no_grad():
+    results = []
+    inputs: list | None = None
+    for spec in plan:
+        fresh = trial_inputs.make_inputs(prob, spec, device)
+        if spec.get("reuse") and inputs is not None:
+            with torch.no_grad():
+                for _ in range(int(spec.get("warm_calls", 0))):
+                    model(*inputs)
+            inputs = trial_inputs.refill(inputs, fresh)
+        else:
+            inputs = fresh
+        _sync(device)
+        _poison(device, poison_bytes)
+        reset_launch_counts()
+        with recorder() as rec, torch.no_grad():
             result = model(*inputs)
         _sync(device)
         outs = flatten_outputs(result)
-        trials.append({
+        results.append({
             "meta": [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type} for o in outs],
-            "outputs": [o.detach().to("cpu") for o in outs],
-            "inputs_after": [t.detach().to("cpu") if isinstance(t, torch.Tensor) else None for t in inputs],
+            "outputs": [o.detach().to("cpu", copy=True) for o in outs],
+            "inputs_after": [t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else None
+                             for t in inputs],
+            "audit": {"torch_ops": dict(rec.ops), "launches": launch_counts(),
+                      "extension_calls": dict(rec.extension_calls), "aliased_inputs": aliased_inputs(outs, inputs)},
         })
-    torch.save(trials, out)
-    return {"trials": len(trials)}
+    torch.save(results, out)
+    return {"trials": len(results)}
 
 
 def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:

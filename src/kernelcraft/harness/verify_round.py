@@ -7,25 +7,23 @@ candidate cannot learn the inputs it will be judged on.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from kernelcraft.context import RunContext
+from kernelcraft.harness import trials
+from kernelcraft.harness.audit import judge
 from kernelcraft.harness.compare import Verdict, compare_trial, merge_verdicts
+from kernelcraft.harness.static_checks import check_source
 from kernelcraft.harness.worker import Worker
 from kernelcraft.progress import report
 
 
-def trial_seeds(seed: int, problem: str, round_: int, trials: int) -> list[int]:
-    digest = hashlib.sha256(f"verify|{seed}|{problem}|{round_}".encode()).digest()
-    base = int.from_bytes(digest[:4], "little")
-    return [base + 7919 * k for k in range(trials)]
-
-
 class Reference:
-    """The reference's outputs (and the inputs that produced them) for each trial seed, computed once per job."""
+    """The reference's outputs (and the inputs that produced them) for each trial, computed once per job in this
+    trusted process; the reference never runs in a candidate's process, so there is no reference output memory
+    for a candidate to read."""
 
-    def __init__(self, ctx: RunContext, problem: str, seeds: list[int]) -> None:
+    def __init__(self, ctx: RunContext, problem: str, plan: list[dict]) -> None:
         import torch
 
         from kernelcraft.harness.tasks import flatten_outputs
@@ -33,11 +31,27 @@ class Reference:
         self.problem = ctx.load_problem(problem)
         model = self.problem.make_reference(ctx.seed, ctx.device)
         self.trials = []
-        for s in seeds:
-            inputs = self.problem.make_inputs(s, ctx.device)
+        for spec in plan:
+            inputs = trials.make_inputs(self.problem, spec, ctx.device)
             with torch.no_grad():
                 outs = [o.detach().clone() for o in flatten_outputs(model(*inputs))]
             self.trials.append((inputs, outs))
+        self.output_bytes = sum(o.numel() * o.element_size() for o in self.trials[0][1]) if self.trials else 0
+
+
+def _audit_reasons(results: list[dict], policy: str) -> list[str]:
+    reasons: list[str] = []
+    for trial in results:
+        audit = trial.get("audit") or {}
+        for r in judge(audit.get("torch_ops") or {}, audit.get("launches") or {},
+                       audit.get("extension_calls") or {}, policy):
+            if r not in reasons:
+                reasons.append(r)
+        for i in audit.get("aliased_inputs") or []:
+            r = f"output aliases input {i} (returns an input's memory)"
+            if r not in reasons:
+                reasons.append(r)
+    return reasons
 
 
 def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
@@ -46,37 +60,52 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
 
     tol = ctx.config["tolerance"]
     atol, rtol = float(tol["atol"]), float(tol["rtol"])
-    seeds = trial_seeds(ctx.seed, problem, round_, int(ctx.config["verify"]["trials"]))
+    policy = ctx.config["verify"]["pytorch_compute"]
+    plan = trials.trial_plan(ctx.seed, problem, round_, int(ctx.config["verify"]["trials"]))
     todo = [c for c in candidates if compiled.get(c["id"], {}).get("compiled")]
     results: dict[str, dict] = {}
-    if todo:
-        ref = Reference(ctx, problem, seeds)
-        tmp = ctx.root / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        with Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=tmp) as worker:
-            for cand in todo:
-                out_file = tmp / f"{problem}-r{round_}-{cand['id']}.outputs.pt"
-                log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
-                outcome = worker.call("outputs", {
-                    "problem": ctx.problem_path(problem), "size": ctx.size,
-                    "candidate": str(Path(ctx.root) / cand["path"]), "device": ctx.device,
-                    "weight_seed": ctx.seed, "seeds": seeds, "out": str(out_file),
-                }, timeout, log=log)
-                if not outcome.ok:
-                    verdict = Verdict(False, [outcome.reason or "failed"])
-                else:
-                    try:
-                        trials = torch.load(out_file, weights_only=True, map_location="cpu")
-                        verdict = merge_verdicts([
-                            compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
-                                          torch.device(ctx.device).type, atol, rtol)
-                            for t, (inputs, outs) in zip(trials, ref.trials, strict=True)
-                        ])
-                    except Exception as exc:  # a malformed result file is the candidate's failure
-                        verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
-                out_file.unlink(missing_ok=True)
-                results[cand["id"]] = verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3)}
+    ref: Reference | None = None
+    tmp = ctx.root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    worker = Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=tmp)
+    try:
+        for cand in todo:
+            path = Path(ctx.root) / cand["path"]
+            static = check_source(path.read_text(errors="replace"))
+            if static:
+                results[cand["id"]] = Verdict(False, static).as_dict() | {"wall_s": 0.0}
+                continue
+            if ref is None:
+                ref = Reference(ctx, problem, plan)
+            out_file = tmp / f"{problem}-r{round_}-{cand['id']}.outputs.pt"
+            log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
+            outcome = worker.call("outputs", {
+                "problem": ctx.problem_path(problem), "size": ctx.size, "candidate": str(path),
+                "device": ctx.device, "weight_seed": ctx.seed, "plan": plan, "out": str(out_file),
+                "poison_bytes": ref.output_bytes,
+            }, timeout, log=log)
+            if not outcome.ok:
+                verdict = Verdict(False, [outcome.reason or "failed"])
+            else:
+                try:
+                    got = torch.load(out_file, weights_only=True, map_location="cpu")
+                    verdict = merge_verdicts([
+                        compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
+                                      torch.device(ctx.device).type, atol, rtol)
+                        for t, (inputs, outs) in zip(got, ref.trials, strict=True)
+                    ])
+                    extra = _audit_reasons(got, policy)
+                    if extra:
+                        verdict.reasons = extra + verdict.reasons
+                        verdict.correct = False
+                        verdict.passes_strict = False
+                except Exception as exc:  # a malformed result file is the candidate's failure
+                    verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
+            out_file.unlink(missing_ok=True)
+            results[cand["id"]] = verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3)}
+    finally:
+        worker.close()
     ok = sum(r["correct"] for r in results.values())
     report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")
-    return {"tolerance": {"atol": atol, "rtol": rtol}, "seeds": seeds, "results": results}
-
+    return {"tolerance": {"atol": atol, "rtol": rtol}, "pytorch_compute": policy, "trials": plan,
+            "results": results}

@@ -1,0 +1,63 @@
+"""The verification trials: which inputs a candidate is judged on, reproduced identically by the trusted parent
+(for the reference) and by the candidate's child (for the candidate).
+
+Why several kinds: a kernel can pass on the problem's own U/N(0,1) inputs while being wrong, by returning a
+near-constant that is within tolerance there (softmax over 65536 columns is ~1.5e-5 everywhere), or by caching
+outputs keyed on input pointers or a call counter. So trials vary the distribution (shifted and scaled, uniform),
+refill the same buffers with new contents, and repeat a check late, after many calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+DISTRIBUTIONS = ("problem", "scaled", "uniform")
+LATE_CALLS = 8
+
+
+def trial_plan(seed: int, problem: str, round_: int, trials: int) -> list[dict]:
+    """``trials`` trials plus a late one. Trial 1 reuses trial 0's buffers with new contents; the late trial
+    reuses the last buffers after LATE_CALLS extra calls. Seeds differ per run seed, problem and round."""
+    digest = hashlib.sha256(f"verify|{seed}|{problem}|{round_}".encode()).digest()
+    base = int.from_bytes(digest[:4], "little")
+    plan = []
+    for k in range(trials):
+        plan.append({"seed": base + 7919 * k, "dist": DISTRIBUTIONS[k % len(DISTRIBUTIONS)],
+                     "reuse": k == 1, "warm_calls": 0})
+    plan.append({"seed": base + 7919 * trials, "dist": "scaled", "reuse": True, "warm_calls": LATE_CALLS})
+    return plan
+
+
+def _transform(t: Any, dist: str, seed: int) -> Any:
+    import torch
+
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or dist == "problem":
+        return t
+    if dist == "scaled":
+        return t * 8.0 + 2.0
+    gen = torch.Generator(device=t.device).manual_seed(seed)
+    return torch.rand(t.shape, generator=gen, device=t.device, dtype=t.dtype)
+
+
+def make_inputs(problem: Any, spec: dict, device: str) -> list:
+    """Fresh inputs for a trial: the problem's get_inputs() under the trial seed, then the distribution."""
+    import torch
+
+    with torch.no_grad():
+        return [_transform(t, spec["dist"], spec["seed"]) for t in problem.make_inputs(spec["seed"], device)]
+
+
+def refill(buffers: list, fresh: list) -> list:
+    """Copy ``fresh`` contents into the existing tensors (same pointers, new values); non-tensors are replaced."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for old, new in zip(buffers, fresh, strict=True):
+            if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and old.shape == new.shape:
+                old.copy_(new)
+                out.append(old)
+            else:
+                out.append(new)
+    return out

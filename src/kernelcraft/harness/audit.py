@@ -9,6 +9,7 @@ policy; see :func:`judge`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from typing import Any
@@ -43,14 +44,21 @@ class _Recorder:
         self.extension_calls: Counter[str] = Counter()
         self._mode = _Mode()
         self._roots = extension_roots
+        self._known: dict[str, bool] = {}
+
+    def _is_extension(self, module: str) -> bool:
+        """load_inline builds extension NAME under <extensions dir>/NAME/ (the module is not in sys.modules)."""
+        if module not in self._known:
+            self._known[module] = bool(module) and "." not in module and any(
+                os.path.isdir(os.path.join(root, module)) for root in self._roots)
+        return self._known[module]
 
     def _profile(self, frame: Any, event: str, arg: Any) -> None:
         if event != "c_call":
             return
-        module = sys.modules.get(getattr(arg, "__module__", None) or "")
-        path = getattr(module, "__file__", None) or ""
-        if path.endswith(".so") and path.startswith(self._roots):
-            self.extension_calls[f"{module.__name__}.{getattr(arg, '__name__', '?')}"] += 1
+        module = getattr(arg, "__module__", None)
+        if isinstance(module, str) and self._is_extension(module):
+            self.extension_calls[f"{module}.{getattr(arg, '__name__', '?')}"] += 1
 
     def __enter__(self) -> _Recorder:
         sys.setprofile(self._profile)
@@ -63,8 +71,6 @@ class _Recorder:
 
 
 def recorder() -> _Recorder:
-    import os
-
     from kernelcraft.harness.build import build_dir
 
     roots = {str(build_dir())}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kernelcraft.context import RunContext
+from kernelcraft.harness.timing import hidden_work
 from kernelcraft.harness.worker import Worker
 from kernelcraft.progress import report
 
@@ -33,19 +34,42 @@ def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates:
                 if not outcome.ok:
                     results[cand["id"]] = {"timed": False, "reason": outcome.reason}
                     continue
-                c, e = outcome.result["candidate"], outcome.result["eager"]
-                results[cand["id"]] = {
-                    "timed": True, "reason": None,
-                    "time_ms": c["median_ms"], "time_iqr_ms": c["iqr_ms"],
-                    "eager_ms": e["median_ms"], "eager_iqr_ms": e["iqr_ms"],
-                    "speedup_eager": e["median_ms"] / c["median_ms"] if c["median_ms"] > 0 else None,
-                    "samples": c["n"], "input_sets": outcome.result.get("input_sets"),
-                }
+                results[cand["id"]] = judge_timing(outcome.result)
     timed = [r for r in results.values() if r.get("timed")]
     best = max((r["speedup_eager"] or 0 for r in timed), default=None)
     msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
     report(problem, round_, "benchmark", msg)
     return {"device": ctx.device, "results": results}
+
+
+# A measured time this far below the floor is impossible, not fast (the floor itself is measured, so allow noise).
+FLOOR_SLACK = 0.9
+
+
+def judge_timing(result: dict) -> dict:
+    """Turn one timing child's measurements into the benchmark record, rejecting impossible times."""
+    c, e = result["candidate"], result["eager"]
+    wall = result.get("wall", {}).get("candidate", c)
+    floor = result.get("floor_ms")
+    record = {
+        "timed": True, "reason": None,
+        "time_ms": c["median_ms"], "time_iqr_ms": c["iqr_ms"],
+        "eager_ms": e["median_ms"], "eager_iqr_ms": e["iqr_ms"],
+        "speedup_eager": e["median_ms"] / c["median_ms"] if c["median_ms"] > 0 else None,
+        "wall_ms": wall["median_ms"], "floor_ms": floor,
+        "pct_of_floor": (100.0 * floor / c["median_ms"]) if (floor and c["median_ms"] > 0) else None,
+        "bandwidth_gbs": result.get("bandwidth_gbs"),
+        "samples": c["n"], "input_sets": result.get("input_sets"),
+    }
+    if hidden_work(c["median_ms"], wall["median_ms"]):
+        record.update(timed=False, reason=(
+            f"work outside the timed stream: {wall['median_ms']:.4g} ms on the wall clock, "
+            f"{c['median_ms']:.4g} ms between the stream's events"))
+    elif floor and result.get("enforce_floor") and c["median_ms"] < FLOOR_SLACK * floor:
+        record.update(timed=False, reason=(
+            f"impossible time: {c['median_ms']:.4g} ms is below the speed-of-light floor of {floor:.4g} ms "
+            f"(bytes moved / measured copy bandwidth)"))
+    return record
 
 
 def baseline(ctx: RunContext, problem: str, timeout: float, threads: int = 1) -> dict:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernelcraft.harness import timing  # noqa: F401 - binds the clocks before any candidate is imported
 from kernelcraft.harness.candidate import load_candidate
 
 _MAX_ERROR_CHARS = 600
+CPU_FLOOR_MIN_BYTES = 256 * 2**20
 
 
 def describe_error(exc: BaseException) -> str:
@@ -133,20 +135,44 @@ def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
     return [first] + [prob.make_inputs(seed + k, device) for k in range(1, count)]
 
 
+def _nbytes(tensors: Any) -> int:
+    import torch
+
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
 def task_time(problem: str, size: str, candidate: str, device: str, weight_seed: int, seed: int, warmup: int,
               iters: int) -> dict:
-    """Time the candidate interleaved with the eager reference on the same rotating inputs."""
-    from kernelcraft.harness.timing import interleaved, summarize
+    """Time the candidate interleaved with the eager reference on the same rotating inputs, and measure the
+    speed-of-light floor for this footprint."""
+    import torch
+
+    from kernelcraft.harness.timing import copy_bandwidth, interleaved, summarize
     from kernelcraft.problems import load_problem
 
     prob = load_problem(problem, size)
-    module = load_candidate(candidate)
     ref = prob.make_reference(weight_seed, device)
-    cand = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
     sets = _input_sets(prob, seed, device)
-    samples = interleaved({"candidate": lambda xs: cand(*xs), "eager": lambda xs: ref(*xs)},
-                          sets, device, warmup, iters)
-    return {name: summarize(s) for name, s in samples.items()} | {"input_sets": len(sets)}
+    with torch.no_grad():
+        out_bytes = _nbytes(flatten_outputs(ref(*sets[0])))
+    footprint = _nbytes(sets[0]) + out_bytes
+    cuda = str(device).startswith("cuda")
+    # Peak memory bandwidth from a copy far larger than any cache. On a GPU the L2 is flushed before every timed
+    # call, so the floor holds at any size; a CPU footprint that fits in its caches can legitimately beat a
+    # DRAM floor, so there the floor is only enforced for footprints beyond any last-level cache.
+    bandwidth = copy_bandwidth((512 if cuda else 128) * 2**20, device)
+    module = load_candidate(candidate)
+    cand = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
+    samples, walls = interleaved({"candidate": lambda xs: cand(*xs), "eager": lambda xs: ref(*xs)},
+                                 sets, device, warmup, iters)
+    out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
+    out["wall"] = {name: summarize(s) for name, s in walls.items()}
+    out["input_sets"] = len(sets)
+    out["footprint_bytes"] = footprint
+    out["bandwidth_gbs"] = bandwidth / 1e9
+    out["floor_ms"] = footprint / bandwidth * 1e3
+    out["enforce_floor"] = cuda or footprint > CPU_FLOOR_MIN_BYTES
+    return out
 
 
 def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: int, warmup: int, iters: int,
@@ -171,7 +197,7 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
             contenders["compile"] = lambda xs: compiled(*xs)
         except Exception as exc:  # inductor needs a compiler toolchain; record why it is missing
             compile_error = describe_error(exc)
-    samples = interleaved(contenders, sets, device, warmup, iters)
+    samples, _ = interleaved(contenders, sets, device, warmup, iters)
     out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
     out["compile_error"] = compile_error
     out["input_sets"] = len(sets)

@@ -1,6 +1,15 @@
 """Timing protocol (DESIGN.md §5): device events around each call, warm-up first, L2 flushed before every timed
 call, input sets rotated, and all contenders timed interleaved in one process so that clock and thermal drift hit
 them alike. The CPU backend follows the same protocol with a wall clock.
+
+Defences, since the timed candidate shares this process:
+* the clocks and event methods are bound here, when the zygote imports this module, before any candidate code
+  runs: a candidate that later patches ``time.perf_counter`` or ``torch.cuda.Event.elapsed_time`` patches names
+  this module no longer looks up;
+* every CUDA sample is also taken with the host clock around a whole-device synchronisation: work hidden on
+  another stream (which the current stream's events do not see) shows up as a wall time far above the event time;
+* :func:`copy_bandwidth` measures what a plain copy achieves for the same footprint, so a time below
+  (bytes in + bytes out) / bandwidth — the speed-of-light floor — can be rejected as impossible.
 """
 
 from __future__ import annotations
@@ -9,6 +18,18 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
+
+_perf_counter = time.perf_counter
+_synchronize = torch.cuda.synchronize
+_Event = torch.cuda.Event
+_record = torch.cuda.Event.record
+_elapsed = torch.cuda.Event.elapsed_time
+
+# Wall time may exceed event time by launch and synchronisation latency; more than this is hidden work.
+HIDDEN_WORK_MIN_MS = 0.1
+HIDDEN_WORK_FRACTION = 0.5
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
@@ -25,8 +46,6 @@ class _L2Flusher:
     """Writes a buffer twice the size of L2 so each timed call starts with a cold cache, as a real model would."""
 
     def __init__(self, device: Any) -> None:
-        import torch
-
         props = torch.cuda.get_device_properties(device)
         size = max(int(getattr(props, "L2_cache_size", 50 * 2**20)), 2**20) * 2
         self._buf = torch.empty(size // 4, dtype=torch.int32, device=device)
@@ -36,26 +55,26 @@ class _L2Flusher:
 
 
 def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequence[Any], device: str,
-                warmup: int, iters: int) -> dict[str, list[float]]:
-    """Time each contender ``iters`` times, round-robin, rotating through ``input_sets``; return ms samples.
+                warmup: int, iters: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time each contender ``iters`` times, round-robin, rotating through ``input_sets``.
 
-    ``contenders`` map a name to a callable taking one input set. Every contender sees the same input set in the
-    same iteration, and the order of contenders alternates between iterations so none always runs first.
+    Returns (device-time samples, wall-time samples) in ms per contender; on the CPU both are the wall clock.
+    Every contender sees the same input set in the same iteration, and the order of contenders alternates
+    between iterations so none always runs first.
     """
-    import torch
-
     names = list(contenders)
     samples: dict[str, list[float]] = {n: [] for n in names}
+    walls: dict[str, list[float]] = {n: [] for n in names}
     cuda = str(device).startswith("cuda")
     with torch.no_grad():
         for i in range(warmup):
             for name in names:
                 contenders[name](input_sets[i % len(input_sets)])
         if cuda:
-            torch.cuda.synchronize()
+            _synchronize()
             flush = _L2Flusher(device)
-            start_ev = torch.cuda.Event(enable_timing=True)
-            end_ev = torch.cuda.Event(enable_timing=True)
+            start_ev = _Event(enable_timing=True)
+            end_ev = _Event(enable_timing=True)
         for i in range(iters):
             inputs = input_sets[i % len(input_sets)]
             order = names if i % 2 == 0 else names[::-1]
@@ -63,15 +82,51 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
                 fn = contenders[name]
                 if cuda:
                     flush()
-                    torch.cuda.synchronize()
-                    start_ev.record()
+                    _synchronize()
+                    t0 = _perf_counter()
+                    _record(start_ev)
                     fn(inputs)
-                    end_ev.record()
-                    # Synchronise the whole device so no call's work overlaps the next contender's.
-                    torch.cuda.synchronize()
-                    samples[name].append(start_ev.elapsed_time(end_ev))
+                    _record(end_ev)
+                    # The whole device, not just the stream: work left on other streams is waited for here.
+                    _synchronize()
+                    walls[name].append((_perf_counter() - t0) * 1e3)
+                    samples[name].append(_elapsed(start_ev, end_ev))
                 else:
-                    t0 = time.perf_counter()
+                    t0 = _perf_counter()
                     fn(inputs)
-                    samples[name].append((time.perf_counter() - t0) * 1e3)
-    return samples
+                    ms = (_perf_counter() - t0) * 1e3
+                    samples[name].append(ms)
+                    walls[name].append(ms)
+    return samples, walls
+
+
+def hidden_work(event_ms: float, wall_ms: float) -> bool:
+    """Whether the wall clock saw much more work than the timed stream's events did."""
+    return wall_ms - event_ms > max(HIDDEN_WORK_MIN_MS, HIDDEN_WORK_FRACTION * wall_ms)
+
+
+def copy_bandwidth(nbytes: int, device: str, iters: int = 10) -> float:
+    """Bytes per second (read + written) of a plain device copy of ``nbytes``, under the same protocol as the
+    timed calls (L2 flushed on CUDA): what memory delivers for this footprint."""
+    n = max(nbytes // 4, 1024)
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    cuda = str(device).startswith("cuda")
+    flush = _L2Flusher(device) if cuda else None
+    best = float("inf")
+    for _ in range(iters + 2):
+        if cuda:
+            flush()
+            _synchronize()
+            start_ev, end_ev = _Event(enable_timing=True), _Event(enable_timing=True)
+            _record(start_ev)
+            dst.copy_(src)
+            _record(end_ev)
+            _synchronize()
+            ms = _elapsed(start_ev, end_ev)
+        else:
+            t0 = _perf_counter()
+            dst.copy_(src)
+            ms = (_perf_counter() - t0) * 1e3
+        best = min(best, ms)
+    return 2 * n * 4 / (best / 1e3)

@@ -1,0 +1,73 @@
+"""Timing cannot be fooled: hidden work, impossible times and patched clocks are caught (CPU backend here; the
+CUDA stream cross-check uses the same judge)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernelcraft.harness.benchmark_round import benchmark_candidates, judge_timing
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_exploits import HEADER, _context  # noqa: E402
+
+
+def _result(time_ms, wall_ms, floor_ms, enforce=True):
+    stats = {"median_ms": time_ms, "iqr_ms": 0.01, "min_ms": time_ms, "n": 20}
+    return {"candidate": stats, "eager": dict(stats, median_ms=2.0), "floor_ms": floor_ms, "enforce_floor": enforce,
+            "wall": {"candidate": dict(stats, median_ms=wall_ms)}, "bandwidth_gbs": 3000.0, "input_sets": 3}
+
+
+def test_a_plausible_time_is_accepted_with_its_share_of_the_floor():
+    record = judge_timing(_result(1.0, 1.02, 0.5))
+    assert record["timed"] is True and record["reason"] is None
+    assert record["pct_of_floor"] == pytest.approx(50.0)
+    assert record["speedup_eager"] == pytest.approx(2.0)
+
+
+def test_work_hidden_from_the_timed_stream_is_rejected():
+    record = judge_timing(_result(0.05, 1.5, 0.01))
+    assert record["timed"] is False
+    assert record["reason"].startswith("work outside the timed stream: 1.5 ms on the wall clock")
+
+
+def test_a_time_below_the_speed_of_light_floor_is_rejected_as_impossible():
+    record = judge_timing(_result(0.1, 0.12, 0.5))
+    assert record["timed"] is False
+    assert record["reason"].startswith("impossible time: 0.1 ms is below the speed-of-light floor of 0.5 ms")
+
+
+def test_the_floor_is_not_enforced_where_caches_can_beat_it():
+    assert judge_timing(_result(0.1, 0.12, 0.5, enforce=False))["timed"] is True
+
+
+HONEST = HEADER + '''
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return kernel_softmax(x)
+'''
+
+PATCHES_CLOCKS = HEADER + '''
+import time
+time.perf_counter = lambda: 0.0
+torch.cuda.Event.elapsed_time = lambda *a, **k: 1e-6
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return kernel_softmax(x)
+'''
+
+
+@pytest.mark.slow
+def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path):
+    ctx, problem = _context(tmp_path, "reject")
+    entries = []
+    for name, src in (("honest", HONEST), ("patches_clocks", PATCHES_CLOCKS)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(src)
+        entries.append({"id": name, "path": str(path)})
+    verified = {"honest": {"correct": True}, "patches_clocks": {"correct": True}}
+    results = benchmark_candidates(ctx, problem, 1, entries, verified, 120)["results"]
+    honest, patched = results["honest"], results["patches_clocks"]
+    assert honest["timed"] and patched["timed"], (honest, patched)
+    assert patched["time_ms"] > 0.3 * honest["time_ms"]

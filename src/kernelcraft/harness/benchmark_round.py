@@ -34,7 +34,7 @@ def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates:
                 if not outcome.ok:
                     results[cand["id"]] = {"timed": False, "reason": outcome.reason}
                     continue
-                results[cand["id"]] = judge_timing(outcome.result)
+                results[cand["id"]] = judge_timing(outcome.result) | {"wall_s": round(outcome.wall_s, 3)}
     timed = [r for r in results.values() if r.get("timed")]
     best = max((r["speedup_eager"] or 0 for r in timed), default=None)
     msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")

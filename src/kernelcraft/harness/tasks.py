@@ -6,8 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch as _torch
+
 from kernelcraft.harness import timing  # noqa: F401 - binds the clocks before any candidate is imported
 from kernelcraft.harness.candidate import load_candidate
+
+# Bound when the zygote imports this module, before any candidate runs: a candidate that patches these names
+# later cannot change how its outputs are copied out or saved.
+_clone = _torch.Tensor.clone
+_detach = _torch.Tensor.detach
+_to = _torch.Tensor.to
+_save = _torch.save
+
+# Exported CUDA tensors stay referenced here until the parent releases this child (see transfer.py).
+_KEEP: list = []
 
 _MAX_ERROR_CHARS = 600
 CPU_FLOOR_MIN_BYTES = 256 * 2**20
@@ -77,9 +89,11 @@ def _poison(device: str, nbytes: int) -> None:
 
 
 def task_outputs(problem: str, size: str, candidate: str, device: str, weight_seed: int, plan: list[dict],
-                 out: str, poison_bytes: int = 0) -> dict:
-    """Run the candidate on each trial of ``plan`` (see trials.py) and save its outputs, its inputs afterwards
-    and an audit of what its forward did (PyTorch operators, kernel launches, extension calls, aliasing)."""
+                 out: str, poison_bytes: int = 0, share: bool = False) -> dict:
+    """Run the candidate on each trial of ``plan`` (see trials.py) and hand over its outputs, its inputs
+    afterwards and an audit of what its forward did (PyTorch operators, kernel launches, extension calls,
+    aliasing): through CUDA IPC when ``share`` (the child then waits for the parent's release), else saved to
+    ``out``."""
     import torch
 
     from kernelcraft.harness import trials as trial_inputs
@@ -108,15 +122,32 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
             result = model(*inputs)
         _sync(device)
         outs = flatten_outputs(result)
+        if share:
+            kept_outs = [_clone(_detach(o)) for o in outs if o.is_cuda]
+            kept_inputs = [_clone(_detach(t)) if isinstance(t, torch.Tensor) else None for t in inputs]
+            _KEEP.extend(kept_outs + kept_inputs)
+        else:
+            kept_outs = [_to(_detach(o), "cpu", copy=True) for o in outs]
+            kept_inputs = [_to(_detach(t), "cpu", copy=True) if isinstance(t, torch.Tensor) else None
+                           for t in inputs]
         results.append({
             "meta": [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type} for o in outs],
-            "outputs": [o.detach().to("cpu", copy=True) for o in outs],
-            "inputs_after": [t.detach().to("cpu", copy=True) if isinstance(t, torch.Tensor) else None
-                             for t in inputs],
+            "outputs": kept_outs,
+            "inputs_after": kept_inputs,
             "audit": {"torch_ops": dict(rec.ops), "launches": launch_counts(),
                       "extension_calls": dict(rec.extension_calls), "aliased_inputs": aliased_inputs(outs, inputs)},
         })
-    torch.save(results, out)
+    _sync(device)
+    if share:
+        from kernelcraft.harness.transfer import export_cuda
+
+        if any(len(r["outputs"]) != len(r["meta"]) for r in results):
+            raise TypeError("forward returned a tensor that is not on the GPU")
+        for r in results:
+            r["outputs"] = [export_cuda(o) for o in r["outputs"]]
+            r["inputs_after"] = [export_cuda(t) if t is not None else None for t in r["inputs_after"]]
+        return {"trials": results}
+    _save(results, out)
     return {"trials": len(results)}
 
 

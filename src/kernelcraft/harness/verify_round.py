@@ -7,6 +7,7 @@ candidate cannot learn the inputs it will be judged on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from kernelcraft.context import RunContext
@@ -54,6 +55,27 @@ def _audit_reasons(results: list[dict], policy: str) -> list[str]:
     return reasons
 
 
+def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -> Verdict:
+    """Map the child's exported tensors, judge them on the GPU, and drop every mapping before the child goes."""
+    import torch
+
+    from kernelcraft.harness.transfer import import_cuda
+
+    got = []
+    for t in result["trials"]:
+        got.append(t | {
+            "outputs": [import_cuda(d) for d in t["outputs"]],
+            "inputs_after": [import_cuda(d) if d is not None else None for d in t["inputs_after"]],
+        })
+    try:
+        verdict = judge_trials(got)
+        torch.cuda.synchronize()
+    finally:
+        del got
+        torch.cuda.ipc_collect()
+    return verdict
+
+
 def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
                       compiled: dict[str, dict], timeout: float, threads: int = 1) -> dict:
     import torch
@@ -62,6 +84,8 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     atol, rtol = float(tol["atol"]), float(tol["rtol"])
     policy = ctx.config["verify"]["pytorch_compute"]
     plan = trials.trial_plan(ctx.seed, problem, round_, int(ctx.config["verify"]["trials"]))
+    # On the GPU, outputs are read in place through CUDA IPC instead of being copied out through a file.
+    share = ctx.device == "cuda"
     todo = [c for c in candidates if compiled.get(c["id"], {}).get("compiled")]
     results: dict[str, dict] = {}
     ref: Reference | None = None
@@ -79,28 +103,41 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
                 ref = Reference(ctx, problem, plan)
             out_file = tmp / f"{problem}-r{round_}-{cand['id']}.outputs.pt"
             log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
-            outcome = worker.call("outputs", {
+            kwargs = {
                 "problem": ctx.problem_path(problem), "size": ctx.size, "candidate": str(path),
                 "device": ctx.device, "weight_seed": ctx.seed, "plan": plan, "out": str(out_file),
-                "poison_bytes": ref.output_bytes,
-            }, timeout, log=log)
-            if not outcome.ok:
-                verdict = Verdict(False, [outcome.reason or "failed"])
+                "poison_bytes": ref.output_bytes, "share": share,
+            }
+
+            def judge_trials(got: list[dict], ref: Reference = ref) -> Verdict:
+                verdict = merge_verdicts([
+                    compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
+                                  torch.device(ctx.device).type, atol, rtol)
+                    for t, (inputs, outs) in zip(got, ref.trials, strict=True)
+                ])
+                extra = _audit_reasons(got, policy)
+                if extra:
+                    verdict.reasons = extra + verdict.reasons
+                    verdict.correct = False
+                    verdict.passes_strict = False
+                return verdict
+
+            if share:
+                outcome = worker.call("outputs", kwargs, timeout, log=log,
+                                      on_result=lambda result: _judge_shared(result, judge_trials))
+                if outcome.ok:
+                    verdict = outcome.result.get("handled") or Verdict(False, ["no outputs were handed over"])
+                else:
+                    verdict = Verdict(False, [outcome.reason or "failed"])
             else:
-                try:
-                    got = torch.load(out_file, weights_only=True, map_location="cpu")
-                    verdict = merge_verdicts([
-                        compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
-                                      torch.device(ctx.device).type, atol, rtol)
-                        for t, (inputs, outs) in zip(got, ref.trials, strict=True)
-                    ])
-                    extra = _audit_reasons(got, policy)
-                    if extra:
-                        verdict.reasons = extra + verdict.reasons
-                        verdict.correct = False
-                        verdict.passes_strict = False
-                except Exception as exc:  # a malformed result file is the candidate's failure
-                    verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
+                outcome = worker.call("outputs", kwargs, timeout, log=log)
+                if not outcome.ok:
+                    verdict = Verdict(False, [outcome.reason or "failed"])
+                else:
+                    try:
+                        verdict = judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
+                    except Exception as exc:  # a malformed result file is the candidate's failure
+                        verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
             out_file.unlink(missing_ok=True)
             results[cand["id"]] = verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3)}
     finally:

@@ -17,8 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kernelcraft.harness.env import scrubbed_env
 
@@ -113,8 +115,14 @@ class Worker:
         self.close()
 
     # -- tasks ---------------------------------------------------------------------------------------------
-    def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None) -> Outcome:
-        """Run ``task`` in a fresh child; never raises for anything the candidate does."""
+    def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None,
+             on_result: Callable[[dict], Any] | None = None) -> Outcome:
+        """Run ``task`` in a fresh child; never raises for anything the candidate does.
+
+        With ``on_result``, the child stays alive after writing its result until ``on_result(result)`` has
+        returned (it holds memory the parent reads through CUDA IPC); what ``on_result`` returns is put in the
+        outcome's ``result["handled"]``, and an exception it raises becomes the outcome's reason.
+        """
         if self._proc is None or self._proc.poll() is not None:
             self._start()
         n = next(self._counter)
@@ -122,6 +130,10 @@ class Worker:
         log_path = Path(log) if log else self._work_dir / f"task-{os.getpid()}-{n}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         request = {"task": task, "kwargs": kwargs, "result": str(result_path), "log": str(log_path)}
+        release_path = self._work_dir / f"task-{os.getpid()}-{n}.release"
+        if on_result is not None:
+            request["release"] = str(release_path)
+        handled: dict = {}
         start = time.perf_counter()
         assert self._proc is not None and self._proc.stdin is not None
         try:
@@ -135,7 +147,10 @@ class Worker:
             self.close()
             return Outcome(False, reason="worker died before the task started", log=str(log_path))
         pid = started["pid"]
-        done = self._read(timeout)
+        if on_result is None:
+            done = self._read(timeout)
+        else:
+            done = self._wait_sharing(timeout, start, result_path, release_path, on_result, handled)
         timed_out = done is None
         if timed_out:
             try:
@@ -174,4 +189,35 @@ class Worker:
             return Outcome(False, reason=reason + (f": {tail}" if tail else ""), wall_s=wall, log=str(log_path))
         if not payload.get("ok"):
             return Outcome(False, reason=payload.get("error") or "failed", wall_s=wall, log=str(log_path))
-        return Outcome(True, result=payload.get("result") or {}, wall_s=wall, log=str(log_path))
+        if handled.get("error"):
+            return Outcome(False, reason=handled["error"], wall_s=wall, log=str(log_path))
+        result = payload.get("result") or {}
+        if on_result is not None:
+            result = {"handled": handled.get("value")}
+        return Outcome(True, result=result, wall_s=wall, log=str(log_path))
+
+    def _wait_sharing(self, timeout: float, start: float, result_path: Path, release_path: Path,
+                      on_result: Callable[[dict], Any], handled: dict) -> dict | None:
+        """Wait for the child to end, handing its result to ``on_result`` (and releasing it) once written."""
+        try:
+            while True:
+                left = timeout - (time.perf_counter() - start)
+                if left <= 0:
+                    return None
+                msg = self._read(min(left, 0.002))
+                if msg is not None:
+                    return msg
+                if not handled and result_path.exists():
+                    try:
+                        payload = json.loads(result_path.read_text())
+                    except (OSError, ValueError):
+                        continue  # written by rename, so this is rare: read again
+                    handled["seen"] = True
+                    if payload.get("ok"):
+                        try:
+                            handled["value"] = on_result(payload.get("result") or {})
+                        except Exception as exc:  # the child's data could not be used: its failure
+                            handled["error"] = f"unusable shared outputs: {type(exc).__name__}: {exc}"[:300]
+                    release_path.touch()
+        finally:
+            release_path.unlink(missing_ok=True)

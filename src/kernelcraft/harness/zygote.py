@@ -19,6 +19,7 @@ import json
 import os
 import resource
 import sys
+import time
 import traceback
 
 
@@ -42,6 +43,11 @@ def _child(request: dict, proto_out: int) -> None:
         try:
             result = tasks.run(request["task"], request["kwargs"])
             write_json(request["result"], {"ok": True, "result": result})
+            release = request.get("release")
+            if release:
+                # Shared GPU memory must outlive the parent's reading of it: wait to be released (or killed).
+                while not os.path.exists(release):
+                    time.sleep(0.0005)
         except BaseException as exc:  # the candidate's failure is a result, not our crash
             traceback.print_exc()
             write_json(request["result"], {"ok": False, "error": tasks.describe_error(exc)})

@@ -1,0 +1,116 @@
+"""Evaluation overhead and GPU occupancy of one round, through the workflow's own compile, verify and benchmark code.
+
+Targets (issue 3, on an H100): per-candidate evaluation overhead (verify + benchmark wall time minus the
+kernel's own timed work) median <= 1.5 s; GPU busy >= 70% of the wall time of evaluating a round of 32 candidates.
+
+    PYTHONPATH=src python bench/eval_overhead.py [--problem softmax_4096x65536] [--ideas 8] [--impls 4]
+
+Candidates come from the offline proposer (round 1 from the reference). GPU busy is NVML's utilisation sampled
+every 20 ms during verify + benchmark. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from kernelcraft.config import load_config, merge
+from kernelcraft.context import RunContext
+from kernelcraft.harness.benchmark_round import benchmark_candidates
+from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.gpu import detect_cuda_arch
+from kernelcraft.harness.verify_round import verify_candidates
+from kernelcraft.problems import builtin_dir, load_problem
+from kernelcraft.search.offline import OfflineProposer
+
+
+class _Sampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.samples.append(int(torch.cuda.utilization()))
+            except Exception:  # noqa: BLE001 - NVML missing: report no figure rather than a wrong one
+                return
+            time.sleep(0.02)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--problem", default="softmax_4096x65536")
+    parser.add_argument("--ideas", type=int, default=8)
+    parser.add_argument("--impls", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="kc-overhead-"))
+    path = builtin_dir() / f"{args.problem}.py"
+    config = load_config(overrides={"run": "overhead", "backend": "cuda", "seed": args.seed})
+    resolved = {"backend": "cuda", "size": "full", "cuda_arch": detect_cuda_arch(),
+                "problems": {args.problem: str(path)}}
+    ctx = RunContext.from_config(merge(config, {"_resolved": resolved}), results=work)
+    problem = load_problem(path, "full")
+    proposer = OfflineProposer(args.seed)
+    seed = {"id": "reference", "source": None, "features": None, "time_ms": None, "speedup_eager": 1.0}
+    entries = []
+    (work / "cands").mkdir()
+    for k, idea in enumerate(proposer.ideas(problem, "cuda", [seed], [], args.ideas, 1)):
+        for m, impl in enumerate(proposer.implement(problem, "cuda", idea, seed, args.impls, 1)):
+            p = work / "cands" / f"c{k}_{m}.py"
+            p.write_text(impl["source"])
+            entries.append({"id": p.stem, "path": str(p)})
+
+    t0 = time.perf_counter()
+    built = compile_candidates(ctx, args.problem, 1, entries, 16, 300)
+    compile_s = time.perf_counter() - t0
+    sampler = _Sampler()
+    sampler.start()
+    t1 = time.perf_counter()
+    verified = verify_candidates(ctx, args.problem, 1, entries, built, 300)
+    t2 = time.perf_counter()
+    timed = benchmark_candidates(ctx, args.problem, 1, entries, verified["results"], 300)
+    t3 = time.perf_counter()
+    sampler.stop.set()
+    sampler.join()
+
+    bcfg = config["benchmark"]
+    calls = bcfg["warmup"] + bcfg["iters"]
+    n_trials = len(verified["trials"])
+    overheads, overheads_with_ref = [], []
+    for e in entries:
+        v = verified["results"].get(e["id"], {})
+        b = timed["results"].get(e["id"], {})
+        if not b.get("timed"):
+            continue
+        own = b["time_ms"] / 1e3 * (calls + n_trials)
+        ref = b["eager_ms"] / 1e3 * calls
+        wall = v.get("wall_s", 0.0) + b.get("wall_s", 0.0)
+        overheads.append(wall - own)
+        overheads_with_ref.append(wall - own - ref)
+    print(json.dumps({
+        "benchmark": "eval_overhead", "device": torch.cuda.get_device_name(), "problem": args.problem,
+        "candidates": len(entries), "compiled": sum(b["compiled"] for b in built.values()),
+        "correct": sum(r["correct"] for r in verified["results"].values()),
+        "timed": sum(1 for r in timed["results"].values() if r.get("timed")),
+        "compile_s": round(compile_s, 2), "verify_s": round(t2 - t1, 2), "benchmark_s": round(t3 - t2, 2),
+        "overhead_per_candidate_median_s": round(statistics.median(overheads), 3) if overheads else None,
+        "overhead_minus_reference_work_median_s": (round(statistics.median(overheads_with_ref), 3)
+                                                   if overheads_with_ref else None),
+        "gpu_busy_pct": round(statistics.mean(sampler.samples), 1) if sampler.samples else None,
+        "target_overhead_s": 1.5, "target_gpu_busy_pct": 70,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The evaluator on the GPU: outputs read through CUDA IPC, poisoned output memory, and work hidden on another
+stream. Skipped without a CUDA GPU."""
+
+import pytest
+import torch
+
+from kernelcraft.config import load_config, merge
+from kernelcraft.context import RunContext
+from kernelcraft.harness.benchmark_round import benchmark_candidates
+from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.gpu import detect_cuda_arch
+from kernelcraft.harness.verify_round import verify_candidates
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+REFERENCE = '''
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        return torch.relu(x)
+
+def get_inputs():
+    return [torch.randn(4096, 8192)]
+
+def get_init_inputs():
+    return []
+'''
+
+HEADER = '''
+import torch
+import torch.nn as nn
+from kernelcraft.harness.build import cuda_kernel
+
+SRC = r"""
+extern "C" __global__ void relu_k(const float* x, float* y, long long n, long long limit) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i < n && i < limit) y[i] = fmaxf(x[i], 0.f);
+}
+extern "C" __global__ void spin(float* y, long long n, int reps) {
+    long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (i < n) { float v = y[i]; for (int r = 0; r < reps; ++r) v = v * 1.0000001f; y[i] = v; }
+}
+"""
+relu_k = cuda_kernel(SRC, "relu_k")
+spin = cuda_kernel(SRC, "spin")
+
+def relu(x, limit=None):
+    y = torch.empty_like(x)
+    n = x.numel()
+    relu_k(grid=((n + 255) // 256,), block=(256,), args=(x, y, n, n if limit is None else limit))
+    return y
+'''
+
+CANDIDATES = {
+    "honest": "class ModelNew(nn.Module):\n    def forward(self, x):\n        return relu(x)\n",
+    "unwritten_half": ("class ModelNew(nn.Module):\n    def forward(self, x):\n"
+                       "        return relu(x, limit=x.numel() // 2)\n"),
+    "torch_relu": "class ModelNew(nn.Module):\n    def forward(self, x):\n        return torch.relu(x)\n",
+    "hidden_stream": '''
+_side = torch.cuda.Stream()
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        y = relu(x)
+        scratch = torch.empty_like(x)
+        with torch.cuda.stream(_side):
+            spin(grid=((x.numel() + 255) // 256,), block=(256,), args=(scratch, x.numel(), 4000))
+        return y
+''',
+}
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gpu_eval")
+    ref = tmp / "relu_ref.py"
+    ref.write_text(REFERENCE)
+    config = load_config(overrides={"run": "gpu-eval", "backend": "cuda"})
+    resolved = {"backend": "cuda", "size": "full", "cuda_arch": detect_cuda_arch(),
+                "problems": {"relu_ref": str(ref)}}
+    ctx = RunContext.from_config(merge(config, {"_resolved": resolved}), results=tmp / "results")
+    entries = []
+    for name, body in CANDIDATES.items():
+        path = tmp / f"{name}.py"
+        path.write_text(HEADER + body)
+        entries.append({"id": name, "path": str(path)})
+    built = compile_candidates(ctx, "relu_ref", 1, entries, 4, 120)
+    verified = verify_candidates(ctx, "relu_ref", 1, entries, built, 120)["results"]
+    timed = benchmark_candidates(ctx, "relu_ref", 1, entries,
+                                 {k: {"correct": True} for k in CANDIDATES}, 120)["results"]
+    return verified, timed
+
+
+def test_an_honest_cuda_kernel_is_verified_through_ipc_and_timed_near_the_floor(evaluated):
+    verified, timed = evaluated
+    assert verified["honest"]["correct"] is True, verified["honest"]["reasons"]
+    assert timed["honest"]["timed"] is True, timed["honest"]["reason"]
+    assert 20 < timed["honest"]["pct_of_floor"] <= 112
+
+
+def test_output_elements_the_kernel_never_writes_read_as_poison(evaluated):
+    verified, _ = evaluated
+    assert "NaN/Inf values where the reference is finite" in " ".join(verified["unwritten_half"]["reasons"])
+
+
+def test_pytorch_doing_the_work_is_rejected_on_the_gpu(evaluated):
+    verified, _ = evaluated
+    assert "no compiled kernel ran" in " ".join(verified["torch_relu"]["reasons"])
+
+
+def test_work_hidden_on_another_stream_is_rejected_by_the_timer(evaluated):
+    _, timed = evaluated
+    assert timed["hidden_stream"]["timed"] is False
+    assert timed["hidden_stream"]["reason"].startswith("work outside the timed stream")

@@ -41,9 +41,9 @@ extern "C" __global__ void relu_k(const float* x, float* y, long long n, long lo
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (i < n && i < limit) y[i] = fmaxf(x[i], 0.f);
 }
-extern "C" __global__ void spin(float* y, long long n, int reps) {
+extern "C" __global__ void spin(float* y, long long n, long long reps) {
     long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (i < n) { float v = y[i]; for (int r = 0; r < reps; ++r) v = v * 1.0000001f; y[i] = v; }
+    if (i < n) { float v = y[i]; for (long long r = 0; r < reps; ++r) v = v * 1.0000001f; y[i] = v; }
 }
 """
 relu_k = cuda_kernel(SRC, "relu_k")

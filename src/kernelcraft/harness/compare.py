@@ -19,9 +19,10 @@ class Verdict:
     max_abs_err: float | None = None
     max_rel_err: float | None = None
     passes_strict: bool | None = None
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        return ({"phases": self.phases} if self.phases else {}) | {
             "correct": self.correct,
             "reasons": self.reasons,
             "max_abs_err": self.max_abs_err,

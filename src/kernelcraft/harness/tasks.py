@@ -101,9 +101,12 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
     from kernelcraft.harness.build import launch_counts, reset_launch_counts
     from kernelcraft.problems import load_problem
 
+    t_start = timing._perf_counter()
     prob = load_problem(problem, size)
     module = load_candidate(candidate)
     model = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
+    _sync(device)
+    phases = {"load_s": timing._perf_counter() - t_start}
     results = []
     inputs: list | None = None
     for spec in plan:
@@ -138,6 +141,7 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
                       "extension_calls": dict(rec.extension_calls), "aliased_inputs": aliased_inputs(outs, inputs)},
         })
     _sync(device)
+    phases["trials_s"] = timing._perf_counter() - t_start - phases["load_s"]
     if share:
         from kernelcraft.harness.transfer import export_cuda
 
@@ -146,9 +150,10 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
         for r in results:
             r["outputs"] = [export_cuda(o) for o in r["outputs"]]
             r["inputs_after"] = [export_cuda(t) if t is not None else None for t in r["inputs_after"]]
-        return {"trials": results}
+        phases["export_s"] = timing._perf_counter() - t_start - phases["load_s"] - phases["trials_s"]
+        return {"trials": results, "phases": phases}
     _save(results, out)
-    return {"trials": len(results)}
+    return {"trials": len(results), "phases": phases}
 
 
 def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:

@@ -57,22 +57,27 @@ def _audit_reasons(results: list[dict], policy: str) -> list[str]:
 
 def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -> Verdict:
     """Map the child's exported tensors, judge them on the GPU, and drop every mapping before the child goes."""
+    import time
+
     import torch
 
     from kernelcraft.harness.transfer import import_cuda
 
+    t0 = time.perf_counter()
     got = []
     for t in result["trials"]:
         got.append(t | {
             "outputs": [import_cuda(d) for d in t["outputs"]],
             "inputs_after": [import_cuda(d) if d is not None else None for d in t["inputs_after"]],
         })
+    t1 = time.perf_counter()
     try:
         verdict = judge_trials(got)
         torch.cuda.synchronize()
     finally:
         del got
         torch.cuda.ipc_collect()
+    verdict.phases = dict(result.get("phases") or {}) | {"map_s": t1 - t0, "compare_s": time.perf_counter() - t1}
     return verdict
 
 

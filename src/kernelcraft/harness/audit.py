@@ -14,6 +14,9 @@ import sys
 from collections import Counter
 from typing import Any
 
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
 # Operators that allocate, describe or move memory without computing the problem's result: a kernel's forward
 # legitimately calls these to make its output buffers, views and contiguous copies.
 GLUE_OPS = frozenset({
@@ -31,8 +34,6 @@ class _Recorder:
     """Context manager recording aten operators and compiled-extension calls made inside it."""
 
     def __init__(self, extension_roots: tuple[str, ...]) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
         ops: Counter[str] = Counter()
 
         class _Mode(TorchDispatchMode):
@@ -117,3 +118,11 @@ def judge(torch_ops: dict[str, int], launches: dict[str, int], extension_calls: 
         listed = ", ".join(f"aten.{op}" for op in list(compute)[:4])
         reasons.append(f"part of the work is done by PyTorch ({listed}); verify.pytorch_compute is reject")
     return reasons
+
+
+def warm_up() -> None:
+    """Take the first-use cost of a dispatch mode (about 0.7 s of lazy imports, measured on the H100 host) in
+    the zygote, once, instead of in every candidate's child. A one-element CPU op starts no thread pool, so
+    forking afterwards stays safe."""
+    with _Recorder(()):
+        (torch.zeros(1) + 1).sum()

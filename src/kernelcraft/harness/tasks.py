@@ -8,7 +8,7 @@ from typing import Any
 
 import torch as _torch
 
-from kernelcraft.harness import timing  # noqa: F401 - binds the clocks before any candidate is imported
+from kernelcraft.harness import audit, timing  # timing binds the clocks before any candidate is imported
 from kernelcraft.harness.candidate import load_candidate
 
 # Bound when the zygote imports this module, before any candidate runs: a candidate that patches these names
@@ -17,6 +17,8 @@ _clone = _torch.Tensor.clone
 _detach = _torch.Tensor.detach
 _to = _torch.Tensor.to
 _save = _torch.save
+
+audit.warm_up()
 
 # Exported CUDA tensors stay referenced here until the parent releases this child (see transfer.py).
 _KEEP: list = []
@@ -109,21 +111,31 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
     phases = {"load_s": timing._perf_counter() - t_start}
     results = []
     inputs: list | None = None
+    clock = timing._perf_counter
+    spent = {"inputs_s": 0.0, "warm_s": 0.0, "forward_s": 0.0, "keep_s": 0.0}
     for spec in plan:
+        t = clock()
         fresh = trial_inputs.make_inputs(prob, spec, device)
+        _sync(device)
+        spent["inputs_s"] += clock() - t
         if spec.get("reuse") and inputs is not None:
+            t = clock()
             with torch.no_grad():
                 for _ in range(int(spec.get("warm_calls", 0))):
                     model(*inputs)
             inputs = trial_inputs.refill(inputs, fresh)
+            _sync(device)
+            spent["warm_s"] += clock() - t
         else:
             inputs = fresh
-        _sync(device)
         _poison(device, poison_bytes)
         reset_launch_counts()
+        t = clock()
         with recorder() as rec, torch.no_grad():
             result = model(*inputs)
         _sync(device)
+        spent["forward_s"] += clock() - t
+        t = clock()
         outs = flatten_outputs(result)
         if share:
             kept_outs = [_clone(_detach(o)) for o in outs if o.is_cuda]
@@ -140,6 +152,9 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
             "audit": {"torch_ops": dict(rec.ops), "launches": launch_counts(),
                       "extension_calls": dict(rec.extension_calls), "aliased_inputs": aliased_inputs(outs, inputs)},
         })
+        _sync(device)
+        spent["keep_s"] += clock() - t
+    phases.update(spent)
     _sync(device)
     phases["trials_s"] = timing._perf_counter() - t_start - phases["load_s"]
     if share:

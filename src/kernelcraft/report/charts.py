@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from kernelcraft.report.table import as_bool, as_float, as_int
+from kernelcraft.report.table import as_bool, as_float, as_int, speedup_text
 
 # Geometry (viewBox units; the SVG scales to the page width).
 _W, _H = 760, 330
@@ -33,17 +33,6 @@ _C_COMPILE = "#7c3aed"
 _C_GRID = "#e2e8f0"
 
 _MAX_CROSSES_PER_ROUND = 40  # beyond this the band is a smear; the count label carries the number
-
-
-def _fmt_x(v: float) -> str:
-    """Speedup label text, the same rule as the page's tables (render.fmt_speedup): 1.59×, 12.3×, 150×."""
-    if v >= 100:
-        return f"{v:.0f}×"
-    if v >= 10:
-        return f"{v:.1f}×"
-    if v >= 0.095:
-        return f"{v:.2f}×"
-    return f"{v:.2g}×"
 
 
 def _tick_label(v: float) -> str:
@@ -239,7 +228,7 @@ def trajectory_svg(problem: dict) -> str:
     for p in points:
         x = x_of(p["round"]) + _jitter(p["id"], jitter_w)
         y = y_of(p["speedup"])
-        tip = f'{p["id"]}: {_fmt_x(p["speedup"])} vs eager'
+        tip = f'{p["id"]}: {speedup_text(p["speedup"])} vs eager'
         if p["idea"]:
             tip += f' — {p["idea"]}'
         is_best = best_id is not None and p["id"] == best_id
@@ -258,13 +247,13 @@ def trajectory_svg(problem: dict) -> str:
         for r, s in bsf:
             out.append(
                 f'<rect x="{x_of(r) - 3:.1f}" y="{y_of(s) - 3:.1f}" width="6" height="6" fill="{_C_LINE}">'
-                f"<title>best so far after round {r}: {escape(_fmt_x(s))}</title></rect>"
+                f"<title>best so far after round {r}: {escape(speedup_text(s))}</title></rect>"
             )
         r_last, s_last = bsf[-1]
         out.append(
             f'<text x="{x_of(r_last) + 8:.1f}" y="{y_of(s_last) - 6:.1f}" fill="{_C_LINE}" '
             f'font-weight="600" paint-order="stroke" stroke="#ffffff" stroke-width="3">'
-            f"{escape(_fmt_x(s_last))}</text>"
+            f"{escape(speedup_text(s_last))}</text>"
         )
     elif not points:
         out.append(
@@ -334,6 +323,6 @@ def _baselines(y_of: Any, compile_speedup: float | None) -> list[str]:
         ly = y_comp + 12 if close and eager_is_upper else y_comp - 4
         out.append(
             f'<text x="{x_end}" y="{ly:.1f}" text-anchor="end" fill="{_C_COMPILE}" paint-order="stroke" '
-            f'stroke="#ffffff" stroke-width="3">torch.compile {escape(_fmt_x(compile_speedup))}</text>'
+            f'stroke="#ffffff" stroke-width="3">torch.compile {escape(speedup_text(compile_speedup))}</text>'
         )
     return out

@@ -26,7 +26,7 @@ import yaml
 from markupsafe import Markup
 
 from kernelcraft.report.charts import trajectory_svg
-from kernelcraft.report.table import as_bool, as_float, as_int
+from kernelcraft.report.table import as_bool, as_float, as_int, speedup_text
 
 TEMPLATE_NAME = "report.html.j2"
 DASH = "—"
@@ -82,15 +82,7 @@ def _decimals_for(v: float) -> int:
 def fmt_speedup(value: Any) -> str:
     """Speedups like 1.59×; two decimals is as fine as a ~1 % timing spread supports."""
     v = as_float(value)
-    if v is None:
-        return DASH
-    if v >= 100:
-        return f"{v:.0f}×"
-    if v >= 10:
-        return f"{v:.1f}×"
-    if v >= 0.095:
-        return f"{v:.2f}×"
-    return f"{v:.2g}×"
+    return DASH if v is None else speedup_text(v)
 
 
 def speedup_class(value: Any) -> str:

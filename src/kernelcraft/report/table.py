@@ -135,3 +135,15 @@ def read_candidates_csv(path: Path) -> list[dict[str, Any]]:
                     row[col] = cell
             rows.append(row)
     return rows
+
+
+def speedup_text(v: float) -> str:
+    """Speedup label: 1.59×, 12.3×, 150× — two decimals is as fine as a ~1 % timing spread supports. Shared by
+    the page's tables and its charts so both say the same number."""
+    if v >= 100:
+        return f"{v:.0f}×"
+    if v >= 10:
+        return f"{v:.1f}×"
+    if v >= 0.095:
+        return f"{v:.2f}×"
+    return f"{v:.2g}×"

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch as _torch
 
-from kernelcraft.harness import audit, timing  # timing binds the clocks before any candidate is imported
+from kernelcraft.harness import timing  # noqa: F401 - binds the clocks before any candidate is imported
 from kernelcraft.harness.candidate import load_candidate
 
 # Bound when the zygote imports this module, before any candidate runs: a candidate that patches these names
@@ -17,8 +17,6 @@ _clone = _torch.Tensor.clone
 _detach = _torch.Tensor.detach
 _to = _torch.Tensor.to
 _save = _torch.save
-
-audit.warm_up()
 
 # Exported CUDA tensors stay referenced here until the parent releases this child (see transfer.py).
 _KEEP: list = []

@@ -16,6 +16,7 @@ from kernelcraft.harness.audit import judge
 from kernelcraft.harness.compare import Verdict, compare_trial, merge_verdicts
 from kernelcraft.harness.static_checks import check_source
 from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.zygote import WARM_AUDIT_ENV
 from kernelcraft.progress import report
 
 
@@ -96,7 +97,7 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     ref: Reference | None = None
     tmp = ctx.root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    worker = Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=tmp)
+    worker = Worker(env=ctx.worker_env(gpu=True, threads=threads) | {WARM_AUDIT_ENV: "1"}, work_dir=tmp)
     try:
         for cand in todo:
             path = Path(ctx.root) / cand["path"]

@@ -22,6 +22,8 @@ import sys
 import time
 import traceback
 
+WARM_AUDIT_ENV = "KERNELCRAFT_WARM_AUDIT"
+
 
 def _child(request: dict, proto_out: int) -> None:
     """In the forked child: isolate, run the task, write the result file, exit without returning."""
@@ -65,6 +67,13 @@ def main() -> None:
     import torch  # noqa: F401
 
     from kernelcraft.harness import tasks  # noqa: F401
+
+    if os.environ.get(WARM_AUDIT_ENV):
+        # Verification zygotes only: the audit's first use costs 0.7-1.7 s of lazy imports, paid here once
+        # instead of in every candidate's child; other zygotes never use it.
+        from kernelcraft.harness.audit import warm_up
+
+        warm_up()
 
     proto_out = os.dup(1)
     # Nothing the zygote itself prints may corrupt the protocol.

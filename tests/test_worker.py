@@ -90,3 +90,15 @@ def test_passing_a_secret_explicitly_is_refused():
 def test_the_parent_environment_is_untouched(worker, tmp_path):
     worker.call("build", {"candidate": _candidate(tmp_path, "")}, timeout=30)
     assert os.environ["OPENAI_API_KEY"] == "sk-should-never-leak"
+
+
+def test_a_candidate_cannot_write_files_past_the_size_cap(tmp_path):
+    w = Worker(env={"KERNELCRAFT_MAX_FILE_BYTES": str(2**20)}, work_dir=tmp_path / "work")
+    try:
+        body = f"open({str(tmp_path / 'big.bin')!r}, 'wb').write(b'x' * (4 * 2**20))"
+        out = w.call("build", {"candidate": _candidate(tmp_path, body)}, timeout=30)
+    finally:
+        w.close()
+    assert not out.ok
+    assert out.reason == "OSError: [Errno 27] File too large"
+    assert (tmp_path / "big.bin").stat().st_size <= 2**20

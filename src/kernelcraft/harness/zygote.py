@@ -23,6 +23,9 @@ import time
 import traceback
 
 WARM_AUDIT_ENV = "KERNELCRAFT_WARM_AUDIT"
+MAX_FILE_ENV = "KERNELCRAFT_MAX_FILE_BYTES"
+# Outputs handed over through a file (CPU backend) must fit: a full-size problem's outputs and inputs are a few GiB.
+DEFAULT_MAX_FILE_BYTES = 32 * 2**30
 
 
 def _child(request: dict, proto_out: int) -> None:
@@ -39,6 +42,9 @@ def _child(request: dict, proto_out: int) -> None:
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # A candidate may not fill the disk: writes past the cap fail (EFBIG; Python ignores SIGXFSZ).
+        max_file = int(os.environ.get(MAX_FILE_ENV, DEFAULT_MAX_FILE_BYTES))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file, max_file))
         from kernelcraft.harness import tasks
         from kernelcraft.jsonio import write_json
 

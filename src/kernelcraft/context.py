@@ -101,8 +101,7 @@ class RunContext:
         }
         if self.cuda_arch:
             env["KERNELCRAFT_CUDA_ARCH"] = self.cuda_arch
-        env.update(inline_build_env(self.cuda_arch if self.backend == "cuda" else None, max(1, threads)))
-        env["TORCH_EXTENSIONS_DIR"] = str(build / "torch_extensions")
+        env.update(inline_build_env(self.cuda_arch if self.backend == "cuda" else None, max(1, threads), build))
         if self.backend == "cuda" and not gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env

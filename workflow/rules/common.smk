@@ -4,7 +4,7 @@ from kernelcraft.context import RESOLVED_KEY, resolve_or_exit
 
 config[RESOLVED_KEY] = resolve_or_exit(config)
 
-RUN = f"results/{config['run']}"
+RUN = str(layout.run_dir("results", config["run"]))
 PROBLEMS = list(config[RESOLVED_KEY]["problems"])
 # Problems some configured model may write kernels for; the others get only their baseline.
 SEARCHED = list(config[RESOLVED_KEY]["searched"])

@@ -30,20 +30,25 @@ GLUE_OPS = frozenset({
 })
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten operator that reaches the dispatcher while active, then runs it unchanged."""
+
+    def __init__(self, ops: Counter[str]) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
 class _Recorder:
     """Context manager recording aten operators and compiled-extension calls made inside it."""
 
     def __init__(self, extension_roots: tuple[str, ...]) -> None:
-        ops: Counter[str] = Counter()
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-                ops[func.overloadpacket.__name__] += 1
-                return func(*args, **(kwargs or {}))
-
-        self.ops = ops
+        self.ops: Counter[str] = Counter()
         self.extension_calls: Counter[str] = Counter()
-        self._mode = _Mode()
+        self._mode = _OpCounter(self.ops)
         self._roots = extension_roots
         self._known: dict[str, bool] = {}
 

@@ -93,17 +93,18 @@ def torch_arch(arch: str) -> str:
     return f"{m[1]}.{m[2]}{m[3]}"
 
 
-def inline_build_env(arch: str | None, jobs: int) -> dict[str, str]:
+def inline_build_env(arch: str | None, jobs: int, root: Path | None = None) -> dict[str, str]:
     """Environment for KernelBench's ``torch.utils.cpp_extension.load_inline`` path.
 
     Extensions go under the build cache (so compile and verify share them, like the fast path's cache),
     are built for exactly one arch (building torch's default list multiplies the ~80 s build), and with
     ``jobs`` parallel compiler processes. ``arch=None`` uses :func:`cuda_arch` when one can be resolved and
-    otherwise leaves TORCH_CUDA_ARCH_LIST unset (a CPU-only ``cpp_sources`` build needs none).
+    otherwise leaves TORCH_CUDA_ARCH_LIST unset (a CPU-only ``cpp_sources`` build needs none). ``root`` is the
+    build cache to use (default :func:`build_dir`), for callers preparing another process's environment.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise BuildError(f"inline_build_env: jobs={jobs!r} must be a positive int (parallel compile jobs)")
-    env = {"TORCH_EXTENSIONS_DIR": str(build_dir() / "torch_extensions"), "MAX_JOBS": str(jobs)}
+    env = {"TORCH_EXTENSIONS_DIR": str((root or build_dir()) / "torch_extensions"), "MAX_JOBS": str(jobs)}
     if arch is None:
         try:
             arch = cuda_arch()

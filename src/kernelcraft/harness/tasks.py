@@ -174,7 +174,7 @@ def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
     import torch
 
     first = prob.make_inputs(seed, device)
-    nbytes = sum(t.numel() * t.element_size() for t in first if isinstance(t, torch.Tensor))
+    nbytes = _nbytes(first)
     if str(device).startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
         budget = free // 4
@@ -251,7 +251,7 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
     out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
     out["compile_error"] = compile_error
     out["input_sets"] = len(sets)
-    out["input_bytes"] = sum(t.numel() * t.element_size() for t in sets[0] if isinstance(t, torch.Tensor))
+    out["input_bytes"] = _nbytes(sets[0])
     return out
 
 

@@ -41,8 +41,11 @@ def reason_category(reason: str | None) -> str:
     return reason.split(":", 1)[0][:60]
 
 
-def _problem_rows(ctx: RunContext, problem: str, compile_ms: float | None) -> tuple[list[dict], list[dict]]:
+def _problem_rows(ctx: RunContext, problem: str,
+                  compile_ms: float | None) -> tuple[list[dict], list[dict], dict[str, dict]]:
+    """Table rows, per-round summaries, and every candidate by id (for lineage), from one pass over the files."""
     rows: list[dict] = []
+    index: dict[str, dict] = {}
     rounds: list[dict] = []
     best_so_far: float | None = None
     best_eager: float | None = None
@@ -57,6 +60,7 @@ def _problem_rows(ctx: RunContext, problem: str, compile_ms: float | None) -> tu
         for cand in impl["candidates"]:
             cid = cand["id"]
             c, v, b = comp.get(cid, {}), ver.get(cid, {}), ben.get(cid, {})
+            index[cid] = cand | {"round": r, "speedup_eager": b.get("speedup_eager")}
             compiled = bool(c.get("compiled"))
             correct = bool(v.get("correct")) if compiled else False
             reason = None
@@ -90,10 +94,10 @@ def _problem_rows(ctx: RunContext, problem: str, compile_ms: float | None) -> tu
             "best_so_far_speedup_eager": (best_eager / best_so_far) if (best_so_far and best_eager) else None,
             "best_so_far_speedup_compile": (compile_ms / best_so_far) if (best_so_far and compile_ms) else None,
         })
-    return rows, rounds
+    return rows, rounds, index
 
 
-def _best(ctx: RunContext, problem: str, compile_ms: float | None) -> dict | None:
+def _best(ctx: RunContext, problem: str, compile_ms: float | None, index: dict[str, dict]) -> dict | None:
     last = None
     for r in range(int(ctx.config["rounds"]), 0, -1):
         last = _read(layout.stage_file(ctx.root, problem, r, "select"))
@@ -102,7 +106,6 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None) -> dict | Non
     if not last or not last.get("seeds"):
         return None
     best = last["seeds"][0]
-    index = _candidate_index(ctx, problem)
     lineage = []
     node = index.get(best["id"])
     while node is not None:
@@ -126,18 +129,6 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None) -> dict | Non
     }
 
 
-def _candidate_index(ctx: RunContext, problem: str) -> dict[str, dict]:
-    index: dict[str, dict] = {}
-    for r in range(1, int(ctx.config["rounds"]) + 1):
-        impl = _read(layout.stage_file(ctx.root, problem, r, "implement"))
-        if impl is None:
-            break
-        ben = (_read(layout.stage_file(ctx.root, problem, r, "benchmark")) or {}).get("results", {})
-        for cand in impl["candidates"]:
-            index[cand["id"]] = cand | {"round": r, "speedup_eager": ben.get(cand["id"], {}).get("speedup_eager")}
-    return index
-
-
 def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[dict]]:
     """The report summary and every candidate's table row."""
     problems = []
@@ -145,7 +136,7 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
     for problem in ctx.problems:
         base = _read(layout.baseline_file(ctx.root, problem)) or {}
         compile_ms = base.get("compile_ms")
-        rows, rounds = _problem_rows(ctx, problem, compile_ms)
+        rows, rounds, index = _problem_rows(ctx, problem, compile_ms)
         ideas = _read(layout.stage_file(ctx.root, problem, 1, "ideas")) or {}
         all_rows.extend(rows)
         failures = Counter(reason_category(r["reject_reason"]) for r in rows if not r["correct"])
@@ -155,7 +146,7 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
             "compile_ms": compile_ms, "compile_iqr_ms": base.get("compile_iqr_ms"),
             "compile_error": base.get("compile_error") or base.get("error"),
             "supported": bool(ideas.get("supported", False)),
-            "rounds": rounds, "best": _best(ctx, problem, compile_ms),
+            "rounds": rounds, "best": _best(ctx, problem, compile_ms, index),
             "candidates": rows, "failures": dict(failures.most_common()),
         })
     gpus = (manifest or {}).get("gpus") or []

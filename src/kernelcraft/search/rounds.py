@@ -76,15 +76,14 @@ def implement_ideas(ctx: RunContext, problem: str, round_: int, ideas_doc: dict)
     out_dir = layout.candidates_dir(ctx.root, problem, round_)
     out_dir.mkdir(parents=True, exist_ok=True)
     candidates: list[dict] = []
+    # One proposer per ensemble entry for the whole job: each caches its analysis of the problem.
+    shares = [(entry, count, make_proposer(entry, ctx.seed))
+              for entry, count in zip(entries, split_by_weight(m, entries), strict=True) if count]
+    shares = [(entry, count, proposer) for entry, count, proposer in shares if proposer.supports(prob, ctx.backend)]
     for k, idea in enumerate(ideas_doc["ideas"]):
         parent = seeds.get(idea.get("parent"), seeds.get("reference") or next(iter(seeds.values())))
         impl_index = 0
-        for entry, count in zip(entries, split_by_weight(m, entries), strict=True):
-            if count == 0:
-                continue
-            proposer = make_proposer(entry, ctx.seed)
-            if not proposer.supports(prob, ctx.backend):
-                continue
+        for entry, count, proposer in shares:
             for impl in proposer.implement(prob, ctx.backend, idea, parent, count, round_):
                 cid = layout.candidate_id(round_, k, impl_index)
                 impl_index += 1
@@ -124,8 +123,4 @@ def select_seeds(ctx: RunContext, problem: str, round_: int, implemented: dict, 
            if best else "no correct kernel yet")
     report(problem, round_, "select", msg)
     return {"problem": problem, "round": round_, "seeds": seeds}
-
-
-def load_stage(ctx: RunContext, problem: str, round_: int, stage: str) -> dict:
-    return read_json(layout.stage_file(ctx.root, problem, round_, stage))
 

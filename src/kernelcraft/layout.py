@@ -9,6 +9,7 @@ files cannot drift apart.
     results/<run>/<problem>/round_<r>/candidates/<candidate>.py
     results/<run>/build/   kernel build cache shared by compile (CPU) and verify/benchmark (GPU) jobs
     results/<run>/logs/    one log per job, one per candidate process
+    results/<run>/transcripts/<kk>/<key>.json   every model call, content-addressed by its request (resume, replay)
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def build_dir(run_root: str | Path) -> Path:
 
 def logs_dir(run_root: str | Path) -> Path:
     return Path(run_root) / "logs"
+
+
+def transcripts_dir(run_root: str | Path) -> Path:
+    return Path(run_root) / "transcripts"
 
 
 def idea_id(round_: int, index: int) -> str:

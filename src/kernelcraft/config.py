@@ -72,6 +72,35 @@ def check_config(config: dict, schema: dict | None = None) -> None:
     for role, ensemble in config["models"].items():
         if not ensemble:
             raise ConfigError(f"config key 'models.{role}' is empty; list at least one model")
+    check_models(config)
+
+
+def check_models(config: dict) -> None:
+    """What the schema cannot say about model entries: the API must match the provider, a self-hosted endpoint
+    needs its URL, and with a budget every paid model needs a price (else its spending would be invisible)."""
+    from kernelcraft.llm.cost import missing_prices
+    from kernelcraft.llm.models import ALLOWED_APIS
+
+    for role, ensemble in config["models"].items():
+        for i, entry in enumerate(ensemble):
+            where = f"config key 'models.{role}.{i}"
+            provider = entry["provider"]
+            api = entry.get("api")
+            if api is not None and provider in ALLOWED_APIS and api not in ALLOWED_APIS[provider]:
+                allowed = ", ".join(ALLOWED_APIS[provider])
+                raise ConfigError(f"{where}.api': {api!r} is not an API of provider {provider}; allowed: {allowed}")
+            if provider == "openai_compatible" and not entry.get("base_url"):
+                raise ConfigError(f"{where}' (openai_compatible/{entry['model']}) needs base_url, the server's URL, "
+                                  f"e.g. base_url: http://localhost:8000/v1")
+    llm = config.get("llm") or {}
+    if llm.get("budget_usd") is not None:
+        entries = [e for ensemble in config["models"].values() for e in ensemble]
+        missing = missing_prices(entries, config.get("prices") or {})
+        if missing:
+            e = missing[0]
+            raise ConfigError(f"config key 'prices' has no price for model {e['model']!r} ({e['provider']}) but "
+                              f"llm.budget_usd is set; add prices.{e['model']}: {{input: USD, output: USD}} (per "
+                              f"million tokens; 0 for a free local model) or set llm.budget_usd: null")
 
 
 def exit_on_bad_config(config: dict) -> None:

@@ -2,22 +2,84 @@
 
 The Snakefile resolves ``backend: auto`` and ``build.cuda_arch: auto`` when the workflow starts and stores the
 answers under ``config["_resolved"]``, so every job of a run agrees on them even if a job runs where the GPU is not
-visible (a compile job on a CPU node, say).
+visible (a compile job on a CPU node, say). The same goes for the models: an entry whose API key is not set where
+the workflow starts is replaced by the offline proposer once, loudly, and every job uses the effective ensembles.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernelcraft import layout
-from kernelcraft.config import resolve_backend, resolve_size
+from kernelcraft.config import ConfigError, resolve_backend, resolve_size
 
 RESOLVED_KEY = "_resolved"
+ROLES = ("ideas", "implement")
+OFFLINE_ENTRY = {"provider": "offline", "model": "offline-v1"}
 
 
-def resolve(config: dict) -> dict:
-    """The values ``auto`` stands for on this machine, plus the problem list."""
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def resolve_models(config: dict, env: Mapping[str, str] | None = None,
+                   warn: Callable[[str], None] = _warn) -> dict:
+    """The ensembles the run will actually use, and why they differ from the configured ones.
+
+    An openai or gemini entry whose key variable is not set is replaced by the offline proposer (its weight goes
+    to one offline entry per role, so two replaced models do not become two identical offline proposers), with one
+    warning per model naming the variable; ``llm.fallback: error`` stops instead. Replay mode needs no keys: the
+    answers come from the recorded run. Returns ``{"ideas": [...], "implement": [...], "requested": {...},
+    "substituted": [{"model", "env", "roles"}]}``."""
+    from kernelcraft.llm.models import key_env_names, needs_key
+    from kernelcraft.llm.settings import replay_transcripts
+
+    env = os.environ if env is None else env
+    llm = config.get("llm") or {}
+    requested = {role: [dict(e) for e in config["models"][role]] for role in ROLES}
+    if llm.get("replay"):
+        replay_transcripts(llm["replay"])  # one-line error when it is not a recorded run
+    missing: dict[str, dict] = {}
+    effective: dict[str, list[dict]] = {}
+    for role in ROLES:
+        kept: list[dict] = []
+        offline_weight = 0.0
+        offline_at: int | None = None
+        for entry in requested[role]:
+            names = key_env_names(entry)
+            lacks_key = (not llm.get("replay") and needs_key(entry["provider"])
+                         and not any(env.get(n) for n in names))
+            if not lacks_key:
+                kept.append(entry)
+                continue
+            label = f"{entry['provider']}/{entry['model']}"
+            missing.setdefault(label, {"model": label, "env": " or ".join(names), "roles": []})["roles"].append(role)
+            offline_weight += float(entry.get("weight", 1))
+            offline_at = len(kept) if offline_at is None else offline_at
+        if offline_at is not None:
+            same = next((e for e in kept if e["provider"] == "offline" and e["model"] == OFFLINE_ENTRY["model"]), None)
+            if same is not None:
+                same["weight"] = float(same.get("weight", 1)) + offline_weight
+            else:
+                kept.insert(offline_at, {**OFFLINE_ENTRY, "weight": offline_weight})
+        effective[role] = kept
+    for item in missing.values():
+        where = ", ".join(f"models.{r}" for r in item["roles"])
+        if llm.get("fallback", "offline") == "error":
+            raise ConfigError(f"{item['model']} ({where}) needs an API key in {item['env']}, which is not set, and "
+                              f"llm.fallback is error; set the variable, or llm.fallback: offline to use the offline "
+                              f"proposer instead")
+        warn(f"kernelcraft: warning: {item['env']} is not set, so {item['model']} ({where}) is replaced by the "
+             f"offline proposer; set the variable for live calls, or llm.fallback: error to stop instead")
+    return {**effective, "requested": requested, "substituted": list(missing.values())}
+
+
+def resolve(config: dict, env: Mapping[str, str] | None = None) -> dict:
+    """The values ``auto`` stands for on this machine, the problem list and the effective model ensembles."""
     from kernelcraft.harness.gpu import detect_cuda_arch
     from kernelcraft.problems import discover
     from kernelcraft.search.ensemble import may_propose
@@ -29,12 +91,14 @@ def resolve(config: dict) -> dict:
         arch = detect_cuda_arch() if backend == "cuda" else None
     pcfg = config["problems"]
     problems = discover(pcfg["builtin"], pcfg["dirs"], pcfg["include"], pcfg["exclude"], size)
+    models = resolve_models(config, env)
     return {
         "backend": backend,
         "size": size,
         "cuda_arch": arch,
         "problems": {p.id: str(p.path) for p in problems},
-        "searched": [p.id for p in problems if may_propose(config["models"], p.op, backend)],
+        "searched": [p.id for p in problems if may_propose(models, p.op, backend)],
+        "models": models,
     }
 
 
@@ -58,7 +122,12 @@ class RunContext:
 
     @classmethod
     def from_config(cls, config: dict, results: str | Path = "results") -> RunContext:
+        """``config["models"]`` of the context is the effective ensembles (keyless entries replaced by the
+        offline proposer); what was configured stays in ``config["_resolved"]["models"]["requested"]``."""
         resolved = config.get(RESOLVED_KEY) or resolve(config)
+        models = resolved.get("models")
+        if models is not None:
+            config = {**config, "models": {role: models[role] for role in ROLES}}
         return cls(
             config=config,
             root=layout.run_dir(results, config["run"]),

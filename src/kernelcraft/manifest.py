@@ -89,4 +89,6 @@ def build_manifest(ctx: RunContext) -> dict:
         "problems": ctx.problems,
         "seed": ctx.seed,
         "config": config,
+        # The ensembles the run used, what was configured, and which models fell back to the offline proposer.
+        "models": (ctx.config.get("_resolved") or {}).get("models"),
     }

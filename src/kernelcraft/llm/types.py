@@ -43,11 +43,15 @@ class Request:
     sample: int = 0
     purpose: str = ""
     tags: dict[str, Any] = field(default_factory=dict)
+    # Which environment variable holds the API key (None: the provider's default). Where the key comes from does
+    # not change the answer, so, like purpose and tags, it is not part of the key.
+    api_key_env: str | None = None
 
     def key_material(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("purpose")
         d.pop("tags")
+        d.pop("api_key_env")
         d["messages"] = [{"role": m.role, "content": m.content} for m in self.messages]
         return d
 

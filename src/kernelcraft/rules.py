@@ -27,14 +27,15 @@ def ideas(smk: Any) -> None:
     from kernelcraft.search.rounds import propose_ideas
 
     ctx = _ctx(smk)
-    write_json(smk.output[0], propose_ideas(ctx, smk.wildcards["problem"], _round(smk)))
+    write_json(smk.output[0], propose_ideas(ctx, smk.wildcards["problem"], _round(smk), smk.params.templates))
 
 
 def implement(smk: Any) -> None:
     from kernelcraft.search.rounds import implement_ideas
 
     ctx = _ctx(smk)
-    doc = implement_ideas(ctx, smk.wildcards["problem"], _round(smk), read_json(smk.input["ideas"]))
+    doc = implement_ideas(ctx, smk.wildcards["problem"], _round(smk), read_json(smk.input["ideas"]),
+                          smk.params.templates)
     write_json(smk.output[0], doc)
 
 

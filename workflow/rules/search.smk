@@ -11,6 +11,8 @@ rule ideas:
         stage("ideas"),
     log:
         job_log("ideas"),
+    params:
+        templates=f"{workflow.basedir}/workflow/templates",
     message:
         "{wildcards.problem} round {wildcards.round}: asking for ideas"
     script:
@@ -25,6 +27,8 @@ rule implement:
         stage("implement"),
     log:
         job_log("implement"),
+    params:
+        templates=f"{workflow.basedir}/workflow/templates",
     message:
         "{wildcards.problem} round {wildcards.round}: implementing ideas"
     script:

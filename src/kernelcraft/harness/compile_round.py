@@ -19,9 +19,17 @@ from kernelcraft.progress import report
 
 def compile_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict], workers: int,
                        timeout: float) -> dict[str, dict]:
-    """Build each candidate; a failure is a result with its reason, never an exception."""
+    """Build each candidate; a failure is a result with its reason, never an exception. A candidate the implement
+    stage already failed (``failure``: the model's reply held no usable file) or found to duplicate an earlier one
+    (``duplicate_of``) is recorded as not built, with that reason, without building it."""
     results: dict[str, dict] = {}
+    for cand in candidates:
+        skip = cand.get("failure") or (f"duplicate of {cand['duplicate_of']}" if cand.get("duplicate_of") else None)
+        if skip:
+            results[cand["id"]] = {"compiled": False, "reason": skip, "build_s": 0.0, "kernels": []}
+    candidates = [c for c in candidates if c["id"] not in results]
     if not candidates:
+        report(problem, round_, "compile", f"0/{len(results)} built")
         return results
     local = threading.local()
     pool_workers: list[Worker] = []

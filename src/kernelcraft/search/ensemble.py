@@ -36,11 +36,16 @@ def may_propose(models: dict, op: str | None, backend: str) -> bool:
     return OfflineProposer.may_support(op, backend)
 
 
-def make_proposer(entry: dict, seed: int) -> Any:
-    """The proposer object behind one ensemble entry."""
-    provider = entry["provider"]
-    if provider == "offline":
+def make_proposer(entry: dict, seed: int, *, client: Any = None, settings: Any = None,
+                  repair_attempts: int = 1) -> Any:
+    """The proposer object behind one ensemble entry: the offline proposer, or a model asked through ``client``
+    (an ``LLMClient``) with prompts rendered per ``settings`` (a ``PromptSettings``)."""
+    if entry["provider"] == "offline":
         from kernelcraft.search.offline import OfflineProposer
 
         return OfflineProposer(seed)
-    raise ValueError(f"models: provider {provider!r} is not available; allowed providers: offline")
+    if client is None or settings is None:
+        raise ValueError(f"models: {model_label(entry)} needs a model client and prompt settings")
+    from kernelcraft.search.llm_proposer import LLMProposer
+
+    return LLMProposer(entry, client, settings, seed, repair_attempts=repair_attempts)

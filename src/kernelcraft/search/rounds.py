@@ -7,11 +7,18 @@ on them and on every idea tried in rounds 1..r-1 for the same problem.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.jsonio import read_json
 from kernelcraft.progress import report
+from kernelcraft.search.dedupe import digest
 from kernelcraft.search.ensemble import make_proposer, model_label, split_by_weight
+
+# Candidate fields copied from a proposer's result when present (model transcripts, tokens, repairs, features).
+RESULT_FIELDS = ("features", "transcript", "usage", "repairs")
 
 
 def reference_seed(ctx: RunContext, problem: str) -> dict:
@@ -42,7 +49,31 @@ def tried_ideas(ctx: RunContext, problem: str, round_: int) -> list[dict]:
     return tried
 
 
-def propose_ideas(ctx: RunContext, problem: str, round_: int) -> dict:
+def build_path(config: dict) -> str:
+    """The build path the implementation prompt's worked example shows: fast (NVRTC / C compiler) unless the
+    config asks for KernelBench's load_inline."""
+    return str(config["build"].get("path", "fast"))
+
+
+def job_proposers(ctx: RunContext, entries: list[dict], templates: str | Path) -> list[Any]:
+    """One proposer per ensemble entry for a whole job (each caches its analysis of the problem); the entries
+    that ask a model share one client, made only when some entry needs it."""
+    if all(e["provider"] == "offline" for e in entries):
+        return [make_proposer(e, ctx.seed) for e in entries]
+    from kernelcraft.llm.client import LLMClient
+    from kernelcraft.llm.settings import llm_settings
+    from kernelcraft.search.llm_proposer import PromptSettings
+    from kernelcraft.search.prompts import describe_hardware
+
+    client = LLMClient.from_config(ctx.root, ctx.config)
+    settings = PromptSettings(templates=Path(templates), hardware=describe_hardware(ctx.backend, ctx.cuda_arch),
+                              build_path=build_path(ctx.config), policy=ctx.config["verify"]["pytorch_compute"],
+                              tolerance=dict(ctx.config["tolerance"]))
+    repairs = int(llm_settings(ctx.config)["repair_attempts"])
+    return [make_proposer(e, ctx.seed, client=client, settings=settings, repair_attempts=repairs) for e in entries]
+
+
+def propose_ideas(ctx: RunContext, problem: str, round_: int, templates: str | Path) -> dict:
     prob = ctx.load_problem(problem)
     seeds = current_seeds(ctx, problem, round_)
     tried = tried_ideas(ctx, problem, round_)
@@ -50,8 +81,8 @@ def propose_ideas(ctx: RunContext, problem: str, round_: int) -> dict:
     entries = ctx.config["models"]["ideas"]
     ideas: list[dict] = []
     supported = False
-    for entry, count in zip(entries, split_by_weight(n, entries), strict=True):
-        proposer = make_proposer(entry, ctx.seed)
+    proposers = job_proposers(ctx, entries, templates)
+    for entry, count, proposer in zip(entries, split_by_weight(n, entries), proposers, strict=True):
         if not proposer.supports(prob, ctx.backend):
             continue
         supported = True
@@ -64,37 +95,75 @@ def propose_ideas(ctx: RunContext, problem: str, round_: int) -> dict:
     report(problem, round_, "ideas", f"{len(ideas)} ideas" + ("" if supported else
                                                               " (no proposer supports this problem)"))
     return {"problem": problem, "round": round_, "supported": supported,
-            "seeds": [{k: s.get(k) for k in ("id", "time_ms", "speedup_eager")} for s in seeds],
+            "seeds": [{k: s.get(k) for k in ("id", "time_ms", "speedup_eager", "pct_of_floor")} for s in seeds],
             "ideas": ideas}
 
 
-def implement_ideas(ctx: RunContext, problem: str, round_: int, ideas_doc: dict) -> dict:
+def _implement_all(proposer: Any, prob: Any, backend: str, tasks: list[tuple[dict, dict, int]],
+                   round_: int) -> list[list[dict]]:
+    """Every (idea, parent, count) of the job: a model proposer issues all its calls at once (concurrently);
+    the offline proposer, which makes no calls, is asked idea by idea."""
+    many = getattr(proposer, "implement_many", None)
+    if many is not None:
+        return many(prob, backend, tasks, round_)
+    return [proposer.implement(prob, backend, idea, parent, count, round_) for idea, parent, count in tasks]
+
+
+def earlier_digests(ctx: RunContext, problem: str, round_: int) -> dict[str, str]:
+    """Normalised-source digest -> id of the first candidate with it, over rounds 1..round_-1 of the problem."""
+    seen: dict[str, str] = {}
+    for r in range(1, round_):
+        for cand in read_json(layout.stage_file(ctx.root, problem, r, "implement"))["candidates"]:
+            if cand.get("digest") and cand.get("path"):
+                seen.setdefault(cand["digest"], cand["id"])
+    return seen
+
+
+def implement_ideas(ctx: RunContext, problem: str, round_: int, ideas_doc: dict, templates: str | Path) -> dict:
+    """Candidates for every idea: a file per new candidate; a reply that gave no usable file is recorded with its
+    ``failure``, and a source that normalises to an earlier candidate's (this round or before) with
+    ``duplicate_of``; neither has a path, and the compile stage records both without building them."""
     prob = ctx.load_problem(problem)
     seeds = {s["id"]: s for s in current_seeds(ctx, problem, round_)}
     m = int(ctx.config["implementations_per_idea"])
     entries = ctx.config["models"]["implement"]
     out_dir = layout.candidates_dir(ctx.root, problem, round_)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ideas = ideas_doc["ideas"]
+    parents = [seeds.get(idea.get("parent"), seeds.get("reference") or next(iter(seeds.values()))) for idea in ideas]
+    per_idea: list[list[tuple[dict, dict]]] = [[] for _ in ideas]
+    shares = zip(entries, split_by_weight(m, entries), job_proposers(ctx, entries, templates), strict=True)
+    for entry, count, proposer in shares:
+        if not count or not ideas or not proposer.supports(prob, ctx.backend):
+            continue
+        tasks = [(idea, parent, count) for idea, parent in zip(ideas, parents, strict=True)]
+        for k, impls in enumerate(_implement_all(proposer, prob, ctx.backend, tasks, round_)):
+            per_idea[k].extend((entry, impl) for impl in impls)
+    seen = earlier_digests(ctx, problem, round_)
     candidates: list[dict] = []
-    # One proposer per ensemble entry for the whole job: each caches its analysis of the problem.
-    shares = [(entry, count, make_proposer(entry, ctx.seed))
-              for entry, count in zip(entries, split_by_weight(m, entries), strict=True) if count]
-    shares = [(entry, count, proposer) for entry, count, proposer in shares if proposer.supports(prob, ctx.backend)]
-    for k, idea in enumerate(ideas_doc["ideas"]):
-        parent = seeds.get(idea.get("parent"), seeds.get("reference") or next(iter(seeds.values())))
-        impl_index = 0
-        for entry, count, proposer in shares:
-            for impl in proposer.implement(prob, ctx.backend, idea, parent, count, round_):
-                cid = layout.candidate_id(round_, k, impl_index)
-                impl_index += 1
-                path = out_dir / f"{cid}.py"
-                path.write_text(impl["source"])
-                candidates.append({
-                    "id": cid, "idea_id": idea["id"], "idea": idea["text"], "kind": idea.get("kind"),
-                    "parent": parent["id"], "model": model_label(entry),
-                    "path": str(path.relative_to(ctx.root)), "features": impl.get("features"),
-                })
-    report(problem, round_, "implement", f"{len(candidates)} candidates from {len(ideas_doc['ideas'])} ideas")
+    for k, (idea, parent) in enumerate(zip(ideas, parents, strict=True)):
+        for j, (entry, impl) in enumerate(per_idea[k]):
+            cid = layout.candidate_id(round_, k, j)
+            cand = {"id": cid, "idea_id": idea["id"], "idea": idea["text"], "kind": idea.get("kind"),
+                    "parent": parent["id"], "model": model_label(entry), "path": None}
+            cand.update({f: impl[f] for f in RESULT_FIELDS if impl.get(f) is not None})
+            source = impl.get("source")
+            if source is None:
+                cand["failure"] = impl.get("failure") or "no candidate source"
+            else:
+                cand["digest"] = digest(source)
+                if cand["digest"] in seen:
+                    cand["duplicate_of"] = seen[cand["digest"]]
+                else:
+                    seen[cand["digest"]] = cid
+                    path = out_dir / f"{cid}.py"
+                    path.write_text(source)
+                    cand["path"] = str(path.relative_to(ctx.root))
+            candidates.append(cand)
+    failed = sum("failure" in c for c in candidates)
+    dups = sum("duplicate_of" in c for c in candidates)
+    report(problem, round_, "implement", f"{len(candidates)} candidates from {len(ideas)} ideas"
+           + (f", {failed} failed replies" if failed else "") + (f", {dups} duplicates" if dups else ""))
     return {"problem": problem, "round": round_, "candidates": candidates}
 
 
@@ -115,6 +184,7 @@ def select_seeds(ctx: RunContext, problem: str, round_: int, implemented: dict, 
             "idea": cand["idea"], "kind": cand.get("kind"), "model": cand["model"],
             "features": cand.get("features"), "time_ms": b["time_ms"], "time_iqr_ms": b["time_iqr_ms"],
             "eager_ms": b["eager_ms"], "speedup_eager": b["speedup_eager"],
+            "floor_ms": b.get("floor_ms"), "pct_of_floor": b.get("pct_of_floor"),
         })
     pool.sort(key=lambda s: (s["time_ms"], s["round"], s["id"]))
     seeds = pool[: int(ctx.config["top_k"])]

@@ -13,8 +13,10 @@ Script it:
   (``[{"role": "system"|"user"|"assistant", "content": str}]``, the same for every wire format), ``req.body``.
 * faults, consumed one per request in the order queued: ``fail(status, retry_after=..., retry_after_ms=...)``,
   ``hang(seconds)`` (no answer for that long: longer than the client's timeout), ``malformed()`` (HTTP 200 with
-  a body that is not JSON), ``truncate()`` (the responder's text cut in half, finish reason length /
-  ``incomplete`` with ``max_output_tokens`` / ``MAX_TOKENS``); each takes ``times=n``.
+  a body that is not JSON), ``empty()`` (HTTP 200 with ``{}``: JSON, but no choices / output / candidates),
+  ``drop()`` (the connection closed without an answer), ``truncate()`` (the responder's text cut in half, finish
+  reason length / ``incomplete`` with ``max_output_tokens`` / ``MAX_TOKENS``), and ``answer()`` (a normal answer,
+  to place a fault after some good requests); each takes ``times=n``.
 * ``delay_s``: every answered request takes this long (to make calls overlap).
 * ``tokens``: the usage reported per answer unless a :class:`Scripted` says otherwise.
 
@@ -53,7 +55,7 @@ class Scripted:
 
 @dataclass
 class Fault:
-    kind: str  # status | hang | malformed | truncate
+    kind: str  # status | hang | malformed | empty | drop | truncate | answer
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
     message: str = ""
@@ -148,7 +150,8 @@ class LLMServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="llm-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                        name="llm-server", daemon=True)
         self._thread.start()
         return self
 
@@ -201,8 +204,17 @@ class LLMServer:
     def malformed(self, *, times: int = 1) -> None:
         self._queue(Fault("malformed"), times)
 
+    def empty(self, *, times: int = 1) -> None:
+        self._queue(Fault("empty"), times)
+
+    def drop(self, *, times: int = 1) -> None:
+        self._queue(Fault("drop"), times)
+
     def truncate(self, *, times: int = 1) -> None:
         self._queue(Fault("truncate"), times)
+
+    def answer(self, *, times: int = 1) -> None:
+        self._queue(Fault("answer"), times)
 
     def _queue(self, fault: Fault, times: int) -> None:
         with self._lock:
@@ -252,6 +264,12 @@ class LLMServer:
             return
         if fault is not None and fault.kind == "malformed":
             self._send_raw(h, 200, b'{"id": "broken", "choices": [{"index": 0, "message": {"content": "trunc')
+            return
+        if fault is not None and fault.kind == "empty":
+            self._send(h, 200, {})
+            return
+        if fault is not None and fault.kind == "drop":
+            h.close_connection = True
             return
         if self.delay_s:
             self._stop.wait(self.delay_s)

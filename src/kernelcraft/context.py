@@ -56,8 +56,8 @@ def resolve_models(config: dict, env: Mapping[str, str] | None = None,
             if not lacks_key:
                 kept.append(entry)
                 continue
-            label = f"{entry['provider']}/{entry['model']}"
-            missing.setdefault(label, {"model": label, "env": " or ".join(names), "roles": []})["roles"].append(role)
+            label, wanted = f"{entry['provider']}/{entry['model']}", " or ".join(names)
+            missing.setdefault(f"{label} {wanted}", {"model": label, "env": wanted, "roles": []})["roles"].append(role)
             offline_weight += float(entry.get("weight", 1))
             offline_at = len(kept) if offline_at is None else offline_at
         if offline_at is not None:

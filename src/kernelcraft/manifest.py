@@ -14,7 +14,7 @@ from kernelcraft.config import REPO_ROOT
 from kernelcraft.context import RunContext
 
 _PACKAGES = ("kernelcraft", "torch", "numpy", "snakemake", "jinja2", "jsonschema", "cuda-bindings",
-             "nvidia-cuda-nvrtc", "triton")
+             "nvidia-cuda-nvrtc", "triton", "openai", "google-genai")
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str | None:

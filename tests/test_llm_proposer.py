@@ -18,6 +18,11 @@ from kernelcraft.search.llm_proposer import LLMProposer, PromptSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "workflow" / "templates"
+TOL = {"atol": 1e-2, "rtol": 1e-2}
+
+
+def settings(templates=TEMPLATES):
+    return PromptSettings(Path(templates), "test CPU", "fast", "reject", TOL)
 RELU = REPO / "src/kernelcraft/problems/suite/relu_4096x32768.py"
 ENTRY = {"provider": "openai", "model": "o3", "weight": 1}
 
@@ -77,7 +82,7 @@ def relu():
 
 
 def proposer(client, repair_attempts=1):
-    return LLMProposer(ENTRY, client, PromptSettings(TEMPLATES, "test CPU", "fast"), 7,
+    return LLMProposer(ENTRY, client, settings(), 7,
                        repair_attempts=repair_attempts)
 
 
@@ -191,7 +196,7 @@ def test_implement_records_failed_and_duplicate_candidates_and_compile_skips_the
 
     client = FakeClient(answer)
     monkeypatch.setattr(rounds, "job_proposers", lambda ctx, entries, templates: [
-        LLMProposer(entries[0], client, PromptSettings(Path(templates), "test CPU"), ctx.seed)])
+        LLMProposer(entries[0], client, settings(templates), ctx.seed)])
 
     doc1 = rounds.implement_ideas(ctx, "relu", 1, {"ideas": [IDEAS[0]]}, TEMPLATES)
     c = {x["id"]: x for x in doc1["candidates"]}
@@ -222,3 +227,34 @@ def test_implement_records_failed_and_duplicate_candidates_and_compile_skips_the
         "r2_i0_m2": (False, "model reply: no ```python code block", 0.0),
     }
     assert not (ctx.root / "logs" / "candidates").exists()  # nothing was built
+
+
+# -- through the real client and the wire-format server -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("wire", ["chat", "responses", "gemini"])
+def test_the_proposer_works_through_the_real_client_in_each_wire_format(tmp_path, relu, wire):
+    from llm_server import LLMServer
+
+    from kernelcraft.llm.client import LLMClient
+
+    ideas_json = ('{"ideas": [{"kind": "memory access", "idea": "Use float4 loads.", "parent": "reference"}, '
+                  '{"kind": "control flow and loops", "idea": "Unroll by 4.", "parent": "reference"}]}')
+
+    def responder(req):
+        return ideas_json if "Propose 2 new optimization ideas" in req.messages[-1]["content"] else fenced(GOOD)
+
+    with LLMServer(responder) as server:
+        entry = ({"provider": "gemini", "model": "m", "base_url": server.gemini_url} if wire == "gemini" else
+                 {"provider": "openai", "model": "m", "base_url": server.openai_url, "api": wire})
+        client = LLMClient(tmp_path, {"timeout_s": 5, "max_retries": 0, "prices": {}},
+                           env={"OPENAI_API_KEY": "k", "GEMINI_API_KEY": "k"})
+        prop = LLMProposer(entry, client, settings(), 0)
+        ideas = prop.ideas(relu, "cpu", [REF_SEED], [], 2, 1)
+        impls = prop.implement(relu, "cpu", ideas[0] | {"id": "r1_i0"}, REF_SEED, 2, 1)
+        assert server.count == 3
+    assert [i["text"] for i in ideas] == ["Use float4 loads.", "Unroll by 4."]
+    assert [(r["source"], r["failure"]) for r in impls] == [(GOOD, None), (GOOD, None)]
+    assert impls[0]["transcript"] != impls[1]["transcript"]
+    for key in (ideas[0]["transcript"], impls[0]["transcript"], impls[1]["transcript"]):
+        assert (layout.transcripts_dir(tmp_path) / key[:2] / f"{key}.json").is_file()

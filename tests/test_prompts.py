@@ -199,3 +199,10 @@ def test_the_cuda_load_inline_example_follows_the_contract():
     assert any(isinstance(n, ast.ClassDef) and n.name == "ModelNew" for n in tree.body)
     assert check_source(source) == []
     assert "cuda_sources=cuda_source" in source and "at::cuda::getCurrentCUDAStream()" in source
+
+
+def test_the_hardware_line_depends_on_the_cuda_target_only():
+    # Not on the GPU visible to the job: a resumed job on another node must render the same prompt.
+    assert prompts.describe_hardware("cuda", "sm_90a") == "an NVIDIA Hopper (H100, H200) GPU, CUDA target sm_90a"
+    assert prompts.describe_hardware("cuda", "sm_87") == "an NVIDIA GPU, CUDA target sm_87"
+    assert prompts.describe_hardware("cuda", None) == "an NVIDIA GPU"

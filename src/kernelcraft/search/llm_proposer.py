@@ -11,7 +11,7 @@ the repair prompt before being given up on or passed on to the evaluator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ class PromptSettings:
 
     templates: Path
     hardware: str
-    build_path: str = "fast"
-    policy: str = "reject"
-    tolerance: dict = field(default_factory=lambda: {"atol": 1e-2, "rtol": 1e-2})
+    build_path: str
+    policy: str
+    tolerance: dict
 
 
 def usage_of(replies: list[Reply]) -> dict[str, Any]:
@@ -94,7 +94,8 @@ class LLMProposer:
         ideas, reason = parse_ideas(reply, parent_ids, count)
         if reason:
             report(str(problem.id), round_, "ideas", f"{self.name}: {reason}")
-        return [idea | {"transcript": reply.key, "usage": usage_of([reply])} for idea in ideas]
+        # The call's usage stays in its transcript: copied onto each idea it would be counted once per idea.
+        return [idea | {"transcript": reply.key} for idea in ideas]
 
     # -- implementations ------------------------------------------------------------------------------------------
 

@@ -107,17 +107,22 @@ def repair_messages(templates: str | Path, problem: Any, backend: str, hardware:
                   source=source, errors=errors, idea=idea_vars)
 
 
+# GPU families by CUDA target, for the prompts; by target rather than by the visible GPU so a job that runs on a
+# node without one (or on another node after an interruption) renders the same prompt, and finds its transcript.
+GPU_FAMILIES = {"sm_70": "Volta (V100)", "sm_75": "Turing (T4)", "sm_80": "Ampere (A100)",
+                "sm_86": "Ampere (A10, A40, RTX 30xx)", "sm_89": "Ada Lovelace (L4, L40, RTX 40xx)",
+                "sm_90": "Hopper (H100, H200)", "sm_100": "Blackwell (B200)", "sm_120": "Blackwell (RTX 50xx)"}
+
+
 def describe_hardware(backend: str, cuda_arch: str | None) -> str:
-    """What the prompts say about the machine: the GPU when one is visible here, else the CUDA target; the CPU
-    model and core count on the cpu backend."""
+    """What the prompts say about the machine: the GPU family of the CUDA target, or the CPU model and cores."""
+    if backend == "cuda":
+        if not cuda_arch:
+            return "an NVIDIA GPU"
+        family = GPU_FAMILIES.get(cuda_arch.rstrip("af"))
+        return f"an NVIDIA {family + ' ' if family else ''}GPU, CUDA target {cuda_arch}"
     import os
 
-    from kernelcraft.manifest import cpu_model, gpu_info
+    from kernelcraft.manifest import cpu_model
 
-    if backend == "cuda":
-        gpus = gpu_info()
-        if gpus:
-            g = gpus[0]
-            return f"{g['name']} ({g['memory']}, compute capability {g['compute_capability']})"
-        return f"an NVIDIA GPU, target {cuda_arch}" if cuda_arch else "an NVIDIA GPU"
     return f"{cpu_model()}, {os.cpu_count()} cores"

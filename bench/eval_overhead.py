@@ -98,9 +98,10 @@ def main() -> None:
         wall = v.get("wall_s", 0.0) + b.get("wall_s", 0.0)
         overheads.append(wall - own)
         overheads_with_ref.append(wall - own - ref)
-    phases = [v.get("phases") for v in verified["results"].values() if v.get("phases")]
-    phase_medians = {k: round(statistics.median(p[k] for p in phases if k in p), 3)
-                     for k in sorted({k for p in phases for k in p})}
+    def medians(docs: list[dict]) -> dict:
+        phases = [d["phases"] for d in docs if d.get("phases")]
+        return {k: round(statistics.median(p[k] for p in phases if k in p), 3)
+                for k in sorted({k for p in phases for k in p})}
     print(json.dumps({
         "benchmark": "eval_overhead", "device": torch.cuda.get_device_name(), "problem": args.problem,
         "candidates": len(entries), "compiled": sum(b["compiled"] for b in built.values()),
@@ -110,7 +111,10 @@ def main() -> None:
         "overhead_per_candidate_median_s": round(statistics.median(overheads), 3) if overheads else None,
         "overhead_minus_reference_work_median_s": (round(statistics.median(overheads_with_ref), 3)
                                                    if overheads_with_ref else None),
-        "verify_phase_medians_s": phase_medians,
+        "verify_phase_medians_s": medians(list(verified["results"].values())),
+        "benchmark_phase_medians_s": medians(list(timed["results"].values())),
+        "benchmark_wall_median_s": round(statistics.median(b.get("wall_s", 0.0) for b in timed["results"].values()),
+                                         3) if timed["results"] else None,
         "verify_wall_median_s": round(statistics.median(v.get("wall_s", 0.0) for v in verified["results"].values()), 3),
         "gpu_busy_pct": round(statistics.mean(sampler.samples), 1) if sampler.samples else None,
         "target_overhead_s": 1.5, "target_gpu_busy_pct": 70,

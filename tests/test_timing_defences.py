@@ -71,3 +71,61 @@ def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path):
     honest, patched = results["honest"], results["patches_clocks"]
     assert honest["timed"] and patched["timed"], (honest, patched)
     assert patched["time_ms"] > 0.3 * honest["time_ms"]
+
+
+SWITCHES_WHEN_TIMED = HEADER + '''
+class ModelNew(nn.Module):
+    """Right for the first calls (verification makes about a dozen), zeros once timing has begun."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= 30:
+            return kernel_softmax(x)
+        return torch.zeros_like(x)
+'''
+
+
+@pytest.mark.slow
+def test_a_kernel_that_computes_something_else_while_timed_is_rejected(tmp_path):
+    ctx, problem = _context(tmp_path, "reject")
+    entries = []
+    for name, src in (("honest", HONEST), ("switches", SWITCHES_WHEN_TIMED)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(src)
+        entries.append({"id": name, "path": str(path)})
+    verified = {"honest": {"correct": True}, "switches": {"correct": True}}
+    results = benchmark_candidates(ctx, problem, 1, entries, verified, 120)["results"]
+    assert results["honest"]["timed"] is True, results["honest"]
+    assert results["switches"]["timed"] is False
+    assert results["switches"]["reason"].startswith(
+        "outputs of timed calls differ from the reference (output: max error above tolerance")
+
+
+def test_short_kernels_get_enough_timed_calls_for_the_minimum_timed_work():
+    from kernelcraft.harness.timing import MAX_ITERS, timed_iterations
+
+    assert timed_iterations(20, 100.0, 1.0) == 100  # 100 calls of 1 ms
+    assert timed_iterations(20, 100.0, 10.0) == 20  # never fewer than asked for
+    assert timed_iterations(20, 100.0, 0.001) == MAX_ITERS  # capped
+    assert timed_iterations(20, 0.0, 0.001) == 20  # switched off
+
+
+def test_the_compute_floor_is_named_when_it_is_the_binding_one():
+    result = _result(0.1, 0.12, 0.5) | {"floor_kind": "compute"}
+    record = judge_timing(result)
+    assert record["reason"] == ("impossible time: 0.1 ms is below the speed-of-light floor of 0.5 ms "
+                                "(FLOPs / measured matmul peak)")
+
+
+def test_the_reference_flops_are_counted_for_matmul_and_zero_for_elementwise():
+    import torch
+
+    from kernelcraft.harness.tasks import _count_flops
+
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    assert _count_flops(lambda x, y: x @ y, [a, b]) == 2 * 64 * 32 * 16
+    assert _count_flops(lambda x: torch.relu(x), [a]) == 0

@@ -102,3 +102,49 @@ def test_a_candidate_cannot_write_files_past_the_size_cap(tmp_path):
     assert not out.ok
     assert out.reason == "OSError: [Errno 27] File too large"
     assert (tmp_path / "big.bin").stat().st_size <= 2**20
+
+
+def test_a_candidate_over_the_host_memory_limit_is_stopped_with_that_reason(tmp_path):
+    w = Worker(work_dir=tmp_path / "work", max_rss_bytes=2 * 2**30)
+    try:
+        body = "import time\nblob = b'x' * (4 * 2**30)\ntime.sleep(60)"
+        out = w.call("build", {"candidate": _candidate(tmp_path, body)}, timeout=60)
+        again = w.call("build", {"candidate": _candidate(tmp_path, "", name="ok.py")}, timeout=60)
+    finally:
+        w.close()
+    assert not out.ok
+    assert out.reason.startswith("exceeded the host memory limit: ")
+    assert out.reason.endswith("GiB resident, limit 2.0 GiB")
+    assert out.wall_s < 30
+    assert again.ok  # the worker goes on with the next candidate
+
+
+def test_a_gated_task_waits_for_its_gate_and_its_timeout_counts_from_the_opening(tmp_path):
+    import threading
+    import time
+
+    from kernelcraft.harness.worker import Gate
+
+    ref = tmp_path / "relu_ref.py"
+    ref.write_text("import torch\nimport torch.nn as nn\nclass Model(nn.Module):\n    def forward(self, x):\n"
+                   "        return torch.relu(x)\ndef get_inputs():\n    return [torch.randn(8, 8)]\n"
+                   "def get_init_inputs():\n    return []\n")
+    cand = tmp_path / "cand.py"
+    cand.write_text("import torch\nimport torch.nn as nn\nclass ModelNew(nn.Module):\n    def forward(self, x):\n"
+                    "        return x.clamp_min(0)\n")
+    gate = Gate(tmp_path / "gate")
+    opener = threading.Timer(3.0, gate.event.set)
+    w = Worker(work_dir=tmp_path / "work")
+    try:
+        opener.start()
+        t0 = time.perf_counter()
+        out = w.call("time", {"problem": str(ref), "size": "full", "candidate": str(cand), "device": "cpu",
+                              "weight_seed": 0, "seed": 1, "warmup": 1, "iters": 3, "gate": str(gate.path)},
+                     timeout=2.5, gate=gate)
+        waited = time.perf_counter() - t0
+    finally:
+        opener.cancel()
+        w.close()
+    assert out.ok, out.reason  # 3 s at the gate do not count against a 2.5 s timeout
+    assert waited >= 3.0
+    assert out.result["phases"]["gate_wait_s"] >= 1.0  # the rest of the 3 s went to starting the worker

@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
     config.update({"run": "e2e", "rounds": 2, "ideas_per_round": 2, "implementations_per_idea": 2, "top_k": 2,
                    "backend": "cpu"})
     config["problems"].update({"builtin": PROBLEMS, "size": "small"})
-    config["benchmark"].update({"iters": 5, "warmup": 1})
+    config["benchmark"].update({"iters": 5, "warmup": 1, "min_time_ms": 5})
     config["verify"]["trials"] = 2
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent))

@@ -3,11 +3,13 @@ baseline stage (the reference eager and under torch.compile)."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernelcraft.context import RunContext
 from kernelcraft.harness.timing import hidden_work
-from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.worker import Gate, Worker
 from kernelcraft.progress import report
 
 
@@ -15,26 +17,135 @@ def _bench_seed(ctx: RunContext, round_: int) -> int:
     return ctx.seed * 1_000_003 + 7 * round_ + 1
 
 
+class TimedOutputsCheck:
+    """Compares what a candidate returned from its timed calls with the reference's outputs on the same inputs
+    (re-created here from their seeds), in this trusted process: a kernel that is correct while verified but
+    computes something else (or nothing) while timed is rejected."""
+
+    def __init__(self, ctx: RunContext, problem: str) -> None:
+        self.ctx = ctx
+        self.problem = problem
+        self._model = None
+
+    def reasons(self, timed_outputs: list[dict]) -> list[str]:
+        import torch
+
+        from kernelcraft.harness.compare import compare_trial
+        from kernelcraft.harness.tasks import flatten_outputs
+
+        ctx = self.ctx
+        prob = ctx.load_problem(self.problem)
+        if self._model is None:
+            self._model = prob.make_reference(ctx.seed, ctx.device)
+        tol = ctx.config["tolerance"]
+        reasons: list[str] = []
+        for got in timed_outputs:
+            inputs = prob.make_inputs(got["seed"], ctx.device)
+            with torch.no_grad():
+                refs = flatten_outputs(self._model(*inputs))
+            verdict = compare_trial(got["outputs"], got["meta"], refs, [], [], torch.device(ctx.device).type,
+                                    float(tol["atol"]), float(tol["rtol"]))
+            del inputs, refs
+            for r in verdict.reasons:
+                line = f"outputs of timed calls differ from the reference ({r})"
+                if line not in reasons:
+                    reasons.append(line)
+        if not timed_outputs:
+            reasons.append("no outputs of timed calls were handed over")
+        return reasons
+
+
+def _shared_timing(result: dict, check: TimedOutputsCheck) -> dict:
+    """Judge a timing child's result while it still holds its exported outputs (CUDA IPC)."""
+    import torch
+
+    from kernelcraft.harness.transfer import import_cuda
+
+    mapped = [t | {"outputs": [import_cuda(d) for d in t["outputs"]]} for t in result.get("timed_outputs", [])]
+    try:
+        reasons = check.reasons(mapped)
+        torch.cuda.synchronize()
+    finally:
+        del mapped
+        torch.cuda.ipc_collect()
+    return {"timing": result, "reasons": reasons}
+
+
+def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: dict, timeout: float,
+              check: TimedOutputsCheck, gate: Gate | None) -> dict:
+    bcfg = ctx.config["benchmark"]
+    share = ctx.device == "cuda"
+    out_file = ctx.root / "tmp" / f"{problem}-r{round_}-{cand['id']}.timed.pt"
+    log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.benchmark.log")
+    kwargs = {
+        "problem": ctx.problem_path(problem), "size": ctx.size,
+        "candidate": str(Path(ctx.root) / cand["path"]), "device": ctx.device,
+        "weight_seed": ctx.seed, "seed": _bench_seed(ctx, round_),
+        "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]), "min_time_ms": float(bcfg["min_time_ms"]),
+        "gate": str(gate.path) if gate else None, "share": share, "out": None if share else str(out_file),
+    }
+    try:
+        if share:
+            outcome = worker.call("time", kwargs, timeout, log=log, gate=gate,
+                                  on_result=lambda result: _shared_timing(result, check))
+            if not outcome.ok:
+                return {"timed": False, "reason": outcome.reason}
+            handled = outcome.result["handled"]
+            result, reasons = handled["timing"], handled["reasons"]
+        else:
+            outcome = worker.call("time", kwargs, timeout, log=log, gate=gate)
+            if not outcome.ok:
+                return {"timed": False, "reason": outcome.reason}
+            import torch
+
+            result = outcome.result
+            try:
+                saved = torch.load(out_file, weights_only=True, map_location="cpu")
+                reasons = check.reasons(saved)
+            except Exception as exc:  # a malformed result file is the candidate's failure
+                reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
+    finally:
+        out_file.unlink(missing_ok=True)
+    record = judge_timing(result) | {"wall_s": round(outcome.wall_s, 3)}
+    if reasons and record["timed"]:
+        record.update(timed=False, reason="; ".join(reasons))
+    return record
+
+
 def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
                          verified: dict[str, dict], timeout: float, threads: int = 1) -> dict:
-    bcfg = ctx.config["benchmark"]
+    """Time every verified candidate. On the GPU two workers take turns: while one candidate is timed, the next
+    one's process is forked and creates its CUDA context (a third of a candidate's wall time, measured), and
+    waits at a gate; timed work itself never overlaps."""
     todo = [c for c in candidates if verified.get(c["id"], {}).get("correct")]
     results: dict[str, dict] = {}
     if todo:
         tmp = ctx.root / "tmp"
-        with Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=tmp) as worker:
-            for cand in todo:
-                log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.benchmark.log")
-                outcome = worker.call("time", {
-                    "problem": ctx.problem_path(problem), "size": ctx.size,
-                    "candidate": str(Path(ctx.root) / cand["path"]), "device": ctx.device,
-                    "weight_seed": ctx.seed, "seed": _bench_seed(ctx, round_),
-                    "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]),
-                }, timeout, log=log)
-                if not outcome.ok:
-                    results[cand["id"]] = {"timed": False, "reason": outcome.reason}
-                    continue
-                results[cand["id"]] = judge_timing(outcome.result) | {"wall_s": round(outcome.wall_s, 3)}
+        tmp.mkdir(parents=True, exist_ok=True)
+        lanes = 2 if ctx.device == "cuda" and len(todo) > 1 else 1
+        gates = [Gate(tmp / f"gate-{os.getpid()}-{problem}-r{round_}-{k}") for k in range(len(todo))]
+        gates[0].event.set()
+        check = TimedOutputsCheck(ctx, problem)
+        workers = [Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=tmp) for _ in range(lanes)]
+
+        def lane(j: int) -> None:
+            for k in range(j, len(todo), lanes):
+                try:
+                    results[todo[k]["id"]] = _time_one(ctx, workers[j], problem, round_, todo[k], timeout, check,
+                                                       gates[k] if lanes > 1 else None)
+                finally:
+                    if k + 1 < len(todo):
+                        gates[k + 1].event.set()
+
+        try:
+            with ThreadPoolExecutor(max_workers=lanes) as pool:
+                list(pool.map(lane, range(lanes)))
+        finally:
+            for w in workers:
+                w.close()
+            for g in gates:
+                g.path.unlink(missing_ok=True)
+    results = {c["id"]: results[c["id"]] for c in todo if c["id"] in results}
     timed = [r for r in results.values() if r.get("timed")]
     best = max((r["speedup_eager"] or 0 for r in timed), default=None)
     msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
@@ -58,17 +169,20 @@ def judge_timing(result: dict) -> dict:
         "speedup_eager": e["median_ms"] / c["median_ms"] if c["median_ms"] > 0 else None,
         "wall_ms": wall["median_ms"], "floor_ms": floor,
         "pct_of_floor": (100.0 * floor / c["median_ms"]) if (floor and c["median_ms"] > 0) else None,
-        "bandwidth_gbs": result.get("bandwidth_gbs"),
-        "samples": c["n"], "input_sets": result.get("input_sets"),
+        "bandwidth_gbs": result.get("bandwidth_gbs"), "floor_kind": result.get("floor_kind"),
+        "flops": result.get("flops"), "peak_tflops": result.get("peak_tflops"),
+        "samples": c["n"], "input_sets": result.get("input_sets"), "phases": result.get("phases"),
     }
     if hidden_work(c["median_ms"], wall["median_ms"]):
         record.update(timed=False, reason=(
             f"work outside the timed stream: {wall['median_ms']:.4g} ms on the wall clock, "
             f"{c['median_ms']:.4g} ms between the stream's events"))
     elif floor and result.get("enforce_floor") and c["median_ms"] < FLOOR_SLACK * floor:
+        basis = ("FLOPs / measured matmul peak" if result.get("floor_kind") == "compute"
+                 else "bytes moved / measured copy bandwidth")
         record.update(timed=False, reason=(
             f"impossible time: {c['median_ms']:.4g} ms is below the speed-of-light floor of {floor:.4g} ms "
-            f"(bytes moved / measured copy bandwidth)"))
+            f"({basis})"))
     return record
 
 
@@ -81,7 +195,7 @@ def baseline(ctx: RunContext, problem: str, timeout: float, threads: int = 1) ->
             "problem": ctx.problem_path(problem), "size": ctx.size, "device": ctx.device,
             "weight_seed": ctx.seed, "seed": _bench_seed(ctx, 0),
             "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]),
-            "torch_compile": bool(bcfg["torch_compile"]),
+            "torch_compile": bool(bcfg["torch_compile"]), "min_time_ms": float(bcfg["min_time_ms"]),
         }, timeout, log=ctx.log_path("baseline", f"{problem}.log"))
     out = {"problem": problem, "op": prob.op, "size": ctx.size, "device": ctx.device,
            "eager_ms": None, "eager_iqr_ms": None, "compile_ms": None, "compile_iqr_ms": None,

@@ -4,6 +4,8 @@ with ``weights_only=True``)."""
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import torch as _torch
@@ -76,6 +78,19 @@ def task_build(candidate: str) -> dict:
     return {"kernels": build_stats()}
 
 
+def _init_device(device: str) -> float:
+    """Create this child's CUDA context up front (seconds taken): a phase of its own in the timings, rather than
+    hidden inside whichever call touches the GPU first."""
+    import torch
+
+    t = timing._perf_counter()
+    if str(device).startswith("cuda"):
+        torch.cuda.init()
+        torch.empty(1, device=device)
+        torch.cuda.synchronize()
+    return timing._perf_counter() - t
+
+
 def _poison(device: str, nbytes: int) -> None:
     """Fill a block as large as the expected outputs with NaN and free it: the caching allocator hands that block
     to the candidate's next allocation, so any output element the candidate does not write reads as NaN."""
@@ -102,11 +117,12 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
     from kernelcraft.problems import load_problem
 
     t_start = timing._perf_counter()
+    phases = {"cuda_init_s": _init_device(device)}
     prob = load_problem(problem, size)
     module = load_candidate(candidate)
     model = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
     _sync(device)
-    phases = {"load_s": timing._perf_counter() - t_start}
+    phases["load_s"] = timing._perf_counter() - t_start - phases["cuda_init_s"]
     results = []
     inputs: list | None = None
     clock = timing._perf_counter
@@ -154,7 +170,8 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
         spent["keep_s"] += clock() - t
     phases.update(spent)
     _sync(device)
-    phases["trials_s"] = timing._perf_counter() - t_start - phases["load_s"]
+    t_trials = timing._perf_counter()
+    phases["trials_s"] = t_trials - t_start - phases["load_s"] - phases["cuda_init_s"]
     if share:
         from kernelcraft.harness.transfer import export_cuda
 
@@ -163,7 +180,7 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
         for r in results:
             r["outputs"] = [export_cuda(o) for o in r["outputs"]]
             r["inputs_after"] = [export_cuda(t) if t is not None else None for t in r["inputs_after"]]
-        phases["export_s"] = timing._perf_counter() - t_start - phases["load_s"] - phases["trials_s"]
+        phases["export_s"] = timing._perf_counter() - t_trials
         return {"trials": results, "phases": phases}
     _save(results, out)
     return {"trials": len(results), "phases": phases}
@@ -190,43 +207,135 @@ def _nbytes(tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
+def wait_for_gate(gate: str | None) -> float:
+    """Block until the parent opens ``gate`` (a file appears); seconds waited. Everything before this is
+    preparation that puts no work on the GPU, so it may overlap another candidate's timing."""
+    if not gate:
+        return 0.0
+    t = timing._perf_counter()
+    while not os.path.exists(gate):
+        time.sleep(0.0005)
+    return timing._perf_counter() - t
+
+
 def task_time(problem: str, size: str, candidate: str, device: str, weight_seed: int, seed: int, warmup: int,
-              iters: int) -> dict:
+              iters: int, min_time_ms: float = 0.0, gate: str | None = None, share: bool = False,
+              out: str | None = None) -> dict:
     """Time the candidate interleaved with the eager reference on the same rotating inputs, and measure the
-    speed-of-light floor for this footprint."""
+    speed-of-light floor for this footprint.
+
+    Before ``gate`` opens only the CUDA context and the problem's import happen. Candidate code (whose import or
+    constructor may legitimately autotune on the GPU) runs only after it, so it never overlaps another
+    candidate's timed work.
+
+    The candidate's outputs from its last timed call on each input set are handed to the parent (CUDA IPC when
+    ``share``, else saved to ``out``), which checks them against its own reference."""
     import torch
 
     from kernelcraft.harness.timing import copy_bandwidth, interleaved, summarize
     from kernelcraft.problems import load_problem
 
+    clock = timing._perf_counter
+    phases = {"cuda_init_s": _init_device(device)}
+    t = clock()
     prob = load_problem(problem, size)
+    phases["import_s"] = clock() - t
+    phases["gate_wait_s"] = wait_for_gate(gate)
+    t = clock()
     ref = prob.make_reference(weight_seed, device)
     sets = _input_sets(prob, seed, device)
     with torch.no_grad():
+        flops = _count_flops(ref, sets[0])
         out_bytes = _nbytes(flatten_outputs(ref(*sets[0])))
+    _sync(device)
+    phases["setup_s"] = clock() - t
     footprint = _nbytes(sets[0]) + out_bytes
     cuda = str(device).startswith("cuda")
     # Peak memory bandwidth from a copy far larger than any cache. On a GPU the L2 is flushed before every timed
     # call, so the floor holds at any size; a CPU footprint that fits in its caches can legitimately beat a
     # DRAM floor, so there the floor is measured and enforced only for footprints beyond any last-level cache.
     enforce = cuda or footprint > CPU_FLOOR_MIN_BYTES
+    t = clock()
     bandwidth = copy_bandwidth((512 if cuda else 128) * 2**20, device) if enforce else None
+    # The compute floor needs the device's peak: measured only where the problem does enough arithmetic for it
+    # to matter, and only on the GPU (a busy CPU would under-measure its peak and flag honest kernels).
+    peak = matmul_peak(device) if cuda and flops > 0 else None
+    phases["floor_s"] = clock() - t
+    t = clock()
     module = load_candidate(candidate)
     cand = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
+    _sync(device)
+    phases["load_s"] = clock() - t
+    t = clock()
+    kept: dict[str, dict[int, Any]] = {"candidate": {}}
     samples, walls = interleaved({"candidate": lambda xs: cand(*xs), "eager": lambda xs: ref(*xs)},
-                                 sets, device, warmup, iters)
-    out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
-    out["wall"] = {name: summarize(s) for name, s in walls.items()}
-    out["input_sets"] = len(sets)
-    out["footprint_bytes"] = footprint
-    out["bandwidth_gbs"] = bandwidth / 1e9 if bandwidth else None
-    out["floor_ms"] = footprint / bandwidth * 1e3 if bandwidth else None
-    out["enforce_floor"] = enforce
-    return out
+                                 sets, device, warmup, iters, min_time_ms, capture=kept)
+    phases["timing_s"] = clock() - t
+    n_sets = len(sets)
+    del sets
+    timed_outputs = []
+    for k, got in sorted(kept.pop("candidate").items()):
+        outs = flatten_outputs(got)
+        timed_outputs.append({"set": k, "seed": seed + k,
+                              "meta": [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type}
+                                       for o in outs], "outputs": outs})
+    if share:
+        from kernelcraft.harness.transfer import export_cuda
+
+        for t_out in timed_outputs:
+            if not all(o.is_cuda for o in t_out["outputs"]):
+                raise TypeError("forward returned a tensor that is not on the GPU")
+            _KEEP.extend(t_out["outputs"])
+            t_out["outputs"] = [export_cuda(o) for o in t_out["outputs"]]
+    else:
+        if out:
+            _save(timed_outputs, out)
+        timed_outputs = [{k: v for k, v in t_out.items() if k != "outputs"} for t_out in timed_outputs]
+    doc: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
+    memory_floor = footprint / bandwidth * 1e3 if bandwidth else None
+    compute_floor = flops / peak * 1e3 if peak else None
+    floors = [f for f in (memory_floor, compute_floor) if f]
+    doc.update({
+        "wall": {name: summarize(s) for name, s in walls.items()},
+        "timed_outputs": timed_outputs, "input_sets": n_sets, "footprint_bytes": footprint, "flops": flops,
+        "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None, "peak_tflops": peak / 1e12 if peak else None,
+        "floor_ms": max(floors) if floors else None,
+        "floor_kind": None if not floors else ("compute" if compute_floor == max(floors) else "memory"),
+        "enforce_floor": enforce, "phases": phases,
+    })
+    return doc
+
+
+def _count_flops(model: Any, inputs: list) -> int:
+    """Floating-point operations of one reference forward, as PyTorch's FLOP counter sees them (matmuls,
+    convolutions, attention; elementwise work counts as zero, so memory is those problems' floor)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(device: str, n: int = 8192) -> float:
+    """FLOP/s of a large half-precision matmul (the fastest dense arithmetic a kernel could use within a loose
+    tolerance), best of a few calls: what the device's arithmetic delivers, for the compute floor."""
+    import torch
+
+    a = torch.randn(n, n, device=device, dtype=torch.float16)
+    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    best = float("inf")
+    for _ in range(5):
+        start_ev, end_ev = timing._Event(enable_timing=True), timing._Event(enable_timing=True)
+        timing._record(start_ev)
+        torch.mm(a, b)
+        timing._record(end_ev)
+        timing._synchronize()
+        best = min(best, timing._elapsed(start_ev, end_ev))
+    return 2 * n**3 / (best / 1e3)
 
 
 def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: int, warmup: int, iters: int,
-                  torch_compile: bool) -> dict:
+                  torch_compile: bool, min_time_ms: float = 0.0) -> dict:
     """Time the reference eager and under torch.compile, interleaved; a compile failure is recorded, not fatal."""
     import torch
 
@@ -247,7 +356,7 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
             contenders["compile"] = lambda xs: compiled(*xs)
         except Exception as exc:  # inductor needs a compiler toolchain; record why it is missing
             compile_error = describe_error(exc)
-    samples, _ = interleaved(contenders, sets, device, warmup, iters)
+    samples, _ = interleaved(contenders, sets, device, warmup, iters, min_time_ms)
     out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
     out["compile_error"] = compile_error
     out["input_sets"] = len(sets)

@@ -14,6 +14,7 @@ Defences, since the timed candidate shares this process:
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,11 @@ _synchronize = torch.cuda.synchronize
 _Event = torch.cuda.Event
 _record = torch.cuda.Event.record
 _elapsed = torch.cuda.Event.elapsed_time
+_clone = torch.Tensor.clone
+_detach = torch.Tensor.detach
 
+# Upper bound on timed calls per contender however short the kernel (do_bench-like minimum work otherwise).
+MAX_ITERS = 2000
 # Wall time may exceed event time by launch and synchronisation latency; more than this is hidden work.
 HIDDEN_WORK_MIN_MS = 0.1
 HIDDEN_WORK_FRACTION = 0.5
@@ -54,22 +59,59 @@ class _L2Flusher:
         self._buf.zero_()
 
 
+def timed_iterations(iters: int, min_time_ms: float, per_call_ms: float) -> int:
+    """At least ``iters`` timed calls, and enough that the fastest contender accumulates ``min_time_ms`` of timed
+    work (as triton's do_bench does with its ``rep``): a 20 us kernel timed 20 times is 0.4 ms of signal, at the
+    mercy of clock ramps and one-off stalls; capped at MAX_ITERS."""
+    if min_time_ms <= 0 or per_call_ms <= 0:
+        return iters
+    return int(min(max(iters, math.ceil(min_time_ms / per_call_ms)), max(iters, MAX_ITERS)))
+
+
+def _snapshot(out: Any) -> Any:
+    """A private copy of a call's outputs, so a kernel that later overwrites a returned buffer is caught."""
+    if isinstance(out, torch.Tensor):
+        return _clone(_detach(out))
+    if isinstance(out, list | tuple):
+        return [_snapshot(o) for o in out]
+    return out
+
+
 def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequence[Any], device: str,
-                warmup: int, iters: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Time each contender ``iters`` times, round-robin, rotating through ``input_sets``.
+                warmup: int, iters: int, min_time_ms: float = 0.0,
+                capture: dict[str, dict[int, Any]] | None = None) -> tuple[dict[str, list[float]],
+                                                                         dict[str, list[float]]]:
+    """Time each contender round-robin (``iters`` times, or more: see :func:`timed_iterations`), rotating
+    through ``input_sets``. Warm-up is ``warmup`` rounds and, when ``min_time_ms`` is set, at least a quarter
+    of it in work, so clocks have ramped up before the first timed call.
 
     Returns (device-time samples, wall-time samples) in ms per contender; on the CPU both are the wall clock.
     Every contender sees the same input set in the same iteration, and the order of contenders alternates
     between iterations so none always runs first.
+
+    ``capture[name]`` (for the names it holds) is filled with a copy of that contender's outputs from its last
+    timed call on each input set, taken after the call's time is recorded: the parent checks them, so a kernel
+    cannot behave one way while verified and another while timed.
     """
     names = list(contenders)
     samples: dict[str, list[float]] = {n: [] for n in names}
     walls: dict[str, list[float]] = {n: [] for n in names}
     cuda = str(device).startswith("cuda")
     with torch.no_grad():
-        for i in range(warmup):
+        per_call = dict.fromkeys(names, math.inf)
+        warm_ms = 0.0
+        i = 0
+        while i < warmup or (min_time_ms > 0 and warm_ms < min_time_ms / 4 and i < MAX_ITERS):
             for name in names:
+                t0 = _perf_counter()
                 contenders[name](input_sets[i % len(input_sets)])
+                if cuda:
+                    _synchronize()
+                ms = (_perf_counter() - t0) * 1e3
+                per_call[name] = min(per_call[name], ms)
+                warm_ms += ms
+            i += 1
+        iters = timed_iterations(iters, min_time_ms, min(per_call.values()) if i else 0.0)
         if cuda:
             _synchronize()
             flush = _L2Flusher(device)
@@ -87,7 +129,7 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
                     t0 = _perf_counter()
                     flush()
                     _record(start_ev)
-                    fn(inputs)
+                    out = fn(inputs)
                     _record(end_ev)
                     # The whole device, not just the stream: work left on other streams is waited for here.
                     _synchronize()
@@ -95,10 +137,13 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
                     samples[name].append(_elapsed(start_ev, end_ev))
                 else:
                     t0 = _perf_counter()
-                    fn(inputs)
+                    out = fn(inputs)
                     ms = (_perf_counter() - t0) * 1e3
                     samples[name].append(ms)
                     walls[name].append(ms)
+                if capture is not None and name in capture and i >= iters - len(input_sets):
+                    capture[name][i % len(input_sets)] = _snapshot(out)
+                del out
     return samples, walls
 
 

@@ -7,7 +7,10 @@ candidate cannot learn the inputs it will be judged on.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernelcraft.context import RunContext
@@ -39,6 +42,11 @@ class Reference:
                 outs = [o.detach().clone() for o in flatten_outputs(model(*inputs))]
             self.trials.append((inputs, outs))
         self.output_bytes = sum(o.numel() * o.element_size() for o in self.trials[0][1]) if self.trials else 0
+        input_bytes = sum(t.numel() * t.element_size() for t in self.trials[0][0]
+                          if isinstance(t, torch.Tensor)) if self.trials else 0
+        # A child keeps clones of every trial's inputs and outputs, plus working copies of two input sets (a
+        # refill keeps the old buffers), one output and the poison block.
+        self.per_candidate_bytes = (len(self.trials) + 2) * (input_bytes + self.output_bytes) + self.output_bytes
 
 
 def _audit_reasons(results: list[dict], policy: str) -> list[str]:
@@ -82,8 +90,30 @@ def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -
     return verdict
 
 
+# Verification children running at once on one GPU (correctness does not need the GPU to itself; timing does).
+MAX_VERIFY_LANES = 4
+
+
+def verify_lanes(device: str, per_candidate_bytes: int) -> int:
+    """How many candidates to verify at once: several on a GPU, as many as three quarters of free memory holds
+    (each child holds every trial's inputs and outputs as handed-over clones, plus working copies)."""
+    if device != "cuda":
+        return 1
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    return max(1, min(MAX_VERIFY_LANES, free * 3 // 4 // max(per_candidate_bytes, 1)))
+
+
+def _out_of_memory(reasons: list[str]) -> bool:
+    return any("OutOfMemoryError" in r or "out of memory" in r for r in reasons)
+
+
 def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
                       compiled: dict[str, dict], timeout: float, threads: int = 1) -> dict:
+    """Verify every compiled candidate. On a GPU several children run at once (their start-up, a CUDA context
+    each, would otherwise leave the GPU idle most of the time); a candidate that ran out of memory while
+    sharing the GPU is verified again alone, so concurrency never costs an honest kernel its verdict."""
     import torch
 
     tol = ctx.config["tolerance"]
@@ -94,60 +124,87 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     share = ctx.device == "cuda"
     todo = [c for c in candidates if compiled.get(c["id"], {}).get("compiled")]
     results: dict[str, dict] = {}
-    ref: Reference | None = None
     tmp = ctx.root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    worker = Worker(env=ctx.worker_env(gpu=True, threads=threads) | {WARM_AUDIT_ENV: "1"}, work_dir=tmp)
-    try:
-        for cand in todo:
-            path = Path(ctx.root) / cand["path"]
-            static = check_source(path.read_text(errors="replace"))
-            if static:
-                results[cand["id"]] = Verdict(False, static).as_dict() | {"wall_s": 0.0}
-                continue
-            if ref is None:
-                ref = Reference(ctx, problem, plan)
-            out_file = tmp / f"{problem}-r{round_}-{cand['id']}.outputs.pt"
-            log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
-            kwargs = {
-                "problem": ctx.problem_path(problem), "size": ctx.size, "candidate": str(path),
-                "device": ctx.device, "weight_seed": ctx.seed, "plan": plan, "out": str(out_file),
-                "poison_bytes": ref.output_bytes, "share": share,
-            }
+    env = ctx.worker_env(gpu=True, threads=threads) | {WARM_AUDIT_ENV: "1"}
+    runnable = []
+    for cand in todo:
+        static = check_source((Path(ctx.root) / cand["path"]).read_text(errors="replace"))
+        if static:
+            results[cand["id"]] = Verdict(False, static).as_dict() | {"wall_s": 0.0}
+        else:
+            runnable.append(cand)
+    ref = Reference(ctx, problem, plan) if runnable else None
 
-            def judge_trials(got: list[dict], ref: Reference = ref) -> Verdict:
-                verdict = merge_verdicts([
-                    compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
-                                  torch.device(ctx.device).type, atol, rtol)
-                    for t, (inputs, outs) in zip(got, ref.trials, strict=True)
-                ])
-                extra = _audit_reasons(got, policy)
-                if extra:
-                    verdict.reasons = extra + verdict.reasons
-                    verdict.correct = False
-                    verdict.passes_strict = False
-                return verdict
+    def judge_trials(got: list[dict]) -> Verdict:
+        assert ref is not None
+        verdict = merge_verdicts([
+            compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
+                          torch.device(ctx.device).type, atol, rtol)
+            for t, (inputs, outs) in zip(got, ref.trials, strict=True)
+        ])
+        extra = _audit_reasons(got, policy)
+        if extra:
+            verdict.reasons = extra + verdict.reasons
+            verdict.correct = False
+            verdict.passes_strict = False
+        return verdict
 
-            if share:
-                outcome = worker.call("outputs", kwargs, timeout, log=log,
-                                      on_result=lambda result: _judge_shared(result, judge_trials))
-                if outcome.ok:
-                    verdict = outcome.result.get("handled") or Verdict(False, ["no outputs were handed over"])
-                else:
-                    verdict = Verdict(False, [outcome.reason or "failed"])
+    def verify_one(worker: Worker, cand: dict) -> dict:
+        assert ref is not None
+        path = Path(ctx.root) / cand["path"]
+        out_file = tmp / f"{problem}-r{round_}-{cand['id']}-{os.getpid()}.outputs.pt"
+        log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
+        kwargs = {
+            "problem": ctx.problem_path(problem), "size": ctx.size, "candidate": str(path),
+            "device": ctx.device, "weight_seed": ctx.seed, "plan": plan, "out": str(out_file),
+            "poison_bytes": ref.output_bytes, "share": share,
+        }
+        if share:
+            outcome = worker.call("outputs", kwargs, timeout, log=log,
+                                  on_result=lambda result: _judge_shared(result, judge_trials))
+            if outcome.ok:
+                verdict = outcome.result.get("handled") or Verdict(False, ["no outputs were handed over"])
             else:
-                outcome = worker.call("outputs", kwargs, timeout, log=log)
-                if not outcome.ok:
-                    verdict = Verdict(False, [outcome.reason or "failed"])
-                else:
-                    try:
-                        verdict = judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
-                    except Exception as exc:  # a malformed result file is the candidate's failure
-                        verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
-            out_file.unlink(missing_ok=True)
-            results[cand["id"]] = verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3)}
-    finally:
-        worker.close()
+                verdict = Verdict(False, [outcome.reason or "failed"])
+        else:
+            outcome = worker.call("outputs", kwargs, timeout, log=log)
+            if not outcome.ok:
+                verdict = Verdict(False, [outcome.reason or "failed"])
+            else:
+                try:
+                    verdict = judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
+                except Exception as exc:  # a malformed result file is the candidate's failure
+                    verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
+        out_file.unlink(missing_ok=True)
+        return verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3)}
+
+    def run_lanes(cands: list[dict], lanes: int) -> None:
+        queue = list(reversed(cands))
+        lock = threading.Lock()
+
+        def lane() -> None:
+            with Worker(env=env, work_dir=tmp) as worker:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        cand = queue.pop()
+                    results[cand["id"]] = verify_one(worker, cand)
+
+        with ThreadPoolExecutor(max_workers=lanes) as pool:
+            for f in [pool.submit(lane) for _ in range(lanes)]:
+                f.result()
+
+    if runnable:
+        assert ref is not None
+        lanes = min(len(runnable), verify_lanes(ctx.device, ref.per_candidate_bytes))
+        run_lanes(runnable, lanes)
+        if lanes > 1:
+            again = [c for c in runnable if _out_of_memory(results[c["id"]]["reasons"])]
+            if again:
+                run_lanes(again, 1)
+    results = {c["id"]: results[c["id"]] for c in todo}
     ok = sum(r["correct"] for r in results.values())
     report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")
     return {"tolerance": {"atol": atol, "rtol": rtol}, "pytorch_compute": policy, "trials": plan,

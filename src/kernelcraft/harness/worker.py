@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from kernelcraft.harness.env import scrubbed_env
+
+MAX_RSS_ENV = "KERNELCRAFT_MAX_RSS_BYTES"
 
 
 @dataclass
@@ -51,13 +54,42 @@ def _log_tail(path: Path, lines: int = 6) -> str:
     return " | ".join(text[-lines:])
 
 
+def _resident_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def default_max_rss() -> int:
+    """Half the machine's memory, unless KERNELCRAFT_MAX_RSS_BYTES says otherwise: a candidate that allocates
+    without bound is stopped with a reason before the kernel's OOM killer picks a victim (maybe the parent)."""
+    override = os.environ.get(MAX_RSS_ENV)
+    if override:
+        return int(override)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+@dataclass
+class Gate:
+    """Lets a child prepare (fork, CUDA context, candidate load) while another candidate is being timed, and
+    start its measured part only when opened: the GPU does not sit idle during start-up, and no two candidates'
+    timed work overlaps. The task waits for ``path``; the worker creates it once ``event`` is set."""
+
+    path: Path
+    event: threading.Event = field(default_factory=threading.Event)
+
+
 class Worker:
     """One zygote process. Not thread-safe: give each thread its own Worker."""
 
     _counter = itertools.count()
 
     def __init__(self, env: dict[str, str] | None = None, work_dir: str | Path | None = None,
-                 start_timeout: float = 120.0) -> None:
+                 start_timeout: float = 120.0, max_rss_bytes: int | None = None) -> None:
+        self._max_rss = default_max_rss() if max_rss_bytes is None else max_rss_bytes
         self._env = scrubbed_env(extra=env or {})
         # The package must be importable in the zygote even when it is not installed (PYTHONPATH=src use).
         src = str(Path(__file__).resolve().parents[2])
@@ -116,12 +148,16 @@ class Worker:
 
     # -- tasks ---------------------------------------------------------------------------------------------
     def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None,
-             on_result: Callable[[dict], Any] | None = None) -> Outcome:
+             on_result: Callable[[dict], Any] | None = None, gate: Gate | None = None) -> Outcome:
         """Run ``task`` in a fresh child; never raises for anything the candidate does.
 
         With ``on_result``, the child stays alive after writing its result until ``on_result(result)`` has
         returned (it holds memory the parent reads through CUDA IPC); what ``on_result`` returns is put in the
         outcome's ``result["handled"]``, and an exception it raises becomes the outcome's reason.
+
+        With ``gate``, the child may prepare while the gate is closed (the task waits on ``gate.path``); the
+        timeout counts from the gate's opening, so waiting for another candidate's timing is not held against
+        this one.
         """
         if self._proc is None or self._proc.poll() is not None:
             self._start()
@@ -147,18 +183,24 @@ class Worker:
             self.close()
             return Outcome(False, reason="worker died before the task started", log=str(log_path))
         pid = started["pid"]
-        if on_result is None:
-            done = self._read(timeout)
-        else:
-            done = self._wait_sharing(timeout, start, result_path, release_path, on_result, handled)
+        try:
+            done = self._wait(pid, timeout, start, result_path, release_path, on_result, handled, gate)
+        finally:
+            release_path.unlink(missing_ok=True)
         timed_out = done is None
-        if timed_out:
+        if timed_out or handled.get("rss"):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            done = self._read(30.0)
+            done = self._read(30.0)  # the zygote reports the killed child's end
         wall = time.perf_counter() - start
+        if handled.get("rss"):
+            if done is None or done.get("eof"):
+                self.close()
+            result_path.unlink(missing_ok=True)
+            return Outcome(False, reason=(f"exceeded the host memory limit: {handled['rss'] / 2**30:.1f} GiB resident, "
+                                          f"limit {self._max_rss / 2**30:.1f} GiB"), wall_s=wall, log=str(log_path))
         if done is None or done.get("eof"):
             # The zygote itself is gone (killed by the candidate, or wedged): replace it next call, and take the
             # orphaned candidate down with it.
@@ -196,28 +238,42 @@ class Worker:
             result = {"handled": handled.get("value")}
         return Outcome(True, result=result, wall_s=wall, log=str(log_path))
 
-    def _wait_sharing(self, timeout: float, start: float, result_path: Path, release_path: Path,
-                      on_result: Callable[[dict], Any], handled: dict) -> dict | None:
-        """Wait for the child to end, handing its result to ``on_result`` (and releasing it) once written."""
-        try:
-            while True:
-                left = timeout - (time.perf_counter() - start)
-                if left <= 0:
-                    return None
-                msg = self._read(min(left, 0.002))
-                if msg is not None:
-                    return msg
-                if not handled and result_path.exists():
+    def _wait(self, pid: int, timeout: float, start: float, result_path: Path, release_path: Path,
+              on_result: Callable[[dict], Any] | None, handled: dict, gate: Gate | None) -> dict | None:
+        """Wait for the child to end (its message), or None at the timeout. On the way: open the gate when told
+        to, hand a shared result to ``on_result`` (then release the child), and stop a child whose resident
+        memory passes the limit (``handled["rss"]``)."""
+        deadline = None if gate is not None else start + timeout
+        poll = 0.002 if (on_result is not None or gate is not None) else 0.05
+        next_rss = 0.0
+        while True:
+            now = time.perf_counter()
+            if deadline is None and gate is not None and gate.event.is_set():
+                gate.path.touch()
+                deadline = now + timeout
+            if deadline is not None and now >= deadline:
+                return None
+            wait = poll if deadline is None else min(poll, deadline - now)
+            if on_result is not None and not handled and result_path.exists():
+                wait = 0.0
+            msg = self._read(wait)
+            if msg is not None:
+                return msg
+            if self._max_rss and now >= next_rss:
+                next_rss = now + 0.05
+                rss = _resident_bytes(pid)
+                if rss > self._max_rss:
+                    handled["rss"] = rss
+                    return {"over_memory": True}
+            if on_result is not None and not handled and result_path.exists():
+                try:
+                    payload = json.loads(result_path.read_text())
+                except (OSError, ValueError):
+                    continue  # written by rename, so this is rare: read again
+                handled["seen"] = True
+                if payload.get("ok"):
                     try:
-                        payload = json.loads(result_path.read_text())
-                    except (OSError, ValueError):
-                        continue  # written by rename, so this is rare: read again
-                    handled["seen"] = True
-                    if payload.get("ok"):
-                        try:
-                            handled["value"] = on_result(payload.get("result") or {})
-                        except Exception as exc:  # the child's data could not be used: its failure
-                            handled["error"] = f"unusable shared outputs: {type(exc).__name__}: {exc}"[:300]
-                    release_path.touch()
-        finally:
-            release_path.unlink(missing_ok=True)
+                        handled["value"] = on_result(payload.get("result") or {})
+                    except Exception as exc:  # the child's data could not be used: its failure
+                        handled["error"] = f"unusable shared outputs: {type(exc).__name__}: {exc}"[:300]
+                release_path.touch()

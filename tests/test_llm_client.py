@@ -338,11 +338,37 @@ def test_replay_answers_from_a_recorded_run_with_zero_calls_and_errors_on_a_miss
     client = make_client(fresh, replay=str(recorded))
     replayed = ask(client, server, "chat", "a")
     assert replayed.ok and replayed.cached and replayed.text == original.text and server.count == 1
-    assert transcript(fresh, replayed.key)["replayed_from"] == str(recorded)  # the new run is complete on its own
+    stored = transcript(fresh, replayed.key)  # the new run is complete on its own
+    assert stored["replayed_from"] == str(recorded) and stored["replay_match"] == "key"
 
-    miss = ask(client, server, "chat", "never asked")
+    miss = ask(client, server, "chat", "never asked", round=2)
     assert miss.text is None and server.count == 1
     assert miss.error == f"replay: no recorded answer for this request in {recorded}"
+
+
+def test_replay_matches_a_prompt_that_differs_only_in_measurements_by_its_labels(tmp_path, server):
+    """Later rounds quote measured times, which change from run to run: the call's place in the search (purpose,
+    problem, round, idea, sample) finds the recorded answer."""
+    server.responder = lambda req: "kernel for " + req.messages[-1]["content"]
+    recorded = tmp_path / "results" / "recorded"
+    recorder = make_client(recorded)
+    original = ask(recorder, server, "chat", "seed time 1.23 ms", round=2, idea="r2_i0")
+    ask(recorder, server, "chat", "other idea, seed time 1.23 ms", round=2, idea="r2_i1")
+    assert server.count == 2
+
+    client = make_client(tmp_path / "results" / "replayed", replay=str(recorded))
+    replayed = ask(client, server, "chat", "seed time 1.25 ms", round=2, idea="r2_i0")
+    assert replayed.ok and replayed.text == original.text == "kernel for seed time 1.23 ms" and server.count == 2
+    stored = transcript(tmp_path / "results" / "replayed", replayed.key)
+    assert stored["replay_match"] == "labels" and stored["recorded_key"] == original.key
+    assert stored["request"]["messages"][-1]["content"] == "seed time 1.25 ms"
+    assert ask(client, server, "chat", "seed time 1.26 ms", round=2, idea="r2_i9").error.startswith("replay: no")
+    assert server.count == 2
+
+    ask(recorder, server, "chat", "a third prompt", round=2, idea="r2_i1")  # now two recorded calls share labels
+    ambiguous = make_client(tmp_path / "results" / "again", replay=str(recorded))
+    assert ask(ambiguous, server, "chat", "seed time 1.27 ms", round=2, idea="r2_i1").error.startswith("replay: no")
+    assert server.count == 3
 
 
 def test_replay_of_a_folder_without_transcripts_is_a_one_line_error(tmp_path):

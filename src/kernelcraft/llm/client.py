@@ -3,8 +3,9 @@
 Order of business for each request (its key is the digest of everything that determines the answer):
 
 1. a transcript of this run holds the answer: return it (``cached``), no call;
-2. replay mode (``llm.replay``): answer only from the recorded run's transcripts (copied into this run, so the
-   new run is complete on its own); a miss is an error reply, never a live call;
+2. replay mode (``llm.replay``): answer only from the recorded run's transcripts, by key or by the call's labels
+   (:mod:`kernelcraft.llm.replay`), copied into this run so the new run is complete on its own; a miss is an
+   error reply, never a live call;
 3. ``llm.budget_usd`` reached (by any job of the run): error reply, no call;
 4. wait for one of ``llm.concurrency`` slots of the provider (shared by all processes of the run);
 5. call the provider, retrying 429/5xx/timeouts/connection errors with backoff and Retry-After;
@@ -29,8 +30,9 @@ from kernelcraft.llm import budget
 from kernelcraft.llm.cost import cost_usd
 from kernelcraft.llm.models import API_PROVIDERS, key_env_names, needs_key
 from kernelcraft.llm.providers import Provider, ProviderError, ProviderResult, make_provider
+from kernelcraft.llm.replay import ReplaySource
 from kernelcraft.llm.retry import Outcome, RetryPolicy, call_with_retries
-from kernelcraft.llm.settings import normalise, replay_transcripts
+from kernelcraft.llm.settings import normalise
 from kernelcraft.llm.slots import Slots
 from kernelcraft.llm.transcripts import TranscriptStore, now_iso, reply_from_record, request_record
 from kernelcraft.llm.types import Reply, Request
@@ -50,8 +52,7 @@ class LLMClient:
         self.rng = rng or random.Random()
         self.store = TranscriptStore.for_run(self.run_root)
         replay = self.settings["replay"]
-        self.replay_from = Path(replay) if replay else None
-        self.replay_store = TranscriptStore(replay_transcripts(replay)) if replay else None
+        self.replay = ReplaySource(replay) if replay else None
         self.policy = RetryPolicy(int(self.settings["max_retries"]), float(self.settings["backoff_s"]),
                                   float(self.settings["max_backoff_s"]))
         self.timeout_s = float(self.settings["timeout_s"])
@@ -93,12 +94,16 @@ class LLMClient:
         stored = self.store.load(key)
         if stored is not None:
             return self._cached(request, stored)
-        if self.replay_store is not None:
-            recorded = self.replay_store.load(key)
-            if recorded is None:
-                return self._refuse(request, key, f"replay: no recorded answer for this request in {self.replay_from}")
-            self.store.save(recorded | {"replayed_from": str(self.replay_from)})
-            return self._cached(request, recorded)
+        if self.replay is not None:
+            found = self.replay.find(request, key)
+            if found is None:
+                return self._refuse(request, key, f"replay: no recorded answer for this request in "
+                                                  f"{self.replay.run_root}")
+            recorded, how = found
+            copy = recorded | {"key": key, "request": request_record(request), "replayed_from":
+                               str(self.replay.run_root), "replay_match": how, "recorded_key": recorded["key"]}
+            self.store.save(copy)
+            return self._cached(request, copy)
         if request.provider not in API_PROVIDERS:
             return self._refuse(request, key, f"provider {request.provider!r} is not called over HTTP; "
                                               f"HTTP providers are {', '.join(API_PROVIDERS)}")

@@ -124,8 +124,8 @@ def test_the_compute_floor_is_named_when_it_is_the_binding_one():
 def test_the_reference_flops_are_counted_for_matmul_and_zero_for_elementwise():
     import torch
 
-    from kernelcraft.harness.tasks import _count_flops
+    from kernelcraft.harness.tasks import count_flops
 
     a, b = torch.randn(64, 32), torch.randn(32, 16)
-    assert _count_flops(lambda x, y: x @ y, [a, b]) == 2 * 64 * 32 * 16
-    assert _count_flops(lambda x: torch.relu(x), [a]) == 0
+    assert count_flops(lambda x, y: x @ y, [a, b]) == 2 * 64 * 32 * 16
+    assert count_flops(lambda x: torch.relu(x), [a]) == 0

@@ -119,32 +119,21 @@ def test_a_candidate_over_the_host_memory_limit_is_stopped_with_that_reason(tmp_
     assert again.ok  # the worker goes on with the next candidate
 
 
-def test_a_gated_task_waits_for_its_gate_and_its_timeout_counts_from_the_opening(tmp_path):
-    import threading
-    import time
+def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_path):
+    from kernelcraft.harness.zygote import SPARE_ENV
 
-    from kernelcraft.harness.worker import Gate
-
-    ref = tmp_path / "relu_ref.py"
-    ref.write_text("import torch\nimport torch.nn as nn\nclass Model(nn.Module):\n    def forward(self, x):\n"
-                   "        return torch.relu(x)\ndef get_inputs():\n    return [torch.randn(8, 8)]\n"
-                   "def get_init_inputs():\n    return []\n")
-    cand = tmp_path / "cand.py"
-    cand.write_text("import torch\nimport torch.nn as nn\nclass ModelNew(nn.Module):\n    def forward(self, x):\n"
-                    "        return x.clamp_min(0)\n")
-    gate = Gate(tmp_path / "gate")
-    opener = threading.Timer(3.0, gate.event.set)
-    w = Worker(work_dir=tmp_path / "work")
+    body = ("import os, builtins\nseen = getattr(builtins, 'kc_seen', None)\nbuiltins.kc_seen = os.getpid()\n"
+            "raise RuntimeError(f'pid={os.getpid()} seen={seen}')")
+    w = Worker(env={SPARE_ENV: "1"}, work_dir=tmp_path / "work")
     try:
-        opener.start()
-        t0 = time.perf_counter()
-        out = w.call("time", {"problem": str(ref), "size": "full", "candidate": str(cand), "device": "cpu",
-                              "weight_seed": 0, "seed": 1, "warmup": 1, "iters": 3, "gate": str(gate.path)},
-                     timeout=2.5, gate=gate)
-        waited = time.perf_counter() - t0
+        outs = [w.call("build", {"candidate": _candidate(tmp_path, body, name=f"c{k}.py")}, timeout=60)
+                for k in range(3)]
+        hung = w.call("build", {"candidate": _candidate(tmp_path, "import time\ntime.sleep(60)", "h.py")}, timeout=3)
+        after = w.call("build", {"candidate": _candidate(tmp_path, "", name="ok.py")}, timeout=60)
     finally:
-        opener.cancel()
         w.close()
-    assert out.ok, out.reason  # 3 s at the gate do not count against a 2.5 s timeout
-    assert waited >= 3.0
-    assert out.result["phases"]["gate_wait_s"] >= 1.0  # the rest of the 3 s went to starting the worker
+    pids = [o.reason.split()[1] for o in outs]
+    assert len(set(pids)) == 3
+    assert all(o.reason.endswith("seen=None") for o in outs)  # nothing left behind by the previous candidate
+    assert hung.reason == "timeout after 3 s"
+    assert after.ok

@@ -159,8 +159,10 @@ class RunContext:
 
     def worker_env(self, *, gpu: bool, threads: int = 1) -> dict[str, str]:
         """Environment of candidate processes: the build cache of this run, the CUDA target, and, for compile jobs
-        on the cuda backend, no GPU at all (builds must not depend on one)."""
+        on the cuda backend, no GPU at all (builds must not depend on one); GPU jobs keep a spare child with its
+        CUDA context ready."""
         from kernelcraft.harness.build import inline_build_env
+        from kernelcraft.harness.zygote import SPARE_ENV
 
         build = layout.build_dir(self.root).resolve()
         env = {
@@ -173,6 +175,8 @@ class RunContext:
         env.update(inline_build_env(self.cuda_arch if self.backend == "cuda" else None, max(1, threads), build))
         if self.backend == "cuda" and not gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
+        if self.backend == "cuda" and gpu:
+            env[SPARE_ENV] = "1"
         return env
 
     def log_path(self, *parts: str) -> Path:

@@ -3,13 +3,12 @@ baseline stage (the reference eager and under torch.compile)."""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernelcraft.context import RunContext
 from kernelcraft.harness.timing import hidden_work
-from kernelcraft.harness.worker import Gate, Worker
+from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.zygote import WARM_ENV
 from kernelcraft.progress import report
 
 
@@ -72,7 +71,7 @@ def _shared_timing(result: dict, check: TimedOutputsCheck) -> dict:
 
 
 def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: dict, timeout: float,
-              check: TimedOutputsCheck, gate: Gate | None) -> dict:
+              check: TimedOutputsCheck) -> dict:
     bcfg = ctx.config["benchmark"]
     share = ctx.device == "cuda"
     out_file = ctx.root / "tmp" / f"{problem}-r{round_}-{cand['id']}.timed.pt"
@@ -82,18 +81,18 @@ def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: 
         "candidate": str(Path(ctx.root) / cand["path"]), "device": ctx.device,
         "weight_seed": ctx.seed, "seed": _bench_seed(ctx, round_),
         "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]), "min_time_ms": float(bcfg["min_time_ms"]),
-        "gate": str(gate.path) if gate else None, "share": share, "out": None if share else str(out_file),
+        "share": share, "out": None if share else str(out_file),
     }
     try:
         if share:
-            outcome = worker.call("time", kwargs, timeout, log=log, gate=gate,
+            outcome = worker.call("time", kwargs, timeout, log=log,
                                   on_result=lambda result: _shared_timing(result, check))
             if not outcome.ok:
                 return {"timed": False, "reason": outcome.reason}
             handled = outcome.result["handled"]
             result, reasons = handled["timing"], handled["reasons"]
         else:
-            outcome = worker.call("time", kwargs, timeout, log=log, gate=gate)
+            outcome = worker.call("time", kwargs, timeout, log=log)
             if not outcome.ok:
                 return {"timed": False, "reason": outcome.reason}
             import torch
@@ -114,38 +113,16 @@ def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: 
 
 def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
                          verified: dict[str, dict], timeout: float, threads: int = 1) -> dict:
-    """Time every verified candidate. On the GPU two workers take turns: while one candidate is timed, the next
-    one's process is forked and creates its CUDA context (a third of a candidate's wall time, measured), and
-    waits at a gate; timed work itself never overlaps."""
+    """Time every verified candidate, one at a time: timed work never overlaps. On the GPU the next candidate's
+    process is forked, with its CUDA context, while the current one is timed (see zygote.py's spare)."""
     todo = [c for c in candidates if verified.get(c["id"], {}).get("correct")]
     results: dict[str, dict] = {}
     if todo:
-        tmp = ctx.root / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
-        lanes = 2 if ctx.device == "cuda" and len(todo) > 1 else 1
-        gates = [Gate(tmp / f"gate-{os.getpid()}-{problem}-r{round_}-{k}") for k in range(len(todo))]
-        gates[0].event.set()
         check = TimedOutputsCheck(ctx, problem)
-        workers = [Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=tmp) for _ in range(lanes)]
-
-        def lane(j: int) -> None:
-            for k in range(j, len(todo), lanes):
-                try:
-                    results[todo[k]["id"]] = _time_one(ctx, workers[j], problem, round_, todo[k], timeout, check,
-                                                       gates[k] if lanes > 1 else None)
-                finally:
-                    if k + 1 < len(todo):
-                        gates[k + 1].event.set()
-
-        try:
-            with ThreadPoolExecutor(max_workers=lanes) as pool:
-                list(pool.map(lane, range(lanes)))
-        finally:
-            for w in workers:
-                w.close()
-            for g in gates:
-                g.path.unlink(missing_ok=True)
-    results = {c["id"]: results[c["id"]] for c in todo if c["id"] in results}
+        env = ctx.worker_env(gpu=True, threads=threads) | {WARM_ENV: "flops"}
+        with Worker(env=env, work_dir=ctx.root / "tmp") as worker:
+            for cand in todo:
+                results[cand["id"]] = _time_one(ctx, worker, problem, round_, cand, timeout, check)
     timed = [r for r in results.values() if r.get("timed")]
     best = max((r["speedup_eager"] or 0 for r in timed), default=None)
     msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")

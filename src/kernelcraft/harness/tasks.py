@@ -4,8 +4,6 @@ with ``weights_only=True``)."""
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 import torch as _torch
@@ -207,26 +205,10 @@ def _nbytes(tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def wait_for_gate(gate: str | None) -> float:
-    """Block until the parent opens ``gate`` (a file appears); seconds waited. Everything before this is
-    preparation that puts no work on the GPU, so it may overlap another candidate's timing."""
-    if not gate:
-        return 0.0
-    t = timing._perf_counter()
-    while not os.path.exists(gate):
-        time.sleep(0.0005)
-    return timing._perf_counter() - t
-
-
 def task_time(problem: str, size: str, candidate: str, device: str, weight_seed: int, seed: int, warmup: int,
-              iters: int, min_time_ms: float = 0.0, gate: str | None = None, share: bool = False,
-              out: str | None = None) -> dict:
+              iters: int, min_time_ms: float = 0.0, share: bool = False, out: str | None = None) -> dict:
     """Time the candidate interleaved with the eager reference on the same rotating inputs, and measure the
     speed-of-light floor for this footprint.
-
-    Before ``gate`` opens only the CUDA context and the problem's import happen. Candidate code (whose import or
-    constructor may legitimately autotune on the GPU) runs only after it, so it never overlaps another
-    candidate's timed work.
 
     The candidate's outputs from its last timed call on each input set are handed to the parent (CUDA IPC when
     ``share``, else saved to ``out``), which checks them against its own reference."""
@@ -239,13 +221,10 @@ def task_time(problem: str, size: str, candidate: str, device: str, weight_seed:
     phases = {"cuda_init_s": _init_device(device)}
     t = clock()
     prob = load_problem(problem, size)
-    phases["import_s"] = clock() - t
-    phases["gate_wait_s"] = wait_for_gate(gate)
-    t = clock()
     ref = prob.make_reference(weight_seed, device)
     sets = _input_sets(prob, seed, device)
     with torch.no_grad():
-        flops = _count_flops(ref, sets[0])
+        flops = count_flops(ref, sets[0])
         out_bytes = _nbytes(flatten_outputs(ref(*sets[0])))
     _sync(device)
     phases["setup_s"] = clock() - t
@@ -306,7 +285,7 @@ def task_time(problem: str, size: str, candidate: str, device: str, weight_seed:
     return doc
 
 
-def _count_flops(model: Any, inputs: list) -> int:
+def count_flops(model: Any, inputs: list) -> int:
     """Floating-point operations of one reference forward, as PyTorch's FLOP counter sees them (matmuls,
     convolutions, attention; elementwise work counts as zero, so memory is those problems' floor)."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -6,8 +6,9 @@ Defences, since the timed candidate shares this process:
 * the clocks and event methods are bound here, when the zygote imports this module, before any candidate code
   runs: a candidate that later patches ``time.perf_counter`` or ``torch.cuda.Event.elapsed_time`` patches names
   this module no longer looks up;
-* every CUDA sample is also taken with the host clock around a whole-device synchronisation: work hidden on
-  another stream (which the current stream's events do not see) shows up as a wall time far above the event time;
+* after every CUDA sample's end event, the host clock times the wait for the whole device to go idle: work hidden
+  on another stream (which the current stream's events do not see) shows up as a wall time far above the event
+  time;
 * :func:`copy_bandwidth` measures what a plain copy achieves for the same footprint, so a time below
   (bytes in + bytes out) / bandwidth — the speed-of-light floor — can be rejected as impossible.
 """
@@ -27,11 +28,15 @@ _synchronize = torch.cuda.synchronize
 _Event = torch.cuda.Event
 _record = torch.cuda.Event.record
 _elapsed = torch.cuda.Event.elapsed_time
+_event_sync = torch.cuda.Event.synchronize
+_gpu_sleep = torch.cuda._sleep
 _clone = torch.Tensor.clone
 _detach = torch.Tensor.detach
 
 # Upper bound on timed calls per contender however short the kernel (do_bench-like minimum work otherwise).
 MAX_ITERS = 2000
+# Longest GPU sleep queued ahead of a timed call to hide the host's launch latency.
+PREROLL_MAX_MS = 1.0
 # Wall time may exceed event time by launch and synchronisation latency; more than this is hidden work.
 HIDDEN_WORK_MIN_MS = 0.1
 HIDDEN_WORK_FRACTION = 0.5
@@ -99,12 +104,14 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
     cuda = str(device).startswith("cuda")
     with torch.no_grad():
         per_call = dict.fromkeys(names, math.inf)
+        launch = dict.fromkeys(names, math.inf)
         warm_ms = 0.0
         i = 0
         while i < warmup or (min_time_ms > 0 and warm_ms < min_time_ms / 4 and i < MAX_ITERS):
             for name in names:
                 t0 = _perf_counter()
                 contenders[name](input_sets[i % len(input_sets)])
+                launch[name] = min(launch[name], (_perf_counter() - t0) * 1e3)
                 if cuda:
                     _synchronize()
                 ms = (_perf_counter() - t0) * 1e3
@@ -117,24 +124,30 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
             flush = _L2Flusher(device)
             start_ev = _Event(enable_timing=True)
             end_ev = _Event(enable_timing=True)
+            preroll = _preroll_cycles(max(launch.values()) if i else PREROLL_MAX_MS)
         for i in range(iters):
             inputs = input_sets[i % len(input_sets)]
             order = names if i % 2 == 0 else names[::-1]
             for name in order:
                 fn = contenders[name]
                 if cuda:
-                    # The previous call ended with a device-wide sync. The flush is queued, not waited for, so
-                    # the GPU is busy while the host prepares this launch: host launch latency stays out of the
-                    # events, as in triton's do_bench (measured: waiting here added ~30 us to a 0.1 ms kernel).
-                    t0 = _perf_counter()
+                    # The previous call ended with a device-wide sync, so the GPU would start this one the moment
+                    # it is launched and the events would include the host's launch latency (measured: +10% on a
+                    # 0.1 ms kernel). The flush and a short GPU sleep are queued first: the host gets ahead of the
+                    # GPU, as it does in a real model and in triton's do_bench, which queues all its calls.
                     flush()
+                    _gpu_sleep(preroll)
                     _record(start_ev)
                     out = fn(inputs)
                     _record(end_ev)
-                    # The whole device, not just the stream: work left on other streams is waited for here.
+                    _event_sync(end_ev)
+                    # The whole device, not just the stream: work the timed stream's events did not see (another
+                    # stream's) shows up as time between the end event and the device becoming idle.
+                    t_end = _perf_counter()
                     _synchronize()
-                    walls[name].append((_perf_counter() - t0) * 1e3)
-                    samples[name].append(_elapsed(start_ev, end_ev))
+                    event_ms = _elapsed(start_ev, end_ev)
+                    samples[name].append(event_ms)
+                    walls[name].append(event_ms + (_perf_counter() - t_end) * 1e3)
                 else:
                     t0 = _perf_counter()
                     out = fn(inputs)
@@ -145,6 +158,19 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
                     capture[name][i % len(input_sets)] = _snapshot(out)
                 del out
     return samples, walls
+
+
+def _preroll_cycles(launch_ms: float) -> int:
+    """GPU clock cycles to sleep before each timed call: twice the slowest contender's host launch time (plus a
+    margin), at most PREROLL_MAX_MS, converted with the clock rate measured by timing a known sleep."""
+    start_ev, end_ev = _Event(enable_timing=True), _Event(enable_timing=True)
+    probe = 1_000_000
+    _record(start_ev)
+    _gpu_sleep(probe)
+    _record(end_ev)
+    _synchronize()
+    cycles_per_ms = probe / max(_elapsed(start_ev, end_ev), 1e-3)
+    return int(cycles_per_ms * min(2 * launch_ms + 0.02, PREROLL_MAX_MS))
 
 
 def hidden_work(event_ms: float, wall_ms: float) -> bool:

@@ -19,7 +19,7 @@ from kernelcraft.harness.audit import judge
 from kernelcraft.harness.compare import Verdict, compare_trial, merge_verdicts
 from kernelcraft.harness.static_checks import check_source
 from kernelcraft.harness.worker import Worker
-from kernelcraft.harness.zygote import WARM_AUDIT_ENV
+from kernelcraft.harness.zygote import WARM_ENV
 from kernelcraft.progress import report
 
 
@@ -126,7 +126,7 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     results: dict[str, dict] = {}
     tmp = ctx.root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env = ctx.worker_env(gpu=True, threads=threads) | {WARM_AUDIT_ENV: "1"}
+    env = ctx.worker_env(gpu=True, threads=threads) | {WARM_ENV: "audit"}
     runnable = []
     for cand in todo:
         static = check_source((Path(ctx.root) / cand["path"]).read_text(errors="replace"))

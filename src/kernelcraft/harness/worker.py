@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,16 +69,6 @@ def default_max_rss() -> int:
     if override:
         return int(override)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-
-
-@dataclass
-class Gate:
-    """Lets a child prepare (fork, CUDA context, candidate load) while another candidate is being timed, and
-    start its measured part only when opened: the GPU does not sit idle during start-up, and no two candidates'
-    timed work overlaps. The task waits for ``path``; the worker creates it once ``event`` is set."""
-
-    path: Path
-    event: threading.Event = field(default_factory=threading.Event)
 
 
 class Worker:
@@ -148,16 +137,12 @@ class Worker:
 
     # -- tasks ---------------------------------------------------------------------------------------------
     def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None,
-             on_result: Callable[[dict], Any] | None = None, gate: Gate | None = None) -> Outcome:
+             on_result: Callable[[dict], Any] | None = None) -> Outcome:
         """Run ``task`` in a fresh child; never raises for anything the candidate does.
 
         With ``on_result``, the child stays alive after writing its result until ``on_result(result)`` has
         returned (it holds memory the parent reads through CUDA IPC); what ``on_result`` returns is put in the
         outcome's ``result["handled"]``, and an exception it raises becomes the outcome's reason.
-
-        With ``gate``, the child may prepare while the gate is closed (the task waits on ``gate.path``); the
-        timeout counts from the gate's opening, so waiting for another candidate's timing is not held against
-        this one.
         """
         if self._proc is None or self._proc.poll() is not None:
             self._start()
@@ -184,7 +169,7 @@ class Worker:
             return Outcome(False, reason="worker died before the task started", log=str(log_path))
         pid = started["pid"]
         try:
-            done = self._wait(pid, timeout, start, result_path, release_path, on_result, handled, gate)
+            done = self._wait(pid, start + timeout, result_path, release_path, on_result, handled)
         finally:
             release_path.unlink(missing_ok=True)
         timed_out = done is None
@@ -238,22 +223,18 @@ class Worker:
             result = {"handled": handled.get("value")}
         return Outcome(True, result=result, wall_s=wall, log=str(log_path))
 
-    def _wait(self, pid: int, timeout: float, start: float, result_path: Path, release_path: Path,
-              on_result: Callable[[dict], Any] | None, handled: dict, gate: Gate | None) -> dict | None:
-        """Wait for the child to end (its message), or None at the timeout. On the way: open the gate when told
-        to, hand a shared result to ``on_result`` (then release the child), and stop a child whose resident
-        memory passes the limit (``handled["rss"]``)."""
-        deadline = None if gate is not None else start + timeout
-        poll = 0.002 if (on_result is not None or gate is not None) else 0.05
+    def _wait(self, pid: int, deadline: float, result_path: Path, release_path: Path,
+              on_result: Callable[[dict], Any] | None, handled: dict) -> dict | None:
+        """Wait for the child to end (its message), or None at the deadline. On the way: hand a shared result to
+        ``on_result`` (then release the child), and stop a child whose resident memory passes the limit
+        (``handled["rss"]``)."""
+        poll = 0.002 if on_result is not None else 0.05
         next_rss = 0.0
         while True:
             now = time.perf_counter()
-            if deadline is None and gate is not None and gate.event.is_set():
-                gate.path.touch()
-                deadline = now + timeout
-            if deadline is not None and now >= deadline:
+            if now >= deadline:
                 return None
-            wait = poll if deadline is None else min(poll, deadline - now)
+            wait = min(poll, deadline - now)
             if on_result is not None and not handled and result_path.exists():
                 wait = 0.0
             msg = self._read(wait)

@@ -22,7 +22,10 @@ import sys
 import time
 import traceback
 
-WARM_AUDIT_ENV = "KERNELCRAFT_WARM_AUDIT"
+# Comma-separated first-use costs to pay once in the zygote: "audit" (verification), "flops" (timing).
+WARM_ENV = "KERNELCRAFT_WARM"
+# Set to keep one spare child with its CUDA context already created (GPU jobs of the cuda backend).
+SPARE_ENV = "KERNELCRAFT_SPARE_CUDA"
 MAX_FILE_ENV = "KERNELCRAFT_MAX_FILE_BYTES"
 # Outputs handed over through a file (CPU backend) must fit: a full-size problem's outputs and inputs are a few GiB.
 DEFAULT_MAX_FILE_BYTES = 32 * 2**30
@@ -32,7 +35,8 @@ def _child(request: dict, proto_out: int) -> None:
     """In the forked child: isolate, run the task, write the result file, exit without returning."""
     code = 0
     try:
-        os.setpgid(0, 0)
+        if os.getpgid(0) != os.getpid():
+            os.setpgid(0, 0)
         os.close(proto_out)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -68,37 +72,102 @@ def _child(request: dict, proto_out: int) -> None:
         os._exit(code)
 
 
+def _spare(requests: int, proto_out: int) -> None:
+    """In a spare child: create the CUDA context now (a fifth of a second alone, more when several start at
+    once), then wait for the one task this process will ever run. The spare is forked while the previous
+    candidate runs, so a candidate finds its context ready; no candidate code has run in it before."""
+    try:
+        os.setpgid(0, 0)
+        import torch
+
+        torch.empty(1, device="cuda")
+        torch.cuda.synchronize()
+    except BaseException:  # the task will meet the same error and report it
+        pass
+    chunks = []
+    while True:
+        chunk = os.read(requests, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(requests)
+    if not chunks:  # the zygote went away without a task for us
+        os._exit(0)
+    _child(json.loads(b"".join(chunks)), proto_out)
+
+
+def _fork_spare(proto_out: int) -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_end)
+        _spare(read_end, proto_out)
+    os.close(read_end)
+    return pid, write_end
+
+
+def _start(request: dict, proto_out: int, spare: tuple[int, int] | None) -> int:
+    """The pid of the process that runs ``request``: the spare when there is one, else a fresh fork."""
+    if spare is not None:
+        pid, write_end = spare
+        try:
+            os.write(write_end, json.dumps(request).encode())
+            os.close(write_end)
+            return pid
+        except OSError:  # the spare died while warming up: reap it and fork directly
+            os.close(write_end)
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    pid = os.fork()
+    if pid == 0:
+        _child(request, proto_out)
+    return pid
+
+
 def main() -> None:
     # Imported before any fork, once: this is the start-up cost the zygote exists to amortise.
     import torch  # noqa: F401
 
     from kernelcraft.harness import tasks  # noqa: F401
 
-    if os.environ.get(WARM_AUDIT_ENV):
-        # Verification zygotes only: the audit's first use costs 0.7-1.7 s of lazy imports, paid here once
-        # instead of in every candidate's child; other zygotes never use it.
+    warm = set(filter(None, os.environ.get(WARM_ENV, "").split(",")))
+    if "audit" in warm:
+        # Verification zygotes: the audit's first use costs 0.7-1.7 s of lazy imports, paid here once instead
+        # of in every candidate's child; other zygotes never use it.
         from kernelcraft.harness.audit import warm_up
 
         warm_up()
+    if "flops" in warm:
+        # Timing zygotes: the FLOP counter's first use costs about 1.4 s (measured on the H100 host).
+        from kernelcraft.harness.tasks import count_flops
+
+        count_flops(lambda a: a @ a, [torch.zeros(2, 2)])
 
     proto_out = os.dup(1)
     # Nothing the zygote itself prints may corrupt the protocol.
     os.dup2(2, 1)
     out = os.fdopen(proto_out, "w", buffering=1)
+    use_spares = bool(os.environ.get(SPARE_ENV))
+    spare = _fork_spare(proto_out) if use_spares else None
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            _child(request, proto_out)
-        out.write(json.dumps({"pid": pid}) + "\n")
-        _, status = os.waitpid(pid, 0)
-        exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-        signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        out.write(json.dumps({"pid": pid, "exit": exit_code, "signal": signal}) + "\n")
+    try:
+        for line in sys.stdin:
+            line = line.strip()
+            if not line:
+                continue
+            request = json.loads(line)
+            pid = _start(request, proto_out, spare)
+            # The next candidate's process warms up while this one runs.
+            spare = _fork_spare(proto_out) if use_spares else None
+            out.write(json.dumps({"pid": pid}) + "\n")
+            _, status = os.waitpid(pid, 0)
+            exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+            signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+            out.write(json.dumps({"pid": pid, "exit": exit_code, "signal": signal}) + "\n")
+    finally:
+        if spare is not None:
+            os.close(spare[1])  # an unused spare sees EOF and exits
+            os.waitpid(spare[0], 0)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,16 @@ class ModelNew(nn.Module):
             spin(grid=((x.numel() + 255) // 256,), block=(256,), args=(scratch, x.numel(), 4000))
         return y
 ''',
+    "switches_when_timed": '''
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return relu(x) if self.calls <= 30 else torch.zeros_like(x)
+''',
 }
 
 
@@ -117,3 +127,17 @@ def test_work_hidden_on_another_stream_is_rejected_by_the_timer(evaluated):
     _, timed = evaluated
     assert timed["hidden_stream"]["timed"] is False
     assert timed["hidden_stream"]["reason"].startswith("work outside the timed stream")
+
+
+def test_a_kernel_that_changes_once_timed_is_rejected_through_ipc(evaluated):
+    verified, timed = evaluated
+    assert verified["switches_when_timed"]["correct"] is True  # verification makes fewer than 30 calls
+    assert timed["switches_when_timed"]["timed"] is False
+    assert timed["switches_when_timed"]["reason"].startswith("outputs of timed calls differ from the reference")
+
+
+def test_several_candidates_are_verified_at_once_on_a_gpu_with_room():
+    from kernelcraft.harness.verify_round import MAX_VERIFY_LANES, verify_lanes
+
+    assert verify_lanes("cuda", 2**30) == MAX_VERIFY_LANES
+    assert verify_lanes("cuda", 2**50) == 1

@@ -114,8 +114,9 @@ class LLMClient:
             return self._refuse(request, key, refusal)
         try:
             provider = self._provider(request, api_key)
-        except ValueError as err:
+        except Exception as err:  # an SDK refusing its settings is this request's failure, not the workflow's
             return self._refuse(request, key, f"{request.provider}/{request.model}: {err}")
+        # The slot is held through the retries' waits too: a rate-limited provider gets no extra calls meanwhile.
         with Slots(self.run_root, request.provider, self.concurrency).hold():
             if (refusal := self._over_budget()) is not None:  # other jobs may have spent while we waited
                 return self._refuse(request, key, refusal)

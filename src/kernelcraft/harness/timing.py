@@ -84,8 +84,8 @@ def _snapshot(out: Any) -> Any:
 
 def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequence[Any], device: str,
                 warmup: int, iters: int, min_time_ms: float = 0.0,
-                capture: dict[str, dict[int, Any]] | None = None) -> tuple[dict[str, list[float]],
-                                                                         dict[str, list[float]]]:
+                capture: dict[str, dict[int, Any]] | None = None,
+                trusted: str | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Time each contender round-robin (``iters`` times, or more: see :func:`timed_iterations`), rotating
     through ``input_sets``. Warm-up is ``warmup`` rounds and, when ``min_time_ms`` is set, at least a quarter
     of it in work, so clocks have ramped up before the first timed call.
@@ -93,6 +93,11 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
     Returns (device-time samples, wall-time samples) in ms per contender; on the CPU both are the wall clock.
     Every contender sees the same input set in the same iteration, and the order of contenders alternates
     between iterations so none always runs first.
+
+    The GPU sleep queued before each timed call (see below) is sized from the host launch time of the
+    ``trusted`` contender (all of them when None), never from the candidate's: other streams run during that
+    sleep, so a candidate that could lengthen it could hide side-stream work in it. What a candidate could
+    hide there is bounded by the reference's launch time; longer side work shows up as hidden work.
 
     ``capture[name]`` (for the names it holds) is filled with a copy of that contender's outputs from its last
     timed call on each input set, taken after the call's time is recorded: the parent checks them, so a kernel
@@ -124,7 +129,8 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
             flush = _L2Flusher(device)
             start_ev = _Event(enable_timing=True)
             end_ev = _Event(enable_timing=True)
-            preroll = _preroll_cycles(max(launch.values()) if i else PREROLL_MAX_MS)
+            sizing = [launch[trusted]] if trusted in launch else list(launch.values())
+            preroll = _preroll_cycles(max(sizing) if i else PREROLL_MAX_MS)
         for i in range(iters):
             inputs = input_sets[i % len(input_sets)]
             order = names if i % 2 == 0 else names[::-1]
@@ -161,8 +167,8 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
 
 
 def _preroll_cycles(launch_ms: float) -> int:
-    """GPU clock cycles to sleep before each timed call: twice the slowest contender's host launch time (plus a
-    margin), at most PREROLL_MAX_MS, converted with the clock rate measured by timing a known sleep."""
+    """GPU clock cycles to sleep before each timed call: twice a trusted host launch time (plus a margin), at
+    most PREROLL_MAX_MS, converted with the clock rate measured by timing a known sleep."""
     start_ev, end_ev = _Event(enable_timing=True), _Event(enable_timing=True)
     probe = 1_000_000
     _record(start_ev)

@@ -137,7 +137,9 @@ def test_a_kernel_that_changes_once_timed_is_rejected_through_ipc(evaluated):
     verified, timed = evaluated
     assert verified["switches_when_timed"]["correct"] is True  # verification makes fewer than 30 calls
     assert timed["switches_when_timed"]["timed"] is False
-    assert timed["switches_when_timed"]["reason"].startswith("outputs of timed calls differ from the reference")
+    # Zeros are also faster than the floor allows; whatever else is said, the changed outputs are named.
+    assert "outputs of timed calls differ from the reference (output: max error above tolerance" in (
+        timed["switches_when_timed"]["reason"])
 
 
 def test_several_candidates_are_verified_at_once_on_a_gpu_with_room():

@@ -106,8 +106,8 @@ def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: 
     finally:
         out_file.unlink(missing_ok=True)
     record = judge_timing(result) | {"wall_s": round(outcome.wall_s, 3)}
-    if reasons and record["timed"]:
-        record.update(timed=False, reason="; ".join(reasons))
+    if reasons:
+        record.update(timed=False, reason="; ".join(([record["reason"]] if record["reason"] else []) + reasons))
     return record
 
 

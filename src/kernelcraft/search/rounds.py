@@ -50,9 +50,9 @@ def tried_ideas(ctx: RunContext, problem: str, round_: int) -> list[dict]:
 
 
 def build_path(config: dict) -> str:
-    """The build path the implementation prompt's worked example shows: fast (NVRTC / C compiler) unless the
-    config asks for KernelBench's load_inline."""
-    return str(config["build"].get("path", "fast"))
+    """The build path the implementation prompt's worked example shows (``build.path``): fast (NVRTC / C
+    compiler) or KernelBench's load_inline."""
+    return str(config["build"]["path"])
 
 
 def job_proposers(ctx: RunContext, entries: list[dict], templates: str | Path) -> list[Any]:

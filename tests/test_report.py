@@ -10,8 +10,22 @@ from pathlib import Path
 
 import pytest
 
+from kernelcraft import layout
+from kernelcraft.context import RunContext
+from kernelcraft.jsonio import write_json
+from kernelcraft.llm import budget
+from kernelcraft.llm.types import Message, Reply, Request, Usage
 from kernelcraft.report.charts import trajectory_svg
-from kernelcraft.report.render import fmt_ms, fmt_ms_iqr, fmt_speedup, render_report, speedup_class
+from kernelcraft.report.collect import collect, reason_category
+from kernelcraft.report.render import (
+    fmt_ms,
+    fmt_ms_iqr,
+    fmt_speedup,
+    fmt_tokens,
+    fmt_usd,
+    render_report,
+    speedup_class,
+)
 from kernelcraft.report.table import CANDIDATE_COLUMNS, read_candidates_csv, write_candidates_csv
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "workflow" / "templates"
@@ -315,3 +329,176 @@ def test_report_renders_in_headless_chromium(tmp_path):
     )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+# ---------------------------------------------------------------------------------------------- tokens and cost
+
+
+def _usage(calls=0, cached=0, failed=0, refused=0, inp=0, out=0, reasoning=0, cost=0.0, known=True) -> dict:
+    return {"calls": calls, "cached_calls": cached, "failed_calls": failed, "refused_calls": refused,
+            "input_tokens": inp, "output_tokens": out, "reasoning_tokens": reasoning, "cost_usd": cost,
+            "cost_known": known}
+
+
+def usage_summary_with_budget(budget_usd: float | None, known: bool = True) -> dict:
+    summary = synthetic_summary()
+    o3 = _usage(calls=30, cached=4, inp=1_200_000, out=1_500_000, reasoning=900_000, cost=14.4)
+    gemini = _usage(calls=20, failed=2, refused=3, inp=800_000, out=1_000_000, cost=11.0, known=known)
+    total = {k: (o3[k] + gemini[k] if k != "cost_known" else known) for k in o3}
+    summary["usage"] = {"total": total, "per_model": {"openai/o3": o3, "gemini/gemini-2.5-pro": gemini},
+                        "per_purpose": {"ideas": _usage(calls=10, inp=100_000, out=50_000, cost=0.6),
+                                        "implement": _usage(calls=40, cached=4, failed=2, refused=3, inp=1_900_000,
+                                                            out=2_450_000, reasoning=900_000, cost=24.8)},
+                        "budget_usd": budget_usd}
+    summary["problems"][0]["usage"] = _usage(calls=50, cached=4, failed=2, refused=3, inp=2_000_000,
+                                             out=2_500_000, reasoning=900_000, cost=25.4, known=known)
+    return summary
+
+
+def _render(tmp_path, summary) -> str:
+    out = tmp_path / "report.html"
+    render_report(summary, out, TEMPLATES)
+    return out.read_text()
+
+
+def _usage_card(html: str) -> str:
+    return html.split('id="usage"')[1].split("</section>")[0]
+
+
+def test_money_and_token_formatting():
+    assert fmt_usd(41.273) == "$41.27" and fmt_usd(1234.5) == "$1,234.50"
+    assert fmt_usd(0.0065) == "$0.0065" and fmt_usd(0) == "$0.0000" and fmt_usd(None) == "—"
+    assert fmt_tokens(3012480) == "3,012,480" and fmt_tokens(None) == "—"
+
+
+def test_report_shows_run_tokens_cost_calls_per_model_and_the_budget(tmp_path):
+    card = _usage_card(_render(tmp_path, usage_summary_with_budget(100.0)))
+    assert re.search(r'Cost</div>\s*<div class="value">\$25\.40</div>\s*<div class="sub">at the config', card)
+    assert "$25.40 of $100.00" in card and "not reached" in card
+    assert ">2,000,000<" in card and ">2,500,000<" in card and "900,000 of them reasoning" in card
+    assert re.search(r'Calls</div>\s*<div class="value">50</div>\s*<div class="sub">4 cached · 2 failed · '
+                     r"3 refused", card)
+    # per model, most expensive first, and per purpose
+    assert card.index("openai/o3") < card.index("gemini/gemini-2.5-pro")
+    assert re.search(r"openai/o3</td><td class=\"num\">30</td><td class=\"num\">4</td>", card)
+    assert ">implement</td>" in card and ">ideas</td>" in card
+
+
+def test_report_shows_the_cost_and_calls_of_each_problem(tmp_path):
+    html = _render(tmp_path, usage_summary_with_budget(None))
+    section = html.split('id="p-softmax_4096x65536"')[1].split("<figure>")[0]
+    assert "Model cost" in section and "$25.40" in section
+    assert "50 calls (4 cached, 2 failed, 3 refused) · 2,000,000 in + 2,500,000 out tokens" in section
+    # the other problem made no call, so it shows no cost box
+    assert "Model cost" not in html.split('id="p-layernorm_16x64x256x256"')[1].split("<figure>")[0]
+    assert "llm.budget_usd not set" in _usage_card(html)
+
+
+def test_report_says_when_the_budget_was_reached(tmp_path):
+    card = _usage_card(_render(tmp_path, usage_summary_with_budget(25.0)))
+    assert '<div class="value down">$25.40 of $25.00</div>' in card
+    assert "budget reached: no call was made after it" in card
+
+
+def test_report_says_when_cost_is_incomplete_because_a_model_has_no_price(tmp_path):
+    card = _usage_card(_render(tmp_path, usage_summary_with_budget(None, known=False)))
+    assert "incomplete: some model has no price" in card
+    gemini_row = card.split("gemini/gemini-2.5-pro")[1].split("</tr>")[0]
+    assert "no price" in gemini_row and "no price" not in card.split("openai/o3")[1].split("</tr>")[0]
+
+
+def test_report_of_a_run_without_model_calls_says_so(tmp_path):
+    summary = synthetic_summary()
+    summary["usage"] = {"total": _usage(), "per_model": {}, "per_purpose": {}, "budget_usd": 100.0}
+    card = _usage_card(_render(tmp_path, summary))
+    assert "No model calls" in card and "Cost</div>" not in card
+
+
+@pytest.mark.parametrize(("reason", "category"), [
+    ("duplicate of r1_i0_m0", "duplicate"),
+    ("model call failed: openai/o3: HTTP 503: overloaded (gave up after 5 attempts)", "model call failed"),
+    ("model call failed: gemini/gemini-2.5-pro: malformed response: bad JSON (not retried)", "model call failed"),
+    ("model call failed: budget_usd reached: spent $100.20 of $100.00; no new model calls",
+     "model call refused: budget reached"),
+    ("model call failed: openai/o3: no API key; set OPENAI_API_KEY", "model call refused: no API key"),
+    ("model call failed: replay: no recorded answer for this request in results/a",
+     "model call refused: not in the replayed run"),
+    ("model reply: truncated (finish_reason=length)", "model reply: truncated"),
+    ("model reply: truncated (unterminated code block)", "model reply: truncated"),
+    ("model reply: no ```python code block", "model reply: no code"),
+    ("model reply: no class ModelNew at module level", "model reply: no ModelNew"),
+    ("model reply: syntax error at line 3: invalid syntax", "model reply: syntax error"),
+    ("compile error: relu.c:3: error: expected ';'", "compile error"),
+])
+def test_reasons_are_grouped_into_causes(reason, category):
+    assert reason_category(reason) == category
+
+
+def _write_run(root: Path, problem: str) -> None:
+    """One round of four candidates: correct and timed, wrong, a duplicate of the first, a failed model call; and
+    a ledger of three calls for the problem (two answered, one answered from its transcript)."""
+    write_json(layout.baseline_file(root, problem), {"op": "relu", "eager_ms": 2.0, "eager_iqr_ms": 0.01,
+                                                     "compile_ms": None})
+    cands = [{"id": f"r1_i0_m{j}", "idea_id": "r1_i0", "idea": "block the loop", "kind": "memory access",
+              "parent": "reference", "model": "openai/o3", "path": None} for j in range(4)]
+    cands[0]["path"] = f"{problem}/round_1/candidates/r1_i0_m0.py"
+    cands[1]["path"] = f"{problem}/round_1/candidates/r1_i0_m1.py"
+    cands[2]["duplicate_of"] = "r1_i0_m0"
+    cands[3]["failure"] = "model call failed: openai/o3: HTTP 503: busy (gave up after 2 attempts)"
+    (root / cands[0]["path"]).parent.mkdir(parents=True)
+    (root / cands[0]["path"]).write_text("class ModelNew: pass\n")
+    write_json(layout.stage_file(root, problem, 1, "implement"), {"candidates": cands})
+    write_json(layout.stage_file(root, problem, 1, "compile"), {"results": {
+        "r1_i0_m0": {"compiled": True}, "r1_i0_m1": {"compiled": True},
+        "r1_i0_m2": {"compiled": False, "reason": "duplicate of r1_i0_m0"},
+        "r1_i0_m3": {"compiled": False, "reason": cands[3]["failure"]}}})
+    write_json(layout.stage_file(root, problem, 1, "verify"), {"results": {
+        "r1_i0_m0": {"correct": True, "max_rel_err": 0.0},
+        "r1_i0_m1": {"correct": False, "reasons": ["max error above tolerance: 0.5"]}}})
+    write_json(layout.stage_file(root, problem, 1, "benchmark"), {"results": {
+        "r1_i0_m0": {"timed": True, "time_ms": 1.0, "eager_ms": 2.0, "speedup_eager": 2.0}}})
+    write_json(layout.stage_file(root, problem, 1, "select"), {"seeds": [
+        {"id": "r1_i0_m0", "round": 1, "path": cands[0]["path"], "parent": "reference", "idea": "block the loop",
+         "time_ms": 1.0, "eager_ms": 2.0, "speedup_eager": 2.0}]})
+    write_json(layout.stage_file(root, problem, 1, "ideas"), {"supported": True, "ideas": []})
+    for k, status in enumerate(("answered", "answered", "cached")):
+        request = Request("openai", "o3", (Message("user", f"call {k}"),), purpose="implement",
+                          tags={"problem": problem, "round": 1})
+        reply = Reply(key=request.key(), text="x", usage=Usage(1000, 400, 100), cost_usd=0.0052)
+        budget.record(root, request, reply, status)
+
+
+def test_collect_counts_duplicates_apart_from_failures_and_reads_usage_from_the_ledger(tmp_path):
+    problem = "relu_small"
+    root = tmp_path / "results" / "r"
+    _write_run(root, problem)
+    config = {"run": "r", "rounds": 1, "models": {"ideas": [{"provider": "openai", "model": "o3"}],
+                                                  "implement": [{"provider": "openai", "model": "o3"}]},
+              "tolerance": {"atol": 1e-2, "rtol": 1e-2}, "llm": {"budget_usd": 5.0}}
+    ctx = RunContext(config=config, root=root, backend="cpu", size="small", cuda_arch=None,
+                     problems={problem: "unused.py"})
+    summary, rows = collect(ctx)
+    (p,) = summary["problems"]
+    assert [r["reject_reason"] for r in rows] == [
+        None, "max error above tolerance: 0.5", "duplicate of r1_i0_m0", rows[3]["reject_reason"]]
+    assert p["failures"] == {"incorrect: error above tolerance": 1, "model call failed": 1}
+    assert p["duplicates"] == 1
+    assert p["usage"] == {"calls": 2, "cached_calls": 1, "failed_calls": 0, "refused_calls": 0,
+                          "input_tokens": 2000, "output_tokens": 800, "reasoning_tokens": 200,
+                          "cost_usd": pytest.approx(0.0104), "cost_known": True}
+    assert summary["usage"]["total"] == p["usage"] and summary["usage"]["budget_usd"] == 5.0
+    assert list(summary["usage"]["per_model"]) == ["openai/o3"]
+    html = _render(tmp_path, summary)
+    failures = html.split("Failures by cause")[1].split("</div>")[0]
+    assert "<tfoot><tr><td>Total</td><td class=\"num\">2</td>" in failures
+    assert "1 duplicate: the same code as an earlier candidate" in failures and "<td>duplicate" not in failures
+    assert "$0.0104 of $5.00" in _usage_card(html)
+
+
+def test_a_duplicate_is_neither_a_point_nor_a_failure_in_the_chart():
+    problem = synthetic_summary()["problems"][1]  # two failed candidates, no correct one
+    dup = _cand("layernorm_16x64x256x256", 1, 2, False, None, reject_reason="duplicate of r1_i0_m0")
+    before = trajectory_svg(problem)
+    problem["candidates"].append(dup)
+    after = trajectory_svg(problem)
+    assert after == before and after.count('stroke="#dc2626" stroke-width="1.2"') == 2

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from kernelcraft.report.table import as_bool, as_float, as_int, speedup_text
+from kernelcraft.report.table import DUPLICATE_PREFIX, as_bool, as_float, as_int, speedup_text
 
 # Geometry (viewBox units; the SVG scales to the page width).
 _W, _H = 760, 330
@@ -88,6 +88,8 @@ def _split_candidates(
         rnd = as_int(c.get("round"))
         if rnd is None or rnd < 1:
             continue
+        if str(c.get("reject_reason") or "").startswith(DUPLICATE_PREFIX):
+            continue  # the same code as an earlier candidate, not evaluated again: neither a point nor a failure
         cid = str(c.get("candidate_id") or f"#{i}")
         speedup = as_float(c.get("speedup_eager"))
         if as_bool(c.get("correct")) and speedup is not None and speedup > 0:

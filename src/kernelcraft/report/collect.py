@@ -9,17 +9,41 @@ from pathlib import Path
 from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.jsonio import read_json
+from kernelcraft.llm.budget import usage_summary
+from kernelcraft.report.table import DUPLICATE_PREFIX
 
 
 def _read(path: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+DUPLICATE = "duplicate"
+# A model reply that held no usable candidate file (kernelcraft.search.replies), by what was wrong with it.
+_MODEL_REPLY = (("truncated", "model reply: truncated"), ("refused", "model reply: refused"),
+                ("no ```python code block", "model reply: no code"), ("no class modelnew", "model reply: no ModelNew"),
+                ("syntax error", "model reply: syntax error"))
+
+
 def reason_category(reason: str | None) -> str:
-    """Group free-text reasons into causes for the failure counts (the full text stays in the table)."""
+    """Group free-text reasons into causes for the failure counts (the full text stays in the table).
+
+    ``duplicate of <id>`` is its own category, :data:`DUPLICATE`: the candidate's code is an earlier candidate's,
+    so it was not evaluated again; it is not a failure."""
     if not reason:
         return "unknown"
     text = reason.lower()
+    if text.startswith(DUPLICATE_PREFIX):
+        return DUPLICATE
+    if text.startswith("model call failed:"):
+        if "budget_usd reached" in text:
+            return "model call refused: budget reached"
+        if "replay: no recorded answer" in text:
+            return "model call refused: not in the replayed run"
+        if ": no api key" in text:
+            return "model call refused: no API key"
+        return "model call failed"
+    if text.startswith("model reply:"):
+        return next((cat for needle, cat in _MODEL_REPLY if needle in text), "model reply: unusable")
     if text.startswith("compile error"):
         return "compile error"
     if text.startswith("timeout"):
@@ -130,7 +154,9 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None, index: dict[s
 
 
 def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[dict]]:
-    """The report summary and every candidate's table row."""
+    """The report summary and every candidate's table row. Model usage (tokens, cost, calls) comes from the run's
+    cost ledger (:func:`kernelcraft.llm.usage_summary`), per problem and for the run, with the budget if set."""
+    usage = usage_summary(ctx.root)
     problems = []
     all_rows: list[dict] = []
     for problem in ctx.problems:
@@ -139,7 +165,8 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
         rows, rounds, index = _problem_rows(ctx, problem, compile_ms)
         ideas = _read(layout.stage_file(ctx.root, problem, 1, "ideas")) or {}
         all_rows.extend(rows)
-        failures = Counter(reason_category(r["reject_reason"]) for r in rows if not r["correct"])
+        causes = Counter(reason_category(r["reject_reason"]) for r in rows if not r["correct"])
+        duplicates = causes.pop(DUPLICATE, 0)
         problems.append({
             "id": problem, "op": base.get("op"), "size": ctx.size,
             "eager_ms": base.get("eager_ms"), "eager_iqr_ms": base.get("eager_iqr_ms"),
@@ -147,7 +174,8 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
             "compile_error": base.get("compile_error") or base.get("error"),
             "supported": bool(ideas.get("supported", False)),
             "rounds": rounds, "best": _best(ctx, problem, compile_ms, index),
-            "candidates": rows, "failures": dict(failures.most_common()),
+            "candidates": rows, "failures": dict(causes.most_common()), "duplicates": duplicates,
+            "usage": usage["per_problem"].get(problem),
         })
     gpus = (manifest or {}).get("gpus") or []
     device = gpus[0]["name"] if (ctx.backend == "cuda" and gpus) else (manifest or {}).get("cpu", "cpu")
@@ -159,5 +187,7 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
         "tolerance": dict(ctx.config["tolerance"]), "rounds": int(ctx.config["rounds"]),
         "config": {k: v for k, v in ctx.config.items() if not k.startswith("_")},
         "manifest": manifest or {}, "problems": problems,
+        "usage": {"total": usage["total"], "per_model": usage["per_model"], "per_purpose": usage["per_purpose"],
+                  "budget_usd": (ctx.config.get("llm") or {}).get("budget_usd")},
     }
     return summary, all_rows

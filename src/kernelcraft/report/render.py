@@ -26,7 +26,7 @@ import yaml
 from markupsafe import Markup
 
 from kernelcraft.report.charts import trajectory_svg
-from kernelcraft.report.table import as_bool, as_float, as_int, speedup_text
+from kernelcraft.report.table import DUPLICATE_PREFIX, as_bool, as_float, as_int, speedup_text
 
 TEMPLATE_NAME = "report.html.j2"
 DASH = "—"
@@ -110,6 +110,20 @@ def fmt_num(value: Any) -> str:
     """A tolerance or other plain number, shortest form (0.01, 1e-05)."""
     v = as_float(value)
     return DASH if v is None else f"{v:g}"
+
+
+def fmt_tokens(value: Any) -> str:
+    """Token counts with thousands separators (3,012,480)."""
+    v = as_int(value)
+    return DASH if v is None else f"{v:,}"
+
+
+def fmt_usd(value: Any) -> str:
+    """US dollars: cents for a dollar or more ($41.27), four decimals below ($0.0065), as small calls cost."""
+    v = as_float(value)
+    if v is None:
+        return DASH
+    return f"${v:,.2f}" if abs(v) >= 1 else f"${v:.4f}"
 
 
 def _text(value: Any) -> str:
@@ -222,6 +236,49 @@ def _best_view(best: Mapping[str, Any], eager_ms: float | None, compile_ms: floa
     }
 
 
+_USAGE_COUNTS = ("calls", "cached_calls", "failed_calls", "refused_calls", "input_tokens", "output_tokens",
+                 "reasoning_tokens")
+
+
+def _usage_view(usage: Any) -> dict[str, Any] | None:
+    """One bucket of :func:`kernelcraft.llm.usage_summary` with every count an int; None when there is none or
+    it records no call at all (an offline run)."""
+    if not isinstance(usage, Mapping):
+        return None
+    view: dict[str, Any] = {k: as_int(usage.get(k)) or 0 for k in _USAGE_COUNTS}
+    if not any(view[k] for k in ("calls", "cached_calls", "failed_calls", "refused_calls")):
+        return None
+    view["cost_usd"] = as_float(usage.get("cost_usd")) or 0.0
+    view["cost_known"] = usage.get("cost_known") is not False
+    return view
+
+
+def _usage_table(groups: Any) -> list[dict[str, Any]]:
+    rows = []
+    for label, bucket in (groups or {}).items() if isinstance(groups, Mapping) else []:
+        view = _usage_view(bucket)
+        if view is not None:
+            rows.append({"label": str(label)} | view)
+    rows.sort(key=lambda r: (-r["cost_usd"], -r["calls"], r["label"]))
+    return rows
+
+
+def _run_usage_view(usage: Any) -> dict[str, Any] | None:
+    """The run's model usage for the template: totals, per model and per purpose, and the budget."""
+    if not isinstance(usage, Mapping):
+        return None
+    total = _usage_view(usage.get("total"))
+    if total is None:
+        return None
+    budget = as_float(usage.get("budget_usd"))
+    return total | {
+        "per_model": _usage_table(usage.get("per_model")),
+        "per_purpose": _usage_table(usage.get("per_purpose")),
+        "budget_usd": budget,
+        "budget_reached": budget is not None and total["cost_usd"] >= budget,
+    }
+
+
 def _within_noise(a: float | None, a_iqr: float | None, b: float | None, b_iqr: float | None) -> bool:
     """True when two medians differ by less than the larger run-to-run spread (DESIGN.md §5: noise)."""
     if a is None or b is None:
@@ -240,6 +297,7 @@ def _candidate_view(row: Mapping[str, Any]) -> dict[str, Any]:
         "compiled": as_bool(row.get("compiled")),
         "correct": as_bool(row.get("correct")),
         "reject_reason": _text(row.get("reject_reason")),
+        "duplicate": _text(row.get("reject_reason")).startswith(DUPLICATE_PREFIX),
         "time_ms": as_float(row.get("time_ms")),
         "speedup_eager": as_float(row.get("speedup_eager")),
         "speedup_compile": as_float(row.get("speedup_compile")),
@@ -281,7 +339,7 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
     else:  # derive from the rows when the lead did not count them
         counts: dict[str, int] = {}
         for c in candidates:
-            if not c["correct"]:
+            if not c["correct"] and not c["duplicate"]:
                 reason = c["reject_reason"] or "unknown"
                 counts[reason] = counts.get(reason, 0) + 1
         failures = list(counts.items())
@@ -308,6 +366,9 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
         "n_correct": n_correct,
         "failures": failures,
         "n_failed": sum(n for _, n in failures),
+        "n_duplicates": (as_int(problem.get("duplicates")) if problem.get("duplicates") is not None
+                         else sum(1 for c in candidates if c["duplicate"])),
+        "usage": _usage_view(problem.get("usage")),
         "best": best,
         "noise_vs_eager": best is not None
         and _within_noise(best["time_ms"], best["time_iqr_ms"], eager_ms, eager_iqr),
@@ -351,6 +412,7 @@ def build_context(summary: Mapping[str, Any]) -> dict[str, Any]:
         "geomean_eager": _geomean([p["best"]["speedup_eager"] for p in with_best]),
         "n_with_compile": len(with_compile),
         "geomean_compile": _geomean([p["best"]["speedup_compile"] for p in with_compile]),
+        "usage": _run_usage_view(summary.get("usage")),
         "config_text": _dump(summary.get("config")),
         "manifest_text": _dump(summary.get("manifest")),
     }
@@ -371,7 +433,7 @@ def make_environment(template_dir: Path) -> jinja2.Environment:
     )
     env.filters.update(
         ms=fmt_ms, ms_iqr=fmt_ms_iqr, iqr=fmt_iqr, speedup=fmt_speedup, speedup_class=speedup_class,
-        err=fmt_err, num=fmt_num,
+        err=fmt_err, num=fmt_num, tokens=fmt_tokens, usd=fmt_usd,
     )
     return env
 

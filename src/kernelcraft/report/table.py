@@ -19,6 +19,10 @@ CANDIDATE_COLUMNS = (
     "reject_reason", "time_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "max_rel_err",
 )
 
+# The reject reason of a candidate whose code normalises to an earlier candidate's: it was not evaluated again,
+# which is not a failure (the report counts duplicates apart from failures).
+DUPLICATE_PREFIX = "duplicate of "
+
 _INT_COLUMNS = frozenset({"round"})
 _BOOL_COLUMNS = frozenset({"compiled", "correct"})
 _FLOAT_COLUMNS = frozenset(

@@ -2,6 +2,7 @@
 names the key and what is allowed."""
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -91,3 +92,11 @@ def test_missing_required_key_is_named(config):
     del bad["benchmark"]["iters"]
     with pytest.raises(ConfigError, match=r"'benchmark'.*'iters'"):
         check_config(bad)
+
+
+def test_the_readme_model_examples_are_valid_configs(config):
+    readme = (DEFAULT_CONFIG_PATH.parent / "README.md").read_text()
+    examples = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert len(examples) >= 2
+    for text in examples:
+        check_config(merge(config, yaml.safe_load(text)))  # with the shipped budget, so prices are checked too

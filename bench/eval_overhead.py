@@ -126,6 +126,11 @@ def main() -> None:
         "benchmark_wall_median_s": round(statistics.median(b.get("wall_s", 0.0) for b in timed["results"].values()),
                                          3) if timed["results"] else None,
         "verify_wall_median_s": round(statistics.median(v.get("wall_s", 0.0) for v in verified["results"].values()), 3),
+        "exit_after_release_median_s": {
+            stage: round(statistics.median(d["wall_s"] - d["released_s"] for d in docs if d.get("released_s")), 3)
+            for stage, docs in (("verify", list(verified["results"].values())),
+                                ("benchmark", list(timed["results"].values())))
+            if any(d.get("released_s") for d in docs)},
         "gpu_busy_pct": round(statistics.mean(sampler.samples), 1) if sampler.samples else None,
         "target_overhead_s": 1.5, "target_gpu_busy_pct": 70,
     }))

@@ -129,3 +129,16 @@ def test_the_reference_flops_are_counted_for_matmul_and_zero_for_elementwise():
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     assert count_flops(lambda x, y: x @ y, [a, b]) == 2 * 64 * 32 * 16
     assert count_flops(lambda x: torch.relu(x), [a]) == 0
+
+
+def test_the_parent_counts_reference_flops_on_the_meta_device_for_builtin_problems():
+    from kernelcraft.harness.tasks import reference_flops
+    from kernelcraft.problems import builtin_dir, load_problem
+
+    def flops(pid):
+        return reference_flops(load_problem(builtin_dir() / f"{pid}.py", "full"))
+
+    assert flops("matmul_4096") == 2 * 4096**3
+    # AlexNet conv1: 96 filters of 3x11x11 over a 55x55 output, batch 100 (bias adds are not counted).
+    assert flops("conv2d_alexnet") == 2 * 100 * 96 * 55 * 55 * 3 * 11 * 11
+    assert flops("softmax_4096x65536") == 0

@@ -192,7 +192,8 @@ def model_env() -> dict[str, str]:
 def run_snakemake(work: Path, *extra: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(snakemake_cmd(*extra), cwd=work, env=model_env(), capture_output=True, text=True,
                           timeout=900)
-    (work / "snakemake.stderr").open("a").write(proc.stderr)
+    with (work / "snakemake.stderr").open("a") as fh:
+        fh.write(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -227,8 +228,9 @@ def resumed(tmp_path_factory):
         write_config(work, server, "llm")
         run_dir = work / "results" / "llm"
         server.hold_if = lambda req: purpose_of(req) == "implement" and req.wire == "chat" and idea_number(req) == 3
-        proc = subprocess.Popen(snakemake_cmd(), cwd=work, env=model_env(), stdout=subprocess.DEVNULL,
-                                stderr=open(work / "snakemake.stderr", "w"), start_new_session=True)
+        with (work / "snakemake.stderr").open("w") as err:
+            proc = subprocess.Popen(snakemake_cmd(), cwd=work, env=model_env(), stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True)
         # 2 + 2 ideas calls and 4 + 1 implement calls returned, so 9 transcripts, before the kill.
         deadline = time.monotonic() + 600
         while not (server.held and len(transcript_keys(run_dir)) == 9):

@@ -8,7 +8,6 @@ from pathlib import Path
 from kernelcraft.context import RunContext
 from kernelcraft.harness.timing import hidden_work
 from kernelcraft.harness.worker import Worker
-from kernelcraft.harness.zygote import WARM_ENV
 from kernelcraft.progress import report
 
 
@@ -22,9 +21,13 @@ class TimedOutputsCheck:
     computes something else (or nothing) while timed is rejected."""
 
     def __init__(self, ctx: RunContext, problem: str) -> None:
+        from kernelcraft.harness.tasks import reference_flops
+
         self.ctx = ctx
         self.problem = problem
         self._model = None
+        # Counted here, from the trusted reference, once per job (the counter's first use costs ~1.4 s).
+        self.flops = reference_flops(ctx.load_problem(problem))
 
     def reasons(self, timed_outputs: list[dict]) -> list[str]:
         import torch
@@ -81,6 +84,7 @@ def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: 
         "candidate": str(Path(ctx.root) / cand["path"]), "device": ctx.device,
         "weight_seed": ctx.seed, "seed": _bench_seed(ctx, round_),
         "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]), "min_time_ms": float(bcfg["min_time_ms"]),
+        "flops": check.flops,
         "share": share, "out": None if share else str(out_file),
     }
     try:
@@ -105,7 +109,7 @@ def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: 
                 reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
     finally:
         out_file.unlink(missing_ok=True)
-    record = judge_timing(result) | {"wall_s": round(outcome.wall_s, 3)}
+    record = judge_timing(result) | {"wall_s": round(outcome.wall_s, 3), "released_s": outcome.released_s}
     if reasons:
         record.update(timed=False, reason="; ".join(([record["reason"]] if record["reason"] else []) + reasons))
     return record
@@ -118,9 +122,9 @@ def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates:
     todo = [c for c in candidates if verified.get(c["id"], {}).get("correct")]
     results: dict[str, dict] = {}
     if todo:
-        check = TimedOutputsCheck(ctx, problem)
-        env = ctx.worker_env(gpu=True, threads=threads) | {WARM_ENV: "flops"}
-        with Worker(env=env, work_dir=ctx.root / "tmp") as worker:
+        with Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=ctx.root / "tmp") as worker:
+            worker.start()  # its imports overlap the FLOP count below
+            check = TimedOutputsCheck(ctx, problem)
             for cand in todo:
                 results[cand["id"]] = _time_one(ctx, worker, problem, round_, cand, timeout, check)
     timed = [r for r in results.values() if r.get("timed")]

@@ -206,9 +206,10 @@ def _nbytes(tensors: Any) -> int:
 
 
 def task_time(problem: str, size: str, candidate: str, device: str, weight_seed: int, seed: int, warmup: int,
-              iters: int, min_time_ms: float = 0.0, share: bool = False, out: str | None = None) -> dict:
+              iters: int, min_time_ms: float = 0.0, flops: int = 0, share: bool = False,
+              out: str | None = None) -> dict:
     """Time the candidate interleaved with the eager reference on the same rotating inputs, and measure the
-    speed-of-light floor for this footprint.
+    speed-of-light floor for this footprint (``flops``, counted by the parent, gives its compute part).
 
     The candidate's outputs from its last timed call on each input set are handed to the parent (CUDA IPC when
     ``share``, else saved to ``out``), which checks them against its own reference."""
@@ -224,7 +225,6 @@ def task_time(problem: str, size: str, candidate: str, device: str, weight_seed:
     ref = prob.make_reference(weight_seed, device)
     sets = _input_sets(prob, seed, device)
     with torch.no_grad():
-        flops = count_flops(ref, sets[0])
         out_bytes = _nbytes(flatten_outputs(ref(*sets[0])))
     _sync(device)
     phases["setup_s"] = clock() - t
@@ -283,6 +283,18 @@ def task_time(problem: str, size: str, candidate: str, device: str, weight_seed:
         "enforce_floor": enforce, "phases": phases,
     })
     return doc
+
+
+def reference_flops(prob: Any) -> int:
+    """FLOPs of one forward of the problem's reference, counted on the meta device (no memory, no GPU) by the
+    trusted parent; 0 when the reference cannot run on meta (data-dependent shapes), which leaves only the
+    memory floor."""
+    try:
+        model = prob.make_reference(0, "meta")
+        inputs = prob.make_inputs(0, "meta")
+        return count_flops(model, inputs)
+    except Exception:  # noqa: BLE001 - no compute floor is a safe answer; a wrong one is not
+        return 0
 
 
 def count_flops(model: Any, inputs: list) -> int:

@@ -134,6 +134,9 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
             results[cand["id"]] = Verdict(False, static).as_dict() | {"wall_s": 0.0}
         else:
             runnable.append(cand)
+    first = Worker(env=env, work_dir=tmp)
+    if runnable:
+        first.start()  # its imports overlap the reference's computation below
     ref = Reference(ctx, problem, plan) if runnable else None
 
     def judge_trials(got: list[dict]) -> Verdict:
@@ -177,33 +180,38 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
                 except Exception as exc:  # a malformed result file is the candidate's failure
                     verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
         out_file.unlink(missing_ok=True)
-        return verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3)}
+        return verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3), "released_s": outcome.released_s}
 
-    def run_lanes(cands: list[dict], lanes: int) -> None:
+    def run_lanes(cands: list[dict], workers: list[Worker]) -> None:
         queue = list(reversed(cands))
         lock = threading.Lock()
 
-        def lane() -> None:
-            with Worker(env=env, work_dir=tmp) as worker:
-                while True:
-                    with lock:
-                        if not queue:
-                            return
-                        cand = queue.pop()
-                    results[cand["id"]] = verify_one(worker, cand)
+        def lane(worker: Worker) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    cand = queue.pop()
+                results[cand["id"]] = verify_one(worker, cand)
 
-        with ThreadPoolExecutor(max_workers=lanes) as pool:
-            for f in [pool.submit(lane) for _ in range(lanes)]:
+        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
+            for f in [pool.submit(lane, w) for w in workers]:
                 f.result()
 
-    if runnable:
-        assert ref is not None
-        lanes = min(len(runnable), verify_lanes(ctx.device, ref.per_candidate_bytes))
-        run_lanes(runnable, lanes)
-        if lanes > 1:
-            again = [c for c in runnable if _out_of_memory(results[c["id"]]["reasons"])]
-            if again:
-                run_lanes(again, 1)
+    workers = [first]
+    try:
+        if runnable:
+            assert ref is not None
+            lanes = min(len(runnable), verify_lanes(ctx.device, ref.per_candidate_bytes))
+            workers += [Worker(env=env, work_dir=tmp) for _ in range(lanes - 1)]
+            run_lanes(runnable, workers)
+            if lanes > 1:
+                again = [c for c in runnable if _out_of_memory(results[c["id"]]["reasons"])]
+                if again:
+                    run_lanes(again, [first])
+    finally:
+        for w in workers:
+            w.close()
     results = {c["id"]: results[c["id"]] for c in todo}
     ok = sum(r["correct"] for r in results.values())
     report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")

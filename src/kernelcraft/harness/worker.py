@@ -36,6 +36,8 @@ class Outcome:
     reason: str | None = None
     wall_s: float = 0.0
     log: str | None = None
+    # With a shared result: seconds from the start to the child's release (the rest of wall_s is its exit).
+    released_s: float | None = None
 
 
 def _signal_name(num: int) -> str:
@@ -87,6 +89,7 @@ class Worker:
         self._work_dir.mkdir(parents=True, exist_ok=True)
         self._start_timeout = start_timeout
         self._proc: subprocess.Popen | None = None
+        self._ready = False
         self._starts = 0
 
     @property
@@ -95,17 +98,27 @@ class Worker:
         return max(0, self._starts - 1)
 
     # -- process management -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Launch the zygote now, without waiting for it: its imports (seconds) overlap whatever the caller does
+        next; the first call waits for it to be ready."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._starts += 1
+            self._ready = False
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "kernelcraft.harness.zygote"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                env=self._env, text=True, bufsize=1,
+            )
+
     def _start(self) -> None:
-        self._starts += 1
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "kernelcraft.harness.zygote"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-            env=self._env, text=True, bufsize=1,
-        )
+        self.start()
+        if self._ready:
+            return
         msg = self._read(self._start_timeout)
         if not msg or not msg.get("ready"):
             self.close()
             raise RuntimeError("candidate worker failed to start (see the job log for its error)")
+        self._ready = True
 
     def _read(self, timeout: float | None) -> dict | None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -144,7 +157,7 @@ class Worker:
         returned (it holds memory the parent reads through CUDA IPC); what ``on_result`` returns is put in the
         outcome's ``result["handled"]``, and an exception it raises becomes the outcome's reason.
         """
-        if self._proc is None or self._proc.poll() is not None:
+        if self._proc is None or self._proc.poll() is not None or not self._ready:
             self._start()
         n = next(self._counter)
         result_path = self._work_dir / f"task-{os.getpid()}-{n}.json"
@@ -219,9 +232,10 @@ class Worker:
         if handled.get("error"):
             return Outcome(False, reason=handled["error"], wall_s=wall, log=str(log_path))
         result = payload.get("result") or {}
+        released = handled["released"] - start if "released" in handled else None
         if on_result is not None:
             result = {"handled": handled.get("value")}
-        return Outcome(True, result=result, wall_s=wall, log=str(log_path))
+        return Outcome(True, result=result, wall_s=wall, log=str(log_path), released_s=released)
 
     def _wait(self, pid: int, deadline: float, result_path: Path, release_path: Path,
               on_result: Callable[[dict], Any] | None, handled: dict) -> dict | None:
@@ -258,3 +272,4 @@ class Worker:
                     except Exception as exc:  # the child's data could not be used: its failure
                         handled["error"] = f"unusable shared outputs: {type(exc).__name__}: {exc}"[:300]
                 release_path.touch()
+                handled["released"] = time.perf_counter()

@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 
-# Comma-separated first-use costs to pay once in the zygote: "audit" (verification), "flops" (timing).
+# Comma-separated first-use costs to pay once in the zygote: "audit" (verification).
 WARM_ENV = "KERNELCRAFT_WARM"
 # Set to keep one spare child with its CUDA context already created (GPU jobs of the cuda backend).
 SPARE_ENV = "KERNELCRAFT_SPARE_CUDA"
@@ -137,11 +137,6 @@ def main() -> None:
         from kernelcraft.harness.audit import warm_up
 
         warm_up()
-    if "flops" in warm:
-        # Timing zygotes: the FLOP counter's first use costs about 1.4 s (measured on the H100 host).
-        from kernelcraft.harness.tasks import count_flops
-
-        count_flops(lambda a: a @ a, [torch.zeros(2, 2)])
 
     proto_out = os.dup(1)
     # Nothing the zygote itself prints may corrupt the protocol.

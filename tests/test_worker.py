@@ -136,4 +136,4 @@ def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_pa
     assert len(set(pids)) == 3
     assert all(o.reason.endswith("seen=None") for o in outs)  # nothing left behind by the previous candidate
     assert hung.reason == "timeout after 3 s"
-    assert after.ok
+    assert after.ok, after.reason

@@ -77,7 +77,8 @@ def _spare(requests: int, proto_out: int) -> None:
     once), then wait for the one task this process will ever run. The spare is forked while the previous
     candidate runs, so a candidate finds its context ready; no candidate code has run in it before."""
     try:
-        os.setpgid(0, 0)
+        if os.getpgid(0) != os.getpid():
+            os.setpgid(0, 0)
         import torch
 
         torch.empty(1, device="cuda")
@@ -102,8 +103,18 @@ def _fork_spare(proto_out: int) -> tuple[int, int]:
     if pid == 0:
         os.close(write_end)
         _spare(read_end, proto_out)
+    _own_group(pid)
     os.close(read_end)
     return pid, write_end
+
+
+def _own_group(pid: int) -> None:
+    """Put a new child in its own process group from this side too (the child does the same), so a kill of its
+    group can never race the child's own setpgid."""
+    try:
+        os.setpgid(pid, pid)
+    except (PermissionError, ProcessLookupError):  # it got there first, or is already gone
+        pass
 
 
 def _start(request: dict, proto_out: int, spare: tuple[int, int] | None) -> int:
@@ -121,6 +132,7 @@ def _start(request: dict, proto_out: int, spare: tuple[int, int] | None) -> int:
     pid = os.fork()
     if pid == 0:
         _child(request, proto_out)
+    _own_group(pid)
     return pid
 
 

@@ -26,8 +26,9 @@ class TimedOutputsCheck:
         self.ctx = ctx
         self.problem = problem
         self._model = None
-        # Counted here, from the trusted reference, once per job (the counter's first use costs ~1.4 s).
-        self.flops = reference_flops(ctx.load_problem(problem))
+        # Counted here, from the trusted reference, once per job (the counter's first use costs ~1.4 s); only the
+        # GPU has a compute floor (tasks.task_time says why).
+        self.flops = reference_flops(ctx.load_problem(problem)) if ctx.device == "cuda" else 0
 
     def reasons(self, timed_outputs: list[dict]) -> list[str]:
         import torch

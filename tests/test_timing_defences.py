@@ -58,16 +58,20 @@ class ModelNew(nn.Module):
 '''
 
 
-@pytest.mark.slow
-def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path):
+def _benchmark(tmp_path, sources: dict[str, str]) -> dict[str, dict]:
+    """Time candidates (taken as verified) through the benchmark stage on the CPU backend."""
     ctx, problem = _context(tmp_path, "reject")
     entries = []
-    for name, src in (("honest", HONEST), ("patches_clocks", PATCHES_CLOCKS)):
+    for name, src in sources.items():
         path = tmp_path / f"{name}.py"
         path.write_text(src)
         entries.append({"id": name, "path": str(path)})
-    verified = {"honest": {"correct": True}, "patches_clocks": {"correct": True}}
-    results = benchmark_candidates(ctx, problem, 1, entries, verified, 120)["results"]
+    return benchmark_candidates(ctx, problem, 1, entries, dict.fromkeys(sources, {"correct": True}), 120)["results"]
+
+
+@pytest.mark.slow
+def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path):
+    results = _benchmark(tmp_path, {"honest": HONEST, "patches_clocks": PATCHES_CLOCKS})
     honest, patched = results["honest"], results["patches_clocks"]
     assert honest["timed"] and patched["timed"], (honest, patched)
     assert patched["time_ms"] > 0.3 * honest["time_ms"]
@@ -91,14 +95,7 @@ class ModelNew(nn.Module):
 
 @pytest.mark.slow
 def test_a_kernel_that_computes_something_else_while_timed_is_rejected(tmp_path):
-    ctx, problem = _context(tmp_path, "reject")
-    entries = []
-    for name, src in (("honest", HONEST), ("switches", SWITCHES_WHEN_TIMED)):
-        path = tmp_path / f"{name}.py"
-        path.write_text(src)
-        entries.append({"id": name, "path": str(path)})
-    verified = {"honest": {"correct": True}, "switches": {"correct": True}}
-    results = benchmark_candidates(ctx, problem, 1, entries, verified, 120)["results"]
+    results = _benchmark(tmp_path, {"honest": HONEST, "switches": SWITCHES_WHEN_TIMED})
     assert results["honest"]["timed"] is True, results["honest"]
     assert results["switches"]["timed"] is False
     assert results["switches"]["reason"].startswith(

@@ -258,3 +258,122 @@ def test_the_proposer_works_through_the_real_client_in_each_wire_format(tmp_path
     assert impls[0]["transcript"] != impls[1]["transcript"]
     for key in (ideas[0]["transcript"], impls[0]["transcript"], impls[1]["transcript"]):
         assert (layout.transcripts_dir(tmp_path) / key[:2] / f"{key}.json").is_file()
+
+
+# -- the compile stage's repair of compile errors -----------------------------------------------------------------
+
+# GOOD with an undeclared C identifier: the C compiler rejects it.
+BROKEN = GOOD.replace("y[i] = x[i] > 0.f", "y[i] = undeclared_v > 0.f")
+# GOOD with another C error (a missing semicolon): what a first repair that did not fix the build looks like.
+STILL_BROKEN = GOOD.replace(": 0.f; }", ": 0.f }")
+OFFLINE_ENTRY = {"provider": "offline", "model": "offline-v1", "weight": 1}
+
+
+def _repair_context(tmp_path: Path, monkeypatch, client: FakeClient,
+                    repair_attempts: int = 1) -> tuple[RunContext, list]:
+    """A run whose implement ensemble is o3 plus the offline proposer, with the fake client behind every model
+    proposer the stage makes (through the real rounds.job_proposers); also the list of clients made."""
+    from kernelcraft.llm.client import LLMClient
+
+    ctx = _context(tmp_path)
+    ctx.config["models"]["implement"] = [ENTRY, OFFLINE_ENTRY]
+    ctx.config["llm"]["repair_attempts"] = repair_attempts
+    made = []
+    monkeypatch.setattr(LLMClient, "from_config", classmethod(lambda cls, root, config: made.append(root) or client))
+    return ctx, made
+
+
+def _write_candidates(ctx: RunContext, sources: dict[str, tuple[str, str]]) -> list[dict]:
+    """Implement-stage records for ``{cid: (model label, source)}``, their files written."""
+    out_dir = layout.candidates_dir(ctx.root, "relu", 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cands = []
+    for cid, (model, source) in sources.items():
+        (out_dir / f"{cid}.py").write_text(source)
+        cands.append({"id": cid, "idea_id": "r1_i0", "idea": IDEAS[0]["text"], "kind": IDEAS[0]["kind"],
+                      "parent": "reference", "model": model, "path": f"relu/round_1/candidates/{cid}.py"})
+    return cands
+
+
+def test_a_models_candidate_with_a_compile_error_is_repaired_built_and_recorded(tmp_path, monkeypatch):
+    client = FakeClient(lambda r: (fenced(GOOD), "stop"))
+    ctx, _ = _repair_context(tmp_path, monkeypatch, client)
+    cands = _write_candidates(ctx, {"r1_i0_m0": ("openai/o3", BROKEN), "r1_i0_m1": ("offline/offline-v1", BROKEN),
+                                    "r1_i0_m2": ("openai/o3", OTHER)})
+    built = compile_candidates(ctx, "relu", 1, cands, 2, 60, templates=TEMPLATES)
+
+    (batch,) = client.batches
+    (request,) = batch  # only the model's broken candidate was sent back; the offline one never is
+    assert request.purpose == "repair" and request.model == "o3"
+    assert request.tags == {"problem": "relu_4096x32768", "round": 1, "idea": "r1_i0", "attempt": 1,
+                            "candidate": "r1_i0_m0"}
+    prompt = request.messages[1].content
+    assert "undeclared_v > 0.f" in prompt and IDEAS[0]["text"] in prompt
+    assert "compile error: C compiler failed on kernel 'relu_k'" in prompt
+    assert "error: 'undeclared_v' undeclared" in prompt
+    # The build log's paths are cut to the run's own layout, so the request key does not depend on the machine,
+    # and of the traceback only the candidate's own frames are shown.
+    assert str(tmp_path) not in prompt and 'File "relu/round_1/candidates/r1_i0_m0.py", line 9' in prompt
+    assert "zygote.py" not in prompt and "note: each undeclared identifier" in prompt
+
+    fixed = built["r1_i0_m0"]
+    assert fixed["compiled"] is True and fixed["reason"] is None
+    assert fixed["path"] == "relu/round_1/candidates/r1_i0_m0.repair1.py"
+    assert (ctx.root / fixed["path"]).read_text() == GOOD
+    assert (ctx.root / "relu/round_1/candidates/r1_i0_m0.py").read_text() == BROKEN  # the original is kept
+    (repair,) = fixed["repairs"]
+    assert repair["attempt"] == 1 and repair["path"] == fixed["path"] and repair["transcript"] == request.key()
+    assert repair["reason_before"].startswith("compile error: C compiler failed on kernel 'relu_k'")
+    assert [k["name"] for k in fixed["kernels"]] == ["relu_k"]
+
+    offline = built["r1_i0_m1"]
+    assert offline["compiled"] is False and offline["reason"].startswith("compile error")
+    assert "repairs" not in offline and offline["path"] == "relu/round_1/candidates/r1_i0_m1.py"
+    assert built["r1_i0_m2"]["compiled"] is True and "repairs" not in built["r1_i0_m2"]
+    assert built["r1_i0_m2"]["path"] == "relu/round_1/candidates/r1_i0_m2.py"
+    assert (ctx.root / "logs/candidates/relu/round_1/r1_i0_m0.repair1.compile.log").exists()
+
+
+def test_a_repair_reply_without_code_leaves_the_candidate_failed_with_its_compile_reason(tmp_path, monkeypatch):
+    client = FakeClient(lambda r: ("I cannot see what is wrong with it.", "stop"))
+    ctx, _ = _repair_context(tmp_path, monkeypatch, client, repair_attempts=3)
+    cands = _write_candidates(ctx, {"r1_i0_m0": ("openai/o3", BROKEN)})
+    result = compile_candidates(ctx, "relu", 1, cands, 1, 60, templates=TEMPLATES)["r1_i0_m0"]
+
+    assert len(client.batches) == 1  # a failed call ends the candidate's repairs, whatever attempts remain
+    (repair,) = result["repairs"]
+    original = repair["reason_before"]
+    assert original.startswith("compile error: C compiler failed on kernel 'relu_k'")
+    assert repair["path"] is None and repair["transcript"] == client.batches[0][0].key()
+    assert result["compiled"] is False
+    assert result["reason"] == f"{original} (repair 1 failed: model reply: no ```python code block)"
+    assert result["path"] == "relu/round_1/candidates/r1_i0_m0.py"
+    assert not list(layout.candidates_dir(ctx.root, "relu", 1).glob("*.repair*"))
+
+
+def test_a_repair_that_still_fails_to_build_is_sent_back_again_from_its_own_code(tmp_path, monkeypatch):
+    client = FakeClient(lambda r: (fenced(STILL_BROKEN if r.tags["attempt"] == 1 else GOOD), "stop"))
+    ctx, _ = _repair_context(tmp_path, monkeypatch, client, repair_attempts=2)
+    cands = _write_candidates(ctx, {"r1_i0_m0": ("openai/o3", BROKEN)})
+    result = compile_candidates(ctx, "relu", 1, cands, 1, 60, templates=TEMPLATES)["r1_i0_m0"]
+
+    first, second = (batch[0] for batch in client.batches)
+    assert (first.tags["attempt"], second.tags["attempt"]) == (1, 2)
+    failed_code = second.messages[1].content.split("# What went wrong")[0]
+    assert ": 0.f }" in failed_code and "undeclared_v" not in failed_code  # the second asks about the first repair
+    assert [r["path"] for r in result["repairs"]] == ["relu/round_1/candidates/r1_i0_m0.repair1.py",
+                                                      "relu/round_1/candidates/r1_i0_m0.repair2.py"]
+    assert "undeclared_v" in result["repairs"][0]["reason_before"]
+    assert "expected ';'" in result["repairs"][1]["reason_before"]
+    assert result["compiled"] is True and result["path"] == "relu/round_1/candidates/r1_i0_m0.repair2.py"
+    assert (ctx.root / "relu/round_1/candidates/r1_i0_m0.repair1.py").read_text() == STILL_BROKEN
+
+
+def test_repair_attempts_zero_sends_no_compile_error_back(tmp_path, monkeypatch):
+    client = FakeClient(lambda r: (fenced(GOOD), "stop"))
+    ctx, made = _repair_context(tmp_path, monkeypatch, client, repair_attempts=0)
+    cands = _write_candidates(ctx, {"r1_i0_m0": ("openai/o3", BROKEN)})
+    result = compile_candidates(ctx, "relu", 1, cands, 1, 60, templates=TEMPLATES)["r1_i0_m0"]
+    assert client.batches == [] and made == []
+    assert result["compiled"] is False and result["reason"].startswith("compile error") and "repairs" not in result
+    assert result["path"] == "relu/round_1/candidates/r1_i0_m0.py"

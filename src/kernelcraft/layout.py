@@ -6,7 +6,7 @@ files cannot drift apart.
     results/<run>/manifest.json, candidates.csv, report.html
     results/<run>/<problem>/baseline.json
     results/<run>/<problem>/round_<r>/{ideas,implement,compile,verify,benchmark,select}.json
-    results/<run>/<problem>/round_<r>/candidates/<candidate>.py
+    results/<run>/<problem>/round_<r>/candidates/<candidate>.py, <candidate>.repair<k>.py (a compile repair)
     results/<run>/build/   kernel build cache shared by compile (CPU) and verify/benchmark (GPU) jobs
     results/<run>/logs/    one log per job, one per candidate process
     results/<run>/transcripts/<kk>/<key>.json   every model call, content-addressed by its request (resume, replay)
@@ -39,6 +39,20 @@ def stage_file(run_root: str | Path, problem: str, round_: int, stage: str) -> P
 
 def candidates_dir(run_root: str | Path, problem: str, round_: int) -> Path:
     return round_dir(run_root, problem, round_) / "candidates"
+
+
+def repair_file(candidate_file: str | Path, candidate_id: str, attempt: int) -> Path:
+    """Where the compile stage writes a model's repair of a candidate that failed to build: next to the original,
+    which is never overwritten (the implement stage's record and its digest keep describing it)."""
+    return Path(candidate_file).with_name(f"{candidate_id}.repair{int(attempt)}.py")
+
+
+def evaluated_path(candidate: dict, result: dict | None) -> str | None:
+    """The file a candidate was evaluated from, relative to the run root: the ``path`` a stage's result for it
+    records (compile records the file it built, a repair's when one was needed, and verify carries it on), else
+    the implement stage's file. Verify, benchmark, select and the report all ask here, so they judge, time, seed
+    from and show the same code."""
+    return (result or {}).get("path") or candidate.get("path")
 
 
 def baseline_file(run_root: str | Path, problem: str) -> Path:

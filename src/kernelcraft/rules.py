@@ -46,7 +46,8 @@ def compile(smk: Any) -> None:  # noqa: A001 - the rule is called compile
     problem, round_ = smk.wildcards["problem"], _round(smk)
     candidates = read_json(smk.input["implement"])["candidates"]
     workers = int(ctx.config["build"]["workers"]) or int(smk.threads)
-    results = compile_candidates(ctx, problem, round_, candidates, workers, float(ctx.config["build"]["timeout_s"]))
+    results = compile_candidates(ctx, problem, round_, candidates, workers, float(ctx.config["build"]["timeout_s"]),
+                                 templates=smk.params.templates)
     write_json(smk.output[0], {"problem": problem, "round": round_, "backend": ctx.backend,
                                "cuda_arch": ctx.cuda_arch, "results": results})
 

@@ -1,5 +1,7 @@
 # compile (CPU, parallel builds) -> verify (GPU) -> benchmark (GPU) -> select, per problem and round.
 # A candidate that fails to build, is wrong, crashes or hangs is a recorded result, never a failed job.
+# compile sends a model's candidates that fail to build back to it with the errors (llm.repair_attempts), so it
+# takes the prompt templates, like ideas and implement.
 
 
 rule compile:
@@ -10,6 +12,8 @@ rule compile:
     log:
         job_log("compile"),
     threads: config["build"]["workers"] or workflow.cores
+    params:
+        templates=f"{workflow.basedir}/workflow/templates",
     message:
         "{wildcards.problem} round {wildcards.round}: building candidates"
     script:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.harness.timing import hidden_work
 from kernelcraft.harness.worker import Worker
@@ -120,7 +121,8 @@ def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates:
                          verified: dict[str, dict], timeout: float, threads: int = 1) -> dict:
     """Time every verified candidate, one at a time: timed work never overlaps. On the GPU the next candidate's
     process is forked, with its CUDA context, while the current one is timed (see zygote.py's spare)."""
-    todo = [c for c in candidates if verified.get(c["id"], {}).get("correct")]
+    todo = [c | {"path": layout.evaluated_path(c, verified[c["id"]])} for c in candidates
+            if verified.get(c["id"], {}).get("correct")]  # each timed from the file verify judged
     results: dict[str, dict] = {}
     if todo:
         with Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=ctx.root / "tmp") as worker:

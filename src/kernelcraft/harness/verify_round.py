@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.harness import trials
 from kernelcraft.harness.audit import judge
@@ -122,7 +123,9 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     plan = trials.trial_plan(ctx.seed, problem, round_, int(ctx.config["verify"]["trials"]))
     # On the GPU, outputs are read in place through CUDA IPC instead of being copied out through a file.
     share = ctx.device == "cuda"
-    todo = [c for c in candidates if compiled.get(c["id"], {}).get("compiled")]
+    # Each candidate as built: a compile repair's file when the compile stage repaired it.
+    todo = [c | {"path": layout.evaluated_path(c, compiled[c["id"]])} for c in candidates
+            if compiled.get(c["id"], {}).get("compiled")]
     results: dict[str, dict] = {}
     tmp = ctx.root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,7 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     finally:
         for w in workers:
             w.close()
-    results = {c["id"]: results[c["id"]] for c in todo}
+    results = {c["id"]: results[c["id"]] | {"path": c["path"]} for c in todo}  # later stages use this file
     ok = sum(r["correct"] for r in results.values())
     report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")
     return {"tolerance": {"atol": atol, "rtol": rtol}, "pytorch_compute": policy, "trials": plan,

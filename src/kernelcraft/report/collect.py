@@ -65,6 +65,15 @@ def reason_category(reason: str | None) -> str:
     return reason.split(":", 1)[0][:60]
 
 
+def _repaired(cand: dict, compiled: dict) -> bool:
+    """Whether the code evaluated for a candidate is a model's answer to the repair prompt: a compile repair's
+    file (the compile result names another file than the implement stage's), or a reply the implement stage had
+    sent back before writing its file."""
+    if not cand.get("path"):
+        return False
+    return layout.evaluated_path(cand, compiled) != cand["path"] or bool(cand.get("repairs"))
+
+
 def _problem_rows(ctx: RunContext, problem: str,
                   compile_ms: float | None) -> tuple[list[dict], list[dict], dict[str, dict]]:
     """Table rows, per-round summaries, and every candidate by id (for lineage), from one pass over the files."""
@@ -84,7 +93,9 @@ def _problem_rows(ctx: RunContext, problem: str,
         for cand in impl["candidates"]:
             cid = cand["id"]
             c, v, b = comp.get(cid, {}), ver.get(cid, {}), ben.get(cid, {})
-            index[cid] = cand | {"round": r, "speedup_eager": b.get("speedup_eager")}
+            repaired = _repaired(cand, c)
+            index[cid] = cand | {"round": r, "speedup_eager": b.get("speedup_eager"),
+                                 "path": layout.evaluated_path(cand, c), "repaired": repaired}
             compiled = bool(c.get("compiled"))
             correct = bool(v.get("correct")) if compiled else False
             reason = None
@@ -103,7 +114,7 @@ def _problem_rows(ctx: RunContext, problem: str,
                 "reject_reason": reason, "time_ms": time_ms, "eager_ms": b.get("eager_ms"),
                 "compile_ms": compile_ms, "speedup_eager": b.get("speedup_eager") if time_ms else None,
                 "speedup_compile": (compile_ms / time_ms) if (time_ms and compile_ms) else None,
-                "max_rel_err": v.get("max_rel_err"),
+                "max_rel_err": v.get("max_rel_err"), "repaired": repaired,
             })
         sel = _read(layout.stage_file(ctx.root, problem, r, "select"))
         seeds = (sel or {}).get("seeds") or []
@@ -142,6 +153,7 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None, index: dict[s
     return {
         "candidate_id": best["id"], "round": best["round"], "idea": best.get("idea"), "kind": best.get("kind"),
         "model": best.get("model"), "time_ms": best["time_ms"], "time_iqr_ms": best.get("time_iqr_ms"),
+        "repaired": bool((index.get(best["id"]) or {}).get("repaired")),
         "speedup_eager": best.get("speedup_eager"),
         "speedup_compile": (compile_ms / best["time_ms"]) if compile_ms else None,
         "max_rel_err": ver.get("max_rel_err"),

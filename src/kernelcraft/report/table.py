@@ -17,6 +17,9 @@ from typing import Any
 CANDIDATE_COLUMNS = (
     "problem", "round", "candidate_id", "parent", "idea", "model", "compiled", "correct",
     "reject_reason", "time_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "max_rel_err",
+    # Extras after the contract's columns (their positions stay put): whether the code evaluated is a model's
+    # repair (of a compile error, or of a reply the implement stage sent back).
+    "repaired",
 )
 
 # The reject reason of a candidate whose code normalises to an earlier candidate's: it was not evaluated again,
@@ -24,7 +27,7 @@ CANDIDATE_COLUMNS = (
 DUPLICATE_PREFIX = "duplicate of "
 
 _INT_COLUMNS = frozenset({"round"})
-_BOOL_COLUMNS = frozenset({"compiled", "correct"})
+_BOOL_COLUMNS = frozenset({"compiled", "correct", "repaired"})
 _FLOAT_COLUMNS = frozenset(
     {"time_ms", "eager_ms", "compile_ms", "speedup_eager", "speedup_compile", "max_rel_err"}
 )

@@ -6,7 +6,8 @@ in one ``complete_many`` so they run concurrently. A reply the model got wrong n
 fewer ideas (the reason goes to the job log), and an implementation reply becomes a failed candidate with a
 one-line reason. Replies whose code exists but does not parse, lacks ``ModelNew`` or breaks the contract in a way
 the source shows (a try/except fallback, use of the reference ``Model``) get up to ``repair_attempts`` rounds of
-the repair prompt before being given up on or passed on to the evaluator.
+the repair prompt before being given up on or passed on to the evaluator. Candidates that fail to build are sent
+back by the compile stage (:mod:`kernelcraft.harness.compile_round`) through :meth:`LLMProposer.repair_many`.
 """
 
 from __future__ import annotations
@@ -129,20 +130,31 @@ class LLMProposer:
     # -- repair ---------------------------------------------------------------------------------------------------
 
     def repair(self, problem: Any, backend: str, source: str, errors: str, round_: int, *,
-               idea: dict | None = None, sample: int = 0) -> dict:
+               idea: dict | None = None, sample: int = 0, attempt: int = 1, candidate: str | None = None) -> dict:
         """One fixed candidate for ``source``, which failed with ``errors`` (a compile or verification log tail):
         a result like :meth:`implement`'s."""
-        (reply,) = self.client.complete_many([self._repair_request(problem, backend, source, errors, round_,
-                                                                   idea, sample, 1)])
-        return self._result([reply])
+        task = {"source": source, "errors": errors, "idea": idea, "sample": sample, "candidate": candidate}
+        return self.repair_many(problem, backend, [task], round_, attempt=attempt)[0]
+
+    def repair_many(self, problem: Any, backend: str, tasks: list[dict], round_: int, *,
+                    attempt: int = 1) -> list[dict]:
+        """:meth:`repair` for each task ``{source, errors, idea, sample, candidate}``, all calls issued together
+        (a compile job may hold many failed builds, and a model's answer takes minutes). ``candidate`` labels the
+        request, so a replayed run finds each candidate's own repair."""
+        requests = [self._repair_request(problem, backend, t["source"], t["errors"], round_, t.get("idea"),
+                                         int(t.get("sample", 0)), attempt, candidate=t.get("candidate"))
+                    for t in tasks]
+        return [self._result([reply]) for reply in self.client.complete_many(requests)]
 
     def _repair_request(self, problem: Any, backend: str, source: str, errors: str, round_: int,
-                        idea: dict | None, sample: int, attempt: int) -> Any:
+                        idea: dict | None, sample: int, attempt: int, candidate: str | None = None) -> Any:
         s = self.settings
         messages: tuple[Message, ...] = prompts.repair_messages(
             s.templates, problem, backend, s.hardware, source, errors, idea=idea, build_path=s.build_path,
             policy=s.policy, tolerance=s.tolerance)
         tags = {"problem": str(problem.id), "round": round_, "idea": (idea or {}).get("id"), "attempt": attempt}
+        if candidate is not None:
+            tags["candidate"] = candidate
         return request_for(self.entry, messages, purpose="repair", tags=tags, sample=sample, seed=self.seed + sample)
 
     def _needs_repair(self, reply: Reply) -> tuple[str, str] | None:

@@ -180,7 +180,8 @@ def select_seeds(ctx: RunContext, problem: str, round_: int, implemented: dict, 
         if not b or not b.get("timed") or not ver.get(cand["id"], {}).get("correct"):
             continue
         pool.append({
-            "id": cand["id"], "round": round_, "path": cand["path"], "parent": cand["parent"],
+            "id": cand["id"], "round": round_, "path": layout.evaluated_path(cand, ver[cand["id"]]),
+            "parent": cand["parent"],
             "idea": cand["idea"], "kind": cand.get("kind"), "model": cand["model"],
             "features": cand.get("features"), "time_ms": b["time_ms"], "time_iqr_ms": b["time_iqr_ms"],
             "eager_ms": b["eager_ms"], "speedup_eager": b["speedup_eager"],

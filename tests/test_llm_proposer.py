@@ -377,3 +377,19 @@ def test_repair_attempts_zero_sends_no_compile_error_back(tmp_path, monkeypatch)
     assert client.batches == [] and made == []
     assert result["compiled"] is False and result["reason"].startswith("compile error") and "repairs" not in result
     assert result["path"] == "relu/round_1/candidates/r1_i0_m0.py"
+
+
+def test_a_repaired_candidate_seeds_the_next_round_with_its_repaired_code(tmp_path, monkeypatch):
+    client = FakeClient(lambda r: (fenced(GOOD), "stop"))
+    ctx, _ = _repair_context(tmp_path, monkeypatch, client)
+    cands = _write_candidates(ctx, {"r1_i0_m0": ("openai/o3", BROKEN)})
+    built = compile_candidates(ctx, "relu", 1, cands, 1, 60, templates=TEMPLATES)
+    # What verify and benchmark record for it (they carry the compile result's path on).
+    verified = {"results": {"r1_i0_m0": {"correct": True, "path": built["r1_i0_m0"]["path"]}}}
+    timed = {"results": {"r1_i0_m0": {"timed": True, "time_ms": 0.5, "time_iqr_ms": 0.01, "eager_ms": 1.0,
+                                      "speedup_eager": 2.0}}}
+    doc = rounds.select_seeds(ctx, "relu", 1, {"candidates": cands}, verified, timed)
+    assert [s["path"] for s in doc["seeds"]] == ["relu/round_1/candidates/r1_i0_m0.repair1.py"]
+    write_json(layout.stage_file(ctx.root, "relu", 1, "select"), doc)
+    (seed,) = rounds.current_seeds(ctx, "relu", 2)
+    assert seed["id"] == "r1_i0_m0" and seed["source"] == GOOD

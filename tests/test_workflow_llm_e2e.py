@@ -5,7 +5,9 @@ Snakemake itself runs (no mocks) with OpenAI (chat completions) and Gemini (gene
 server through their official SDKs. The server answers the ideas prompt with JSON ideas and the implementation
 prompt with a real, correct C kernel for ReLU whose block size depends on the idea and the model, so candidates
 differ; one per round is deliberately the same code as an earlier one (new comments only) and must be recorded as
-its duplicate, not evaluated again.
+its duplicate, not evaluated again. OpenAI's first kernel for idea #1 does not compile: the compile job sends it back
+with the compiler's errors, the server answers the repair prompt with a kernel that builds, and that repair is what
+verify and benchmark run.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ class ModelNew(nn.Module):
 '''
 
 
+# The kernel with a C error (an undeclared identifier): what OpenAI first answers for idea #1.
+BROKEN_IDEA, BROKEN_WIRE = 1, "chat"
+
+
+def broken(source: str) -> str:
+    return source.replace("v > 0.f ? v : 0.f", "v > zero ? v : zero")
+
+
 # -- the server's side -------------------------------------------------------------------------------------------
 
 
@@ -81,6 +91,8 @@ def purpose_of(req: Received) -> str:
         return "ideas"
     if "You implement one optimization idea" in system:
         return "implement"
+    if "You fix a candidate kernel file that failed" in system:
+        return "repair"
     return "other"
 
 
@@ -116,7 +128,18 @@ def kernel_reply(req: Received) -> str:
     n = idea_number(req)
     v = variant(n, req.wire)
     source = KERNEL.format(chunk=64 << v, note=f"idea {n} by {req.model}")
+    if (n, req.wire) == (BROKEN_IDEA, BROKEN_WIRE):
+        source = broken(source)
     return f"Here is the candidate.\n\n```python\n{source}```\n"
+
+
+def repair_reply(req: Received) -> str:
+    """The fixed kernel, only for the broken one and only when the prompt shows it with its compiler error."""
+    n = idea_number(req)
+    text = user_text(req)
+    assert (n, req.wire) == (BROKEN_IDEA, BROKEN_WIRE) and "error: 'zero' undeclared" in text, text[-2000:]
+    source = KERNEL.format(chunk=64 << variant(n, req.wire), note=f"idea {n} by {req.model}, repaired")
+    return f"Fixed: `zero` was never declared.\n\n```python\n{source}```\n"
 
 
 def answer(req: Received) -> str:
@@ -125,6 +148,8 @@ def answer(req: Received) -> str:
         return ideas_reply(req)
     if purpose == "implement":
         return kernel_reply(req)
+    if purpose == "repair":
+        return repair_reply(req)
     raise AssertionError(f"unexpected prompt: {req.messages[0]['content'][:200]}")
 
 
@@ -222,7 +247,8 @@ def implement_doc(run_dir: Path, round_: int) -> dict:
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """Run 1 is killed (SIGKILL to Snakemake and its jobs) while round 2's implement job waits for OpenAI's answer
-    for its second idea, after its answer for the first idea was stored; run 2 resumes and finishes."""
+    for its second idea, after its answer for the first idea was stored; run 2 resumes and finishes. Round 1's
+    compile job asked OpenAI for one repair before the kill."""
     work = tmp_path_factory.mktemp("llm_e2e")
     with Server() as server:
         write_config(work, server, "llm")
@@ -231,9 +257,9 @@ def resumed(tmp_path_factory):
         with (work / "snakemake.stderr").open("w") as err:
             proc = subprocess.Popen(snakemake_cmd(), cwd=work, env=model_env(), stdout=subprocess.DEVNULL,
                                     stderr=err, start_new_session=True)
-        # 2 + 2 ideas calls and 4 + 1 implement calls returned, so 9 transcripts, before the kill.
+        # 2 + 2 ideas calls, 4 + 1 implement calls and 1 repair call returned, so 10 transcripts, before the kill.
         deadline = time.monotonic() + 600
-        while not (server.held and len(transcript_keys(run_dir)) == 9):
+        while not (server.held and len(transcript_keys(run_dir)) == 10):
             assert proc.poll() is None, (work / "snakemake.stderr").read_text()[-4000:]
             assert time.monotonic() < deadline, "round 2's held implement call never came"
             time.sleep(0.05)
@@ -255,7 +281,7 @@ def resumed(tmp_path_factory):
 def test_the_resumed_run_repeats_no_call_that_had_returned(resumed):
     first, second = resumed["first"], resumed["second"]
     assert not first["implement_2_existed"]  # the kill did interrupt round 2's implement job
-    assert len(first["answered"]) == 9 and first["count"] == 10
+    assert len(first["answered"]) == 10 and first["count"] == 11
     answered_before = {body_id(*a) for a in first["answered"]}
     asked_again = [body_id(*s) for s in second]
     assert not answered_before & set(asked_again)
@@ -274,7 +300,7 @@ def test_the_resumed_job_takes_its_stored_answer_from_the_transcript(resumed):
     assert cached[0]["purpose"] == "implement" and cached[0]["model"] == OPENAI and cached[0]["round"] == 2
     assert cached[0]["key"] in resumed["first"]["transcripts"]
     answered = [e for e in lines if e["status"] == "answered"]
-    assert len(answered) == 12 and len({e["key"] for e in answered}) == 12
+    assert len(answered) == 13 and len({e["key"] for e in answered}) == 13
 
 
 @pytest.mark.slow
@@ -328,15 +354,57 @@ def test_a_kernel_repeating_an_earlier_one_is_recorded_as_its_duplicate_and_not_
 def test_the_report_shows_tokens_and_cost_of_the_run_and_the_problem(resumed):
     html = (resumed["run_dir"] / "report.html").read_text()
     usage = html.split('id="usage"')[1].split("</section>")[0]
-    # 12 calls returned (6 per model), one answer was reused from its transcript.
-    total = 6 * COST["openai"] + 6 * COST["gemini"]
-    assert f"${total:.4f}" in usage and "12,000" in usage and "6,000" in usage
-    assert re.search(r"Calls</div>\s*<div class=\"value\">12</div>\s*<div class=\"sub\">1 cached", usage)
+    # 13 calls returned (6 per model and OpenAI's repair), one answer was reused from its transcript.
+    total = 7 * COST["openai"] + 6 * COST["gemini"]
+    assert f"${total:.4f}" in usage and "13,000" in usage and "6,500" in usage
+    assert re.search(r"Calls</div>\s*<div class=\"value\">13</div>\s*<div class=\"sub\">1 cached", usage)
     assert f"openai/{OPENAI}" in usage and f"gemini/{GEMINI}" in usage
     section = html.split(f'id="p-{PROBLEM}"')[1]
     assert f"${total:.4f}" in section.split("<figure>")[0]
     failures = section.split("Failures by cause")[1].split("</div>")[0]
     assert "No failed candidates." in failures and "2 duplicates" in failures
+
+
+@pytest.mark.slow
+def test_a_kernel_that_does_not_build_is_repaired_by_its_model_and_the_repair_is_what_is_evaluated(resumed):
+    run_dir, server = resumed["run_dir"], resumed["server"]
+    rdir = run_dir / PROBLEM / "round_1"
+    original = f"{PROBLEM}/round_1/candidates/r1_i1_m0.py"
+    repaired = f"{PROBLEM}/round_1/candidates/r1_i1_m0.repair1.py"
+    # The compile job sent the broken kernel back once, to the model that wrote it, with the compiler's error.
+    repairs = [r for r in server.received if purpose_of(r) == "repair"]
+    assert [(r.wire, r.model) for r in repairs] == [("chat", OPENAI)]
+    prompt = user_text(repairs[0])
+    assert "v > zero ? v : zero" in prompt and "error: 'zero' undeclared" in prompt and str(run_dir) not in prompt
+    assert "zero" in (run_dir / original).read_text() and "zero" not in (run_dir / repaired).read_text()
+    assert "idea 1 by srv-openai, repaired" in (run_dir / repaired).read_text()
+
+    built = json.loads((rdir / "compile.json").read_text())["results"]["r1_i1_m0"]
+    assert built["compiled"] is True and built["reason"] is None and built["path"] == repaired
+    (repair,) = built["repairs"]
+    assert repair["attempt"] == 1 and repair["path"] == repaired and repair["transcript"] in transcript_keys(run_dir)
+    assert repair["reason_before"].startswith("compile error: C compiler failed on kernel 'relu_k'")
+    verified = json.loads((rdir / "verify.json").read_text())["results"]["r1_i1_m0"]
+    assert verified["correct"] is True and verified["path"] == repaired
+    timed = json.loads((rdir / "benchmark.json").read_text())["results"]["r1_i1_m0"]
+    assert timed["timed"] is True and timed["time_ms"] > 0
+    # The candidate's logs: its own build failed, the repair built, and verify and benchmark ran the repair.
+    logs = run_dir / "logs" / "candidates" / PROBLEM / "round_1"
+    assert "'zero' undeclared" in (logs / "r1_i1_m0.compile.log").read_text()
+    assert (logs / "r1_i1_m0.repair1.compile.log").exists()
+
+    rows = {r["candidate_id"]: r for r in read_rows(run_dir)}
+    assert (rows["r1_i1_m0"]["compiled"], rows["r1_i1_m0"]["correct"], rows["r1_i1_m0"]["repaired"]) == (
+        "true", "true", "true")
+    assert float(rows["r1_i1_m0"]["time_ms"]) == pytest.approx(timed["time_ms"], rel=1e-5)
+    assert [cid for cid, r in rows.items() if r["repaired"] == "true"] == ["r1_i1_m0"]
+    html = (run_dir / "report.html").read_text()
+    assert re.search(r'<td class="mono">r1_i1_m0 <span class="tag"[^>]*>repaired</span></td>', html)
+    # Every seed is the file its round verified, so a round-2 prompt that shows r1_i1_m0 shows the repair.
+    for round_ in (1, 2):
+        for seed in json.loads((run_dir / PROBLEM / f"round_{round_}" / "select.json").read_text())["seeds"]:
+            ver = json.loads((run_dir / PROBLEM / f"round_{seed['round']}" / "verify.json").read_text())
+            assert seed["path"] == ver["results"][seed["id"]]["path"]
 
 
 # -- the budget cap --------------------------------------------------------------------------------------------

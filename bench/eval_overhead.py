@@ -23,7 +23,6 @@ import torch
 
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness import verify_round
 from kernelcraft.harness.benchmark_round import benchmark_candidates
 from kernelcraft.harness.compile_round import compile_candidates
 from kernelcraft.harness.gpu import detect_cuda_arch
@@ -53,12 +52,8 @@ def main() -> None:
     parser.add_argument("--ideas", type=int, default=8)
     parser.add_argument("--impls", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verify-lanes", type=int, default=None,
-                        help="at most this many candidates verified at once (default: the evaluator's own limit)")
     args = parser.parse_args()
 
-    if args.verify_lanes:
-        verify_round.MAX_VERIFY_LANES = args.verify_lanes
     work = Path(tempfile.mkdtemp(prefix="kc-overhead-"))
     path = builtin_dir() / f"{args.problem}.py"
     config = load_config(overrides={"run": "overhead", "backend": "cuda", "seed": args.seed})
@@ -115,8 +110,8 @@ def main() -> None:
         "timed": sum(1 for r in timed["results"].values() if r.get("timed")),
         "compile_s": round(compile_s, 2), "verify_s": round(t2 - t1, 2), "benchmark_s": round(t3 - t2, 2),
         "overhead_per_candidate_median_s": round(statistics.median(overheads), 3) if overheads else None,
-        # With several candidates verified at once, one candidate's wall time overlaps others': the round's wall
-        # time per candidate, less the median kernel's own timed work, is the overhead a round actually pays.
+        # The round's wall time per candidate (each job's worker start included), less the median kernel's own
+        # timed work: the overhead a round actually pays.
         "overhead_amortized_per_candidate_s": (round((t3 - t1) / len(entries) - statistics.median(owns), 3)
                                                if owns else None),
         "overhead_minus_reference_work_median_s": (round(statistics.median(overheads_with_ref), 3)

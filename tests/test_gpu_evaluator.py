@@ -141,9 +141,3 @@ def test_a_kernel_that_changes_once_timed_is_rejected_through_ipc(evaluated):
     assert "outputs of timed calls differ from the reference (output: max error above tolerance" in (
         timed["switches_when_timed"]["reason"])
 
-
-def test_several_candidates_are_verified_at_once_on_a_gpu_with_room():
-    from kernelcraft.harness.verify_round import MAX_VERIFY_LANES, verify_lanes
-
-    assert verify_lanes("cuda", 2**30) == MAX_VERIFY_LANES
-    assert verify_lanes("cuda", 2**50) == 1

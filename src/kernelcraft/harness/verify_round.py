@@ -8,9 +8,7 @@ candidate cannot learn the inputs it will be judged on.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kernelcraft import layout
@@ -43,11 +41,6 @@ class Reference:
                 outs = [o.detach().clone() for o in flatten_outputs(model(*inputs))]
             self.trials.append((inputs, outs))
         self.output_bytes = sum(o.numel() * o.element_size() for o in self.trials[0][1]) if self.trials else 0
-        input_bytes = sum(t.numel() * t.element_size() for t in self.trials[0][0]
-                          if isinstance(t, torch.Tensor)) if self.trials else 0
-        # A child keeps clones of every trial's inputs and outputs, plus working copies of two input sets (a
-        # refill keeps the old buffers), one output and the poison block.
-        self.per_candidate_bytes = (len(self.trials) + 2) * (input_bytes + self.output_bytes) + self.output_bytes
 
 
 def _audit_reasons(results: list[dict], policy: str) -> list[str]:
@@ -91,30 +84,11 @@ def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -
     return verdict
 
 
-# Verification children running at once on one GPU (correctness does not need the GPU to itself; timing does).
-MAX_VERIFY_LANES = 4
-
-
-def verify_lanes(device: str, per_candidate_bytes: int) -> int:
-    """How many candidates to verify at once: several on a GPU, as many as three quarters of free memory holds
-    (each child holds every trial's inputs and outputs as handed-over clones, plus working copies)."""
-    if device != "cuda":
-        return 1
-    import torch
-
-    free, _ = torch.cuda.mem_get_info()
-    return max(1, min(MAX_VERIFY_LANES, free * 3 // 4 // max(per_candidate_bytes, 1)))
-
-
-def _out_of_memory(reasons: list[str]) -> bool:
-    return any("OutOfMemoryError" in r or "out of memory" in r for r in reasons)
-
-
 def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
                       compiled: dict[str, dict], timeout: float, threads: int = 1) -> dict:
-    """Verify every compiled candidate. On a GPU several children run at once (their start-up, a CUDA context
-    each, would otherwise leave the GPU idle most of the time); a candidate that ran out of memory while
-    sharing the GPU is verified again alone, so concurrency never costs an honest kernel its verdict."""
+    """Verify every compiled candidate, one child at a time. (Several at once was measured on the H100: no
+    consistent gain once each child finds its CUDA context ready, see zygote.py's spare, while contention made
+    every candidate's own wall time longer.)"""
     import torch
 
     tol = ctx.config["tolerance"]
@@ -137,9 +111,9 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
             results[cand["id"]] = Verdict(False, static).as_dict() | {"wall_s": 0.0}
         else:
             runnable.append(cand)
-    first = Worker(env=env, work_dir=tmp)
+    worker = Worker(env=env, work_dir=tmp)
     if runnable:
-        first.start()  # its imports overlap the reference's computation below
+        worker.start()  # its imports overlap the reference's computation below
     ref = Reference(ctx, problem, plan) if runnable else None
 
     def judge_trials(got: list[dict]) -> Verdict:
@@ -185,36 +159,11 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
         out_file.unlink(missing_ok=True)
         return verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3), "released_s": outcome.released_s}
 
-    def run_lanes(cands: list[dict], workers: list[Worker]) -> None:
-        queue = list(reversed(cands))
-        lock = threading.Lock()
-
-        def lane(worker: Worker) -> None:
-            while True:
-                with lock:
-                    if not queue:
-                        return
-                    cand = queue.pop()
-                results[cand["id"]] = verify_one(worker, cand)
-
-        with ThreadPoolExecutor(max_workers=len(workers)) as pool:
-            for f in [pool.submit(lane, w) for w in workers]:
-                f.result()
-
-    workers = [first]
     try:
-        if runnable:
-            assert ref is not None
-            lanes = min(len(runnable), verify_lanes(ctx.device, ref.per_candidate_bytes))
-            workers += [Worker(env=env, work_dir=tmp) for _ in range(lanes - 1)]
-            run_lanes(runnable, workers)
-            if lanes > 1:
-                again = [c for c in runnable if _out_of_memory(results[c["id"]]["reasons"])]
-                if again:
-                    run_lanes(again, [first])
+        for cand in runnable:
+            results[cand["id"]] = verify_one(worker, cand)
     finally:
-        for w in workers:
-            w.close()
+        worker.close()
     results = {c["id"]: results[c["id"]] | {"path": c["path"]} for c in todo}  # later stages use this file
     ok = sum(r["correct"] for r in results.values())
     report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")

@@ -25,11 +25,11 @@ class TimedOutputsCheck:
         from kernelcraft.harness.tasks import reference_flops
 
         self.ctx = ctx
-        self.problem = problem
+        self.prob = ctx.load_problem(problem)
         self._model = None
         # Counted here, from the trusted reference, once per job (the counter's first use costs ~1.4 s); only the
         # GPU has a compute floor (tasks.task_time says why).
-        self.flops = reference_flops(ctx.load_problem(problem)) if ctx.device == "cuda" else 0
+        self.flops = reference_flops(self.prob) if ctx.device == "cuda" else 0
 
     def reasons(self, timed_outputs: list[dict]) -> list[str]:
         import torch
@@ -37,8 +37,7 @@ class TimedOutputsCheck:
         from kernelcraft.harness.compare import compare_trial
         from kernelcraft.harness.tasks import flatten_outputs
 
-        ctx = self.ctx
-        prob = ctx.load_problem(self.problem)
+        ctx, prob = self.ctx, self.prob
         if self._model is None:
             self._model = prob.make_reference(ctx.seed, ctx.device)
         tol = ctx.config["tolerance"]

@@ -7,7 +7,6 @@ candidate cannot learn the inputs it will be judged on.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,10 +129,10 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
             verdict.passes_strict = False
         return verdict
 
-    def verify_one(worker: Worker, cand: dict) -> dict:
+    def verify_one(cand: dict) -> dict:
         assert ref is not None
         path = Path(ctx.root) / cand["path"]
-        out_file = tmp / f"{problem}-r{round_}-{cand['id']}-{os.getpid()}.outputs.pt"
+        out_file = tmp / f"{problem}-r{round_}-{cand['id']}.outputs.pt"
         log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
         kwargs = {
             "problem": ctx.problem_path(problem), "size": ctx.size, "candidate": str(path),
@@ -161,7 +160,7 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
 
     try:
         for cand in runnable:
-            results[cand["id"]] = verify_one(worker, cand)
+            results[cand["id"]] = verify_one(cand)
     finally:
         worker.close()
     results = {c["id"]: results[c["id"]] | {"path": c["path"]} for c in todo}  # later stages use this file

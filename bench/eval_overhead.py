@@ -35,12 +35,14 @@ class _Sampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: list[int] = []
+        self.times: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
                 self.samples.append(int(torch.cuda.utilization()))
+                self.times.append(time.perf_counter())
             except Exception:  # noqa: BLE001 - NVML missing: report no figure rather than a wrong one
                 return
             time.sleep(0.02)
@@ -127,6 +129,10 @@ def main() -> None:
                                 ("benchmark", list(timed["results"].values())))
             if any(d.get("released_s") for d in docs)},
         "gpu_busy_pct": round(statistics.mean(sampler.samples), 1) if sampler.samples else None,
+        "gpu_busy_pct_by_stage": {stage: round(statistics.mean(s), 1) for stage, s in (
+            ("verify", [v for v, t in zip(sampler.samples, sampler.times, strict=True) if t < t2]),
+            ("benchmark", [v for v, t in zip(sampler.samples, sampler.times, strict=True) if t >= t2])) if s},
+        "job_phases_s": {"verify": verified.get("job"), "benchmark": timed.get("job")},
         "target_overhead_s": 1.5, "target_gpu_busy_pct": 70,
     }))
 

@@ -3,6 +3,7 @@ baseline stage (the reference eager and under torch.compile)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from kernelcraft import layout
@@ -123,17 +124,22 @@ def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates:
     todo = [c | {"path": layout.evaluated_path(c, verified[c["id"]])} for c in candidates
             if verified.get(c["id"], {}).get("correct")]  # each timed from the file verify judged
     results: dict[str, dict] = {}
+    job: dict[str, float | None] = {}
     if todo:
+        clock = time.perf_counter
         with Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=ctx.root / "tmp") as worker:
             worker.start()  # its imports overlap the FLOP count below
+            t0 = clock()
             check = TimedOutputsCheck(ctx, problem)
+            job["check_setup_s"] = round(clock() - t0, 3)
             for cand in todo:
                 results[cand["id"]] = _time_one(ctx, worker, problem, round_, cand, timeout, check)
+        job |= {"worker_ready_s": worker.ready_s and round(worker.ready_s, 3), "total_s": round(clock() - t0, 3)}
     timed = [r for r in results.values() if r.get("timed")]
     best = max((r["speedup_eager"] or 0 for r in timed), default=None)
     msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
     report(problem, round_, "benchmark", msg)
-    return {"device": ctx.device, "results": results}
+    return {"device": ctx.device, "results": results, "job": job}
 
 
 # A measured time this far below the floor is impossible, not fast (the floor itself is measured, so allow noise).

@@ -7,6 +7,7 @@ candidate cannot learn the inputs it will be judged on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from kernelcraft.harness.audit import judge
 from kernelcraft.harness.compare import Verdict, compare_trial, merge_verdicts
 from kernelcraft.harness.static_checks import check_source
 from kernelcraft.harness.worker import Worker
-from kernelcraft.harness.zygote import WARM_ENV
 from kernelcraft.progress import report
 
 
@@ -59,8 +59,6 @@ def _audit_reasons(results: list[dict], policy: str) -> list[str]:
 
 def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -> Verdict:
     """Map the child's exported tensors, judge them on the GPU, and drop every mapping before the child goes."""
-    import time
-
     import torch
 
     from kernelcraft.harness.transfer import import_cuda
@@ -102,7 +100,7 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     results: dict[str, dict] = {}
     tmp = ctx.root / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    env = ctx.worker_env(gpu=True, threads=threads) | {WARM_ENV: "audit"}
+    env = ctx.worker_env(gpu=True, threads=threads)
     runnable = []
     for cand in todo:
         static = check_source((Path(ctx.root) / cand["path"]).read_text(errors="replace"))
@@ -113,7 +111,10 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
     worker = Worker(env=env, work_dir=tmp)
     if runnable:
         worker.start()  # its imports overlap the reference's computation below
+    clock = time.perf_counter
+    t0 = clock()
     ref = Reference(ctx, problem, plan) if runnable else None
+    job = {"reference_s": round(clock() - t0, 3)}
 
     def judge_trials(got: list[dict]) -> Verdict:
         assert ref is not None
@@ -163,8 +164,9 @@ def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: li
             results[cand["id"]] = verify_one(cand)
     finally:
         worker.close()
+    job |= {"worker_ready_s": worker.ready_s and round(worker.ready_s, 3), "total_s": round(clock() - t0, 3)}
     results = {c["id"]: results[c["id"]] | {"path": c["path"]} for c in todo}  # later stages use this file
     ok = sum(r["correct"] for r in results.values())
     report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")
     return {"tolerance": {"atol": atol, "rtol": rtol}, "pytorch_compute": policy, "trials": plan,
-            "results": results}
+            "results": results, "job": job}

@@ -91,6 +91,9 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self._ready = False
         self._starts = 0
+        self._launched = 0.0
+        # Seconds from launching the zygote to its "ready" (imports done), for the job's own phase timings.
+        self.ready_s: float | None = None
 
     @property
     def restarts(self) -> int:
@@ -104,6 +107,7 @@ class Worker:
         if self._proc is None or self._proc.poll() is not None:
             self._starts += 1
             self._ready = False
+            self._launched = time.perf_counter()
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "kernelcraft.harness.zygote"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
@@ -119,6 +123,7 @@ class Worker:
             self.close()
             raise RuntimeError("candidate worker failed to start (see the job log for its error)")
         self._ready = True
+        self.ready_s = time.perf_counter() - self._launched
 
     def _read(self, timeout: float | None) -> dict | None:
         assert self._proc is not None and self._proc.stdout is not None

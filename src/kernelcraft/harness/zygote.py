@@ -22,8 +22,6 @@ import sys
 import time
 import traceback
 
-# Comma-separated first-use costs to pay once in the zygote: "audit" (verification).
-WARM_ENV = "KERNELCRAFT_WARM"
 # Set to keep one spare child with its CUDA context already created (GPU jobs of the cuda backend).
 SPARE_ENV = "KERNELCRAFT_SPARE_CUDA"
 MAX_FILE_ENV = "KERNELCRAFT_MAX_FILE_BYTES"
@@ -140,15 +138,7 @@ def main() -> None:
     # Imported before any fork, once: this is the start-up cost the zygote exists to amortise.
     import torch  # noqa: F401
 
-    from kernelcraft.harness import tasks  # noqa: F401
-
-    warm = set(filter(None, os.environ.get(WARM_ENV, "").split(",")))
-    if "audit" in warm:
-        # Verification zygotes: the audit's first use costs 0.7-1.7 s of lazy imports, paid here once instead
-        # of in every candidate's child; other zygotes never use it.
-        from kernelcraft.harness.audit import warm_up
-
-        warm_up()
+    from kernelcraft.harness import audit, tasks  # noqa: F401
 
     proto_out = os.dup(1)
     # Nothing the zygote itself prints may corrupt the protocol.

@@ -6,7 +6,7 @@ kernel's own timed work) median <= 1.5 s; GPU busy >= 70% of the wall time of ev
     PYTHONPATH=src python bench/eval_overhead.py [--problem softmax_4096x65536] [--ideas 8] [--impls 4]
 
 Candidates come from the offline proposer (round 1 from the reference). GPU busy is NVML's utilisation sampled
-every 20 ms during verify + benchmark. Prints one JSON object.
+every 20 ms during the evaluate stage (verify + benchmark). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import torch
 
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness.benchmark_round import benchmark_candidates
 from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.evaluate_round import evaluate_candidates
 from kernelcraft.harness.gpu import detect_cuda_arch
-from kernelcraft.harness.verify_round import verify_candidates
 from kernelcraft.problems import builtin_dir, load_problem
 from kernelcraft.search.offline import OfflineProposer
 
@@ -35,14 +34,12 @@ class _Sampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: list[int] = []
-        self.times: list[float] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
                 self.samples.append(int(torch.cuda.utilization()))
-                self.times.append(time.perf_counter())
             except Exception:  # noqa: BLE001 - NVML missing: report no figure rather than a wrong one
                 return
             time.sleep(0.02)
@@ -79,10 +76,8 @@ def main() -> None:
     sampler = _Sampler()
     sampler.start()
     t1 = time.perf_counter()
-    verified = verify_candidates(ctx, args.problem, 1, entries, built, 300)
+    verified, timed = evaluate_candidates(ctx, args.problem, 1, entries, built)
     t2 = time.perf_counter()
-    timed = benchmark_candidates(ctx, args.problem, 1, entries, verified["results"], 300)
-    t3 = time.perf_counter()
     sampler.stop.set()
     sampler.join()
 
@@ -101,38 +96,34 @@ def main() -> None:
         wall = v.get("wall_s", 0.0) + b.get("wall_s", 0.0)
         overheads.append(wall - own)
         overheads_with_ref.append(wall - own - ref)
+
     def medians(docs: list[dict]) -> dict:
         phases = [d["phases"] for d in docs if d.get("phases")]
         return {k: round(statistics.median(p[k] for p in phases if k in p), 3)
                 for k in sorted({k for p in phases for k in p})}
+
+    def median_wall(docs: dict) -> float | None:
+        return round(statistics.median(d.get("wall_s", 0.0) for d in docs.values()), 3) if docs else None
+
     print(json.dumps({
         "benchmark": "eval_overhead", "device": torch.cuda.get_device_name(), "problem": args.problem,
         "candidates": len(entries), "compiled": sum(b["compiled"] for b in built.values()),
         "correct": sum(r["correct"] for r in verified["results"].values()),
         "timed": sum(1 for r in timed["results"].values() if r.get("timed")),
-        "compile_s": round(compile_s, 2), "verify_s": round(t2 - t1, 2), "benchmark_s": round(t3 - t2, 2),
+        "compile_s": round(compile_s, 2), "evaluate_s": round(t2 - t1, 2),
         "overhead_per_candidate_median_s": round(statistics.median(overheads), 3) if overheads else None,
-        # The round's wall time per candidate (each job's worker start included), less the median kernel's own
+        # The round's wall time per candidate (the job's worker start included), less the median kernel's own
         # timed work: the overhead a round actually pays.
-        "overhead_amortized_per_candidate_s": (round((t3 - t1) / len(entries) - statistics.median(owns), 3)
+        "overhead_amortized_per_candidate_s": (round((t2 - t1) / len(entries) - statistics.median(owns), 3)
                                                if owns else None),
         "overhead_minus_reference_work_median_s": (round(statistics.median(overheads_with_ref), 3)
                                                    if overheads_with_ref else None),
         "verify_phase_medians_s": medians(list(verified["results"].values())),
         "benchmark_phase_medians_s": medians(list(timed["results"].values())),
-        "benchmark_wall_median_s": round(statistics.median(b.get("wall_s", 0.0) for b in timed["results"].values()),
-                                         3) if timed["results"] else None,
-        "verify_wall_median_s": round(statistics.median(v.get("wall_s", 0.0) for v in verified["results"].values()), 3),
-        "exit_after_release_median_s": {
-            stage: round(statistics.median(d["wall_s"] - d["released_s"] for d in docs if d.get("released_s")), 3)
-            for stage, docs in (("verify", list(verified["results"].values())),
-                                ("benchmark", list(timed["results"].values())))
-            if any(d.get("released_s") for d in docs)},
+        "verify_wall_median_s": median_wall(verified["results"]),
+        "benchmark_wall_median_s": median_wall(timed["results"]),
+        "job_phases_s": verified.get("job"),
         "gpu_busy_pct": round(statistics.mean(sampler.samples), 1) if sampler.samples else None,
-        "gpu_busy_pct_by_stage": {stage: round(statistics.mean(s), 1) for stage, s in (
-            ("verify", [v for v, t in zip(sampler.samples, sampler.times, strict=True) if t < t2]),
-            ("benchmark", [v for v, t in zip(sampler.samples, sampler.times, strict=True) if t >= t2])) if s},
-        "job_phases_s": {"verify": verified.get("job"), "benchmark": timed.get("job")},
         "target_overhead_s": 1.5, "target_gpu_busy_pct": 70,
     }))
 

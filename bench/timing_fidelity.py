@@ -21,9 +21,9 @@ import torch
 
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness.benchmark_round import benchmark_candidates
 from kernelcraft.harness.candidate import load_candidate
 from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.evaluate_round import evaluate_candidates
 from kernelcraft.harness.gpu import detect_cuda_arch
 from kernelcraft.harness.tasks import instantiate
 from kernelcraft.problems import builtin_dir, load_problem
@@ -54,8 +54,7 @@ def main() -> None:
         cand.write_text(source)
         entry = [{"id": "k", "path": str(cand)}]
         built = compile_candidates(ctx, pid, 1, entry, 1, 300)
-        runs = [benchmark_candidates(ctx, pid, 1, entry, {"k": {"correct": True}}, 300)["results"]["k"]
-                for _ in range(2)]
+        runs = [evaluate_candidates(ctx, pid, 1, entry, built)[1]["results"]["k"] for _ in range(2)]
         # do_bench in this process, on the same kernel and input shape.
         os.environ.setdefault("KERNELCRAFT_BUILD_DIR", str(ctx.root / "build"))
         module = load_candidate(cand)

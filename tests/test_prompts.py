@@ -10,8 +10,8 @@ import pytest
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
 from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.evaluate_round import evaluate_candidates
 from kernelcraft.harness.static_checks import check_source
-from kernelcraft.harness.verify_round import verify_candidates
 from kernelcraft.problems import load_problem
 from kernelcraft.search import prompts
 from kernelcraft.search.offline_kernels.catalogue import KINDS
@@ -180,7 +180,7 @@ def test_the_cpu_worked_examples_build_and_pass_verification(tmp_path):
     entries = _entries(["fast_cpu", "load_inline_cpu"])
     built = compile_candidates(ctx, "relu_ref", 1, entries, 2, 300)
     assert all(b["compiled"] for b in built.values()), {k: v["reason"] for k, v in built.items()}
-    verdicts = verify_candidates(ctx, "relu_ref", 1, entries, built, 120)["results"]
+    verdicts = evaluate_candidates(ctx, "relu_ref", 1, entries, built, time_kernels=False)[0]["results"]
     for name, verdict in verdicts.items():
         assert verdict["correct"] is True and verdict["reasons"] == [], (name, verdict["reasons"])
 

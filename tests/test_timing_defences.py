@@ -6,39 +6,44 @@ from pathlib import Path
 
 import pytest
 
-from kernelcraft.harness.benchmark_round import benchmark_candidates, judge_timing
+from kernelcraft.harness.benchmark_round import judge_timing
+from kernelcraft.harness.evaluate_round import evaluate_candidates
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_exploits import HEADER, _context  # noqa: E402
 
 
-def _result(time_ms, wall_ms, floor_ms, enforce=True):
+def _result(time_ms, wall_ms):
     stats = {"median_ms": time_ms, "iqr_ms": 0.01, "min_ms": time_ms, "n": 20}
-    return {"candidate": stats, "eager": dict(stats, median_ms=2.0), "floor_ms": floor_ms, "enforce_floor": enforce,
-            "wall": {"candidate": dict(stats, median_ms=wall_ms)}, "bandwidth_gbs": 3000.0, "input_sets": 3}
+    return {"candidate": stats, "eager": dict(stats, median_ms=2.0),
+            "wall": {"candidate": dict(stats, median_ms=wall_ms)}, "input_sets": 3}
+
+
+def _floor(floor_ms, enforce=True, kind="memory"):
+    return {"floor_ms": floor_ms, "enforce_floor": enforce, "floor_kind": kind, "bandwidth_gbs": 3000.0}
 
 
 def test_a_plausible_time_is_accepted_with_its_share_of_the_floor():
-    record = judge_timing(_result(1.0, 1.02, 0.5))
+    record = judge_timing(_result(1.0, 1.02), _floor(0.5))
     assert record["timed"] is True and record["reason"] is None
     assert record["pct_of_floor"] == pytest.approx(50.0)
     assert record["speedup_eager"] == pytest.approx(2.0)
 
 
 def test_work_hidden_from_the_timed_stream_is_rejected():
-    record = judge_timing(_result(0.05, 1.5, 0.01))
+    record = judge_timing(_result(0.05, 1.5), _floor(0.01))
     assert record["timed"] is False
     assert record["reason"].startswith("work outside the timed stream: 1.5 ms on the wall clock")
 
 
 def test_a_time_below_the_speed_of_light_floor_is_rejected_as_impossible():
-    record = judge_timing(_result(0.1, 0.12, 0.5))
+    record = judge_timing(_result(0.1, 0.12), _floor(0.5))
     assert record["timed"] is False
     assert record["reason"].startswith("impossible time: 0.1 ms is below the speed-of-light floor of 0.5 ms")
 
 
 def test_the_floor_is_not_enforced_where_caches_can_beat_it():
-    assert judge_timing(_result(0.1, 0.12, 0.5, enforce=False))["timed"] is True
+    assert judge_timing(_result(0.1, 0.12), _floor(0.5, enforce=False))["timed"] is True
 
 
 HONEST = HEADER + '''
@@ -59,14 +64,14 @@ class ModelNew(nn.Module):
 
 
 def _benchmark(tmp_path, sources: dict[str, str]) -> dict[str, dict]:
-    """Time candidates (taken as verified) through the benchmark stage on the CPU backend."""
+    """Verify and time candidates through the evaluate stage on the CPU backend (each builds as it loads)."""
     ctx, problem = _context(tmp_path, "reject")
     entries = []
     for name, src in sources.items():
         path = tmp_path / f"{name}.py"
         path.write_text(src)
         entries.append({"id": name, "path": str(path)})
-    return benchmark_candidates(ctx, problem, 1, entries, dict.fromkeys(sources, {"correct": True}), 120)["results"]
+    return evaluate_candidates(ctx, problem, 1, entries, dict.fromkeys(sources, {"compiled": True}))[1]["results"]
 
 
 @pytest.mark.slow
@@ -112,8 +117,7 @@ def test_short_kernels_get_enough_timed_calls_for_the_minimum_timed_work():
 
 
 def test_the_compute_floor_is_named_when_it_is_the_binding_one():
-    result = _result(0.1, 0.12, 0.5) | {"floor_kind": "compute"}
-    record = judge_timing(result)
+    record = judge_timing(_result(0.1, 0.12), _floor(0.5, kind="compute"))
     assert record["reason"] == ("impossible time: 0.1 ms is below the speed-of-light floor of 0.5 ms "
                                 "(FLOPs / measured matmul peak)")
 

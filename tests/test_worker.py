@@ -2,6 +2,7 @@
 on, and candidates never see secrets from the environment."""
 
 import os
+import time
 
 import pytest
 
@@ -137,3 +138,46 @@ def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_pa
     assert all(o.reason.endswith("seen=None") for o in outs)  # nothing left behind by the previous candidate
     assert hung.reason == "timeout after 3 s"
     assert after.ok, after.reason
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_held_child_lives_until_released_and_its_end_is_never_taken_for_the_next_candidates(worker, tmp_path):
+    first = worker.call("build", {"candidate": _candidate(tmp_path, "", "held.py")}, timeout=30,
+                        on_result=lambda result: "judged", keep=True)
+    assert first.ok and first.result == {"handled": "judged"}
+    held = first.held_pid
+    time.sleep(0.3)
+    assert _running(held)  # its memory is still readable by the parent
+    released_while_next_ran = []
+
+    def release() -> None:
+        worker.release(held)
+        released_while_next_ran.append(True)
+
+    second = worker.call("build", {"candidate": _candidate(tmp_path, "import time\ntime.sleep(1)", "next.py")},
+                         timeout=30, while_running=release)
+    assert released_while_next_ran == [True]
+    assert second.ok and "kernels" in second.result  # its own result, not the held child's end
+    deadline = time.monotonic() + 5
+    while _running(held) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(held)
+
+
+def test_closing_the_worker_ends_a_child_still_held(tmp_path):
+    w = Worker(work_dir=tmp_path / "work")
+    out = w.call("build", {"candidate": _candidate(tmp_path, "")}, timeout=30, on_result=lambda r: None, keep=True)
+    start = time.monotonic()
+    w.close()
+    assert time.monotonic() - start < 3  # not the zygote's 5 s grace: the held child was ended first
+    deadline = time.monotonic() + 5
+    while _running(out.held_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(out.held_pid)

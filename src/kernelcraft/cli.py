@@ -1,5 +1,5 @@
 """The ``kernelcraft`` command. ``kernelcraft eval REF.py CANDIDATE.py`` is the single-candidate contract of
-DESIGN.md §3, and runs exactly the code the workflow's compile, verify and benchmark rules run."""
+DESIGN.md §3, and runs exactly the code the workflow's compile and evaluate (verify + benchmark) rules run."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ class UsageError(Exception):
 def _eval(args: argparse.Namespace) -> int:
     from kernelcraft import progress
     from kernelcraft.context import RunContext
-    from kernelcraft.harness.benchmark_round import baseline, benchmark_candidates
+    from kernelcraft.harness.benchmark_round import baseline
     from kernelcraft.harness.compile_round import compile_candidates
+    from kernelcraft.harness.evaluate_round import evaluate_candidates
     from kernelcraft.harness.gpu import detect_cuda_arch, visible_cuda_devices
-    from kernelcraft.harness.verify_round import verify_candidates
     from kernelcraft.problems import ProblemError, load_problem
 
     ref, cand = Path(args.reference).resolve(), Path(args.candidate).resolve()
@@ -51,9 +51,7 @@ def _eval(args: argparse.Namespace) -> int:
         progress.quiet(True)
     entry = {"id": "candidate", "path": str(cand), "parent": "reference", "idea": "", "model": "user"}
     built = compile_candidates(ctx, problem.id, 0, [entry], 1, float(config["build"]["timeout_s"]))
-    verdict = verify_candidates(ctx, problem.id, 0, [entry], built, float(config["verify"]["timeout_s"]))
-    timing = benchmark_candidates(ctx, problem.id, 0, [entry], verdict["results"],
-                                  float(config["benchmark"]["timeout_s"]))
+    verdict, timing = evaluate_candidates(ctx, problem.id, 0, [entry], built)
     base = baseline(ctx, problem.id, 4 * float(config["benchmark"]["timeout_s"])) if args.torch_compile else {}
     b, v, t = built["candidate"], verdict["results"].get("candidate", {}), timing["results"].get("candidate", {})
     reasons = [] if b["compiled"] else [b["reason"]]

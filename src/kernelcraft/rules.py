@@ -52,26 +52,15 @@ def compile(smk: Any) -> None:  # noqa: A001 - the rule is called compile
                                "cuda_arch": ctx.cuda_arch, "results": results})
 
 
-def verify(smk: Any) -> None:
-    from kernelcraft.harness.verify_round import verify_candidates
+def evaluate(smk: Any) -> None:
+    from kernelcraft.harness.evaluate_round import evaluate_candidates
 
     ctx = _ctx(smk)
     problem, round_ = smk.wildcards["problem"], _round(smk)
-    doc = verify_candidates(ctx, problem, round_, read_json(smk.input["implement"])["candidates"],
-                            read_json(smk.input["compile"])["results"],
-                            float(ctx.config["verify"]["timeout_s"]), threads=int(smk.threads))
-    write_json(smk.output[0], {"problem": problem, "round": round_} | doc)
-
-
-def benchmark(smk: Any) -> None:
-    from kernelcraft.harness.benchmark_round import benchmark_candidates
-
-    ctx = _ctx(smk)
-    problem, round_ = smk.wildcards["problem"], _round(smk)
-    doc = benchmark_candidates(ctx, problem, round_, read_json(smk.input["implement"])["candidates"],
-                               read_json(smk.input["verify"])["results"],
-                               float(ctx.config["benchmark"]["timeout_s"]), threads=int(smk.threads))
-    write_json(smk.output[0], {"problem": problem, "round": round_} | doc)
+    verified, timed = evaluate_candidates(ctx, problem, round_, read_json(smk.input["implement"])["candidates"],
+                                          read_json(smk.input["compile"])["results"], threads=int(smk.threads))
+    write_json(smk.output["verify"], {"problem": problem, "round": round_} | verified)
+    write_json(smk.output["benchmark"], {"problem": problem, "round": round_} | timed)
 
 
 def select(smk: Any) -> None:

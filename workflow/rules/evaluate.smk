@@ -1,4 +1,6 @@
-# compile (CPU, parallel builds) -> verify (GPU) -> benchmark (GPU) -> select, per problem and round.
+# compile (CPU, parallel builds) -> evaluate (GPU: verify, then benchmark the correct ones) -> select, per problem
+# and round. One job verifies and times, with one process per candidate for both: two GPU jobs paid every
+# candidate's process start, load and exit twice while the GPU sat idle (harness/evaluate_round.py).
 # A candidate that fails to build, is wrong, crashes or hangs is a recorded result, never a failed job.
 # compile sends a model's candidates that fail to build back to it with the errors (llm.repair_attempts), so it
 # takes the prompt templates, like ideas and implement.
@@ -20,38 +22,22 @@ rule compile:
         "../../scripts/compile.py"
 
 
-rule verify:
+rule evaluate:
     input:
         implement=stage("implement"),
         compile=stage("compile"),
     output:
-        stage("verify"),
-    log:
-        job_log("verify"),
-    threads: EVAL_THREADS
-    resources:
-        gpu=1,
-    message:
-        "{wildcards.problem} round {wildcards.round}: verifying candidates against the reference"
-    script:
-        "../../scripts/verify.py"
-
-
-rule benchmark:
-    input:
-        implement=stage("implement"),
         verify=stage("verify"),
-    output:
-        stage("benchmark"),
+        benchmark=stage("benchmark"),
     log:
-        job_log("benchmark"),
+        job_log("evaluate"),
     threads: EVAL_THREADS
     resources:
         gpu=1,
     message:
-        "{wildcards.problem} round {wildcards.round}: timing verified kernels against eager"
+        "{wildcards.problem} round {wildcards.round}: verifying candidates against the reference, timing the correct ones"
     script:
-        "../../scripts/benchmark.py"
+        "../../scripts/evaluate.py"
 
 
 rule select:

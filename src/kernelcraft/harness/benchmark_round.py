@@ -1,12 +1,11 @@
-"""The benchmark stage (each verified kernel timed interleaved with the eager reference in its own child) and the
-baseline stage (the reference eager and under torch.compile)."""
+"""Timing, seen from the trusted parent: each verified kernel is timed interleaved with the eager reference in its
+own child (evaluate_round.py drives it), and the baseline stage times the reference eager and under
+torch.compile."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.harness.timing import hidden_work
 from kernelcraft.harness.worker import Worker
@@ -59,8 +58,8 @@ class TimedOutputsCheck:
         return reasons
 
 
-def _shared_timing(result: dict, check: TimedOutputsCheck) -> dict:
-    """Judge a timing child's result while it still holds its exported outputs (CUDA IPC)."""
+def _shared_reasons(result: dict, check: TimedOutputsCheck) -> list[str]:
+    """Check a timing child's outputs while it still holds them (CUDA IPC), then drop every mapping."""
     import torch
 
     from kernelcraft.harness.transfer import import_cuda
@@ -72,105 +71,88 @@ def _shared_timing(result: dict, check: TimedOutputsCheck) -> dict:
     finally:
         del mapped
         torch.cuda.ipc_collect()
-    return {"timing": result, "reasons": reasons}
+    return reasons
 
 
-def _time_one(ctx: RunContext, worker: Worker, problem: str, round_: int, cand: dict, timeout: float,
-              check: TimedOutputsCheck) -> dict:
-    bcfg = ctx.config["benchmark"]
-    share = ctx.device == "cuda"
-    out_file = ctx.root / "tmp" / f"{problem}-r{round_}-{cand['id']}.timed.pt"
-    log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.benchmark.log")
-    kwargs = {
-        "problem": ctx.problem_path(problem), "size": ctx.size,
-        "candidate": str(Path(ctx.root) / cand["path"]), "device": ctx.device,
-        "weight_seed": ctx.seed, "seed": _bench_seed(ctx, round_),
-        "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]), "min_time_ms": float(bcfg["min_time_ms"]),
-        "flops": check.flops,
-        "share": share, "out": None if share else str(out_file),
-    }
-    try:
-        if share:
-            outcome = worker.call("time", kwargs, timeout, log=log,
-                                  on_result=lambda result: _shared_timing(result, check))
-            if not outcome.ok:
-                return {"timed": False, "reason": outcome.reason}
-            handled = outcome.result["handled"]
-            result, reasons = handled["timing"], handled["reasons"]
-        else:
-            outcome = worker.call("time", kwargs, timeout, log=log)
-            if not outcome.ok:
-                return {"timed": False, "reason": outcome.reason}
-            import torch
+class Timer:
+    """Timing of one problem and round, seen from the trusted parent: what the child's timing part is asked to
+    do, the speed-of-light floor (measured here, once per job), and the judgement of what the child hands back.
+    Timed work never overlaps: one candidate is timed at a time, and only once every earlier candidate's process
+    has exited (worker.py)."""
 
-            result = outcome.result
-            try:
-                saved = torch.load(out_file, weights_only=True, map_location="cpu")
-                reasons = check.reasons(saved)
-            except Exception as exc:  # a malformed result file is the candidate's failure
-                reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
-    finally:
-        out_file.unlink(missing_ok=True)
-    record = judge_timing(result) | {"wall_s": round(outcome.wall_s, 3), "released_s": outcome.released_s}
-    if reasons:
-        record.update(timed=False, reason="; ".join(([record["reason"]] if record["reason"] else []) + reasons))
-    return record
+    def __init__(self, ctx: RunContext, problem: str, round_: int) -> None:
+        self.ctx, self.problem, self.round = ctx, problem, round_
+        self.share = ctx.device == "cuda"
+        self.check = TimedOutputsCheck(ctx, problem)
+        self.floor: dict = {}
 
+    def prepare(self, footprint_bytes: int) -> None:
+        from kernelcraft.harness.timing import speed_of_light
 
-def benchmark_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
-                         verified: dict[str, dict], timeout: float, threads: int = 1) -> dict:
-    """Time every verified candidate, one at a time: timed work never overlaps. On the GPU the next candidate's
-    process is forked, with its CUDA context, while the current one is timed (see zygote.py's spare)."""
-    todo = [c | {"path": layout.evaluated_path(c, verified[c["id"]])} for c in candidates
-            if verified.get(c["id"], {}).get("correct")]  # each timed from the file verify judged
-    results: dict[str, dict] = {}
-    job: dict[str, float | None] = {}
-    if todo:
-        clock = time.perf_counter
-        with Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=ctx.root / "tmp") as worker:
-            worker.start()  # its imports overlap the FLOP count below
-            t0 = clock()
-            check = TimedOutputsCheck(ctx, problem)
-            job["check_setup_s"] = round(clock() - t0, 3)
-            for cand in todo:
-                results[cand["id"]] = _time_one(ctx, worker, problem, round_, cand, timeout, check)
-        job |= {"worker_ready_s": worker.ready_s and round(worker.ready_s, 3), "total_s": round(clock() - t0, 3)}
-    timed = [r for r in results.values() if r.get("timed")]
-    best = max((r["speedup_eager"] or 0 for r in timed), default=None)
-    msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
-    report(problem, round_, "benchmark", msg)
-    return {"device": ctx.device, "results": results, "job": job}
+        self.floor = speed_of_light(footprint_bytes, self.check.flops, self.ctx.device)
+
+    def task_args(self, out_file: Path) -> dict:
+        bcfg = self.ctx.config["benchmark"]
+        return {"seed": _bench_seed(self.ctx, self.round), "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]),
+                "min_time_ms": float(bcfg["min_time_ms"]), "out": None if self.share else str(out_file)}
+
+    def judge_handover(self, result: dict, out_file: Path) -> dict:
+        """The benchmark record of one candidate from its child's timing result."""
+        import torch
+
+        try:
+            if self.share:
+                reasons = _shared_reasons(result, self.check)
+            else:
+                try:
+                    reasons = self.check.reasons(torch.load(out_file, weights_only=True, map_location="cpu"))
+                except Exception as exc:  # a malformed result file is the candidate's failure
+                    reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
+        finally:
+            out_file.unlink(missing_ok=True)
+        record = judge_timing(result, self.floor)
+        if reasons:
+            record.update(timed=False, reason="; ".join(([record["reason"]] if record["reason"] else []) + reasons))
+        return record
+
+    def doc(self, results: dict[str, dict]) -> dict:
+        timed = [r for r in results.values() if r.get("timed")]
+        best = max((r["speedup_eager"] or 0 for r in timed), default=None)
+        msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
+        report(self.problem, self.round, "benchmark", msg)
+        return {"device": self.ctx.device, "floor": self.floor, "results": results}
 
 
 # A measured time this far below the floor is impossible, not fast (the floor itself is measured, so allow noise).
 FLOOR_SLACK = 0.9
 
 
-def judge_timing(result: dict) -> dict:
-    """Turn one timing child's measurements into the benchmark record, rejecting impossible times."""
+def judge_timing(result: dict, floor: dict) -> dict:
+    """Turn one timing child's measurements into the benchmark record, rejecting impossible times (``floor`` is
+    timing.speed_of_light's measurement)."""
     c, e = result["candidate"], result["eager"]
     wall = result.get("wall", {}).get("candidate", c)
-    floor = result.get("floor_ms")
+    floor_ms = floor.get("floor_ms")
     record = {
         "timed": True, "reason": None,
         "time_ms": c["median_ms"], "time_iqr_ms": c["iqr_ms"],
         "eager_ms": e["median_ms"], "eager_iqr_ms": e["iqr_ms"],
         "speedup_eager": e["median_ms"] / c["median_ms"] if c["median_ms"] > 0 else None,
-        "wall_ms": wall["median_ms"], "floor_ms": floor,
-        "pct_of_floor": (100.0 * floor / c["median_ms"]) if (floor and c["median_ms"] > 0) else None,
-        "bandwidth_gbs": result.get("bandwidth_gbs"), "floor_kind": result.get("floor_kind"),
-        "flops": result.get("flops"), "peak_tflops": result.get("peak_tflops"),
+        "wall_ms": wall["median_ms"], "floor_ms": floor_ms,
+        "pct_of_floor": (100.0 * floor_ms / c["median_ms"]) if (floor_ms and c["median_ms"] > 0) else None,
+        "bandwidth_gbs": floor.get("bandwidth_gbs"), "floor_kind": floor.get("floor_kind"),
+        "flops": floor.get("flops"), "peak_tflops": floor.get("peak_tflops"),
         "samples": c["n"], "input_sets": result.get("input_sets"), "phases": result.get("phases"),
     }
     if hidden_work(c["median_ms"], wall["median_ms"]):
         record.update(timed=False, reason=(
             f"work outside the timed stream: {wall['median_ms']:.4g} ms on the wall clock, "
             f"{c['median_ms']:.4g} ms between the stream's events"))
-    elif floor and result.get("enforce_floor") and c["median_ms"] < FLOOR_SLACK * floor:
-        basis = ("FLOPs / measured matmul peak" if result.get("floor_kind") == "compute"
+    elif floor_ms and floor.get("enforce_floor") and c["median_ms"] < FLOOR_SLACK * floor_ms:
+        basis = ("FLOPs / measured matmul peak" if floor.get("floor_kind") == "compute"
                  else "bytes moved / measured copy bandwidth")
         record.update(timed=False, reason=(
-            f"impossible time: {c['median_ms']:.4g} ms is below the speed-of-light floor of {floor:.4g} ms "
+            f"impossible time: {c['median_ms']:.4g} ms is below the speed-of-light floor of {floor_ms:.4g} ms "
             f"({basis})"))
     return record
 

@@ -4,6 +4,7 @@ with ``weights_only=True``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch as _torch
@@ -22,7 +23,6 @@ _save = _torch.save
 _KEEP: list = []
 
 _MAX_ERROR_CHARS = 600
-CPU_FLOOR_MIN_BYTES = 256 * 2**20
 
 
 def describe_error(exc: BaseException) -> str:
@@ -101,26 +101,26 @@ def _poison(device: str, nbytes: int) -> None:
     del block
 
 
-def task_outputs(problem: str, size: str, candidate: str, device: str, weight_seed: int, plan: list[dict],
-                 out: str, poison_bytes: int = 0, share: bool = False) -> dict:
-    """Run the candidate on each trial of ``plan`` (see trials.py) and hand over its outputs, its inputs
+def _load_model(prob: Any, candidate: str, weight_seed: int, device: str) -> Any:
+    module = load_candidate(candidate)
+    model = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
+    _sync(device)
+    return model
+
+
+def _verification(prob: Any, model: Any, plan: list[dict], device: str, poison_bytes: int, share: bool,
+                  out: str) -> dict:
+    """Run the candidate on each trial of ``plan`` (see trials.py) and describe its outputs, its inputs
     afterwards and an audit of what its forward did (PyTorch operators, kernel launches, extension calls,
-    aliasing): through CUDA IPC when ``share`` (the child then waits for the parent's release), else saved to
-    ``out``."""
+    aliasing): tensors are exported through CUDA IPC when ``share`` (kept alive in _KEEP until the parent has
+    judged them), else saved to ``out``."""
     import torch
 
     from kernelcraft.harness import trials as trial_inputs
     from kernelcraft.harness.audit import aliased_inputs, recorder
     from kernelcraft.harness.build import launch_counts, reset_launch_counts
-    from kernelcraft.problems import load_problem
 
     t_start = timing._perf_counter()
-    phases = {"cuda_init_s": _init_device(device)}
-    prob = load_problem(problem, size)
-    module = load_candidate(candidate)
-    model = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
-    _sync(device)
-    phases["load_s"] = timing._perf_counter() - t_start - phases["cuda_init_s"]
     results = []
     inputs: list | None = None
     clock = timing._perf_counter
@@ -166,10 +166,10 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
         })
         _sync(device)
         spent["keep_s"] += clock() - t
-    phases.update(spent)
+    phases = dict(spent)
     _sync(device)
     t_trials = timing._perf_counter()
-    phases["trials_s"] = t_trials - t_start - phases["load_s"] - phases["cuda_init_s"]
+    phases["trials_s"] = t_trials - t_start
     if share:
         from kernelcraft.harness.transfer import export_cuda
 
@@ -182,6 +182,41 @@ def task_outputs(problem: str, size: str, candidate: str, device: str, weight_se
         return {"trials": results, "phases": phases}
     _save(results, out)
     return {"trials": len(results), "phases": phases}
+
+
+def task_evaluate(problem: str, size: str, candidate: str, device: str, weight_seed: int, plan: list[dict],
+                  out: str, poison_bytes: int = 0, share: bool = False, timing_args: dict | None = None, *,
+                  handover: Callable[[dict], dict]) -> dict:
+    """One candidate, one process: its verification trials are handed to the parent, which judges them and
+    replies; only when the parent says ``time`` is the candidate then timed (``timing_args``, see _timing) in
+    the same process, so it is loaded, built and started once. The eager reference used for timing is built
+    before any candidate code runs."""
+    clock = timing._perf_counter
+    # Absolute monotonic stamps (the parent's clock is the same one): where a candidate's wall time goes between
+    # the two processes, for the job's phase timings.
+    stamps = {"begin": clock()}
+    phases = {"cuda_init_s": _init_device(device)}
+    from kernelcraft.problems import load_problem
+
+    t = clock()
+    prob = load_problem(problem, size)
+    ref = prob.make_reference(weight_seed, device) if timing_args is not None else None
+    _sync(device)
+    phases["problem_s"] = clock() - t
+    t = clock()
+    model = _load_model(prob, candidate, weight_seed, device)
+    phases["load_s"] = clock() - t
+    verified = _verification(prob, model, plan, device, poison_bytes, share, out)
+    stamps["handover"] = clock()
+    verified["phases"] = phases | verified["phases"]
+    verified["stamps"] = stamps
+    reply = handover(verified)
+    _KEEP.clear()  # the parent has unmapped what it judged
+    if ref is None or not reply.get("time"):
+        return {"timed": False}
+    stamps = {"replied": clock()}
+    doc = _timing(prob, ref, model, device, share=share, **(timing_args or {}))
+    return doc | {"stamps": stamps | {"end": clock()}}
 
 
 def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
@@ -205,46 +240,21 @@ def _nbytes(tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def task_time(problem: str, size: str, candidate: str, device: str, weight_seed: int, seed: int, warmup: int,
-              iters: int, min_time_ms: float = 0.0, flops: int = 0, share: bool = False,
-              out: str | None = None) -> dict:
-    """Time the candidate interleaved with the eager reference on the same rotating inputs, and measure the
-    speed-of-light floor for this footprint (``flops``, counted by the parent, gives its compute part).
+def _timing(prob: Any, ref: Any, cand: Any, device: str, seed: int, warmup: int, iters: int,
+            min_time_ms: float = 0.0, share: bool = False, out: str | None = None) -> dict:
+    """Time the candidate interleaved with the eager reference on the same rotating input sets.
 
     The candidate's outputs from its last timed call on each input set are handed to the parent (CUDA IPC when
-    ``share``, else saved to ``out``), which checks them against its own reference."""
-    import torch
-
-    from kernelcraft.harness.timing import copy_bandwidth, interleaved, summarize
-    from kernelcraft.problems import load_problem
+    ``share``, else saved to ``out``), which checks them against its own reference; the parent also holds the
+    speed-of-light floor (measured in its own process, where no candidate runs)."""
+    from kernelcraft.harness.timing import interleaved, summarize
 
     clock = timing._perf_counter
-    phases = {"cuda_init_s": _init_device(device)}
+    phases: dict[str, float] = {}
     t = clock()
-    prob = load_problem(problem, size)
-    ref = prob.make_reference(weight_seed, device)
     sets = _input_sets(prob, seed, device)
-    with torch.no_grad():
-        out_bytes = _nbytes(flatten_outputs(ref(*sets[0])))
     _sync(device)
     phases["setup_s"] = clock() - t
-    footprint = _nbytes(sets[0]) + out_bytes
-    cuda = str(device).startswith("cuda")
-    # Peak memory bandwidth from a copy far larger than any cache. On a GPU the L2 is flushed before every timed
-    # call, so the floor holds at any size; a CPU footprint that fits in its caches can legitimately beat a
-    # DRAM floor, so there the floor is measured and enforced only for footprints beyond any last-level cache.
-    enforce = cuda or footprint > CPU_FLOOR_MIN_BYTES
-    t = clock()
-    bandwidth = copy_bandwidth((512 if cuda else 128) * 2**20, device) if enforce else None
-    # The compute floor needs the device's peak: measured only where the problem does enough arithmetic for it
-    # to matter, and only on the GPU (a busy CPU would under-measure its peak and flag honest kernels).
-    peak = matmul_peak(device) if cuda and flops > 0 else None
-    phases["floor_s"] = clock() - t
-    t = clock()
-    module = load_candidate(candidate)
-    cand = instantiate(module.ModelNew, prob.init_inputs(), weight_seed, device)
-    _sync(device)
-    phases["load_s"] = clock() - t
     t = clock()
     kept: dict[str, dict[int, Any]] = {"candidate": {}}
     samples, walls = interleaved({"candidate": lambda xs: cand(*xs), "eager": lambda xs: ref(*xs)},
@@ -271,17 +281,8 @@ def task_time(problem: str, size: str, candidate: str, device: str, weight_seed:
             _save(timed_outputs, out)
         timed_outputs = [{k: v for k, v in t_out.items() if k != "outputs"} for t_out in timed_outputs]
     doc: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
-    memory_floor = footprint / bandwidth * 1e3 if bandwidth else None
-    compute_floor = flops / peak * 1e3 if peak else None
-    floors = [f for f in (memory_floor, compute_floor) if f]
-    doc.update({
-        "wall": {name: summarize(s) for name, s in walls.items()},
-        "timed_outputs": timed_outputs, "input_sets": n_sets, "footprint_bytes": footprint, "flops": flops,
-        "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None, "peak_tflops": peak / 1e12 if peak else None,
-        "floor_ms": max(floors) if floors else None,
-        "floor_kind": None if not floors else ("compute" if compute_floor == max(floors) else "memory"),
-        "enforce_floor": enforce, "phases": phases,
-    })
+    doc.update({"timed": True, "wall": {name: summarize(s) for name, s in walls.items()},
+                "timed_outputs": timed_outputs, "input_sets": n_sets, "phases": phases})
     return doc
 
 
@@ -298,31 +299,32 @@ def reference_flops(prob: Any) -> int:
 
 
 def count_flops(model: Any, inputs: list) -> int:
-    """Floating-point operations of one reference forward, as PyTorch's FLOP counter sees them (matmuls,
-    convolutions, attention; elementwise work counts as zero, so memory is those problems' floor)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Floating-point operations of one reference forward, by PyTorch's own FLOP formulas (matmuls,
+    convolutions, attention; elementwise work counts as zero, so memory is those problems' floor).
 
-    with FlopCounterMode(display=False) as counter:
+    Counted with a dispatch mode of our own rather than FlopCounterMode, whose first use imports all of
+    torch._dynamo (0.8 s of every GPU evaluate job's start, before its first candidate)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class _Flops(TorchDispatchMode):
+        total = 0
+
+        @classmethod
+        def _should_skip_dynamo(cls) -> bool:
+            return False  # see the docstring: nothing here needs Dynamo
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func.overloadpacket)
+            if formula is not None:
+                self.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with _Flops() as counter:
         model(*inputs)
-    return int(counter.get_total_flops())
-
-
-def matmul_peak(device: str, n: int = 8192) -> float:
-    """FLOP/s of a large half-precision matmul (the fastest dense arithmetic a kernel could use within a loose
-    tolerance), best of a few calls: what the device's arithmetic delivers, for the compute floor."""
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=torch.float16)
-    b = torch.randn(n, n, device=device, dtype=torch.float16)
-    best = float("inf")
-    for _ in range(5):
-        start_ev, end_ev = timing._Event(enable_timing=True), timing._Event(enable_timing=True)
-        timing._record(start_ev)
-        torch.mm(a, b)
-        timing._record(end_ev)
-        timing._synchronize()
-        best = min(best, timing._elapsed(start_ev, end_ev))
-    return 2 * n**3 / (best / 1e3)
+    return counter.total
 
 
 def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: int, warmup: int, iters: int,
@@ -355,10 +357,15 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
     return out
 
 
-TASKS = {"build": task_build, "outputs": task_outputs, "time": task_time, "baseline": task_baseline}
+TASKS = {"build": task_build, "evaluate": task_evaluate, "baseline": task_baseline}
 
 
-def run(task: str, kwargs: dict) -> dict:
+def run(task: str, kwargs: dict, handover: Callable[[dict], dict] | None = None) -> dict:
+    """Run one task; ``handover`` (the zygote's) is passed to tasks that hand results over midway."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
+    if task == "evaluate":
+        if handover is None:
+            raise ValueError("the evaluate task needs a hand-over to the parent")
+        return task_evaluate(**kwargs, handover=handover)
     return TASKS[task](**kwargs)

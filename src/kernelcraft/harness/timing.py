@@ -209,3 +209,44 @@ def copy_bandwidth(nbytes: int, device: str, iters: int = 10) -> float:
             ms = (_perf_counter() - t0) * 1e3
         best = min(best, ms)
     return 2 * n * 4 / (best / 1e3)
+
+
+def matmul_peak(device: str, n: int = 8192) -> float:
+    """FLOP/s of a large half-precision matmul (the fastest dense arithmetic a kernel could use within a loose
+    tolerance), best of a few calls: what the device's arithmetic delivers, for the compute floor."""
+    a = torch.randn(n, n, device=device, dtype=torch.float16)
+    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    best = float("inf")
+    for _ in range(5):
+        start_ev, end_ev = _Event(enable_timing=True), _Event(enable_timing=True)
+        _record(start_ev)
+        torch.mm(a, b)
+        _record(end_ev)
+        _synchronize()
+        best = min(best, _elapsed(start_ev, end_ev))
+    return 2 * n**3 / (best / 1e3)
+
+
+# On a CPU, a footprint that fits in its caches can legitimately beat a DRAM floor: enforce it only beyond this.
+CPU_FLOOR_MIN_BYTES = 256 * 2**20
+
+
+def speed_of_light(footprint_bytes: int, flops: int, device: str) -> dict[str, Any]:
+    """The fastest any kernel could run one forward: max(bytes moved / measured copy bandwidth, FLOPs / measured
+    matmul peak). Measured once per job in the trusted parent, where no candidate code can touch the copy or the
+    matmul it is measured with. On a GPU the L2 is flushed before every timed call, so the floor holds at any
+    size; the compute part only on the GPU, and only where the problem does arithmetic worth counting (a busy
+    CPU would under-measure its peak and flag honest kernels)."""
+    cuda = str(device).startswith("cuda")
+    enforce = cuda or footprint_bytes > CPU_FLOOR_MIN_BYTES
+    bandwidth = copy_bandwidth((512 if cuda else 128) * 2**20, device) if enforce else None
+    peak = matmul_peak(device) if cuda and flops > 0 else None
+    memory_floor = footprint_bytes / bandwidth * 1e3 if bandwidth else None
+    compute_floor = flops / peak * 1e3 if peak else None
+    floors = [f for f in (memory_floor, compute_floor) if f]
+    return {
+        "floor_ms": max(floors) if floors else None,
+        "floor_kind": None if not floors else ("compute" if compute_floor == max(floors) else "memory"),
+        "enforce_floor": enforce, "footprint_bytes": footprint_bytes, "flops": flops,
+        "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None, "peak_tflops": peak / 1e12 if peak else None,
+    }

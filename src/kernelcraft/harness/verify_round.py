@@ -1,8 +1,8 @@
-"""The verify stage: run each compiled candidate in its own child on fresh inputs, compare in this process.
+"""Verification: each candidate runs on fresh inputs in its own child; this process compares.
 
 This process computes the reference outputs itself and never imports candidate code; the child only hands back
-tensors in a file loaded with ``weights_only=True``. Trials use seeds that differ per round and per trial, so a
-candidate cannot learn the inputs it will be judged on.
+tensors (mapped through CUDA IPC, or in a file loaded with ``weights_only=True``). Trials use seeds that differ per
+round and per trial, so a candidate cannot learn the inputs it will be judged on. evaluate_round.py drives it.
 """
 
 from __future__ import annotations
@@ -11,20 +11,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.harness import trials
 from kernelcraft.harness.audit import judge
 from kernelcraft.harness.compare import Verdict, compare_trial, merge_verdicts
 from kernelcraft.harness.static_checks import check_source
-from kernelcraft.harness.worker import Worker
 from kernelcraft.progress import report
 
 
 class Reference:
     """The reference's outputs (and the inputs that produced them) for each trial, computed once per job in this
-    trusted process; the reference never runs in a candidate's process, so there is no reference output memory
-    for a candidate to read."""
+    trusted process; no reference runs in a candidate's process before or during its verification, so there is
+    no reference output memory for a candidate to read."""
 
     def __init__(self, ctx: RunContext, problem: str, plan: list[dict]) -> None:
         import torch
@@ -40,6 +38,8 @@ class Reference:
                 outs = [o.detach().clone() for o in flatten_outputs(model(*inputs))]
             self.trials.append((inputs, outs))
         self.output_bytes = sum(o.numel() * o.element_size() for o in self.trials[0][1]) if self.trials else 0
+        self.input_bytes = sum(t.numel() * t.element_size() for t in self.trials[0][0]
+                               if isinstance(t, torch.Tensor)) if self.trials else 0
 
 
 def _audit_reasons(results: list[dict], policy: str) -> list[str]:
@@ -81,92 +81,67 @@ def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -
     return verdict
 
 
-def verify_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
-                      compiled: dict[str, dict], timeout: float, threads: int = 1) -> dict:
-    """Verify every compiled candidate, one child at a time. (Several at once was measured on the H100: no
-    consistent gain once each child finds its CUDA context ready, see zygote.py's spare, while contention made
-    every candidate's own wall time longer.)"""
-    import torch
+class Verifier:
+    """Verification of one problem and round: the trial plan, the reference's outputs (computed once, here), and
+    the judgement of what a candidate's child hands over. Only this trusted process compares."""
 
-    tol = ctx.config["tolerance"]
-    atol, rtol = float(tol["atol"]), float(tol["rtol"])
-    policy = ctx.config["verify"]["pytorch_compute"]
-    plan = trials.trial_plan(ctx.seed, problem, round_, int(ctx.config["verify"]["trials"]))
-    # On the GPU, outputs are read in place through CUDA IPC instead of being copied out through a file.
-    share = ctx.device == "cuda"
-    # Each candidate as built: a compile repair's file when the compile stage repaired it.
-    todo = [c | {"path": layout.evaluated_path(c, compiled[c["id"]])} for c in candidates
-            if compiled.get(c["id"], {}).get("compiled")]
-    results: dict[str, dict] = {}
-    tmp = ctx.root / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    env = ctx.worker_env(gpu=True, threads=threads)
-    runnable = []
-    for cand in todo:
-        static = check_source((Path(ctx.root) / cand["path"]).read_text(errors="replace"))
-        if static:
-            results[cand["id"]] = Verdict(False, static).as_dict() | {"wall_s": 0.0}
-        else:
-            runnable.append(cand)
-    worker = Worker(env=env, work_dir=tmp)
-    if runnable:
-        worker.start()  # its imports overlap the reference's computation below
-    clock = time.perf_counter
-    t0 = clock()
-    ref = Reference(ctx, problem, plan) if runnable else None
-    job = {"reference_s": round(clock() - t0, 3)}
+    def __init__(self, ctx: RunContext, problem: str, round_: int) -> None:
+        tol = ctx.config["tolerance"]
+        self.ctx, self.problem, self.round = ctx, problem, round_
+        self.atol, self.rtol = float(tol["atol"]), float(tol["rtol"])
+        self.policy = ctx.config["verify"]["pytorch_compute"]
+        self.plan = trials.trial_plan(ctx.seed, problem, round_, int(ctx.config["verify"]["trials"]))
+        # On the GPU, outputs are read in place through CUDA IPC instead of being copied out through a file.
+        self.share = ctx.device == "cuda"
+        self.ref: Reference | None = None
 
-    def judge_trials(got: list[dict]) -> Verdict:
-        assert ref is not None
+    def prepare(self) -> None:
+        self.ref = Reference(self.ctx, self.problem, self.plan)
+
+    def task_kwargs(self, candidate: Path, out_file: Path) -> dict:
+        """The verification part of the child's ``evaluate`` task."""
+        assert self.ref is not None
+        return {"problem": self.ctx.problem_path(self.problem), "size": self.ctx.size, "candidate": str(candidate),
+                "device": self.ctx.device, "weight_seed": self.ctx.seed, "plan": self.plan, "out": str(out_file),
+                "poison_bytes": self.ref.output_bytes, "share": self.share}
+
+    def judge_trials(self, got: list[dict]) -> Verdict:
+        import torch
+
+        assert self.ref is not None
         verdict = merge_verdicts([
             compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
-                          torch.device(ctx.device).type, atol, rtol)
-            for t, (inputs, outs) in zip(got, ref.trials, strict=True)
+                          torch.device(self.ctx.device).type, self.atol, self.rtol)
+            for t, (inputs, outs) in zip(got, self.ref.trials, strict=True)
         ])
-        extra = _audit_reasons(got, policy)
+        extra = _audit_reasons(got, self.policy)
         if extra:
             verdict.reasons = extra + verdict.reasons
             verdict.correct = False
             verdict.passes_strict = False
         return verdict
 
-    def verify_one(cand: dict) -> dict:
-        assert ref is not None
-        path = Path(ctx.root) / cand["path"]
-        out_file = tmp / f"{problem}-r{round_}-{cand['id']}.outputs.pt"
-        log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.verify.log")
-        kwargs = {
-            "problem": ctx.problem_path(problem), "size": ctx.size, "candidate": str(path),
-            "device": ctx.device, "weight_seed": ctx.seed, "plan": plan, "out": str(out_file),
-            "poison_bytes": ref.output_bytes, "share": share,
-        }
-        if share:
-            outcome = worker.call("outputs", kwargs, timeout, log=log,
-                                  on_result=lambda result: _judge_shared(result, judge_trials))
-            if outcome.ok:
-                verdict = outcome.result.get("handled") or Verdict(False, ["no outputs were handed over"])
-            else:
-                verdict = Verdict(False, [outcome.reason or "failed"])
-        else:
-            outcome = worker.call("outputs", kwargs, timeout, log=log)
-            if not outcome.ok:
-                verdict = Verdict(False, [outcome.reason or "failed"])
-            else:
-                try:
-                    verdict = judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
-                except Exception as exc:  # a malformed result file is the candidate's failure
-                    verdict = Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
-        out_file.unlink(missing_ok=True)
-        return verdict.as_dict() | {"wall_s": round(outcome.wall_s, 3), "released_s": outcome.released_s}
+    def judge_handover(self, result: dict, out_file: Path) -> Verdict:
+        """Judge what the child handed over: mapped through CUDA IPC, or loaded from its file (weights only)."""
+        import torch
 
-    try:
-        for cand in runnable:
-            results[cand["id"]] = verify_one(cand)
-    finally:
-        worker.close()
-    job |= {"worker_ready_s": worker.ready_s and round(worker.ready_s, 3), "total_s": round(clock() - t0, 3)}
-    results = {c["id"]: results[c["id"]] | {"path": c["path"]} for c in todo}  # later stages use this file
-    ok = sum(r["correct"] for r in results.values())
-    report(problem, round_, "verify", f"{ok}/{len(results)} correct ({len(candidates)} candidates)")
-    return {"tolerance": {"atol": atol, "rtol": rtol}, "pytorch_compute": policy, "trials": plan,
-            "results": results, "job": job}
+        if self.share:
+            return _judge_shared(result, self.judge_trials)
+        try:
+            return self.judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
+        except Exception as exc:  # a malformed result file is the candidate's failure
+            return Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
+        finally:
+            out_file.unlink(missing_ok=True)
+
+    def doc(self, results: dict[str, dict], total: int) -> dict:
+        ok = sum(r["correct"] for r in results.values())
+        report(self.problem, self.round, "verify", f"{ok}/{len(results)} correct ({total} candidates)")
+        return {"tolerance": {"atol": self.atol, "rtol": self.rtol}, "pytorch_compute": self.policy,
+                "trials": self.plan, "results": results}
+
+
+def static_verdict(ctx: RunContext, candidate: dict) -> Verdict | None:
+    """A rejection from the source alone (checked before anything runs), else None."""
+    reasons = check_source((Path(ctx.root) / candidate["path"]).read_text(errors="replace"))
+    return Verdict(False, reasons) if reasons else None

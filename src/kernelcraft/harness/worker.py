@@ -17,12 +17,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kernelcraft.harness.env import scrubbed_env
+from kernelcraft.jsonio import write_json
 
 MAX_RSS_ENV = "KERNELCRAFT_MAX_RSS_BYTES"
 
@@ -36,8 +37,13 @@ class Outcome:
     reason: str | None = None
     wall_s: float = 0.0
     log: str | None = None
-    # With a shared result: seconds from the start to the child's release (the rest of wall_s is its exit).
+    # With a held result: seconds from the start to the child's release.
     released_s: float | None = None
+    # Hand-overs answered, and when (seconds from the start).
+    partials: int = 0
+    marks: list[float] = field(default_factory=list)
+    # A child kept alive after its result (``keep``): the caller ends it with Worker.release(pid).
+    held_pid: int | None = None
 
 
 def _signal_name(num: int) -> str:
@@ -91,6 +97,10 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self._ready = False
         self._starts = 0
+        # Children that finished their task but whose end is not yet reported: pid -> killed already (False while
+        # held for the caller, see ``keep``). The current call does not wait for them; timing waits for them all.
+        self._detached: dict[int, bool] = {}
+        self._pending = b""
         self._launched = 0.0
         # Seconds from launching the zygote to its "ready" (imports done), for the job's own phase timings.
         self.ready_s: float | None = None
@@ -107,6 +117,8 @@ class Worker:
         if self._proc is None or self._proc.poll() is not None:
             self._starts += 1
             self._ready = False
+            self._pending = b""
+            self._detached.clear()
             self._launched = time.perf_counter()
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "kernelcraft.harness.zygote"],
@@ -126,17 +138,26 @@ class Worker:
         self.ready_s = time.perf_counter() - self._launched
 
     def _read(self, timeout: float | None) -> dict | None:
+        """One protocol line, parsed; None at the timeout, ``{"eof": True}`` when the zygote is gone. Lines are
+        split here from raw reads, so several arriving together are never stranded in a buffer select cannot see."""
         assert self._proc is not None and self._proc.stdout is not None
-        if timeout is not None:
-            ready, _, _ = select.select([self._proc.stdout], [], [], max(timeout, 0.0))
-            if not ready:
-                return None
-        line = self._proc.stdout.readline()
-        if not line:
-            return {"eof": True}
+        fd = self._proc.stdout.fileno()
+        deadline = None if timeout is None else time.perf_counter() + max(timeout, 0.0)
+        while b"\n" not in self._pending:
+            if deadline is not None:
+                ready, _, _ = select.select([fd], [], [], max(deadline - time.perf_counter(), 0.0))
+                if not ready:
+                    return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return {"eof": True}
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
         return json.loads(line)
 
     def close(self) -> None:
+        for pid in list(self._detached):
+            self.release(pid)  # a held child would otherwise keep the zygote waiting for it
         if self._proc is not None:
             try:
                 if self._proc.stdin:
@@ -154,26 +175,39 @@ class Worker:
         self.close()
 
     # -- tasks ---------------------------------------------------------------------------------------------
-    def call(self, task: str, kwargs: dict, timeout: float, log: str | Path | None = None,
-             on_result: Callable[[dict], Any] | None = None) -> Outcome:
+    def call(self, task: str, kwargs: dict, timeout: float | Sequence[float], log: str | Path | None = None,
+             on_result: Callable[[dict], Any] | None = None,
+             on_partial: Callable[[dict], dict] | None = None, keep: bool = False,
+             while_running: Callable[[], None] | None = None) -> Outcome:
         """Run ``task`` in a fresh child; never raises for anything the candidate does.
 
-        With ``on_result``, the child stays alive after writing its result until ``on_result(result)`` has
-        returned (it holds memory the parent reads through CUDA IPC); what ``on_result`` returns is put in the
-        outcome's ``result["handled"]``, and an exception it raises becomes the outcome's reason.
+        ``on_partial(result)`` answers each intermediate hand-over of the task (see zygote.py) with the dict the
+        child receives; it is called only once every earlier child has exited, so what the child does next (timing)
+        never shares the device with a previous candidate's process. ``timeout`` is per stage when a sequence: the
+        k-th hand-over ends stage k, and its clock restarts there.
+
+        With ``on_result``, the child stays alive after writing its final result until ``on_result(result)`` has
+        returned (it holds memory the parent reads through CUDA IPC), and is then killed, with everything it
+        started in its process group, without waiting for it to finish exiting; what ``on_result`` returns is put
+        in the outcome's ``result["handled"]``, and an exception it raises becomes the outcome's reason. With
+        ``keep`` as well, the child is not killed but held (``Outcome.held_pid``) until the caller's
+        :meth:`release`, so the caller can still read its memory after the call; a held child never outlives the
+        next hand-over, since no child is timed while another lives.
+
+        ``while_running()`` runs in this process once the child has started, before waiting for it: the caller's
+        own work for an earlier candidate (it must not raise) overlaps this candidate's start.
         """
         if self._proc is None or self._proc.poll() is not None or not self._ready:
             self._start()
+        limits = [float(t) for t in timeout] if isinstance(timeout, Sequence) else [float(timeout)]
         n = next(self._counter)
-        result_path = self._work_dir / f"task-{os.getpid()}-{n}.json"
-        log_path = Path(log) if log else self._work_dir / f"task-{os.getpid()}-{n}.log"
+        stem = self._work_dir / f"task-{os.getpid()}-{n}"
+        result_path = stem.with_suffix(".json")
+        log_path = Path(log) if log else stem.with_suffix(".log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        request = {"task": task, "kwargs": kwargs, "result": str(result_path), "log": str(log_path)}
-        release_path = self._work_dir / f"task-{os.getpid()}-{n}.release"
-        if on_result is not None:
-            request["release"] = str(release_path)
-        handled: dict = {}
-        start = time.perf_counter()
+        request = {"task": task, "kwargs": kwargs, "result": str(result_path), "log": str(log_path),
+                   "reply": str(stem.with_suffix(".reply")), "hold": on_result is not None}
+        state = _CallState(start=time.perf_counter(), limits=limits)
         assert self._proc is not None and self._proc.stdin is not None
         try:
             self._proc.stdin.write(json.dumps(request) + "\n")
@@ -181,43 +215,49 @@ class Worker:
         except BrokenPipeError:
             self.close()
             return Outcome(False, reason="worker died before the task started", log=str(log_path))
-        started = self._read(self._start_timeout)
+        started = self._message(None, self._start_timeout)
         if not started or "pid" not in started:
             self.close()
             return Outcome(False, reason="worker died before the task started", log=str(log_path))
         pid = started["pid"]
+        if while_running is not None:
+            while_running()
         try:
-            done = self._wait(pid, start + timeout, result_path, release_path, on_result, handled)
+            done = self._wait(pid, result_path, Path(request["reply"]), on_result, on_partial, state, keep)
         finally:
-            release_path.unlink(missing_ok=True)
+            for k in range(state.partials + 1):
+                Path(f"{request['reply']}.{k}").unlink(missing_ok=True)
+                Path(f"{result_path}.{k}").unlink(missing_ok=True)
+        wall = time.perf_counter() - state.start
+        common = {"wall_s": wall, "log": str(log_path), "partials": state.partials, "marks": state.marks}
+        if done is _RELEASED:
+            result_path.unlink(missing_ok=True)
+            if state.error:
+                return Outcome(False, reason=state.error, **common)
+            return Outcome(True, result={"handled": state.value}, released_s=state.released - state.start,
+                           held_pid=pid if keep else None, **common)
         timed_out = done is None
-        if timed_out or handled.get("rss"):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            done = self._read(30.0)  # the zygote reports the killed child's end
-        wall = time.perf_counter() - start
-        if handled.get("rss"):
+        if timed_out or state.rss:
+            self._kill(pid)
+            done = self._message(pid, 30.0)  # the zygote reports the killed child's end
+        if state.rss:
             if done is None or done.get("eof"):
                 self.close()
             result_path.unlink(missing_ok=True)
-            return Outcome(False, reason=(f"exceeded the host memory limit: {handled['rss'] / 2**30:.1f} GiB resident, "
-                                          f"limit {self._max_rss / 2**30:.1f} GiB"), wall_s=wall, log=str(log_path))
+            return Outcome(False, reason=(f"exceeded the host memory limit: {state.rss / 2**30:.1f} GiB resident, "
+                                          f"limit {self._max_rss / 2**30:.1f} GiB"), **common)
+        limit = state.limit()
         if done is None or done.get("eof"):
             # The zygote itself is gone (killed by the candidate, or wedged): replace it next call, and take the
             # orphaned candidate down with it.
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._kill(pid)
             self.close()
             if timed_out:
-                return Outcome(False, reason=f"timeout after {timeout:g} s", wall_s=wall, log=str(log_path))
-            return Outcome(False, reason="candidate killed its worker process", wall_s=wall, log=str(log_path))
+                return Outcome(False, reason=f"timeout after {limit:g} s", **common)
+            return Outcome(False, reason="candidate killed its worker process", **common)
         if timed_out:
             result_path.unlink(missing_ok=True)
-            return Outcome(False, reason=f"timeout after {timeout:g} s", wall_s=wall, log=str(log_path))
+            return Outcome(False, reason=f"timeout after {limit:g} s", **common)
         payload = None
         if result_path.exists():
             try:
@@ -227,54 +267,142 @@ class Worker:
             result_path.unlink(missing_ok=True)
         if done.get("signal"):
             name = _signal_name(done["signal"])
-            return Outcome(False, reason=f"crashed with {name}", wall_s=wall, log=str(log_path))
+            return Outcome(False, reason=f"crashed with {name}", **common)
         if payload is None:
             tail = _log_tail(log_path)
             reason = f"process exited with code {done.get('exit')} and no result"
-            return Outcome(False, reason=reason + (f": {tail}" if tail else ""), wall_s=wall, log=str(log_path))
+            return Outcome(False, reason=reason + (f": {tail}" if tail else ""), **common)
         if not payload.get("ok"):
-            return Outcome(False, reason=payload.get("error") or "failed", wall_s=wall, log=str(log_path))
-        if handled.get("error"):
-            return Outcome(False, reason=handled["error"], wall_s=wall, log=str(log_path))
-        result = payload.get("result") or {}
-        released = handled["released"] - start if "released" in handled else None
-        if on_result is not None:
-            result = {"handled": handled.get("value")}
-        return Outcome(True, result=result, wall_s=wall, log=str(log_path), released_s=released)
+            return Outcome(False, reason=payload.get("error") or "failed", **common)
+        if state.error:
+            return Outcome(False, reason=state.error, **common)
+        return Outcome(True, result=payload.get("result") or {}, **common)
 
-    def _wait(self, pid: int, deadline: float, result_path: Path, release_path: Path,
-              on_result: Callable[[dict], Any] | None, handled: dict) -> dict | None:
-        """Wait for the child to end (its message), or None at the deadline. On the way: hand a shared result to
-        ``on_result`` (then release the child), and stop a child whose resident memory passes the limit
-        (``handled["rss"]``)."""
-        poll = 0.002 if on_result is not None else 0.05
+    @staticmethod
+    def _kill(pid: int) -> None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def release(self, pid: int) -> None:
+        """End a child held by ``call(keep=True)``, without waiting for its exit (the next hand-over waits)."""
+        if self._detached.get(pid) is False:
+            self._kill(pid)
+            self._detached[pid] = True
+
+    def _message(self, pid: int | None, timeout: float) -> dict | None:
+        """The next protocol message that concerns the current task (None at the timeout): reports of earlier,
+        detached children ending are consumed here on the way."""
+        deadline = time.perf_counter() + max(timeout, 0.0)
+        while True:
+            msg = self._read(max(deadline - time.perf_counter(), 0.0))
+            if msg is not None and "exit" in msg and msg.get("pid") != pid and msg.get("pid") in self._detached:
+                self._detached.pop(msg["pid"])
+                continue
+            return msg
+
+    def _await_detached(self, timeout: float = 30.0) -> None:
+        """Block until every earlier child has exited: a held one is released now (its holder is done with it by
+        the time anything is timed), a stuck one is killed again and then left behind."""
+        for pid in list(self._detached):
+            self.release(pid)
+        deadline = time.perf_counter() + timeout
+        while self._detached and time.perf_counter() < deadline:
+            msg = self._read(min(0.05, max(deadline - time.perf_counter(), 0.0)))
+            if msg is None:
+                continue
+            if msg.get("eof"):
+                self._detached.clear()
+                return
+            if "exit" in msg:
+                self._detached.pop(msg.get("pid"), None)
+        for pid in self._detached:
+            self._kill(pid)
+
+    def _wait(self, pid: int, result_path: Path, reply: Path, on_result: Callable[[dict], Any] | None,
+              on_partial: Callable[[dict], dict] | None, state: _CallState, keep: bool) -> dict | object | None:
+        """Wait for the child to end (its message), or None at the deadline, or _RELEASED once a held child's
+        result has been handled and the child killed (or, with ``keep``, left held). On the way: answer
+        hand-overs, and stop a child whose resident memory passes the limit (``state.rss``)."""
+        fast = on_result is not None or on_partial is not None
         next_rss = 0.0
         while True:
             now = time.perf_counter()
+            deadline = state.deadline()
             if now >= deadline:
                 return None
-            wait = min(poll, deadline - now)
-            if on_result is not None and not handled and result_path.exists():
-                wait = 0.0
-            msg = self._read(wait)
+            partial = Path(f"{result_path}.{state.partials}")
+            if partial.exists():
+                self._answer(partial, Path(f"{reply}.{state.partials}"), on_partial, state)
+                continue
+            if on_result is not None and result_path.exists():
+                try:
+                    payload = json.loads(result_path.read_text())
+                except (OSError, ValueError):
+                    continue  # written by rename, so this is rare: read again
+                if not payload.get("ok"):
+                    # The task failed: the child is not held, and its end says the rest.
+                    return self._message(pid, max(deadline - time.perf_counter(), 0.0))
+                try:
+                    state.value = on_result(payload.get("result") or {})
+                except Exception as exc:  # the child's data could not be used: its failure
+                    state.error = f"unusable shared outputs: {type(exc).__name__}: {exc}"[:300]
+                state.released = time.perf_counter()
+                self._detached[pid] = False
+                if not keep or state.error:
+                    self.release(pid)
+                return _RELEASED
+            msg = self._message(pid, min(0.002 if fast else 0.05, deadline - now))
             if msg is not None:
                 return msg
             if self._max_rss and now >= next_rss:
                 next_rss = now + 0.05
                 rss = _resident_bytes(pid)
                 if rss > self._max_rss:
-                    handled["rss"] = rss
+                    state.rss = rss
                     return {"over_memory": True}
-            if on_result is not None and not handled and result_path.exists():
-                try:
-                    payload = json.loads(result_path.read_text())
-                except (OSError, ValueError):
-                    continue  # written by rename, so this is rare: read again
-                handled["seen"] = True
-                if payload.get("ok"):
-                    try:
-                        handled["value"] = on_result(payload.get("result") or {})
-                    except Exception as exc:  # the child's data could not be used: its failure
-                        handled["error"] = f"unusable shared outputs: {type(exc).__name__}: {exc}"[:300]
-                release_path.touch()
-                handled["released"] = time.perf_counter()
+
+    def _answer(self, partial: Path, reply: Path, on_partial: Callable[[dict], dict] | None,
+                state: _CallState) -> None:
+        try:
+            payload = json.loads(partial.read_text())
+        except (OSError, ValueError):
+            return  # written by rename, so this is rare: read again
+        self._await_detached()
+        answer: dict = {}
+        if on_partial is None:
+            state.error = "the task handed over a result nobody asked for"
+        else:
+            try:
+                answer = on_partial(payload.get("result") or {})
+            except Exception as exc:  # the child's data could not be used: its failure
+                state.error = f"unusable hand-over: {type(exc).__name__}: {exc}"[:300]
+                answer = {}
+        write_json(reply, answer)
+        partial.unlink(missing_ok=True)
+        state.partials += 1
+        state.marks.append(time.perf_counter() - state.start)
+
+
+_RELEASED = object()
+
+
+@dataclass
+class _CallState:
+    """What one call has seen so far."""
+
+    start: float
+    limits: list[float]
+    partials: int = 0
+    marks: list[float] = field(default_factory=list)
+    value: Any = None
+    error: str | None = None
+    released: float = 0.0
+    rss: int = 0
+
+    def limit(self) -> float:
+        return self.limits[min(self.partials, len(self.limits) - 1)]
+
+    def deadline(self) -> float:
+        return (self.start + self.marks[-1] if self.marks else self.start) + self.limit()

@@ -8,7 +8,13 @@ live in other processes.
 
 Protocol (one JSON object per line): the parent writes ``{"task", "kwargs", "result", "log"}`` on stdin; the
 zygote answers ``{"pid"}`` as soon as the child exists (so the parent can kill it on timeout) and then
-``{"pid", "exit", "signal"}`` when it ends. The child's stdout/stderr go to ``log``, never into the protocol.
+``{"pid", "exit", "signal"}`` when it ends. The zygote reaps children without blocking, so the next request can
+start while the previous child is still being torn down. The child's stdout/stderr go to ``log``, never into the
+protocol.
+
+A task may hand intermediate results to the parent and wait for its reply (``tasks.run``'s ``handover``): the
+k-th goes to ``<result>.<k>`` and the reply is read from ``<reply>.<k>``. With ``hold`` set, the child stays alive
+after writing its final result (it holds GPU memory the parent reads through CUDA IPC) until the parent kills it.
 
 Run as ``python -m kernelcraft.harness.zygote``.
 """
@@ -18,9 +24,11 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import sys
 import time
 import traceback
+from typing import Any
 
 # Set to keep one spare child with its CUDA context already created (GPU jobs of the cuda backend).
 SPARE_ENV = "KERNELCRAFT_SPARE_CUDA"
@@ -29,7 +37,36 @@ MAX_FILE_ENV = "KERNELCRAFT_MAX_FILE_BYTES"
 DEFAULT_MAX_FILE_BYTES = 32 * 2**30
 
 
-def _child(request: dict, proto_out: int) -> None:
+def _wait_for(path: str | None, zygote: int) -> bool:
+    """Wait until ``path`` exists (forever when None); False once the zygote is gone (the parent is gone too:
+    nobody will answer, and a child must not outlive its job holding GPU memory)."""
+    while path is None or not os.path.exists(path):
+        if os.getppid() != zygote:
+            return False
+        time.sleep(0.01 if path is None else 0.0005)  # a reply is awaited on the critical path; a kill is not
+    return True
+
+
+def _handover(request: dict, zygote: int) -> Any:
+    """The child's side of an intermediate hand-over: write the k-th result, wait for the parent's k-th reply."""
+    from kernelcraft.jsonio import read_json, write_json
+
+    count = iter(range(1 << 30))
+
+    def hand(result: dict) -> dict:
+        k = next(count)
+        write_json(f"{request['result']}.{k}", {"ok": True, "result": result})
+        reply = f"{request['reply']}.{k}"
+        if not _wait_for(reply, zygote):
+            os._exit(5)
+        doc = read_json(reply)
+        os.unlink(reply)
+        return doc
+
+    return hand
+
+
+def _child(request: dict, proto_out: int, zygote: int) -> None:
     """In the forked child: isolate, run the task, write the result file, exit without returning."""
     code = 0
     try:
@@ -51,13 +88,14 @@ def _child(request: dict, proto_out: int) -> None:
         from kernelcraft.jsonio import write_json
 
         try:
-            result = tasks.run(request["task"], request["kwargs"])
+            result = tasks.run(request["task"], request["kwargs"], handover=_handover(request, zygote))
             write_json(request["result"], {"ok": True, "result": result})
-            release = request.get("release")
-            if release:
-                # Shared GPU memory must outlive the parent's reading of it: wait to be released (or killed).
-                while not os.path.exists(release):
-                    time.sleep(0.0005)
+            if request.get("hold"):
+                # Shared GPU memory must outlive the parent's reading of it: the parent kills this process when
+                # it is done (or it leaves once the zygote is gone).
+                sys.stdout.flush()
+                sys.stderr.flush()
+                _wait_for(None, zygote)
         except BaseException as exc:  # the candidate's failure is a result, not our crash
             traceback.print_exc()
             write_json(request["result"], {"ok": False, "error": tasks.describe_error(exc)})
@@ -70,17 +108,60 @@ def _child(request: dict, proto_out: int) -> None:
         os._exit(code)
 
 
-def _spare(requests: int, proto_out: int) -> None:
+def _preload(cuda: bool) -> None:
+    """Import, once and before any fork, everything a candidate's process uses: this is the start-up cost the
+    zygote exists to amortise. On the CUDA backend that includes NVRTC (a dlopen of libnvrtc: its version is part
+    of every kernel's build-cache key, so each child would otherwise load it just to find its cached cubin) and
+    the driver bindings' module, but no driver call: a CUDA context must never exist before a fork."""
+    import torch  # noqa: F401
+
+    from kernelcraft.harness import audit, build, tasks, timing, transfer, trials  # noqa: F401
+    from kernelcraft.problems import loader  # noqa: F401
+
+    if cuda:
+        try:
+            from cuda.bindings import driver  # noqa: F401
+
+            from kernelcraft.harness import nvrtc
+
+            nvrtc.nvrtc_version()
+            nvrtc.include_dirs()
+        except Exception:  # noqa: BLE001 - a missing NVRTC is reported by the build that needs it
+            pass
+
+
+def _warm_cuda() -> None:
+    """In a spare: create the CUDA context, and load the device code of the operations the harness itself runs
+    around every candidate (input generation, NaN poisoning, copies, events, the timer's sleep and L2 flush), so
+    that CUDA's lazy module loading is paid here, while the previous candidate runs, not on the clock of the next.
+    Tiny tensors: microseconds of device work."""
+    import torch
+
+    x = torch.empty(256, device="cuda")
+    x.fill_(float("nan"))
+    torch.randn(256, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    y = torch.rand(256, generator=gen, device="cuda") * 8.0 + 2.0
+    x.copy_(y)
+    _ = x.clone().abs().max()
+    torch.isfinite(x).all()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(1)
+    x.zero_()
+    end.record()
+    torch.cuda.synchronize()
+    start.elapsed_time(end)
+
+
+def _spare(requests: int, proto_out: int, zygote: int) -> None:
     """In a spare child: create the CUDA context now (a fifth of a second alone, more when several start at
     once), then wait for the one task this process will ever run. The spare is forked while the previous
     candidate runs, so a candidate finds its context ready; no candidate code has run in it before."""
     try:
         if os.getpgid(0) != os.getpid():
             os.setpgid(0, 0)
-        import torch
-
-        torch.empty(1, device="cuda")
-        torch.cuda.synchronize()
+        _warm_cuda()
     except BaseException:  # the task will meet the same error and report it
         pass
     chunks = []
@@ -92,15 +173,16 @@ def _spare(requests: int, proto_out: int) -> None:
     os.close(requests)
     if not chunks:  # the zygote went away without a task for us
         os._exit(0)
-    _child(json.loads(b"".join(chunks)), proto_out)
+    _child(json.loads(b"".join(chunks)), proto_out, zygote)
 
 
 def _fork_spare(proto_out: int) -> tuple[int, int]:
     read_end, write_end = os.pipe()
+    zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(write_end)
-        _spare(read_end, proto_out)
+        _spare(read_end, proto_out, zygote)
     _own_group(pid)
     os.close(read_end)
     return pid, write_end
@@ -127,45 +209,59 @@ def _start(request: dict, proto_out: int, spare: tuple[int, int] | None) -> int:
             os.close(write_end)
             os.kill(pid, 9)
             os.waitpid(pid, 0)
+    zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child(request, proto_out)
+        _child(request, proto_out, zygote)
     _own_group(pid)
     return pid
 
 
 def main() -> None:
-    # Imported before any fork, once: this is the start-up cost the zygote exists to amortise.
-    import torch  # noqa: F401
-
-    from kernelcraft.harness import audit, tasks  # noqa: F401
-
+    use_spares = bool(os.environ.get(SPARE_ENV))
+    _preload(cuda=use_spares)
     proto_out = os.dup(1)
     # Nothing the zygote itself prints may corrupt the protocol.
     os.dup2(2, 1)
     out = os.fdopen(proto_out, "w", buffering=1)
-    use_spares = bool(os.environ.get(SPARE_ENV))
     spare = _fork_spare(proto_out) if use_spares else None
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    running: set[int] = set()
+
+    def reap(block: bool) -> None:
+        for pid in sorted(running):
+            done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+            if done:
+                running.discard(pid)
+                exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+                signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+                out.write(json.dumps({"pid": pid, "exit": exit_code, "signal": signal}) + "\n")
+
+    pending = b""
     try:
-        for line in sys.stdin:
-            line = line.strip()
-            if not line:
+        while True:
+            readable, _, _ = select.select([0], [], [], 0.002 if running else None)
+            reap(block=False)
+            if not readable:
                 continue
-            request = json.loads(line)
-            pid = _start(request, proto_out, spare)
-            # The next candidate's process warms up while this one runs.
-            spare = _fork_spare(proto_out) if use_spares else None
-            out.write(json.dumps({"pid": pid}) + "\n")
-            _, status = os.waitpid(pid, 0)
-            exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-            signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-            out.write(json.dumps({"pid": pid, "exit": exit_code, "signal": signal}) + "\n")
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                break
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                pid = _start(json.loads(line), proto_out, spare)
+                running.add(pid)
+                # The next candidate's process warms up while this one runs.
+                spare = _fork_spare(proto_out) if use_spares else None
+                out.write(json.dumps({"pid": pid}) + "\n")
     finally:
+        reap(block=True)
         if spare is not None:
             os.close(spare[1])  # an unused spare sees EOF and exits
             os.waitpid(spare[0], 0)
-
 
 if __name__ == "__main__":
     main()

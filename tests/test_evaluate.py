@@ -1,0 +1,125 @@
+"""The evaluate stage: one process per candidate verifies it and, only when the parent accepts its outputs, times
+it; each stage has its own time limit; nothing a candidate starts survives its evaluation. CPU backend."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kernelcraft.config import load_config, merge
+from kernelcraft.context import RunContext
+from kernelcraft.harness.evaluate_round import evaluate_candidates
+from kernelcraft.harness.trials import LATE_CALLS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_exploits import HEADER, REFERENCE  # noqa: E402
+
+BENCH_TIMEOUT_S = 6
+
+
+def _evaluate(tmp_path: Path, sources: dict[str, str], **kw) -> tuple[dict, dict]:
+    ref = tmp_path / "softmax_ref.py"
+    ref.write_text(REFERENCE)
+    config = load_config(overrides={"run": "evaluate", "backend": "cpu", "verify": {"trials": 3},
+                                    "benchmark": {"timeout_s": BENCH_TIMEOUT_S, "min_time_ms": 20}})
+    resolved = {"backend": "cpu", "size": "full", "cuda_arch": None, "problems": {"softmax_ref": str(ref)}}
+    ctx = RunContext.from_config(merge(config, {"_resolved": resolved}), results=tmp_path / "results")
+    entries = []
+    for name, src in sources.items():
+        path = tmp_path / f"{name}.py"
+        path.write_text(HEADER + src)
+        entries.append({"id": name, "path": str(path)})
+    verified, timed = evaluate_candidates(ctx, "softmax_ref", 1, entries, dict.fromkeys(sources, {"compiled": True}),
+                                          **kw)
+    return verified["results"], timed["results"]
+
+
+def _records_pid(log: Path) -> str:
+    return f'''
+import os
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        with open({str(log)!r}, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        return kernel_softmax(x)
+'''
+
+
+@pytest.mark.slow
+def test_each_candidate_is_verified_and_timed_in_one_fresh_process_of_its_own(tmp_path):
+    logs = {name: tmp_path / f"{name}.pids" for name in ("a", "b")}
+    verified, timed = _evaluate(tmp_path, {name: _records_pid(log) for name, log in logs.items()})
+    for name in logs:
+        assert verified[name]["correct"] is True, verified[name]["reasons"]
+        assert timed[name]["timed"] is True, timed[name]["reason"]
+    pids = {name: set(log.read_text().split()) for name, log in logs.items()}
+    assert len(pids["a"]) == 1 and len(pids["b"]) == 1  # verification and timing calls: one process
+    assert pids["a"] != pids["b"]  # a fresh one per candidate
+    assert int(pids["a"].pop()) != os.getpid()
+
+
+HANGS_WHEN_TIMED = '''
+import time
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > 30:  # verification makes about a dozen calls
+            time.sleep(3600)
+        return kernel_softmax(x)
+'''
+
+
+@pytest.mark.slow
+def test_a_candidate_that_hangs_while_timed_keeps_its_verdict_and_stops_at_the_benchmark_limit(tmp_path):
+    start = time.perf_counter()
+    verified, timed = _evaluate(tmp_path, {"hangs": HANGS_WHEN_TIMED})
+    assert verified["hangs"]["correct"] is True, verified["hangs"]["reasons"]
+    assert timed["hangs"]["timed"] is False
+    assert timed["hangs"]["reason"] == f"timeout after {BENCH_TIMEOUT_S:g} s"
+    assert time.perf_counter() - start < 60
+
+
+def test_verification_alone_times_nothing(tmp_path):
+    log = tmp_path / "a.pids"
+    verified, timed = _evaluate(tmp_path, {"a": _records_pid(log)}, time_kernels=False)
+    assert verified["a"]["correct"] is True, verified["a"]["reasons"]
+    assert timed == {}
+    # The three trials, the late one and the calls before it; no timed calls.
+    assert len(log.read_text().split()) == 3 + 1 + LATE_CALLS
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_nothing_a_candidate_started_outlives_its_evaluation(tmp_path):
+    marker = tmp_path / "background.pid"
+    source = f'''
+import subprocess
+
+_bg = subprocess.Popen(["sleep", "300"])  # in the candidate's process group, as anything it starts would be
+open({str(marker)!r}, "w").write(str(_bg.pid))
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return kernel_softmax(x)
+'''
+    verified, _ = _evaluate(tmp_path, {"spawns": source})
+    assert verified["spawns"]["correct"] is True, verified["spawns"]["reasons"]
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)

@@ -352,7 +352,7 @@ def test_c_kernels_never_load_the_nvrtc_backend(tmp_path: Path) -> None:
 
 @pytest.fixture
 def gpu_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private cache; the arch is detected from the GPU, as the verify rule may do."""
+    """A private cache; the arch is detected from the GPU, as the evaluate rule may do."""
     monkeypatch.setenv("KERNELCRAFT_BUILD_DIR", str(tmp_path / "build"))
     monkeypatch.delenv("KERNELCRAFT_CUDA_ARCH", raising=False)
     return tmp_path / "build"

@@ -15,6 +15,7 @@ from kernelcraft.harness.trials import LATE_CALLS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_exploits import HEADER, REFERENCE  # noqa: E402
+from test_worker import running  # noqa: E402
 
 BENCH_TIMEOUT_S = 6
 
@@ -96,14 +97,6 @@ def test_verification_alone_times_nothing(tmp_path):
     assert len(log.read_text().split()) == 3 + 1 + LATE_CALLS
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_nothing_a_candidate_started_outlives_its_evaluation(tmp_path):
     marker = tmp_path / "background.pid"
     source = f'''
@@ -120,6 +113,6 @@ class ModelNew(nn.Module):
     assert verified["spawns"]["correct"] is True, verified["spawns"]["reasons"]
     pid = int(marker.read_text())
     deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
+    assert not running(pid)

@@ -100,7 +100,8 @@ class ModelNew(nn.Module):
 
 @pytest.mark.slow
 def test_a_kernel_that_computes_something_else_while_timed_is_rejected(tmp_path):
-    results = _benchmark(tmp_path, {"honest": HONEST, "switches": SWITCHES_WHEN_TIMED})
+    # The cheat first: its timed outputs are checked while the next candidate starts, so this pins that path.
+    results = _benchmark(tmp_path, {"switches": SWITCHES_WHEN_TIMED, "honest": HONEST})
     assert results["honest"]["timed"] is True, results["honest"]
     assert results["switches"]["timed"] is False
     assert results["switches"]["reason"].startswith(

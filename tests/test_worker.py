@@ -140,7 +140,8 @@ def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_pa
     assert after.ok, after.reason
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether the process exists and has not exited (a zombie has)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -154,7 +155,7 @@ def test_a_held_child_lives_until_released_and_its_end_is_never_taken_for_the_ne
     assert first.ok and first.result == {"handled": "judged"}
     held = first.held_pid
     time.sleep(0.3)
-    assert _running(held)  # its memory is still readable by the parent
+    assert running(held)  # its memory is still readable by the parent
     released_while_next_ran = []
 
     def release() -> None:
@@ -166,9 +167,9 @@ def test_a_held_child_lives_until_released_and_its_end_is_never_taken_for_the_ne
     assert released_while_next_ran == [True]
     assert second.ok and "kernels" in second.result  # its own result, not the held child's end
     deadline = time.monotonic() + 5
-    while _running(held) and time.monotonic() < deadline:
+    while running(held) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(held)
+    assert not running(held)
 
 
 def test_closing_the_worker_ends_a_child_still_held(tmp_path):
@@ -178,6 +179,6 @@ def test_closing_the_worker_ends_a_child_still_held(tmp_path):
     w.close()
     assert time.monotonic() - start < 3  # not the zygote's 5 s grace: the held child was ended first
     deadline = time.monotonic() + 5
-    while _running(out.held_pid) and time.monotonic() < deadline:
+    while running(out.held_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(out.held_pid)
+    assert not running(out.held_pid)

@@ -333,7 +333,8 @@ def test_both_wire_formats_propose_ideas_and_correct_kernels(resumed):
     assert [r["model"] for r in rows] == [f"openai/{OPENAI}", f"gemini/{GEMINI}"] * 4
     evaluated = [r for r in rows if not r["reject_reason"].startswith("duplicate of")]
     assert len(evaluated) == 6
-    assert all(r["compiled"] == "true" and r["correct"] == "true" and float(r["time_ms"]) > 0 for r in evaluated)
+    assert all(r["compiled"] == "true" and r["correct"] == "true" and r["time_ms"] and float(r["time_ms"]) > 0
+               for r in evaluated), [(r["candidate_id"], r["reject_reason"]) for r in evaluated]
     assert {r["model"] for r in evaluated} == {f"openai/{OPENAI}", f"gemini/{GEMINI}"}
     assert {r["round"] for r in evaluated} == {"1", "2"}
 

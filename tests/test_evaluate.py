@@ -116,3 +116,33 @@ class ModelNew(nn.Module):
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(pid)
+
+
+def _out_of_memory_once(marker: Path) -> str:
+    """Runs out of memory the first time it is loaded (as a candidate can when the previous candidate's check
+    still holds device memory beside it), and is an honest kernel after that."""
+    return f'''
+import os
+
+if not os.path.exists({str(marker)!r}):
+    open({str(marker)!r}, "w").close()
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return kernel_softmax(x)
+'''
+
+
+def test_running_out_of_memory_beside_the_previous_candidates_check_is_judged_again_alone(tmp_path):
+    honest = "class ModelNew(nn.Module):\n    def forward(self, x):\n        return kernel_softmax(x)\n"
+    verified, timed = _evaluate(tmp_path, {"before": honest, "oom": _out_of_memory_once(tmp_path / "loaded")})
+    assert verified["oom"]["correct"] is True, verified["oom"]["reasons"]
+    assert timed["oom"]["timed"] is True, timed["oom"]
+
+
+def test_running_out_of_memory_alone_is_the_candidates_own_failure(tmp_path):
+    verified, timed = _evaluate(tmp_path, {"oom": _out_of_memory_once(tmp_path / "loaded")})
+    assert verified["oom"]["correct"] is False
+    assert verified["oom"]["reasons"] == ["OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+    assert "oom" not in timed

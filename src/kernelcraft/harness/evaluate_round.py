@@ -5,8 +5,9 @@ Why one child for both: verification and timing in two processes paid the proces
 and the process's exit twice per candidate, with the GPU idle throughout (measured on the H100: about a third of
 each candidate's evaluation). The child hands its verification outputs over and waits; only if this process
 accepts them is the candidate timed, so nothing about timing changes what verification decides. Timing starts only
-once every earlier candidate's process has exited (worker.py), and a candidate's process is killed as soon as its
-results are in, so its exit overlaps the next candidate's start.
+once every earlier candidate's process has exited (worker.py). A timed candidate's process is held until this
+process has checked the outputs of its timed calls, a check that runs while the next candidate starts and is
+verified (neither needs the device alone), and is then killed, so its exit overlaps that verification too.
 """
 
 from __future__ import annotations

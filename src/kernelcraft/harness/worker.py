@@ -37,7 +37,8 @@ class Outcome:
     reason: str | None = None
     wall_s: float = 0.0
     log: str | None = None
-    # With a held result: seconds from the start to the child's release.
+    # With ``on_result``: seconds from the start to the moment the result was handled (the child then released, or
+    # held for the caller with ``keep``).
     released_s: float | None = None
     # Hand-overs answered, and when (seconds from the start).
     partials: int = 0
@@ -230,7 +231,7 @@ class Worker:
                 Path(f"{result_path}.{k}").unlink(missing_ok=True)
         wall = time.perf_counter() - state.start
         common = {"wall_s": wall, "log": str(log_path), "partials": state.partials, "marks": state.marks}
-        if done is _RELEASED:
+        if done is _HANDLED:
             result_path.unlink(missing_ok=True)
             if state.error:
                 return Outcome(False, reason=state.error, **common)
@@ -322,7 +323,7 @@ class Worker:
 
     def _wait(self, pid: int, result_path: Path, reply: Path, on_result: Callable[[dict], Any] | None,
               on_partial: Callable[[dict], dict] | None, state: _CallState, keep: bool) -> dict | object | None:
-        """Wait for the child to end (its message), or None at the deadline, or _RELEASED once a held child's
+        """Wait for the child to end (its message), or None at the deadline, or _HANDLED once a held child's
         result has been handled and the child killed (or, with ``keep``, left held). On the way: answer
         hand-overs, and stop a child whose resident memory passes the limit (``state.rss``)."""
         fast = on_result is not None or on_partial is not None
@@ -352,7 +353,7 @@ class Worker:
                 self._detached[pid] = False
                 if not keep or state.error:
                     self.release(pid)
-                return _RELEASED
+                return _HANDLED
             msg = self._message(pid, min(0.002 if fast else 0.05, deadline - now))
             if msg is not None:
                 return msg
@@ -385,7 +386,7 @@ class Worker:
         state.marks.append(time.perf_counter() - state.start)
 
 
-_RELEASED = object()
+_HANDLED = object()
 
 
 @dataclass

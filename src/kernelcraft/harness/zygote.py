@@ -21,6 +21,7 @@ Run as ``python -m kernelcraft.harness.zygote``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -51,7 +52,7 @@ def _handover(request: dict, zygote: int) -> Any:
     """The child's side of an intermediate hand-over: write the k-th result, wait for the parent's k-th reply."""
     from kernelcraft.jsonio import read_json, write_json
 
-    count = iter(range(1 << 30))
+    count = itertools.count()
 
     def hand(result: dict) -> dict:
         k = next(count)

@@ -183,9 +183,9 @@ class Worker:
         """Run ``task`` in a fresh child; never raises for anything the candidate does.
 
         ``on_partial(result)`` answers each intermediate hand-over of the task (see zygote.py) with the dict the
-        child receives; it is called only once every earlier child has exited, so what the child does next (timing)
-        never shares the device with a previous candidate's process. ``timeout`` is per stage when a sequence: the
-        k-th hand-over ends stage k, and its clock restarts there.
+        child receives; the answer is sent only once every earlier child has exited, so what the child does next
+        (timing) never shares the device with a previous candidate's process. ``timeout`` is per stage when a
+        sequence: the k-th hand-over ends stage k, and its clock restarts there.
 
         With ``on_result``, the child stays alive after writing its final result until ``on_result(result)`` has
         returned (it holds memory the parent reads through CUDA IPC), and is then killed, with everything it
@@ -370,7 +370,6 @@ class Worker:
             payload = json.loads(partial.read_text())
         except (OSError, ValueError):
             return  # written by rename, so this is rare: read again
-        self._await_detached()
         answer: dict = {}
         if on_partial is None:
             state.error = "the task handed over a result nobody asked for"
@@ -380,6 +379,9 @@ class Worker:
             except Exception as exc:  # the child's data could not be used: its failure
                 state.error = f"unusable hand-over: {type(exc).__name__}: {exc}"[:300]
                 answer = {}
+        # Judging needs no exclusive device, so earlier children finish exiting meanwhile; what the child does once
+        # answered (timing) must not share the device with any of them.
+        self._await_detached()
         write_json(reply, answer)
         partial.unlink(missing_ok=True)
         state.partials += 1

@@ -100,16 +100,13 @@ class Timer:
         """The benchmark record of one candidate from its child's timing result."""
         import torch
 
-        try:
-            if self.share:
-                reasons = _shared_reasons(result, self.check)
-            else:
-                try:
-                    reasons = self.check.reasons(torch.load(out_file, weights_only=True, map_location="cpu"))
-                except Exception as exc:  # a malformed result file is the candidate's failure
-                    reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
-        finally:
-            out_file.unlink(missing_ok=True)
+        if self.share:
+            reasons = _shared_reasons(result, self.check)
+        else:
+            try:
+                reasons = self.check.reasons(torch.load(out_file, weights_only=True, map_location="cpu"))
+            except Exception as exc:  # a malformed result file is the candidate's failure
+                reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
         record = judge_timing(result, self.floor)
         if reasons:
             record.update(timed=False, reason="; ".join(([record["reason"]] if record["reason"] else []) + reasons))

@@ -224,7 +224,7 @@ def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
     import torch
 
     first = prob.make_inputs(seed, device)
-    nbytes = _nbytes(first)
+    nbytes = tensor_bytes(first)
     if str(device).startswith("cuda"):
         free, _ = torch.cuda.mem_get_info()
         budget = free // 4
@@ -234,7 +234,8 @@ def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
     return [first] + [prob.make_inputs(seed + k, device) for k in range(1, count)]
 
 
-def _nbytes(tensors: Any) -> int:
+def tensor_bytes(tensors: Any) -> int:
+    """Bytes held by the tensors among ``tensors`` (other inputs, such as ints, hold none)."""
     import torch
 
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
@@ -353,7 +354,7 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
     out: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
     out["compile_error"] = compile_error
     out["input_sets"] = len(sets)
-    out["input_bytes"] = _nbytes(sets[0])
+    out["input_bytes"] = tensor_bytes(sets[0])
     return out
 
 

@@ -27,7 +27,7 @@ class Reference:
     def __init__(self, ctx: RunContext, problem: str, plan: list[dict]) -> None:
         import torch
 
-        from kernelcraft.harness.tasks import flatten_outputs
+        from kernelcraft.harness.tasks import flatten_outputs, tensor_bytes
 
         self.problem = ctx.load_problem(problem)
         model = self.problem.make_reference(ctx.seed, ctx.device)
@@ -37,9 +37,8 @@ class Reference:
             with torch.no_grad():
                 outs = [o.detach().clone() for o in flatten_outputs(model(*inputs))]
             self.trials.append((inputs, outs))
-        self.output_bytes = sum(o.numel() * o.element_size() for o in self.trials[0][1]) if self.trials else 0
-        self.input_bytes = sum(t.numel() * t.element_size() for t in self.trials[0][0]
-                               if isinstance(t, torch.Tensor)) if self.trials else 0
+        self.input_bytes, self.output_bytes = (tensor_bytes(self.trials[0][0]), tensor_bytes(self.trials[0][1])
+                                               ) if self.trials else (0, 0)
 
 
 def _audit_reasons(results: list[dict], policy: str) -> list[str]:
@@ -131,8 +130,6 @@ class Verifier:
             return self.judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
         except Exception as exc:  # a malformed result file is the candidate's failure
             return Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
-        finally:
-            out_file.unlink(missing_ok=True)
 
     def doc(self, results: dict[str, dict], total: int) -> dict:
         ok = sum(r["correct"] for r in results.values())

@@ -74,8 +74,17 @@ def _benchmark(tmp_path, sources: dict[str, str]) -> dict[str, dict]:
     return evaluate_candidates(ctx, problem, 1, entries, dict.fromkeys(sources, {"compiled": True}))[1]["results"]
 
 
+def test_patching_the_clocks_is_rejected_from_the_source():
+    from kernelcraft.harness.static_checks import check_source
+
+    reasons = " | ".join(check_source(PATCHES_CLOCKS))
+    assert "imports time" in reasons
+
+
 @pytest.mark.slow
-def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path):
+def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path, monkeypatch):
+    # Past the source allow-list (as native code could be), the clocks are still bound before candidate code runs.
+    monkeypatch.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
     results = _benchmark(tmp_path, {"honest": HONEST, "patches_clocks": PATCHES_CLOCKS})
     honest, patched = results["honest"], results["patches_clocks"]
     assert honest["timed"] and patched["timed"], (honest, patched)
@@ -100,12 +109,12 @@ class ModelNew(nn.Module):
 
 @pytest.mark.slow
 def test_a_kernel_that_computes_something_else_while_timed_is_rejected(tmp_path):
-    # The cheat first: its timed outputs are checked while the next candidate starts, so this pins that path.
     results = _benchmark(tmp_path, {"switches": SWITCHES_WHEN_TIMED, "honest": HONEST})
     assert results["honest"]["timed"] is True, results["honest"]
     assert results["switches"]["timed"] is False
-    assert results["switches"]["reason"].startswith(
-        "outputs of timed calls differ from the reference (output: max error above tolerance")
+    reason = results["switches"]["reason"]
+    assert "timed calls: no compiled kernel ran in some calls" in reason
+    assert "outputs of timed calls differ from the reference (output: max error above tolerance" in reason
 
 
 def test_short_kernels_get_enough_timed_calls_for_the_minimum_timed_work():
@@ -144,3 +153,84 @@ def test_the_parent_counts_reference_flops_on_the_meta_device_for_builtin_proble
     # AlexNet conv1: 96 filters of 3x11x11 over a 55x55 output, batch 100 (bias adds are not counted).
     assert flops("conv2d_alexnet") == 2 * 100 * 96 * 55 * 55 * 3 * 11 * 11
     assert flops("softmax_4096x65536") == 0
+
+
+LATE_SWITCH_TO_PYTORCH = HEADER + '''
+class ModelNew(nn.Module):
+    """Its own kernel for the first 60 calls (all of verification), PyTorch's softmax afterwards: right values,
+    someone else's work."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= 60:
+            return kernel_softmax(x)
+        return torch.softmax(x, dim=1)
+'''
+
+STALE_OUTPUT = HEADER + '''
+class ModelNew(nn.Module):
+    """Honest for 60 calls, then a spin of its own and fresh, unwritten memory, hoping the allocator hands back a
+    block that still holds an earlier answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= 60:
+            return kernel_softmax(x)
+        y = torch.empty_like(x)
+        spin(y, 20000)
+        return y
+'''
+
+SLOWS_THE_REFERENCE = HEADER + '''
+_softmax = torch.softmax
+
+
+def _slow_softmax(*args, **kwargs):
+    for _ in range(3):
+        _softmax(*args, **kwargs)
+    return _softmax(*args, **kwargs)
+
+
+torch.softmax = _slow_softmax
+
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        return kernel_softmax(x)
+'''
+
+
+def test_slowing_the_reference_down_is_refused_from_the_source():
+    from kernelcraft.harness.static_checks import check_source
+
+    assert any("assigns to torch.softmax" in r or "torch.softmax" in r for r in check_source(SLOWS_THE_REFERENCE))
+
+
+@pytest.mark.slow
+def test_adaptive_cheats_while_timed_are_rejected_and_the_reference_is_not_theirs(tmp_path, monkeypatch):
+    # Past the source allow-list (as native code could be): the audit covers every timed call, the outputs of an
+    # unpredictable timed call per block are checked, and the eager time comes from the parent.
+    monkeypatch.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
+    results = _benchmark(tmp_path, {"honest": HONEST, "late_switch": LATE_SWITCH_TO_PYTORCH,
+                                    "stale_output": STALE_OUTPUT, "slows_reference": SLOWS_THE_REFERENCE})
+    honest = results["honest"]
+    assert honest["timed"] is True, honest
+    late = results["late_switch"]
+    assert late["timed"] is False
+    assert "timed calls: part of the work is done by PyTorch (aten.softmax)" in late["reason"]
+    stale = results["stale_output"]
+    assert stale["timed"] is False
+    assert "outputs of timed calls differ from the reference (output has" in stale["reason"]
+    assert "NaN/Inf values where the reference is finite" in stale["reason"]
+    slows = results["slows_reference"]
+    assert slows["timed"] is True, slows
+    # In the candidate's process its wrapper made "eager" 4x slower; the trusted eager time is unaffected.
+    assert slows["eager_ms"] < 1.5 * honest["eager_ms"]

@@ -1,116 +1,143 @@
-"""Timing, seen from the trusted parent: each verified kernel is timed interleaved with the eager reference in its
-own child (evaluate_round.py drives it), and the baseline stage times the reference eager and under
-torch.compile."""
+"""Timing, seen from the trusted parent: each verified kernel is timed in its own child, block by block, and the
+eager reference in this process between those blocks (evaluate_round.py drives it); the baseline stage times the
+reference eager and under torch.compile."""
 
 from __future__ import annotations
 
+import random
+import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kernelcraft.context import RunContext
+from kernelcraft.harness.audit import judge
 from kernelcraft.harness.timing import hidden_work
 from kernelcraft.harness.worker import Worker
 from kernelcraft.progress import report
+
+if TYPE_CHECKING:
+    from kernelcraft.harness.verify_round import Reference
 
 
 def _bench_seed(ctx: RunContext, round_: int) -> int:
     return ctx.seed * 1_000_003 + 7 * round_ + 1
 
 
-class TimedOutputsCheck:
-    """Compares what a candidate returned from its timed calls with the reference's outputs on the same inputs
-    (re-created here from their seeds), in this trusted process: a kernel that is correct while verified but
-    computes something else (or nothing) while timed is rejected."""
+class Timer:
+    """Timing of one problem and round, seen from the trusted parent, which times the reference itself.
 
-    def __init__(self, ctx: RunContext, problem: str) -> None:
+    Per candidate: the reference's input sets are made here (the same seeds as the candidate's), and between the
+    candidate's timed blocks (each handed over by its process) this process checks the block (the outputs of one
+    call it chose at random, against its own reference on the same inputs; the audit of every call) and then times
+    a block of the reference under the same protocol. So the eager time a speedup is measured against comes from a
+    process that never ran candidate code, alternating with the candidate's so drift cancels. Timed work never
+    overlaps: one candidate is timed at a time, and only once every earlier candidate's process has exited."""
+
+    def __init__(self, ctx: RunContext, problem: str, round_: int, ref: Reference, policy: str) -> None:
         from kernelcraft.harness.tasks import reference_flops
 
-        self.ctx = ctx
-        self.prob = ctx.load_problem(problem)
-        self._model = None
-        # Counted here, from the trusted reference, once per job (the counter's first use costs ~1.4 s); only the
-        # GPU has a compute floor (tasks.task_time says why).
-        self.flops = reference_flops(self.prob) if ctx.device == "cuda" else 0
+        self.ctx, self.problem, self.round, self.ref, self.policy = ctx, problem, round_, ref, policy
+        self.share = ctx.device == "cuda"
+        tol = ctx.config["tolerance"]
+        self.atol, self.rtol = float(tol["atol"]), float(tol["rtol"])
+        # Counted here, from the trusted reference, once per job; only the GPU has a compute floor.
+        self.flops = reference_flops(ref.problem) if ctx.device == "cuda" else 0
+        self.floor: dict = {}
+        self.sets_count = 1
+        self._rng = random.Random(secrets.randbits(64))
+        self._warm: dict = {}
+        self._state: dict = {}
 
-    def reasons(self, timed_outputs: list[dict]) -> list[str]:
+    def prepare(self) -> None:
+        from kernelcraft.harness.tasks import input_sets, rotation_sets
+        from kernelcraft.harness.timing import speed_of_light, warm_up
+
+        bcfg = self.ctx.config["benchmark"]
+        self.floor = speed_of_light(self.ref.input_bytes + self.ref.output_bytes, self.flops, self.ctx.device)
+        self.sets_count = rotation_sets(self.ref.input_bytes, self.ctx.device)
+        sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
+        self._warm = warm_up(self._call, sets, self.ctx.device, int(bcfg["warmup"]), float(bcfg["min_time_ms"]))
+        del sets
+
+    def _call(self, xs: list) -> object:
+        return self.ref.model(*xs)
+
+    def task_args(self) -> dict:
+        bcfg = self.ctx.config["benchmark"]
+        return {"seed": _bench_seed(self.ctx, self.round), "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]),
+                "min_time_ms": float(bcfg["min_time_ms"])}
+
+    def pick(self) -> int:
+        """Which call of the next block the candidate's process hands over: unpredictable to the candidate."""
+        bcfg = self.ctx.config["benchmark"]
+        return self._rng.randrange(max(1, int(bcfg["iters"]) // 4))
+
+    def order(self) -> dict:
+        """The reply that starts a verified candidate's timing (sets, the reference's launch time for the GPU
+        sleep, the first block's checked call), and this process's per-candidate set-up."""
+        from kernelcraft.harness.tasks import input_sets
+        from kernelcraft.harness.timing import BlockTimer, block_sizes, timed_iterations
+
+        bcfg = self.ctx.config["benchmark"]
+        sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
+        total = timed_iterations(int(bcfg["iters"]), float(bcfg["min_time_ms"]), self._warm["per_call_ms"])
+        self._state = {"sets": sets, "sizes": block_sizes(total), "first": 0, "eager": [], "eager_walls": [],
+                       "samples": [], "walls": [], "reasons": [], "timer": BlockTimer(self.ctx.device,
+                                                                                      self._warm["launch_ms"])}
+        return {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"], "keep": self.pick()}
+
+    def judge_block(self, result: dict, out_file: Path) -> dict:
+        """One block of the candidate's timing: check it, time a block of the reference, reply."""
         import torch
 
         from kernelcraft.harness.compare import compare_trial
         from kernelcraft.harness.tasks import flatten_outputs
+        from kernelcraft.harness.verify_round import _received, release_mappings
 
-        ctx, prob = self.ctx, self.prob
-        if self._model is None:
-            self._model = prob.make_reference(ctx.seed, ctx.device)
-        tol = ctx.config["tolerance"]
-        reasons: list[str] = []
-        for got in timed_outputs:
-            inputs = prob.make_inputs(got["seed"], ctx.device)
+        st = self._state
+        st["samples"] += [float(x) for x in result.get("samples") or []]
+        st["walls"] += [float(x) for x in result.get("walls") or []]
+        reasons = [f"timed calls: {r}" for r in judge(result.get("audit") or {}, self.policy)]
+        try:
+            got = _received(result, self.share, out_file)
             with torch.no_grad():
-                refs = flatten_outputs(self._model(*inputs))
-            verdict = compare_trial(got["outputs"], got["meta"], refs, [], [], torch.device(ctx.device).type,
-                                    float(tol["atol"]), float(tol["rtol"]))
-            del inputs, refs
-            for r in verdict.reasons:
-                line = f"outputs of timed calls differ from the reference ({r})"
-                if line not in reasons:
-                    reasons.append(line)
-        if not timed_outputs:
-            reasons.append("no outputs of timed calls were handed over")
-        return reasons
+                refs = flatten_outputs(self.ref.model(*st["sets"][int(result["set"]) % len(st["sets"])]))
+            verdict = compare_trial(got["outputs"], result["meta"], refs, [], [], self.ctx.device, self.atol,
+                                    self.rtol)
+            reasons += [f"outputs of timed calls differ from the reference ({r})" for r in verdict.reasons]
+            del refs
+            got.clear()
+        except Exception as exc:  # a malformed hand-over is the candidate's failure
+            reasons.append(f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300])
+        finally:
+            release_mappings(self.share)
+        for r in reasons:
+            if r not in st["reasons"]:
+                st["reasons"].append(r)
+        if st["reasons"]:
+            return {"stop": True}
+        b = int(result["block"])
+        sizes = st["sizes"]
+        if b < len(sizes):
+            s, w, _ = st["timer"].block(self._call, st["sets"], st["first"], sizes[b])
+            st["first"] += sizes[b]
+            st["eager"] += s
+            st["eager_walls"] += w
+        return {"keep": self.pick()}
 
+    def finish(self, result: dict | None, reason: str | None) -> dict:
+        """The benchmark record of one candidate, from its process's final result and this process's blocks."""
+        from kernelcraft.harness.timing import summarize
 
-def _shared_reasons(result: dict, check: TimedOutputsCheck) -> list[str]:
-    """Check a timing child's outputs while it still holds them (CUDA IPC), then drop every mapping."""
-    import torch
-
-    from kernelcraft.harness.transfer import import_cuda
-
-    mapped = [t | {"outputs": [import_cuda(d) for d in t["outputs"]]} for t in result.get("timed_outputs", [])]
-    try:
-        reasons = check.reasons(mapped)
-        torch.cuda.synchronize()
-    finally:
-        del mapped
-        torch.cuda.ipc_collect()
-    return reasons
-
-
-class Timer:
-    """Timing of one problem and round, seen from the trusted parent: what the child's timing part is asked to
-    do, the speed-of-light floor (measured here, once per job), and the judgement of what the child hands back.
-    Timed work never overlaps: one candidate is timed at a time, and only once every earlier candidate's process
-    has exited (worker.py)."""
-
-    def __init__(self, ctx: RunContext, problem: str, round_: int) -> None:
-        self.ctx, self.problem, self.round = ctx, problem, round_
-        self.share = ctx.device == "cuda"
-        self.check = TimedOutputsCheck(ctx, problem)
-        self.floor: dict = {}
-
-    def prepare(self, footprint_bytes: int) -> None:
-        from kernelcraft.harness.timing import speed_of_light
-
-        self.floor = speed_of_light(footprint_bytes, self.check.flops, self.ctx.device)
-
-    def task_args(self, out_file: Path) -> dict:
-        bcfg = self.ctx.config["benchmark"]
-        return {"seed": _bench_seed(self.ctx, self.round), "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]),
-                "min_time_ms": float(bcfg["min_time_ms"]), "out": None if self.share else str(out_file)}
-
-    def judge_handover(self, result: dict, out_file: Path) -> dict:
-        """The benchmark record of one candidate from its child's timing result."""
-        import torch
-
-        if self.share:
-            reasons = _shared_reasons(result, self.check)
-        else:
-            try:
-                reasons = self.check.reasons(torch.load(out_file, weights_only=True, map_location="cpu"))
-            except Exception as exc:  # a malformed result file is the candidate's failure
-                reasons = [f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300]]
-        record = judge_timing(result, self.floor)
-        if reasons:
-            record.update(timed=False, reason="; ".join(([record["reason"]] if record["reason"] else []) + reasons))
-        return record
+        st, self._state = self._state, {}
+        st.pop("sets", None)
+        if st.get("reasons"):
+            return {"timed": False, "reason": "; ".join(st["reasons"])}
+        if result is None or not result.get("timed") or not st.get("eager"):
+            return {"timed": False, "reason": reason or "no timing was handed over"}
+        result = result | {"eager": summarize(st["eager"]), "wall": result.get("wall", {}) | {
+            "eager": summarize(st["eager_walls"])}}
+        return judge_timing(result, self.floor)
 
     def doc(self, results: dict[str, dict]) -> dict:
         timed = [r for r in results.values() if r.get("timed")]

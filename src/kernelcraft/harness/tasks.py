@@ -14,13 +14,8 @@ from kernelcraft.harness.candidate import load_candidate
 
 # Bound when the zygote imports this module, before any candidate runs: a candidate that patches these names
 # later cannot change how its outputs are copied out or saved.
-_clone = _torch.Tensor.clone
 _detach = _torch.Tensor.detach
-_to = _torch.Tensor.to
 _save = _torch.save
-
-# Exported CUDA tensors stay referenced here until the parent releases this child (see transfer.py).
-_KEEP: list = []
 
 _MAX_ERROR_CHARS = 600
 
@@ -108,89 +103,80 @@ def _load_model(prob: Any, candidate: str, weight_seed: int, device: str) -> Any
     return model
 
 
-def _verification(prob: Any, model: Any, plan: list[dict], device: str, poison_bytes: int, share: bool,
-                  out: str) -> dict:
-    """Run the candidate on each trial of ``plan`` (see trials.py) and describe its outputs, its inputs
-    afterwards and an audit of what its forward did (PyTorch operators, kernel launches, extension calls,
-    aliasing): tensors are exported through CUDA IPC when ``share`` (kept alive in _KEEP until the parent has
-    judged them), else saved to ``out``."""
+def _meta(outs: list) -> list[dict]:
+    return [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type} for o in outs]
+
+
+def _hand_tensors(doc: dict, tensors: dict[str, list], share: bool, out: str) -> dict:
+    """Attach tensors to a hand-over: CUDA IPC descriptions of the very tensors (no copies; they stay alive in the
+    caller until the parent has replied), or one file the parent loads with ``weights_only=True``."""
+    if share:
+        from kernelcraft.harness.transfer import export_cuda
+
+        for key, items in tensors.items():
+            if any(isinstance(t, _torch.Tensor) and not t.is_cuda for t in items):
+                raise TypeError("forward returned a tensor that is not on the GPU")
+            doc[key] = [export_cuda(t) if isinstance(t, _torch.Tensor) else None for t in items]
+        return doc
+    _save({key: [_detach(t) if isinstance(t, _torch.Tensor) else None for t in items]
+           for key, items in tensors.items()}, out)
+    return doc
+
+
+def _verification(prob: Any, model: Any, audit: Any, plan: list[dict], device: str, poison_bytes: int,
+                  share: bool, out: str, handover: Callable[[dict], dict]) -> tuple[dict, dict]:
+    """Run the candidate on each trial of ``plan`` (see trials.py) and hand each trial over as it completes: its
+    outputs, its inputs afterwards (the tensors themselves, which the parent compares with its own copy) and the
+    audit of the calls. One trial's tensors exist at a time. Returns the parent's last reply and phase timings."""
     import torch
 
     from kernelcraft.harness import trials as trial_inputs
-    from kernelcraft.harness.audit import aliased_inputs, recorder
-    from kernelcraft.harness.build import launch_counts, reset_launch_counts
 
-    t_start = timing._perf_counter()
-    results = []
-    inputs: list | None = None
     clock = timing._perf_counter
-    spent = {"inputs_s": 0.0, "warm_s": 0.0, "forward_s": 0.0, "keep_s": 0.0}
-    for spec in plan:
+    spent = {"inputs_s": 0.0, "warm_s": 0.0, "forward_s": 0.0, "handover_s": 0.0}
+    inputs: list | None = None
+    reply: dict = {}
+    for k, spec in enumerate(plan):
         t = clock()
-        fresh = trial_inputs.make_inputs(prob, spec, device)
-        _sync(device)
-        spent["inputs_s"] += clock() - t
         if spec.get("reuse") and inputs is not None:
-            t = clock()
             with torch.no_grad():
                 for _ in range(int(spec.get("warm_calls", 0))):
-                    model(*inputs)
-            inputs = trial_inputs.refill(inputs, fresh)
+                    with audit.forward():
+                        model(*inputs)
             _sync(device)
             spent["warm_s"] += clock() - t
+            t = clock()
+            inputs = trial_inputs.refill(inputs, trial_inputs.make_inputs(prob, spec, device))
         else:
-            inputs = fresh
+            inputs = None
+            inputs = trial_inputs.make_inputs(prob, spec, device)
+        _sync(device)
+        spent["inputs_s"] += clock() - t
         _poison(device, poison_bytes)
-        reset_launch_counts()
         t = clock()
-        with recorder() as rec, torch.no_grad():
+        with audit.forward(), torch.no_grad():
             result = model(*inputs)
         _sync(device)
         spent["forward_s"] += clock() - t
         t = clock()
         outs = flatten_outputs(result)
-        if share:
-            kept_outs = [_clone(_detach(o)) for o in outs if o.is_cuda]
-            kept_inputs = [_clone(_detach(t)) if isinstance(t, torch.Tensor) else None for t in inputs]
-            _KEEP.extend(kept_outs + kept_inputs)
-        else:
-            kept_outs = [_to(_detach(o), "cpu", copy=True) for o in outs]
-            kept_inputs = [_to(_detach(t), "cpu", copy=True) if isinstance(t, torch.Tensor) else None
-                           for t in inputs]
-        results.append({
-            "meta": [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type} for o in outs],
-            "outputs": kept_outs,
-            "inputs_after": kept_inputs,
-            "audit": {"torch_ops": dict(rec.ops), "launches": launch_counts(),
-                      "extension_calls": dict(rec.extension_calls), "aliased_inputs": aliased_inputs(outs, inputs)},
-        })
-        _sync(device)
-        spent["keep_s"] += clock() - t
-    phases = dict(spent)
-    _sync(device)
-    t_trials = timing._perf_counter()
-    phases["trials_s"] = t_trials - t_start
-    if share:
-        from kernelcraft.harness.transfer import export_cuda
-
-        if any(len(r["outputs"]) != len(r["meta"]) for r in results):
-            raise TypeError("forward returned a tensor that is not on the GPU")
-        for r in results:
-            r["outputs"] = [export_cuda(o) for o in r["outputs"]]
-            r["inputs_after"] = [export_cuda(t) if t is not None else None for t in r["inputs_after"]]
-        phases["export_s"] = timing._perf_counter() - t_trials
-        return {"trials": results, "phases": phases}
-    _save(results, out)
-    return {"trials": len(results), "phases": phases}
+        doc = _hand_tensors({"trial": k, "meta": _meta(outs), "audit": audit.cut()},
+                            {"outputs": outs, "inputs_after": inputs}, share, out)
+        reply = handover(doc)
+        del result, outs
+        spent["handover_s"] += clock() - t
+    return reply, spent
 
 
 def task_evaluate(problem: str, size: str, candidate: str, device: str, weight_seed: int, plan: list[dict],
                   out: str, poison_bytes: int = 0, share: bool = False, timing_args: dict | None = None, *,
                   handover: Callable[[dict], dict]) -> dict:
-    """One candidate, one process: its verification trials are handed to the parent, which judges them and
-    replies; only when the parent says ``time`` is the candidate then timed (``timing_args``, see _timing) in
-    the same process, so it is loaded, built and started once. The eager reference used for timing is built
-    before any candidate code runs."""
+    """One candidate, one process: each verification trial is handed to the parent, which judges it and replies;
+    only if the parent's reply to the last trial says ``time`` is the candidate then timed, block by block, each
+    block handed over too (the parent times the reference in its own process between the candidate's blocks).
+    No reference runs here. The audit (audit.py) records every call from before the candidate is imported."""
+    from kernelcraft.harness.audit import Audit
+
     clock = timing._perf_counter
     # Absolute monotonic stamps (the parent's clock is the same one): where a candidate's wall time goes between
     # the two processes, for the job's phase timings.
@@ -200,38 +186,35 @@ def task_evaluate(problem: str, size: str, candidate: str, device: str, weight_s
 
     t = clock()
     prob = load_problem(problem, size)
-    ref = prob.make_reference(weight_seed, device) if timing_args is not None else None
-    _sync(device)
     phases["problem_s"] = clock() - t
+    audit = Audit()
     t = clock()
     model = _load_model(prob, candidate, weight_seed, device)
     phases["load_s"] = clock() - t
-    verified = _verification(prob, model, plan, device, poison_bytes, share, out)
-    stamps["handover"] = clock()
-    verified["phases"] = phases | verified["phases"]
-    verified["stamps"] = stamps
-    reply = handover(verified)
-    _KEEP.clear()  # the parent has unmapped what it judged
-    if ref is None or not reply.get("time"):
-        return {"timed": False}
-    stamps = {"replied": clock()}
-    doc = _timing(prob, ref, model, device, share=share, **(timing_args or {}))
+    reply, spent = _verification(prob, model, audit, plan, device, poison_bytes, share, out, handover)
+    phases |= spent
+    if not reply.get("time"):
+        return {"timed": False, "phases": phases, "stamps": stamps}
+    stamps["replied"] = clock()
+    doc = _timing(prob, model, audit, device, share, out, reply, handover, **(timing_args or {}))
+    doc["phases"] = phases | doc["phases"]
     return doc | {"stamps": stamps | {"end": clock()}}
 
 
-def _input_sets(prob: Any, seed: int, device: str, max_sets: int = 3) -> list:
-    """Several input sets to rotate through, as many as fit in a quarter of free memory (at least one)."""
-    import torch
+def input_sets(prob: Any, seed: int, device: str, count: int) -> list:
+    """``count`` input sets to rotate through while timing (the parent decides how many fit)."""
+    return [prob.make_inputs(seed + k, device) for k in range(max(1, count))]
 
-    first = prob.make_inputs(seed, device)
-    nbytes = tensor_bytes(first)
-    if str(device).startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info()
-        budget = free // 4
-    else:
-        budget = 2 * 2**30
-    count = max(1, min(max_sets, budget // max(nbytes, 1)))
-    return [first] + [prob.make_inputs(seed + k, device) for k in range(1, count)]
+
+# Input sets rotate while timing only where they are small: at KernelBench's sizes (GB tensors) a second set would
+# be a second copy of the problem's inputs, in each of the two processes that time it.
+ROTATION_BYTES = 64 * 2**20
+MAX_SETS = 3
+
+
+def rotation_sets(input_bytes: int, device: str) -> int:
+    """How many input sets to rotate through: up to MAX_SETS while they stay within ROTATION_BYTES together."""
+    return int(max(1, min(MAX_SETS, ROTATION_BYTES // max(input_bytes, 1))))
 
 
 def tensor_bytes(tensors: Any) -> int:
@@ -241,50 +224,50 @@ def tensor_bytes(tensors: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def _timing(prob: Any, ref: Any, cand: Any, device: str, seed: int, warmup: int, iters: int,
-            min_time_ms: float = 0.0, share: bool = False, out: str | None = None) -> dict:
-    """Time the candidate interleaved with the eager reference on the same rotating input sets.
-
-    The candidate's outputs from its last timed call on each input set are handed to the parent (CUDA IPC when
-    ``share``, else saved to ``out``), which checks them against its own reference; the parent also holds the
-    speed-of-light floor (measured in its own process, where no candidate runs)."""
-    from kernelcraft.harness.timing import interleaved, summarize
+def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: str, order: dict,
+            handover: Callable[[dict], dict], seed: int, warmup: int, iters: int, min_time_ms: float = 0.0) -> dict:
+    """Time the candidate in blocks (timing.BlockTimer). After each block its samples, the outputs of the one call
+    the parent chose (a call index the candidate cannot see) and the audit of the block's calls are handed over;
+    the parent checks them and times its reference before replying. The GPU sleep before each call is sized
+    from the reference's launch time, which the parent measured (``order["launch_ms"]``)."""
+    from kernelcraft.harness.timing import BlockTimer, block_sizes, poison, summarize, timed_iterations, warm_up
 
     clock = timing._perf_counter
     phases: dict[str, float] = {}
     t = clock()
-    sets = _input_sets(prob, seed, device)
+    sets = input_sets(prob, seed, device, int(order.get("sets", 1)))
     _sync(device)
     phases["setup_s"] = clock() - t
-    t = clock()
-    kept: dict[str, dict[int, Any]] = {"candidate": {}}
-    samples, walls = interleaved({"candidate": lambda xs: cand(*xs), "eager": lambda xs: ref(*xs)},
-                                 sets, device, warmup, iters, min_time_ms, capture=kept, trusted="eager")
-    phases["timing_s"] = clock() - t
-    n_sets = len(sets)
-    del sets
-    timed_outputs = []
-    for k, got in sorted(kept.pop("candidate").items()):
-        outs = flatten_outputs(got)
-        timed_outputs.append({"set": k, "seed": seed + k,
-                              "meta": [{"shape": list(o.shape), "dtype": str(o.dtype), "device": o.device.type}
-                                       for o in outs], "outputs": outs})
-    if share:
-        from kernelcraft.harness.transfer import export_cuda
 
-        for t_out in timed_outputs:
-            if not all(o.is_cuda for o in t_out["outputs"]):
-                raise TypeError("forward returned a tensor that is not on the GPU")
-            _KEEP.extend(t_out["outputs"])
-            t_out["outputs"] = [export_cuda(o) for o in t_out["outputs"]]
-    else:
-        if out:
-            _save(timed_outputs, out)
-        timed_outputs = [{k: v for k, v in t_out.items() if k != "outputs"} for t_out in timed_outputs]
-    doc: dict[str, Any] = {name: summarize(s) for name, s in samples.items()}
-    doc.update({"timed": True, "wall": {name: summarize(s) for name, s in walls.items()},
-                "timed_outputs": timed_outputs, "input_sets": n_sets, "phases": phases})
-    return doc
+    def call(xs: list) -> Any:
+        with audit.forward():
+            return model(*xs)
+
+    t = clock()
+    warm = warm_up(call, sets, device, warmup, min_time_ms)
+    sizes = block_sizes(timed_iterations(iters, min_time_ms, warm["per_call_ms"]))
+    timer = BlockTimer(device, float(order.get("launch_ms") or 0.0))
+    samples: list[float] = []
+    walls: list[float] = []
+    first, keep = 0, int(order.get("keep", 0))
+    for b, n in enumerate(sizes):
+        pick = first + min(keep, n - 1)
+        s, w, kept = timer.block(call, sets, first, n, keep=pick)
+        samples += s
+        walls += w
+        outs = flatten_outputs(kept)
+        doc = _hand_tensors({"block": b, "blocks": len(sizes), "samples": s, "walls": w, "set": pick % len(sets),
+                             "meta": _meta(outs), "audit": audit.cut()}, {"outputs": outs}, share, out)
+        reply = handover(doc)
+        poison(outs)
+        del kept, outs
+        first += n
+        if reply.get("stop"):
+            break
+        keep = int(reply.get("keep", 0))
+    phases["timing_s"] = clock() - t
+    return {"timed": True, "candidate": summarize(samples), "wall": {"candidate": summarize(walls)},
+            "input_sets": len(sets), "warmup_calls": warm["calls"], "phases": phases}
 
 
 def reference_flops(prob: Any) -> int:
@@ -338,7 +321,7 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
 
     prob = load_problem(problem, size)
     ref = prob.make_reference(weight_seed, device)
-    sets = _input_sets(prob, seed, device)
+    sets = input_sets(prob, seed, device, rotation_sets(tensor_bytes(prob.make_inputs(seed, device)), device))
     contenders = {"eager": lambda xs: ref(*xs)}
     compile_error = None
     if torch_compile:

@@ -32,6 +32,8 @@ _event_sync = torch.cuda.Event.synchronize
 _gpu_sleep = torch.cuda._sleep
 _clone = torch.Tensor.clone
 _detach = torch.Tensor.detach
+_fill = torch.Tensor.fill_
+_is_floating = torch.Tensor.is_floating_point
 
 # Upper bound on timed calls per contender however short the kernel (do_bench-like minimum work otherwise).
 MAX_ITERS = 2000
@@ -164,6 +166,104 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
                     capture[name][i % len(input_sets)] = _snapshot(out)
                 del out
     return samples, walls
+
+
+# Calls per contender are timed in this many blocks, the reference's (in the trusted parent) alternating with the
+# candidate's (in its own process), so drift between the two processes' blocks cancels in the medians.
+BLOCKS = 4
+
+
+def warm_up(fn: Callable[[Any], Any], input_sets: Sequence[Any], device: str, warmup: int,
+            min_time_ms: float = 0.0) -> dict[str, float]:
+    """Untimed calls until ``warmup`` calls and a quarter of ``min_time_ms`` of work are done, so clocks have
+    ramped and caches are built. Returns the fastest call (ms, synchronised) and the fastest host launch (ms):
+    what sizes the timed work and, for the reference, the GPU sleep queued before each timed call."""
+    cuda = str(device).startswith("cuda")
+    per_call = launch = math.inf
+    spent = 0.0
+    i = 0
+    with torch.no_grad():
+        while i < warmup or (min_time_ms > 0 and spent < min_time_ms / 4 and i < MAX_ITERS):
+            t0 = _perf_counter()
+            out = fn(input_sets[i % len(input_sets)])
+            launch = min(launch, (_perf_counter() - t0) * 1e3)
+            if cuda:
+                _synchronize()
+            ms = (_perf_counter() - t0) * 1e3
+            per_call = min(per_call, ms)
+            spent += ms
+            del out
+            i += 1
+    return {"per_call_ms": per_call if i else 0.0, "launch_ms": launch if i else PREROLL_MAX_MS, "calls": i}
+
+
+def poison(out: Any) -> None:
+    """Overwrite a call's outputs once they are no longer needed, outside the timed region: the caching allocator
+    hands that memory to the next call, so a kernel that returns fresh memory without writing it (hoping it still
+    holds an earlier call's answer) returns NaN instead."""
+    if isinstance(out, torch.Tensor):
+        if out.numel():
+            _fill(out, float("nan") if _is_floating(out) else -7)
+    elif isinstance(out, list | tuple):
+        for o in out:
+            poison(o)
+
+
+class BlockTimer:
+    """Times one contender's calls block by block under the protocol of :func:`interleaved`: L2 flushed and a
+    GPU sleep queued before each call, device events around it, the host's wait for the whole device after it;
+    input sets rotated by the global call index, so two processes timing the same sets stay in step."""
+
+    def __init__(self, device: str, launch_ms: float) -> None:
+        self.cuda = str(device).startswith("cuda")
+        if self.cuda:
+            _synchronize()
+            self._flush = _L2Flusher(device)
+            self._start, self._end = _Event(enable_timing=True), _Event(enable_timing=True)
+            self._preroll = _preroll_cycles(launch_ms)
+
+    def block(self, fn: Callable[[Any], Any], input_sets: Sequence[Any], first: int, count: int,
+              keep: int | None = None) -> tuple[list[float], list[float], Any]:
+        """Calls ``first`` .. ``first + count - 1``; returns (event ms, wall ms, outputs of call ``keep``). Every
+        other call's outputs are poisoned (:func:`poison`) once timed."""
+        samples: list[float] = []
+        walls: list[float] = []
+        kept = None
+        with torch.no_grad():
+            for i in range(first, first + count):
+                inputs = input_sets[i % len(input_sets)]
+                if self.cuda:
+                    self._flush()
+                    _gpu_sleep(self._preroll)
+                    _record(self._start)
+                    out = fn(inputs)
+                    _record(self._end)
+                    _event_sync(self._end)
+                    t_end = _perf_counter()
+                    _synchronize()
+                    event_ms = _elapsed(self._start, self._end)
+                    samples.append(event_ms)
+                    walls.append(event_ms + (_perf_counter() - t_end) * 1e3)
+                else:
+                    t0 = _perf_counter()
+                    out = fn(inputs)
+                    ms = (_perf_counter() - t0) * 1e3
+                    samples.append(ms)
+                    walls.append(ms)
+                if i == keep:
+                    kept = out
+                else:
+                    poison(out)
+                del out
+            if self.cuda:
+                _synchronize()
+        return samples, walls, kept
+
+
+def block_sizes(total: int, blocks: int = BLOCKS) -> list[int]:
+    """``total`` calls split into ``blocks`` near-equal blocks (none empty)."""
+    blocks = max(1, min(blocks, total))
+    return [total // blocks + (1 if k < total % blocks else 0) for k in range(blocks)]
 
 
 def _preroll_cycles(launch_ms: float) -> int:

@@ -1,28 +1,29 @@
-"""Verification: each candidate runs on fresh inputs in its own child; this process compares.
+"""Verification: each candidate runs on fresh inputs in its own child; this process compares, trial by trial.
 
 This process computes the reference outputs itself and never imports candidate code; the child only hands back
-tensors (mapped through CUDA IPC, or in a file loaded with ``weights_only=True``). Trials use seeds that differ per
-round and per trial, so a candidate cannot learn the inputs it will be judged on. evaluate_round.py drives it.
+tensors (mapped through CUDA IPC, or in a file loaded with ``weights_only=True``), one trial at a time. Trials use
+seeds that differ per round and per trial, so a candidate cannot learn the inputs it will be judged on.
+evaluate_round.py drives it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from kernelcraft.context import RunContext
 from kernelcraft.harness import trials
-from kernelcraft.harness.audit import judge
-from kernelcraft.harness.compare import Verdict, compare_trial, merge_verdicts
+from kernelcraft.harness.audit import aliased_inputs, judge
+from kernelcraft.harness.compare import Verdict, compare_trial
 from kernelcraft.harness.static_checks import check_source
 from kernelcraft.progress import report
 
 
 class Reference:
-    """The reference's outputs (and the inputs that produced them) for each trial, computed once per job in this
-    trusted process; no reference runs in a candidate's process before or during its verification, so there is
-    no reference output memory for a candidate to read."""
+    """The reference model, built once per job in this trusted process, and what one call of it holds. No
+    reference runs in a candidate's process, so there is no reference output memory for a candidate to read;
+    each trial's inputs and outputs are made here when that trial is judged and dropped after it, so memory does
+    not grow with the number of trials."""
 
     def __init__(self, ctx: RunContext, problem: str, plan: list[dict]) -> None:
         import torch
@@ -30,59 +31,52 @@ class Reference:
         from kernelcraft.harness.tasks import flatten_outputs, tensor_bytes
 
         self.problem = ctx.load_problem(problem)
-        model = self.problem.make_reference(ctx.seed, ctx.device)
-        self.trials = []
-        for spec in plan:
-            inputs = trials.make_inputs(self.problem, spec, ctx.device)
+        self.device = ctx.device
+        self.model = self.problem.make_reference(ctx.seed, ctx.device)
+        self.input_bytes = self.output_bytes = 0
+        if plan:
+            inputs = trials.make_inputs(self.problem, plan[0], ctx.device)
             with torch.no_grad():
-                outs = [o.detach().clone() for o in flatten_outputs(model(*inputs))]
-            self.trials.append((inputs, outs))
-        self.input_bytes, self.output_bytes = (tensor_bytes(self.trials[0][0]), tensor_bytes(self.trials[0][1])
-                                               ) if self.trials else (0, 0)
+                outs = flatten_outputs(self.model(*inputs))
+            self.input_bytes, self.output_bytes = tensor_bytes(inputs), tensor_bytes(outs)
+            del inputs, outs
+        self.param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def trial(self, spec: dict) -> tuple[list, list]:
+        """Inputs and reference outputs of one trial, as the candidate's process made its inputs."""
+        import torch
+
+        from kernelcraft.harness.tasks import flatten_outputs
+
+        inputs = trials.make_inputs(self.problem, spec, self.device)
+        with torch.no_grad():
+            return inputs, flatten_outputs(self.model(*inputs))
 
 
-def _audit_reasons(results: list[dict], policy: str) -> list[str]:
-    reasons: list[str] = []
-    for trial in results:
-        audit = trial.get("audit") or {}
-        for r in judge(audit.get("torch_ops") or {}, audit.get("launches") or {},
-                       audit.get("extension_calls") or {}, policy):
-            if r not in reasons:
-                reasons.append(r)
-        for i in audit.get("aliased_inputs") or []:
-            r = f"output aliases input {i} (returns an input's memory)"
-            if r not in reasons:
-                reasons.append(r)
-    return reasons
-
-
-def _judge_shared(result: dict, judge_trials: Callable[[list[dict]], Verdict]) -> Verdict:
-    """Map the child's exported tensors, judge them on the GPU, and drop every mapping before the child goes."""
+def _received(result: dict, share: bool, out_file: Path) -> dict:
+    """The tensors a hand-over carries: mapped through CUDA IPC, or loaded from its file (weights only)."""
     import torch
 
     from kernelcraft.harness.transfer import import_cuda
 
-    t0 = time.perf_counter()
-    got = []
-    for t in result["trials"]:
-        got.append(t | {
-            "outputs": [import_cuda(d) for d in t["outputs"]],
-            "inputs_after": [import_cuda(d) if d is not None else None for d in t["inputs_after"]],
-        })
-    t1 = time.perf_counter()
-    try:
-        verdict = judge_trials(got)
+    if share:
+        return {key: [import_cuda(d) if d is not None else None for d in result.get(key) or []]
+                for key in ("outputs", "inputs_after") if key in result}
+    return torch.load(out_file, weights_only=True, map_location="cpu")
+
+
+def release_mappings(share: bool) -> None:
+    """Drop every CUDA IPC mapping this process holds (after the tensors that used them are gone)."""
+    if share:
+        import torch
+
         torch.cuda.synchronize()
-    finally:
-        del got
         torch.cuda.ipc_collect()
-    verdict.phases = dict(result.get("phases") or {}) | {"map_s": t1 - t0, "compare_s": time.perf_counter() - t1}
-    return verdict
 
 
 class Verifier:
-    """Verification of one problem and round: the trial plan, the reference's outputs (computed once, here), and
-    the judgement of what a candidate's child hands over. Only this trusted process compares."""
+    """Verification of one problem and round: the trial plan, the reference (built once, here), and the judgement
+    of each trial a candidate's process hands over. Only this trusted process compares."""
 
     def __init__(self, ctx: RunContext, problem: str, round_: int) -> None:
         tol = ctx.config["tolerance"]
@@ -104,32 +98,34 @@ class Verifier:
                 "device": self.ctx.device, "weight_seed": self.ctx.seed, "plan": self.plan, "out": str(out_file),
                 "poison_bytes": self.ref.output_bytes, "share": self.share}
 
-    def judge_trials(self, got: list[dict]) -> Verdict:
-        import torch
-
+    def judge_trial(self, result: dict, out_file: Path) -> Verdict:
+        """One trial: the reference's outputs on the same inputs, made here, against what the child handed
+        over; the child's inputs afterwards against this process's copy; aliasing of outputs and inputs; and the
+        audit of the trial's calls."""
         assert self.ref is not None
-        verdict = merge_verdicts([
-            compare_trial(t["outputs"], t["meta"], outs, inputs, t["inputs_after"],
-                          torch.device(self.ctx.device).type, self.atol, self.rtol)
-            for t, (inputs, outs) in zip(got, self.ref.trials, strict=True)
-        ])
-        extra = _audit_reasons(got, self.policy)
+        t0 = time.perf_counter()
+        spec = self.plan[int(result["trial"])]
+        try:
+            got = _received(result, self.share, out_file)
+        except Exception as exc:  # a malformed hand-over is the candidate's failure
+            return Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
+        try:
+            inputs, refs = self.ref.trial(spec)
+            verdict = compare_trial(got["outputs"], result["meta"], refs, inputs, got["inputs_after"],
+                                    self.ctx.device, self.atol, self.rtol)
+            extra = [f"output aliases input {i} (returns an input's memory)"
+                     for i in aliased_inputs(got["outputs"], got["inputs_after"])]
+            extra += judge(result.get("audit") or {}, self.policy)
+            del inputs, refs
+        finally:
+            got.clear()
+            release_mappings(self.share)
         if extra:
             verdict.reasons = extra + verdict.reasons
             verdict.correct = False
             verdict.passes_strict = False
+        verdict.phases = {"judge_s": time.perf_counter() - t0}
         return verdict
-
-    def judge_handover(self, result: dict, out_file: Path) -> Verdict:
-        """Judge what the child handed over: mapped through CUDA IPC, or loaded from its file (weights only)."""
-        import torch
-
-        if self.share:
-            return _judge_shared(result, self.judge_trials)
-        try:
-            return self.judge_trials(torch.load(out_file, weights_only=True, map_location="cpu"))
-        except Exception as exc:  # a malformed result file is the candidate's failure
-            return Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
 
     def doc(self, results: dict[str, dict], total: int) -> dict:
         ok = sum(r["correct"] for r in results.values())

@@ -303,6 +303,11 @@ class Worker:
                 continue
             return msg
 
+    def wait_for_exits(self) -> None:
+        """Block until every earlier child has exited (see :meth:`_await_detached`)."""
+        if self._proc is not None and self._ready:
+            self._await_detached()
+
     def _await_detached(self, timeout: float = 30.0) -> None:
         """Block until every earlier child has exited: a held one is released now (its holder is done with it by
         the time anything is timed), a stuck one is killed again and then left behind."""

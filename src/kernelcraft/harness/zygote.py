@@ -119,6 +119,8 @@ def _preload(cuda: bool) -> None:
     from kernelcraft.harness import audit, build, tasks, timing, transfer, trials  # noqa: F401
     from kernelcraft.problems import loader  # noqa: F401
 
+    audit.warm()  # the profiler's first start in a process costs about a second: paid once, here
+
     if cuda:
         try:
             from cuda.bindings import driver  # noqa: F401

@@ -87,6 +87,33 @@ class ModelNew(nn.Module):
         self.calls += 1
         return relu(x) if self.calls <= 30 else torch.zeros_like(x)
 ''',
+    "late_switch_to_pytorch": '''
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return relu(x) if self.calls <= 60 else torch.relu(x)
+''',
+    "stale_output": '''
+class ModelNew(nn.Module):
+    """Honest for 60 calls, then a spin of its own and unwritten memory that may hold an earlier answer."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= 60:
+            return relu(x)
+        y = torch.empty_like(x)
+        scratch = torch.empty(1 << 20, device=x.device)
+        spin(grid=(4096,), block=(256,), args=(scratch, 1 << 20, 2000))
+        return y
+''',
 }
 
 
@@ -106,7 +133,10 @@ def evaluated(tmp_path_factory):
         entries.append({"id": name, "path": str(path)})
     built = compile_candidates(ctx, "relu_ref", 1, entries, 4, 120)
     assert all(b["compiled"] for b in built.values()), {k: b["reason"] for k, b in built.items()}
-    verified, timed = evaluate_candidates(ctx, "relu_ref", 1, entries, built)
+    # The run-time defences are under test here: the source allow-list (which refuses the side stream) steps aside.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
+        verified, timed = evaluate_candidates(ctx, "relu_ref", 1, entries, built)
     return verified["results"], timed["results"]
 
 
@@ -142,3 +172,31 @@ def test_a_kernel_that_changes_once_timed_is_rejected_through_ipc(evaluated):
     assert "outputs of timed calls differ from the reference (output: max error above tolerance" in (
         timed["switches_when_timed"]["reason"])
 
+
+
+def test_a_late_switch_to_pytorch_is_caught_by_the_audit_of_timed_calls(evaluated):
+    verified, timed = evaluated
+    assert verified["late_switch_to_pytorch"]["correct"] is True
+    assert timed["late_switch_to_pytorch"]["timed"] is False
+    assert "timed calls: part of the work is done by PyTorch (aten.relu)" in timed["late_switch_to_pytorch"]["reason"]
+
+
+def test_unwritten_memory_returned_while_timed_holds_no_earlier_answer(evaluated):
+    verified, timed = evaluated
+    assert verified["stale_output"]["correct"] is True
+    assert timed["stale_output"]["timed"] is False
+    # Earlier outputs were poisoned once timed, and no reference ran in its process: what it returns is not an answer.
+    assert "outputs of timed calls differ from the reference (output" in timed["stale_output"]["reason"]
+
+
+def test_the_eager_time_is_measured_in_the_parent_and_matches_across_candidates(evaluated):
+    _, timed = evaluated
+    eager = [r["eager_ms"] for r in timed.values() if r.get("timed")]
+    assert eager and max(eager) < 1.05 * min(eager)
+
+
+def test_a_side_stream_is_refused_from_the_source():
+    from kernelcraft.harness.static_checks import check_source
+
+    reasons = " | ".join(check_source(HEADER + CANDIDATES["hidden_stream"]))
+    assert "which runs work on a stream other than the one the kernel is timed on" in reasons

@@ -119,7 +119,11 @@ def _preload(cuda: bool) -> None:
     from kernelcraft.harness import audit, build, tasks, timing, transfer, trials  # noqa: F401
     from kernelcraft.problems import loader  # noqa: F401
 
-    audit.warm()  # the profiler's first start in a process costs about a second: paid once, here
+    if torch.version.cuda is None:
+        # The profiler's first start in a process costs about a second: paid once, here, before any fork. A CUDA
+        # build's profiler starts threads and queries the driver, which a forked child must not inherit: there the
+        # spare child pays it instead (_warm_cuda), while the previous candidate runs.
+        audit.warm()
 
     if cuda:
         try:
@@ -155,6 +159,9 @@ def _warm_cuda() -> None:
     end.record()
     torch.cuda.synchronize()
     start.elapsed_time(end)
+    from kernelcraft.harness import audit
+
+    audit.warm()
 
 
 def _spare(requests: int, proto_out: int, zygote: int) -> None:

@@ -54,7 +54,7 @@ class Timer:
 
         bcfg = self.ctx.config["benchmark"]
         self.floor = speed_of_light(self.ref.input_bytes + self.ref.output_bytes, self.flops, self.ctx.device)
-        self.sets_count = rotation_sets(self.ref.input_bytes, self.ctx.device)
+        self.sets_count = rotation_sets(self.ref.input_bytes)
         sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
         self._warm = warm_up(self._call, sets, self.ctx.device, int(bcfg["warmup"]), float(bcfg["min_time_ms"]))
         del sets

@@ -90,15 +90,12 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
     path = Path(ctx.root) / cand["path"]
     kwargs = verifier.task_kwargs(path, out_file) | {"timing_args": timer.task_args() if timer else None}
     trials: list[Verdict] = []
-    clock = time.perf_counter
-    at: dict[str, float] = {}  # this process's monotonic stamps; the child's are on the same clock
 
     def on_partial(result: dict) -> dict:
         if "trial" in result:
             trials.append(verifier.judge_trial(result, out_file))
             if len(trials) < len(verifier.plan):
                 return {}
-            at["verified"] = clock()
             verdict = merge_verdicts(trials)
             if timer is None or not verdict.correct:
                 return {"time": False}
@@ -109,7 +106,6 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
     timeouts = ([float(ctx.config["verify"]["timeout_s"])] * len(verifier.plan)
                 + [float(ctx.config["benchmark"]["timeout_s"])])
     log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.evaluate.log")
-    at["call"] = clock()
     try:
         outcome = worker.call("evaluate", kwargs, timeouts, log=log, on_partial=on_partial, on_result=lambda r: r)
     finally:

@@ -1,8 +1,9 @@
 """Timing protocol (DESIGN.md §5): device events around each call, warm-up first, L2 flushed before every timed
-call, input sets rotated, and all contenders timed interleaved in one process so that clock and thermal drift hit
-them alike. The CPU backend follows the same protocol with a wall clock.
+call, input sets rotated. A candidate is timed in blocks in its own process (:class:`BlockTimer`), alternating
+with the reference's blocks in the trusted parent; the baseline's trusted contenders are timed interleaved in one
+process (:func:`interleaved`). The CPU backend follows the same protocol with a wall clock.
 
-Defences, since the timed candidate shares this process:
+Defences, since the timed candidate runs in the process that times it:
 * the clocks and event methods are bound here, when the zygote imports this module, before any candidate code
   runs: a candidate that later patches ``time.perf_counter`` or ``torch.cuda.Event.elapsed_time`` patches names
   this module no longer looks up;
@@ -30,8 +31,6 @@ _record = torch.cuda.Event.record
 _elapsed = torch.cuda.Event.elapsed_time
 _event_sync = torch.cuda.Event.synchronize
 _gpu_sleep = torch.cuda._sleep
-_clone = torch.Tensor.clone
-_detach = torch.Tensor.detach
 _fill = torch.Tensor.fill_
 _is_floating = torch.Tensor.is_floating_point
 
@@ -75,35 +74,17 @@ def timed_iterations(iters: int, min_time_ms: float, per_call_ms: float) -> int:
     return int(min(max(iters, math.ceil(min_time_ms / per_call_ms)), max(iters, MAX_ITERS)))
 
 
-def _snapshot(out: Any) -> Any:
-    """A private copy of a call's outputs, so a kernel that later overwrites a returned buffer is caught."""
-    if isinstance(out, torch.Tensor):
-        return _clone(_detach(out))
-    if isinstance(out, list | tuple):
-        return [_snapshot(o) for o in out]
-    return out
-
-
 def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequence[Any], device: str,
-                warmup: int, iters: int, min_time_ms: float = 0.0,
-                capture: dict[str, dict[int, Any]] | None = None,
-                trusted: str | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Time each contender round-robin (``iters`` times, or more: see :func:`timed_iterations`), rotating
-    through ``input_sets``. Warm-up is ``warmup`` rounds and, when ``min_time_ms`` is set, at least a quarter
-    of it in work, so clocks have ramped up before the first timed call.
+                warmup: int, iters: int, min_time_ms: float = 0.0) -> tuple[dict[str, list[float]],
+                                                                            dict[str, list[float]]]:
+    """Time trusted contenders (the baseline's eager and torch.compile) round-robin in one process (``iters``
+    times, or more: see :func:`timed_iterations`), rotating through ``input_sets``, each call timed as
+    :meth:`BlockTimer.call` times it. Warm-up is ``warmup`` rounds and, when ``min_time_ms`` is set, at least a
+    quarter of it in work, so clocks have ramped up before the first timed call.
 
     Returns (device-time samples, wall-time samples) in ms per contender; on the CPU both are the wall clock.
     Every contender sees the same input set in the same iteration, and the order of contenders alternates
     between iterations so none always runs first.
-
-    The GPU sleep queued before each timed call (see below) is sized from the host launch time of the
-    ``trusted`` contender (all of them when None), never from the candidate's: other streams run during that
-    sleep, so a candidate that could lengthen it could hide side-stream work in it. What a candidate could
-    hide there is bounded by the reference's launch time; longer side work shows up as hidden work.
-
-    ``capture[name]`` (for the names it holds) is filled with a copy of that contender's outputs from its last
-    timed call on each input set, taken after the call's time is recorded: the parent checks them, so a kernel
-    cannot behave one way while verified and another while timed.
     """
     names = list(contenders)
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -126,44 +107,13 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
                 warm_ms += ms
             i += 1
         iters = timed_iterations(iters, min_time_ms, min(per_call.values()) if i else 0.0)
-        if cuda:
-            _synchronize()
-            flush = _L2Flusher(device)
-            start_ev = _Event(enable_timing=True)
-            end_ev = _Event(enable_timing=True)
-            sizing = [launch[trusted]] if trusted in launch else list(launch.values())
-            preroll = _preroll_cycles(max(sizing) if i else PREROLL_MAX_MS)
+        timer = BlockTimer(device, max(launch.values()) if i else PREROLL_MAX_MS)
         for i in range(iters):
             inputs = input_sets[i % len(input_sets)]
-            order = names if i % 2 == 0 else names[::-1]
-            for name in order:
-                fn = contenders[name]
-                if cuda:
-                    # The previous call ended with a device-wide sync, so the GPU would start this one the moment
-                    # it is launched and the events would include the host's launch latency (measured: +10% on a
-                    # 0.1 ms kernel). The flush and a short GPU sleep are queued first: the host gets ahead of the
-                    # GPU, as it does in a real model and in triton's do_bench, which queues all its calls.
-                    flush()
-                    _gpu_sleep(preroll)
-                    _record(start_ev)
-                    out = fn(inputs)
-                    _record(end_ev)
-                    _event_sync(end_ev)
-                    # The whole device, not just the stream: work the timed stream's events did not see (another
-                    # stream's) shows up as time between the end event and the device becoming idle.
-                    t_end = _perf_counter()
-                    _synchronize()
-                    event_ms = _elapsed(start_ev, end_ev)
-                    samples[name].append(event_ms)
-                    walls[name].append(event_ms + (_perf_counter() - t_end) * 1e3)
-                else:
-                    t0 = _perf_counter()
-                    out = fn(inputs)
-                    ms = (_perf_counter() - t0) * 1e3
-                    samples[name].append(ms)
-                    walls[name].append(ms)
-                if capture is not None and name in capture and i >= iters - len(input_sets):
-                    capture[name][i % len(input_sets)] = _snapshot(out)
+            for name in names if i % 2 == 0 else names[::-1]:
+                event_ms, wall_ms, out = timer.call(contenders[name], inputs)
+                samples[name].append(event_ms)
+                walls[name].append(wall_ms)
                 del out
     return samples, walls
 
@@ -222,6 +172,30 @@ class BlockTimer:
             self._start, self._end = _Event(enable_timing=True), _Event(enable_timing=True)
             self._preroll = _preroll_cycles(launch_ms)
 
+    def call(self, fn: Callable[[Any], Any], inputs: Any) -> tuple[float, float, Any]:
+        """One timed call: (event ms, wall ms, its outputs)."""
+        if not self.cuda:
+            t0 = _perf_counter()
+            out = fn(inputs)
+            ms = (_perf_counter() - t0) * 1e3
+            return ms, ms, out
+        # The previous call ended with a device-wide sync, so the GPU would start this one the moment it is
+        # launched and the events would include the host's launch latency (measured: +10% on a 0.1 ms kernel). The
+        # flush and a short GPU sleep are queued first: the host gets ahead of the GPU, as it does in a real model
+        # and in triton's do_bench, which queues all its calls.
+        self._flush()
+        _gpu_sleep(self._preroll)
+        _record(self._start)
+        out = fn(inputs)
+        _record(self._end)
+        _event_sync(self._end)
+        # The whole device, not just the stream: work the timed stream's events did not see (another stream's)
+        # shows up as time between the end event and the device becoming idle.
+        t_end = _perf_counter()
+        _synchronize()
+        event_ms = _elapsed(self._start, self._end)
+        return event_ms, event_ms + (_perf_counter() - t_end) * 1e3, out
+
     def block(self, fn: Callable[[Any], Any], input_sets: Sequence[Any], first: int, count: int,
               keep: int | None = None) -> tuple[list[float], list[float], Any]:
         """Calls ``first`` .. ``first + count - 1``; returns (event ms, wall ms, outputs of call ``keep``). Every
@@ -231,25 +205,9 @@ class BlockTimer:
         kept = None
         with torch.no_grad():
             for i in range(first, first + count):
-                inputs = input_sets[i % len(input_sets)]
-                if self.cuda:
-                    self._flush()
-                    _gpu_sleep(self._preroll)
-                    _record(self._start)
-                    out = fn(inputs)
-                    _record(self._end)
-                    _event_sync(self._end)
-                    t_end = _perf_counter()
-                    _synchronize()
-                    event_ms = _elapsed(self._start, self._end)
-                    samples.append(event_ms)
-                    walls.append(event_ms + (_perf_counter() - t_end) * 1e3)
-                else:
-                    t0 = _perf_counter()
-                    out = fn(inputs)
-                    ms = (_perf_counter() - t0) * 1e3
-                    samples.append(ms)
-                    walls.append(ms)
+                event_ms, wall_ms, out = self.call(fn, input_sets[i % len(input_sets)])
+                samples.append(event_ms)
+                walls.append(wall_ms)
                 if i == keep:
                     kept = out
                 else:

@@ -228,8 +228,9 @@ def test_adaptive_cheats_while_timed_are_rejected_and_the_reference_is_not_their
     assert "timed calls: part of the work is done by PyTorch (aten.softmax)" in late["reason"]
     stale = results["stale_output"]
     assert stale["timed"] is False
-    assert "outputs of timed calls differ from the reference (output has" in stale["reason"]
-    assert "NaN/Inf values where the reference is finite" in stale["reason"]
+    # Earlier outputs were poisoned once timed and no reference ran in its process; what the allocator hands back
+    # (NaN or other garbage, as it happens) is not an answer.
+    assert "outputs of timed calls differ from the reference (output" in stale["reason"]
     slows = results["slows_reference"]
     assert slows["timed"] is True, slows
     # In the candidate's process its wrapper made "eager" 4x slower; the trusted eager time is unaffected.

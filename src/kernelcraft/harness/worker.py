@@ -178,7 +178,8 @@ class Worker:
     # -- tasks ---------------------------------------------------------------------------------------------
     def call(self, task: str, kwargs: dict, timeout: float | Sequence[float], log: str | Path | None = None,
              on_result: Callable[[dict], Any] | None = None,
-             on_partial: Callable[[dict], dict] | None = None, keep: bool = False) -> Outcome:
+             on_partial: Callable[[dict], dict] | None = None, keep: bool = False,
+             while_running: Callable[[], None] | None = None) -> Outcome:
         """Run ``task`` in a fresh child; never raises for anything the candidate does.
 
         ``on_partial(result)`` answers each intermediate hand-over of the task (see zygote.py) with the dict the
@@ -193,6 +194,9 @@ class Worker:
         ``keep`` as well, the child is not killed but held (``Outcome.held_pid``) until the caller's
         :meth:`release`, so the caller can still read its memory after the call; a held child never outlives the
         next hand-over, since no child is timed while another lives.
+
+        ``while_running()`` runs in this process once the child has started, before waiting for it: the caller's
+        own work for an earlier candidate (it must not raise) overlaps this candidate's start.
         """
         if self._proc is None or self._proc.poll() is not None or not self._ready:
             self._start()
@@ -217,6 +221,8 @@ class Worker:
             self.close()
             return Outcome(False, reason="worker died before the task started", log=str(log_path))
         pid = started["pid"]
+        if while_running is not None:
+            while_running()
         try:
             done = self._wait(pid, result_path, Path(request["reply"]), on_result, on_partial, state, keep)
         finally:

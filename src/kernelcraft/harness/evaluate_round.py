@@ -117,6 +117,9 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
     verdict = merge_verdicts(trials)
     verdict.phases = {k: round(sum(t.phases.get(k, 0.0) for t in trials), 4) for k in ("judge_s",)}
     record = verdict.as_dict() | {"wall_s": round(verify_wall, 3)}
+    handled = outcome.result.get("handled") if outcome.ok else None
+    if handled and handled.get("memory"):
+        record["child_memory"] = handled["memory"]
     if timer is None or not verdict.correct:
         return record
     result = outcome.result.get("handled") if outcome.ok else None

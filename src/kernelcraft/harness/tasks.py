@@ -16,6 +16,7 @@ from kernelcraft.harness.candidate import load_candidate
 # later cannot change how its outputs are copied out or saved.
 _detach = _torch.Tensor.detach
 _save = _torch.save
+_ipc_collect = _torch.cuda.ipc_collect
 
 _MAX_ERROR_CHARS = 600
 
@@ -91,7 +92,8 @@ def _poison(device: str, nbytes: int) -> None:
 
     if not str(device).startswith("cuda") or nbytes <= 0:
         return
-    block = torch.empty(nbytes // 4 + 1, dtype=torch.float32, device=device)
+    # Exactly the outputs' size: a larger block would not be reused for them and would cost a segment of its own.
+    block = torch.empty((nbytes + 3) // 4, dtype=torch.float32, device=device)
     block.fill_(float("nan"))
     del block
 
@@ -121,6 +123,14 @@ def _hand_tensors(doc: dict, tensors: dict[str, list], share: bool, out: str) ->
     _save({key: [_detach(t) if isinstance(t, _torch.Tensor) else None for t in items]
            for key, items in tensors.items()}, out)
     return doc
+
+
+def _reclaim(share: bool) -> None:
+    """Give back the blocks of tensors handed over through CUDA IPC once they are dropped here (the parent has let
+    go of them before it replied). Until then PyTorch keeps such blocks in a limbo of their own, outside the
+    allocator's pool: at KernelBench's sizes that is one more full-size output per hand-over, measured."""
+    if share:
+        _ipc_collect()
 
 
 def _verification(prob: Any, model: Any, audit: Any, plan: list[dict], device: str, poison_bytes: int,
@@ -164,6 +174,7 @@ def _verification(prob: Any, model: Any, audit: Any, plan: list[dict], device: s
                             {"outputs": outs, "inputs_after": inputs}, share, out)
         reply = handover(doc)
         del result, outs
+        _reclaim(share)
         spent["handover_s"] += clock() - t
     return reply, spent
 
@@ -190,11 +201,29 @@ def task_evaluate(problem: str, size: str, candidate: str, device: str, weight_s
     phases["load_s"] = clock() - t
     reply, spent = _verification(prob, model, audit, plan, device, poison_bytes, share, out, handover)
     phases |= spent
-    if not reply.get("time"):
-        return {"timed": False, "phases": phases}
-    doc = _timing(prob, model, audit, device, share, out, reply, handover, **(timing_args or {}))
+    if reply.get("time"):
+        doc = _timing(prob, model, audit, device, share, out, reply, handover, **(timing_args or {}))
+    else:
+        doc = {"timed": False, "phases": {}}
     doc["phases"] = phases | doc["phases"]
+    del model
+    doc["memory"] = release_device_memory(device)
     return doc
+
+
+def release_device_memory(device: str) -> dict:
+    """This process's peak device memory (PyTorch's allocator: what it allocated, what it reserved), then every
+    cached block handed back to the driver. The parent kills this process without waiting once the result is in,
+    and the next candidate starts meanwhile: memory still cached here would sit beside that candidate's (the
+    figures are informational; a candidate could report anything)."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return {}
+    peaks = {"peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+             "peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
+    torch.cuda.empty_cache()
+    return peaks
 
 
 def input_sets(prob: Any, seed: int, device: str, count: int) -> list:
@@ -257,6 +286,7 @@ def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: st
         reply = handover(doc)
         poison(outs)
         del kept, outs
+        _reclaim(share)
         first += n
         if reply.get("stop"):
             break

@@ -242,6 +242,15 @@ def hidden_work(event_ms: float, wall_ms: float) -> bool:
     return wall_ms - event_ms > max(HIDDEN_WORK_MIN_MS, HIDDEN_WORK_FRACTION * wall_ms)
 
 
+def probe_bytes(footprint_bytes: int, cuda: bool) -> int:
+    """Size of the copy's source (and of its destination) for :func:`copy_bandwidth`: on the GPU the copy moves
+    about the problem's own footprint (between 64 MiB and 1 GiB in all), so the floor is what memory delivers for
+    that much data and the probe never needs more memory than the problem itself does."""
+    if not cuda:
+        return 128 * 2**20
+    return int(min(512 * 2**20, max(32 * 2**20, footprint_bytes // 2)))
+
+
 def copy_bandwidth(nbytes: int, device: str, iters: int = 10) -> float:
     """Bytes per second (read + written) of a plain device copy of ``nbytes``, under the same protocol as the
     timed calls (L2 flushed on CUDA): what memory delivers for this footprint."""
@@ -297,7 +306,7 @@ def speed_of_light(footprint_bytes: int, flops: int, device: str) -> dict[str, A
     CPU would under-measure its peak and flag honest kernels)."""
     cuda = str(device).startswith("cuda")
     enforce = cuda or footprint_bytes > CPU_FLOOR_MIN_BYTES
-    bandwidth = copy_bandwidth((512 if cuda else 128) * 2**20, device) if enforce else None
+    bandwidth = copy_bandwidth(probe_bytes(footprint_bytes, cuda), device) if enforce else None
     peak = matmul_peak(device) if cuda and flops > 0 else None
     memory_floor = footprint_bytes / bandwidth * 1e3 if bandwidth else None
     compute_floor = flops / peak * 1e3 if peak else None

@@ -114,6 +114,16 @@ class ModelNew(nn.Module):
     def forward(self, x):
         return relu(x)
 ''',
+    "slow_to_launch": '''
+class ModelNew(nn.Module):
+    """Honest, with about 0.1 ms of host work before its one launch (argument checks, shape arithmetic)."""
+
+    def forward(self, x):
+        acc = 0
+        for k in range(3000):
+            acc += k & 7
+        return relu(x) if acc >= 0 else x
+''',
     "stale_output": '''
 class ModelNew(nn.Module):
     """Honest for 60 calls, then a spin of its own and unwritten memory that may hold an earlier answer."""
@@ -218,3 +228,14 @@ def test_a_side_stream_is_refused_from_the_source():
 
     reasons = " | ".join(check_source(HEADER + CANDIDATES["hidden_stream"]))
     assert "which runs work on a stream other than the one the kernel is timed on" in reasons
+
+
+def test_host_time_before_the_first_launch_is_not_timed_as_kernel_time(evaluated):
+    # The GPU sleep queued ahead of each timed call covers the candidate's own launch time (measured under the
+    # audit), as do_bench's queue of calls would: the events time the kernel, not the host, and do not jitter with it.
+    verified, timed = evaluated
+    assert verified["slow_to_launch"]["correct"] is True
+    slow, honest = timed["slow_to_launch"], timed["honest"]
+    assert slow["timed"] is True, slow
+    assert slow["time_ms"] < 1.1 * honest["time_ms"], (slow["time_ms"], honest["time_ms"])
+    assert slow["time_iqr_ms"] < 0.1 * slow["time_ms"]

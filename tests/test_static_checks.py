@@ -290,6 +290,14 @@ def test_torch_entry_points_that_change_or_observe_the_evaluator_are_rejected(us
     assert len(reasons) == 1 and reasons[0].startswith("line 3: uses ") and reasons[0].endswith(EVALUATOR)
 
 
+@pytest.mark.parametrize("use", ["torch.cuda.Stream()", "torch.cuda.stream(None)", "torch.cuda.StreamContext(None)",
+                                 "torch.cuda.ExternalStream(0)", "torch.Stream()"])
+def test_work_on_a_stream_of_its_own_is_refused(use):
+    # KernelBench's adversarial case: the work runs on a stream the timed stream's events never see.
+    assert check_source(f"import torch\ns = {use}\n") == [
+        "line 2: uses " + use.split("(")[0] + ", which runs work on a stream other than the one the kernel is timed on"]
+
+
 def test_torch_backends_is_rejected_even_when_only_read():
     assert check_source("import torch\nflag = torch.backends.cudnn.benchmark\n") == [
         f"line 2: uses torch.backends, {EVALUATOR}"]

@@ -257,6 +257,18 @@ def test_report_flags_a_speedup_within_run_to_run_noise(tmp_path):
     assert 'title="difference is smaller than the run-to-run spread">≈</span>' in out.read_text()
 
 
+def test_report_flags_a_timing_spread_above_a_tenth_of_the_median(tmp_path):
+    summary = synthetic_summary()
+    summary["problems"][0]["best"].update(time_ms=0.2263, time_iqr_ms=0.0798)  # the LayerNorm figure of issue 9
+    out = tmp_path / "report.html"
+    render_report(summary, out, TEMPLATES)
+    html = out.read_text()
+    assert html.count("the interquartile range is 35% of the median: an unstable measurement") == 2  # KPI, details
+    summary["problems"][0]["best"].update(time_iqr_ms=0.02)  # 8.8%: within what a kernel's own variation may be
+    render_report(summary, out, TEMPLATES)
+    assert "an unstable measurement" not in out.read_text()
+
+
 def test_report_is_byte_identical_for_the_same_summary(tmp_path):
     a, b = tmp_path / "a.html", tmp_path / "b.html"
     render_report(synthetic_summary(), a, TEMPLATES)

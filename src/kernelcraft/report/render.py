@@ -226,6 +226,7 @@ def _best_view(best: Mapping[str, Any], eager_ms: float | None, compile_ms: floa
         "repaired": bool(as_bool(best.get("repaired"))),
         "time_ms": time_ms,
         "time_iqr_ms": as_float(best.get("time_iqr_ms")),
+        "wide_spread_pct": spread_pct(as_float(best.get("time_iqr_ms")), time_ms),
         "speedup_eager": speedup_eager,
         "speedup_compile": speedup_compile,
         "max_rel_err": as_float(best.get("max_rel_err")),
@@ -278,6 +279,19 @@ def _run_usage_view(usage: Any) -> dict[str, Any] | None:
         "budget_usd": budget,
         "budget_reached": budget is not None and total["cost_usd"] >= budget,
     }
+
+
+# An interquartile range above this share of the median says the measurement, not the kernel, needs a look: the
+# evaluator's timings run at 0.1-2% on an H200; a LayerNorm kernel once showed 35% because the timer's GPU sleep
+# ended before the kernel's first launch.
+WIDE_SPREAD = 0.10
+
+
+def spread_pct(iqr: float | None, median: float | None) -> float | None:
+    """The interquartile range as a percentage of the median, when it is above WIDE_SPREAD; else None."""
+    if iqr is None or not median or iqr <= WIDE_SPREAD * median:
+        return None
+    return 100.0 * iqr / median
 
 
 def _within_noise(a: float | None, a_iqr: float | None, b: float | None, b_iqr: float | None) -> bool:
@@ -358,6 +372,7 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
         "supported": supported is not False,
         "eager_ms": eager_ms,
         "eager_iqr_ms": eager_iqr,
+        "eager_wide_spread_pct": spread_pct(eager_iqr, eager_ms),
         "compile_ms": compile_ms,
         "compile_iqr_ms": compile_iqr,
         "compile_error": _text(problem.get("compile_error")),

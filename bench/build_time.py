@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         result["first_build_s"] = cold[0]  # includes loading NVRTC / the compiler's first run
         result["max_abs_err_vs_torch"] = _check(args.backend, kernels[0], scales[0])
     if args.backend == "cuda":
-        from kernelcraft.harness.nvrtc import nvrtc_version
+        from kernelcraft.harness.build.nvrtc import nvrtc_version
 
         result["nvrtc"] = nvrtc_version()
     if args.launch and args.backend == "cuda":

@@ -38,10 +38,10 @@ import torch
 
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.build.compile_round import compile_candidates
+from kernelcraft.harness.build.gpu import detect_cuda_arch
 from kernelcraft.harness.evaluate_round import evaluate_candidates
-from kernelcraft.harness.gpu import detect_cuda_arch
-from kernelcraft.harness.tasks import flatten_outputs, tensor_bytes
+from kernelcraft.harness.sandbox.tasks import flatten_outputs, tensor_bytes
 from kernelcraft.problems import builtin_dir, load_problem
 from kernelcraft.search.offline import OfflineProposer
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kernelcraft.harness.candidate import load_candidate
+from kernelcraft.harness.sandbox.candidate import load_candidate
 from kernelcraft.problems import builtin_dir, builtin_ids, load_problem
 from kernelcraft.search.offline import OfflineProposer
 

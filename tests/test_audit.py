@@ -1,4 +1,4 @@
-"""The run-time audit of a candidate's calls (harness/audit.py): what it records, and how the parent judges it."""
+"""The run-time audit of a candidate's calls (harness/judge/audit.py): what it records, and how the parent judges it."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 
-from kernelcraft.harness.audit import judge
+from kernelcraft.harness.judge.audit import judge
 
 PROBE = """
 import json, os, threading
 import torch
-from kernelcraft.harness.audit import Audit
+from kernelcraft.harness.judge.audit import Audit
 audit = Audit()
 x = torch.randn(64, 64)
 torch.relu(x)  # harness work between calls: outside every forward, not the candidate's

@@ -133,7 +133,7 @@ def test_cuda_template_kernel_is_found_by_name_and_a_missing_name_fails_at_build
 
 
 def test_cuda_kernel_can_include_cuda_fp16(cache: Path) -> None:
-    from kernelcraft.harness.nvrtc import include_dirs
+    from kernelcraft.harness.build.nvrtc import include_dirs
 
     if not include_dirs():
         pytest.skip("no CUDA headers on this machine")
@@ -174,7 +174,7 @@ def test_gpu_probe_reports_nothing_when_no_device_is_visible() -> None:
     proc = _run_python("""
         import sys, time
         start = time.perf_counter()
-        from kernelcraft.harness.gpu import detect_cuda_arch, visible_cuda_devices
+        from kernelcraft.harness.build.gpu import detect_cuda_arch, visible_cuda_devices
         print(visible_cuda_devices(), detect_cuda_arch(), time.perf_counter() - start)
         print("torch" in sys.modules)
     """, {"CUDA_VISIBLE_DEVICES": ""})
@@ -342,7 +342,7 @@ def test_c_kernels_never_load_the_nvrtc_backend(tmp_path: Path) -> None:
         import sys
         from kernelcraft.harness.build import c_kernel
         c_kernel({RELU_C!r}, "relu_k")
-        print("kernelcraft.harness.nvrtc" in sys.modules)
+        print("kernelcraft.harness.build.nvrtc" in sys.modules)
     """, {"KERNELCRAFT_BUILD_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

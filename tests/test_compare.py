@@ -2,7 +2,7 @@
 
 import torch
 
-from kernelcraft.harness.compare import compare_trial, merge_verdicts
+from kernelcraft.harness.verify.compare import compare_trial, merge_verdicts
 
 
 def _meta(t, device="cpu"):

@@ -11,7 +11,7 @@ import pytest
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
 from kernelcraft.harness.evaluate_round import evaluate_candidates
-from kernelcraft.harness.trials import LATE_CALLS
+from kernelcraft.harness.verify.trials import LATE_CALLS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_exploits import HEADER, REFERENCE  # noqa: E402
@@ -25,7 +25,7 @@ def _instrumented_candidates(monkeypatch):
     """These candidates instrument the harness from inside (they write their pids to files, allocate, hang),
     which the source allow-list rejects before anything runs: here the process machinery is under test, so the
     allow-list steps aside (tests/test_static_checks.py pins it)."""
-    monkeypatch.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
+    monkeypatch.setattr("kernelcraft.harness.verify.verify_round.check_source", lambda source: [])
 
 
 def _evaluate(tmp_path: Path, sources: dict[str, str], **kw) -> tuple[dict, dict]:

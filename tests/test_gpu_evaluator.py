@@ -6,9 +6,9 @@ import torch
 
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.build.compile_round import compile_candidates
+from kernelcraft.harness.build.gpu import detect_cuda_arch
 from kernelcraft.harness.evaluate_round import evaluate_candidates
-from kernelcraft.harness.gpu import detect_cuda_arch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -162,7 +162,7 @@ def evaluated(tmp_path_factory):
     assert all(b["compiled"] for b in built.values()), {k: b["reason"] for k, b in built.items()}
     # The run-time defences are under test here: the source allow-list (which refuses the side stream) steps aside.
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
+        mp.setattr("kernelcraft.harness.verify.verify_round.check_source", lambda source: [])
         verified, timed = evaluate_candidates(ctx, "relu_ref", 1, entries, built)
     return verified["results"], timed["results"]
 
@@ -224,7 +224,7 @@ def test_a_candidate_that_patches_the_reference_op_does_not_change_the_eager_tim
 
 
 def test_a_side_stream_is_refused_from_the_source():
-    from kernelcraft.harness.static_checks import check_source
+    from kernelcraft.harness.verify.static_checks import check_source
 
     reasons = " | ".join(check_source(HEADER + CANDIDATES["hidden_stream"]))
     assert "which runs work on a stream other than the one the kernel is timed on" in reasons

@@ -4,7 +4,7 @@ kernels that keep an nn.LayerNorm only to hold its parameters must be accepted."
 import pytest
 from test_exploits import _context
 
-from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.build.compile_round import compile_candidates
 from kernelcraft.harness.evaluate_round import evaluate_candidates
 
 REFERENCE = '''

@@ -13,7 +13,7 @@ import yaml
 
 from kernelcraft.config import DEFAULT_CONFIG_PATH, ConfigError, check_config, merge
 from kernelcraft.context import RESOLVED_KEY, RunContext, resolve, resolve_models, resolve_or_exit
-from kernelcraft.harness.env import scrubbed_env
+from kernelcraft.harness.sandbox.env import scrubbed_env
 from kernelcraft.llm.models import DEFAULT_KEY_ENV
 from kernelcraft.llm.providers.base import ProviderError
 from kernelcraft.llm.retry import RetryPolicy, call_with_retries, parse_retry_after

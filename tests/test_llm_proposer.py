@@ -9,7 +9,7 @@ import pytest
 from kernelcraft import layout
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.build.compile_round import compile_candidates
 from kernelcraft.jsonio import write_json
 from kernelcraft.llm.types import Reply, Usage
 from kernelcraft.problems import load_problem

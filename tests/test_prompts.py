@@ -9,9 +9,9 @@ import pytest
 
 from kernelcraft.config import load_config, merge
 from kernelcraft.context import RunContext
-from kernelcraft.harness.compile_round import compile_candidates
+from kernelcraft.harness.build.compile_round import compile_candidates
 from kernelcraft.harness.evaluate_round import evaluate_candidates
-from kernelcraft.harness.static_checks import check_source
+from kernelcraft.harness.verify.static_checks import check_source
 from kernelcraft.problems import load_problem
 from kernelcraft.search import prompts
 from kernelcraft.search.offline_kernels.catalogue import KINDS

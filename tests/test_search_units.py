@@ -3,7 +3,7 @@
 import pytest
 
 from kernelcraft import layout
-from kernelcraft.harness.timing import summarize
+from kernelcraft.harness.timing.protocol import summarize
 from kernelcraft.search.ensemble import split_by_weight
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernelcraft.harness.static_checks import ALLOWED_MODULES, ALLOWED_TEXT, BUILD_NAMES, check_source
+from kernelcraft.harness.verify.static_checks import ALLOWED_MODULES, ALLOWED_TEXT, BUILD_NAMES, check_source
 from kernelcraft.problems import builtin_dir, builtin_ids, load_problem
 from kernelcraft.search import prompts
 from kernelcraft.search.offline import OfflineProposer
@@ -226,7 +226,8 @@ def test_private_and_denied_names_cannot_be_imported_from_an_allowed_module():
 
 
 def test_the_evaluators_own_modules_cannot_be_imported():
-    assert check_source("import kernelcraft.harness.compare as cmp\n") == [imports(1, "kernelcraft.harness.compare")]
+    assert check_source("import kernelcraft.harness.verify.compare as cmp\n") == [
+        imports(1, "kernelcraft.harness.verify.compare")]
 
 
 def test_only_the_public_build_entry_points_come_from_kernelcraft():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelcraft.harness.benchmark_round import judge_timing
 from kernelcraft.harness.evaluate_round import evaluate_candidates
+from kernelcraft.harness.judge.speed import judge_timing
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_exploits import HEADER, _context  # noqa: E402
@@ -75,7 +75,7 @@ def _benchmark(tmp_path, sources: dict[str, str]) -> dict[str, dict]:
 
 
 def test_patching_the_clocks_is_rejected_from_the_source():
-    from kernelcraft.harness.static_checks import check_source
+    from kernelcraft.harness.verify.static_checks import check_source
 
     reasons = " | ".join(check_source(PATCHES_CLOCKS))
     assert "imports time" in reasons
@@ -84,7 +84,7 @@ def test_patching_the_clocks_is_rejected_from_the_source():
 @pytest.mark.slow
 def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path, monkeypatch):
     # Past the source allow-list (as native code could be), the clocks are still bound before candidate code runs.
-    monkeypatch.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
+    monkeypatch.setattr("kernelcraft.harness.verify.verify_round.check_source", lambda source: [])
     results = _benchmark(tmp_path, {"honest": HONEST, "patches_clocks": PATCHES_CLOCKS})
     honest, patched = results["honest"], results["patches_clocks"]
     assert honest["timed"] and patched["timed"], (honest, patched)
@@ -118,7 +118,7 @@ def test_a_kernel_that_computes_something_else_while_timed_is_rejected(tmp_path)
 
 
 def test_short_kernels_get_enough_timed_calls_for_the_minimum_timed_work():
-    from kernelcraft.harness.timing import MAX_ITERS, timed_iterations
+    from kernelcraft.harness.timing.protocol import MAX_ITERS, timed_iterations
 
     assert timed_iterations(20, 100.0, 1.0) == 100  # 100 calls of 1 ms
     assert timed_iterations(20, 100.0, 10.0) == 20  # never fewer than asked for
@@ -135,7 +135,7 @@ def test_the_compute_floor_is_named_when_it_is_the_binding_one():
 def test_the_reference_flops_are_counted_for_matmul_and_zero_for_elementwise():
     import torch
 
-    from kernelcraft.harness.tasks import count_flops
+    from kernelcraft.harness.sandbox.tasks import count_flops
 
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     assert count_flops(lambda x, y: x @ y, [a, b]) == 2 * 64 * 32 * 16
@@ -143,7 +143,7 @@ def test_the_reference_flops_are_counted_for_matmul_and_zero_for_elementwise():
 
 
 def test_the_parent_counts_reference_flops_on_the_meta_device_for_builtin_problems():
-    from kernelcraft.harness.tasks import reference_flops
+    from kernelcraft.harness.sandbox.tasks import reference_flops
     from kernelcraft.problems import builtin_dir, load_problem
 
     def flops(pid):
@@ -209,7 +209,7 @@ class ModelNew(nn.Module):
 
 
 def test_slowing_the_reference_down_is_refused_from_the_source():
-    from kernelcraft.harness.static_checks import check_source
+    from kernelcraft.harness.verify.static_checks import check_source
 
     assert any("assigns to torch.softmax" in r or "torch.softmax" in r for r in check_source(SLOWS_THE_REFERENCE))
 
@@ -218,7 +218,7 @@ def test_slowing_the_reference_down_is_refused_from_the_source():
 def test_adaptive_cheats_while_timed_are_rejected_and_the_reference_is_not_theirs(tmp_path, monkeypatch):
     # Past the source allow-list (as native code could be): the audit covers every timed call, the outputs of an
     # unpredictable timed call per block are checked, and the eager time comes from the parent.
-    monkeypatch.setattr("kernelcraft.harness.verify_round.check_source", lambda source: [])
+    monkeypatch.setattr("kernelcraft.harness.verify.verify_round.check_source", lambda source: [])
     results = _benchmark(tmp_path, {"honest": HONEST, "late_switch": LATE_SWITCH_TO_PYTORCH,
                                     "stale_output": STALE_OUTPUT, "slows_reference": SLOWS_THE_REFERENCE})
     honest = results["honest"]

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from kernelcraft.harness.env import scrubbed_env
-from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.sandbox.env import scrubbed_env
+from kernelcraft.harness.sandbox.worker import Worker
 
 
 @pytest.fixture()
@@ -121,7 +121,7 @@ def test_a_candidate_over_the_host_memory_limit_is_stopped_with_that_reason(tmp_
 
 
 def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_path):
-    from kernelcraft.harness.zygote import SPARE_ENV
+    from kernelcraft.harness.sandbox.zygote import SPARE_ENV
 
     body = ("import os, builtins\nseen = getattr(builtins, 'kc_seen', None)\nbuiltins.kc_seen = os.getpid()\n"
             "raise RuntimeError(f'pid={os.getpid()} seen={seen}')")

@@ -19,10 +19,10 @@ class UsageError(Exception):
 def _eval(args: argparse.Namespace) -> int:
     from kernelcraft import progress
     from kernelcraft.context import RunContext
-    from kernelcraft.harness.benchmark_round import baseline
-    from kernelcraft.harness.compile_round import compile_candidates
+    from kernelcraft.harness.build.compile_round import compile_candidates
+    from kernelcraft.harness.build.gpu import detect_cuda_arch, visible_cuda_devices
     from kernelcraft.harness.evaluate_round import evaluate_candidates
-    from kernelcraft.harness.gpu import detect_cuda_arch, visible_cuda_devices
+    from kernelcraft.harness.timing.benchmark_round import baseline
     from kernelcraft.problems import ProblemError, load_problem
 
     ref, cand = Path(args.reference).resolve(), Path(args.candidate).resolve()

@@ -136,7 +136,7 @@ def resolve_backend(requested: str) -> str:
     """``auto`` means cuda when a GPU is visible to this process, else cpu."""
     if requested != "auto":
         return requested
-    from kernelcraft.harness.gpu import visible_cuda_devices
+    from kernelcraft.harness.build.gpu import visible_cuda_devices
 
     return "cuda" if visible_cuda_devices() > 0 else "cpu"
 

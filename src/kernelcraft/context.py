@@ -80,7 +80,7 @@ def resolve_models(config: dict, env: Mapping[str, str] | None = None,
 
 def resolve(config: dict, env: Mapping[str, str] | None = None) -> dict:
     """The values ``auto`` stands for on this machine, the problem list and the effective model ensembles."""
-    from kernelcraft.harness.gpu import detect_cuda_arch
+    from kernelcraft.harness.build.gpu import detect_cuda_arch
     from kernelcraft.problems import discover
     from kernelcraft.search.ensemble import may_propose
 
@@ -162,7 +162,7 @@ class RunContext:
         on the cuda backend, no GPU at all (builds must not depend on one); GPU jobs keep a spare child with its
         CUDA context ready."""
         from kernelcraft.harness.build import inline_build_env
-        from kernelcraft.harness.zygote import SPARE_ENV
+        from kernelcraft.harness.sandbox.zygote import SPARE_ENV
 
         build = layout.build_dir(self.root).resolve()
         env = {

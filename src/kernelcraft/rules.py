@@ -40,7 +40,7 @@ def implement(smk: Any) -> None:
 
 
 def compile(smk: Any) -> None:  # noqa: A001 - the rule is called compile
-    from kernelcraft.harness.compile_round import compile_candidates
+    from kernelcraft.harness.build.compile_round import compile_candidates
 
     ctx = _ctx(smk)
     problem, round_ = smk.wildcards["problem"], _round(smk)
@@ -73,7 +73,7 @@ def select(smk: Any) -> None:
 
 
 def baseline(smk: Any) -> None:
-    from kernelcraft.harness.benchmark_round import baseline as run_baseline
+    from kernelcraft.harness.timing.benchmark_round import baseline as run_baseline
 
     ctx = _ctx(smk)
     timeout = float(ctx.config["benchmark"]["timeout_s"]) * 4  # includes a torch.compile

@@ -5,7 +5,7 @@ Why one child for both: verification and timing in two processes paid the proces
 and the process's exit twice per candidate, with the GPU idle throughout (measured on the H100: about a third of
 each candidate's evaluation). The child hands its verification outputs over and waits; only if this process
 accepts them is the candidate timed, so nothing about timing changes what verification decides. Timing starts only
-once every earlier candidate's process has exited (worker.py). The child hands over each verification trial and
+once every earlier candidate's process has exited (sandbox/worker.py). The child hands over each verification trial and
 each block of timed calls as it completes; this process judges it (and, between timed blocks, times the reference
 itself) before the child goes on. Once the child's final result is in, it is killed without waiting for its exit,
 which overlaps the next candidate's start.
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 from kernelcraft import layout
 from kernelcraft.context import RunContext
-from kernelcraft.harness.compare import Verdict, merge_verdicts
-from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.sandbox.worker import Worker
+from kernelcraft.harness.verify.compare import Verdict, merge_verdicts
 
 if TYPE_CHECKING:
-    from kernelcraft.harness.benchmark_round import Timer
-    from kernelcraft.harness.verify_round import Verifier
+    from kernelcraft.harness.timing.benchmark_round import Timer
+    from kernelcraft.harness.verify.verify_round import Verifier
 
 
 def evaluate_candidates(ctx: RunContext, problem: str, round_: int, candidates: list[dict],
@@ -40,8 +40,8 @@ def evaluate_candidates(ctx: RunContext, problem: str, round_: int, candidates: 
     if todo:
         # Launched before this process imports torch (the modules below do), so the two imports overlap.
         worker.start()
-    from kernelcraft.harness.benchmark_round import Timer
-    from kernelcraft.harness.verify_round import Verifier, static_verdict
+    from kernelcraft.harness.timing.benchmark_round import Timer
+    from kernelcraft.harness.verify.verify_round import Verifier, static_verdict
 
     verdicts: dict[str, dict] = {}
     timings: dict[str, dict] = {}

@@ -7,7 +7,7 @@ fewer ideas (the reason goes to the job log), and an implementation reply become
 one-line reason. Replies whose code exists but does not parse, lacks ``ModelNew`` or breaks the contract in a way
 the source shows (a try/except fallback, use of the reference ``Model``) get up to ``repair_attempts`` rounds of
 the repair prompt before being given up on or passed on to the evaluator. Candidates that fail to build are sent
-back by the compile stage (:mod:`kernelcraft.harness.compile_round`) through :meth:`LLMProposer.repair_many`.
+back by the compile stage (:mod:`kernelcraft.harness.build.compile_round`) through :meth:`LLMProposer.repair_many`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernelcraft.harness.static_checks import check_source
+from kernelcraft.harness.verify.static_checks import check_source
 from kernelcraft.llm.request import request_for
 from kernelcraft.llm.types import Message, Reply
 from kernelcraft.progress import report

@@ -16,7 +16,7 @@ A task may hand intermediate results to the parent and wait for its reply (``tas
 k-th goes to ``<result>.<k>`` and the reply is read from ``<reply>.<k>``. With ``hold`` set, the child stays alive
 after writing its final result (it holds GPU memory the parent reads through CUDA IPC) until the parent kills it.
 
-Run as ``python -m kernelcraft.harness.zygote``.
+Run as ``python -m kernelcraft.harness.sandbox.zygote``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _child(request: dict, proto_out: int, zygote: int) -> None:
         # A candidate may not fill the disk: writes past the cap fail (EFBIG; Python ignores SIGXFSZ).
         max_file = int(os.environ.get(MAX_FILE_ENV, DEFAULT_MAX_FILE_BYTES))
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file, max_file))
-        from kernelcraft.harness import tasks
+        from kernelcraft.harness.sandbox import tasks
         from kernelcraft.jsonio import write_json
 
         try:
@@ -116,7 +116,11 @@ def _preload(cuda: bool) -> None:
     the driver bindings' module, but no driver call: a CUDA context must never exist before a fork."""
     import torch  # noqa: F401
 
-    from kernelcraft.harness import audit, build, tasks, timing, transfer, trials  # noqa: F401
+    from kernelcraft.harness import build  # noqa: F401
+    from kernelcraft.harness.judge import audit
+    from kernelcraft.harness.sandbox import tasks, transfer  # noqa: F401
+    from kernelcraft.harness.timing import protocol  # noqa: F401
+    from kernelcraft.harness.verify import trials  # noqa: F401
     from kernelcraft.problems import loader  # noqa: F401
 
     if torch.version.cuda is None:
@@ -129,7 +133,7 @@ def _preload(cuda: bool) -> None:
         try:
             from cuda.bindings import driver  # noqa: F401
 
-            from kernelcraft.harness import nvrtc
+            from kernelcraft.harness.build import nvrtc
 
             nvrtc.nvrtc_version()
             nvrtc.include_dirs()
@@ -159,7 +163,7 @@ def _warm_cuda() -> None:
     end.record()
     torch.cuda.synchronize()
     start.elapsed_time(end)
-    from kernelcraft.harness import audit
+    from kernelcraft.harness.judge import audit
 
     audit.warm()
 

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kernelcraft.context import RunContext
-from kernelcraft.harness.audit import judge
-from kernelcraft.harness.timing import hidden_work
-from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.judge.audit import judge
+from kernelcraft.harness.judge.speed import judge_timing
+from kernelcraft.harness.sandbox.worker import Worker
 from kernelcraft.progress import report
 
 if TYPE_CHECKING:
-    from kernelcraft.harness.verify_round import Reference
+    from kernelcraft.harness.verify.verify_round import Reference
 
 
 def _bench_seed(ctx: RunContext, round_: int) -> int:
@@ -34,7 +34,7 @@ class Timer:
     overlaps: one candidate is timed at a time, and only once every earlier candidate's process has exited."""
 
     def __init__(self, ctx: RunContext, problem: str, round_: int, ref: Reference, policy: str) -> None:
-        from kernelcraft.harness.tasks import reference_flops
+        from kernelcraft.harness.sandbox.tasks import reference_flops
 
         self.ctx, self.problem, self.round, self.ref, self.policy = ctx, problem, round_, ref, policy
         self.share = ctx.device == "cuda"
@@ -49,8 +49,8 @@ class Timer:
         self._state: dict = {}
 
     def prepare(self) -> None:
-        from kernelcraft.harness.tasks import input_sets, rotation_sets
-        from kernelcraft.harness.timing import speed_of_light, warm_up
+        from kernelcraft.harness.sandbox.tasks import input_sets, rotation_sets
+        from kernelcraft.harness.timing.protocol import speed_of_light, warm_up
 
         bcfg = self.ctx.config["benchmark"]
         self.floor = speed_of_light(self.ref.input_bytes + self.ref.output_bytes, self.flops, self.ctx.device)
@@ -75,8 +75,8 @@ class Timer:
     def order(self) -> dict:
         """The reply that starts a verified candidate's timing (sets, the reference's launch time for the GPU
         sleep, the first block's checked call), and this process's per-candidate set-up."""
-        from kernelcraft.harness.tasks import input_sets
-        from kernelcraft.harness.timing import BlockTimer, block_sizes, timed_iterations
+        from kernelcraft.harness.sandbox.tasks import input_sets
+        from kernelcraft.harness.timing.protocol import BlockTimer, block_sizes, timed_iterations
 
         bcfg = self.ctx.config["benchmark"]
         sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
@@ -90,9 +90,9 @@ class Timer:
         """One block of the candidate's timing: check it, time a block of the reference, reply."""
         import torch
 
-        from kernelcraft.harness.compare import compare_trial
-        from kernelcraft.harness.tasks import flatten_outputs
-        from kernelcraft.harness.verify_round import _received, release_mappings
+        from kernelcraft.harness.sandbox.tasks import flatten_outputs
+        from kernelcraft.harness.verify.compare import compare_trial
+        from kernelcraft.harness.verify.verify_round import _received, release_mappings
 
         st = self._state
         st["samples"] += [float(x) for x in result.get("samples") or []]
@@ -127,7 +127,7 @@ class Timer:
 
     def finish(self, result: dict | None, reason: str | None) -> dict:
         """The benchmark record of one candidate, from its process's final result and this process's blocks."""
-        from kernelcraft.harness.timing import summarize
+        from kernelcraft.harness.timing.protocol import summarize
 
         st, self._state = self._state, {}
         st.pop("sets", None)
@@ -145,40 +145,6 @@ class Timer:
         msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
         report(self.problem, self.round, "benchmark", msg)
         return {"device": self.ctx.device, "floor": self.floor, "results": results}
-
-
-# A measured time this far below the floor is impossible, not fast (the floor itself is measured, so allow noise).
-FLOOR_SLACK = 0.9
-
-
-def judge_timing(result: dict, floor: dict) -> dict:
-    """Turn one timing child's measurements into the benchmark record, rejecting impossible times (``floor`` is
-    timing.speed_of_light's measurement)."""
-    c, e = result["candidate"], result["eager"]
-    wall = result.get("wall", {}).get("candidate", c)
-    floor_ms = floor.get("floor_ms")
-    record = {
-        "timed": True, "reason": None,
-        "time_ms": c["median_ms"], "time_iqr_ms": c["iqr_ms"],
-        "eager_ms": e["median_ms"], "eager_iqr_ms": e["iqr_ms"],
-        "speedup_eager": e["median_ms"] / c["median_ms"] if c["median_ms"] > 0 else None,
-        "wall_ms": wall["median_ms"], "floor_ms": floor_ms,
-        "pct_of_floor": (100.0 * floor_ms / c["median_ms"]) if (floor_ms and c["median_ms"] > 0) else None,
-        "bandwidth_gbs": floor.get("bandwidth_gbs"), "floor_kind": floor.get("floor_kind"),
-        "flops": floor.get("flops"), "peak_tflops": floor.get("peak_tflops"),
-        "samples": c["n"], "input_sets": result.get("input_sets"), "phases": result.get("phases"),
-    }
-    if hidden_work(c["median_ms"], wall["median_ms"]):
-        record.update(timed=False, reason=(
-            f"work outside the timed stream: {wall['median_ms']:.4g} ms on the wall clock, "
-            f"{c['median_ms']:.4g} ms between the stream's events"))
-    elif floor_ms and floor.get("enforce_floor") and c["median_ms"] < FLOOR_SLACK * floor_ms:
-        basis = ("FLOPs / measured matmul peak" if floor.get("floor_kind") == "compute"
-                 else "bytes moved / measured copy bandwidth")
-        record.update(timed=False, reason=(
-            f"impossible time: {c['median_ms']:.4g} ms is below the speed-of-light floor of {floor_ms:.4g} ms "
-            f"({basis})"))
-    return record
 
 
 def baseline(ctx: RunContext, problem: str, timeout: float, threads: int = 1) -> dict:

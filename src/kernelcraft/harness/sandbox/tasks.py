@@ -9,8 +9,8 @@ from typing import Any
 
 import torch as _torch
 
-from kernelcraft.harness import timing  # noqa: F401 - binds the clocks before any candidate is imported
-from kernelcraft.harness.candidate import load_candidate
+import kernelcraft.harness.timing.protocol as timing  # noqa: F401 - binds the clocks before any candidate is imported
+from kernelcraft.harness.sandbox.candidate import load_candidate
 
 # Bound when the zygote imports this module, before any candidate runs: a candidate that patches these names
 # later cannot change how its outputs are copied out or saved.
@@ -112,7 +112,7 @@ def _hand_tensors(doc: dict, tensors: dict[str, list], share: bool, out: str) ->
     """Attach tensors to a hand-over: CUDA IPC descriptions of the very tensors (no copies; they stay alive in the
     caller until the parent has replied), or one file the parent loads with ``weights_only=True``."""
     if share:
-        from kernelcraft.harness.transfer import export_cuda
+        from kernelcraft.harness.sandbox.transfer import export_cuda
 
         for key, items in tensors.items():
             if any(isinstance(t, _torch.Tensor) and not t.is_cuda for t in items):
@@ -126,12 +126,12 @@ def _hand_tensors(doc: dict, tensors: dict[str, list], share: bool, out: str) ->
 
 def _verification(prob: Any, model: Any, audit: Any, plan: list[dict], device: str, poison_bytes: int,
                   share: bool, out: str, handover: Callable[[dict], dict]) -> tuple[dict, dict]:
-    """Run the candidate on each trial of ``plan`` (see trials.py) and hand each trial over as it completes: its
+    """Run the candidate on each trial of ``plan`` (see verify/trials.py) and hand each trial over as it completes: its
     outputs, its inputs afterwards (the tensors themselves, which the parent compares with its own copy) and the
     audit of the calls. One trial's tensors exist at a time. Returns the parent's last reply and phase timings."""
     import torch
 
-    from kernelcraft.harness import trials as trial_inputs
+    from kernelcraft.harness.verify import trials as trial_inputs
 
     clock = timing._perf_counter
     spent = {"inputs_s": 0.0, "warm_s": 0.0, "forward_s": 0.0, "handover_s": 0.0}
@@ -175,8 +175,8 @@ def task_evaluate(problem: str, size: str, candidate: str, device: str, weight_s
     """One candidate, one process: each verification trial is handed to the parent, which judges it and replies;
     only if the parent's reply to the last trial says ``time`` is the candidate then timed, block by block, each
     block handed over too (the parent times the reference in its own process between the candidate's blocks).
-    No reference runs here. The audit (audit.py) records every call from before the candidate is imported."""
-    from kernelcraft.harness.audit import Audit
+    No reference runs here. The audit (judge/audit.py) records every call from before the candidate is imported."""
+    from kernelcraft.harness.judge.audit import Audit
 
     clock = timing._perf_counter
     phases = {"cuda_init_s": _init_device(device)}
@@ -241,15 +241,22 @@ def tensor_bytes(tensors: Any) -> int:
 
 def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: str, order: dict,
             handover: Callable[[dict], dict], seed: int, warmup: int, iters: int, min_time_ms: float = 0.0) -> dict:
-    """Time the candidate in blocks (timing.BlockTimer). After each block its samples, the outputs of the one call
+    """Time the candidate in blocks (protocol.BlockTimer). After each block its samples, the outputs of the one call
     the parent chose (a call index the candidate cannot see) and the audit of the block's calls are handed over;
     the parent checks them and times its reference before replying. The GPU sleep queued before each call covers
     the longer of the reference's launch time (measured by the parent, ``order["launch_ms"]``) and this
     candidate's own, measured in its warm-up under the audit, which adds host time to every launch: sized from
     the reference's alone, the sleep sometimes ended before a multi-kernel candidate's first launch, and the
     events then timed the host (LayerNorm on the H200: interquartile ranges of 10-50% of the median in the
-    workflow, under 1% for the same kernels timed alone). Capped at timing.PREROLL_MAX_MS."""
-    from kernelcraft.harness.timing import BlockTimer, block_sizes, poison, summarize, timed_iterations, warm_up
+    workflow, under 1% for the same kernels timed alone). Capped at protocol.PREROLL_MAX_MS."""
+    from kernelcraft.harness.timing.protocol import (
+        BlockTimer,
+        block_sizes,
+        poison,
+        summarize,
+        timed_iterations,
+        warm_up,
+    )
 
     clock = timing._perf_counter
     phases: dict[str, float] = {}
@@ -335,7 +342,7 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
     """Time the reference eager and under torch.compile, interleaved; a compile failure is recorded, not fatal."""
     import torch
 
-    from kernelcraft.harness.timing import interleaved, summarize
+    from kernelcraft.harness.timing.protocol import interleaved, summarize
     from kernelcraft.problems import load_problem
 
     prob = load_problem(problem, size)

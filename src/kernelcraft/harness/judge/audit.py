@@ -11,7 +11,7 @@ Why not a TorchDispatchMode: it lives in the candidate's Python state, is visibl
 (``_get_current_dispatch_mode``), and can be popped around the work it should see.
 Why not CUDA kernel records (CUPTI): a CUDA activity session took 6.1 s to start in a fresh process on the
 H200, in every candidate's process; the operator record covers PyTorch doing the work from Python and C++, and
-the static allow-list (static_checks.py) keeps candidates away from the APIs that would bypass it.
+the static allow-list (verify/static_checks.py) keeps candidates away from the APIs that would bypass it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Checks on a candidate's source text, made in the trusted parent without executing it.
 
-They complement the run-time audit (audit.py) for patterns that are wrong even when the path they guard is not
+They complement the run-time audit (judge/audit.py) for patterns that are wrong even when the path they guard is not
 taken during verification: a try/except that would fall back to PyTorch when the kernel fails, and reuse of the
 reference `Model` (inheriting from it or calling it).
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from kernelcraft.context import RunContext
-from kernelcraft.harness import trials
-from kernelcraft.harness.audit import aliased_inputs, judge
-from kernelcraft.harness.compare import Verdict, compare_trial
-from kernelcraft.harness.static_checks import check_source
+from kernelcraft.harness.judge.audit import aliased_inputs, judge
+from kernelcraft.harness.verify import trials
+from kernelcraft.harness.verify.compare import Verdict, compare_trial
+from kernelcraft.harness.verify.static_checks import check_source
 from kernelcraft.progress import report
 
 
@@ -28,7 +28,7 @@ class Reference:
     def __init__(self, ctx: RunContext, problem: str, plan: list[dict]) -> None:
         import torch
 
-        from kernelcraft.harness.tasks import flatten_outputs, tensor_bytes
+        from kernelcraft.harness.sandbox.tasks import flatten_outputs, tensor_bytes
 
         self.problem = ctx.load_problem(problem)
         self.device = ctx.device
@@ -46,7 +46,7 @@ class Reference:
         """Inputs and reference outputs of one trial, as the candidate's process made its inputs."""
         import torch
 
-        from kernelcraft.harness.tasks import flatten_outputs
+        from kernelcraft.harness.sandbox.tasks import flatten_outputs
 
         inputs = trials.make_inputs(self.problem, spec, self.device)
         with torch.no_grad():
@@ -57,7 +57,7 @@ def _received(result: dict, share: bool, out_file: Path) -> dict:
     """The tensors a hand-over carries: mapped through CUDA IPC, or loaded from its file (weights only)."""
     import torch
 
-    from kernelcraft.harness.transfer import import_cuda
+    from kernelcraft.harness.sandbox.transfer import import_cuda
 
     if share:
         return {key: [import_cuda(d) if d is not None else None for d in result.get(key) or []]

@@ -22,7 +22,7 @@ from typing import Any
 
 from kernelcraft import layout
 from kernelcraft.context import RunContext
-from kernelcraft.harness.worker import Worker
+from kernelcraft.harness.sandbox.worker import Worker
 from kernelcraft.progress import report
 
 # What of a failed build's log the repair prompt shows: its last lines (the compiler's errors come last).
@@ -112,7 +112,7 @@ def compile_errors(ctx: RunContext, reason: str, log_text: str, candidate_file: 
     candidate's own file (the harness importing it) are dropped, and this machine's folders (the run root, the
     package, site-packages) are cut from paths, so the prompt, and with it the request key that resume and
     replay look up, is the same wherever the run lives."""
-    roots = {str(Path(ctx.root).resolve()), str(ctx.root), str(Path(__file__).resolve().parents[2]),
+    roots = {str(Path(ctx.root).resolve()), str(ctx.root), str(Path(__file__).resolve().parents[3]),
              sysconfig.get_paths()["purelib"]}
     text = log_text
     for root in sorted(roots, key=len, reverse=True):

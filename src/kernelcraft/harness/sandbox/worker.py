@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernelcraft.harness.env import scrubbed_env
+from kernelcraft.harness.sandbox.env import scrubbed_env
 from kernelcraft.jsonio import write_json
 
 MAX_RSS_ENV = "KERNELCRAFT_MAX_RSS_BYTES"
@@ -90,7 +90,7 @@ class Worker:
         self._max_rss = default_max_rss() if max_rss_bytes is None else max_rss_bytes
         self._env = scrubbed_env(extra=env or {})
         # The package must be importable in the zygote even when it is not installed (PYTHONPATH=src use).
-        src = str(Path(__file__).resolve().parents[2])
+        src = str(Path(__file__).resolve().parents[3])
         self._env["PYTHONPATH"] = os.pathsep.join(p for p in (src, self._env.get("PYTHONPATH", "")) if p)
         self._work_dir = Path(work_dir or tempfile.mkdtemp(prefix="kernelcraft-worker-"))
         self._work_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ class Worker:
             self._detached.clear()
             self._launched = time.perf_counter()
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "kernelcraft.harness.zygote"],
+                [sys.executable, "-m", "kernelcraft.harness.sandbox.zygote"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
                 env=self._env, text=True, bufsize=1,
             )

@@ -1,4 +1,10 @@
-"""The fast kernel build paths that candidates call at import time, and what they share.
+"""The build step: a candidate's kernel source in, compiled kernels out (cached by content, so the GPU jobs
+only load what the CPU compile stage built). This package's own namespace is the candidates' public API
+(``cuda_kernel``, ``c_kernel``, ``BuildError``), the one kernelcraft module the source allow-list lets them
+import; ``nvrtc`` and ``cc`` are the backends, ``gpu`` the driver query for the target arch, and
+``compile_round`` the compile stage that builds a round's candidates in sandboxed children.
+
+The fast kernel build paths that candidates call at import time, and what they share.
 
 Candidates write ``k = cuda_kernel(SRC, "name")`` (NVRTC, see ``nvrtc.py``) or ``k = c_kernel(SRC, "name")``
 (the system C compiler, see ``cc.py``) at module level. The workflow's ``compile`` rule imports every
@@ -23,11 +29,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kernelcraft.harness import gpu
+from kernelcraft.harness.build import gpu
 
 if TYPE_CHECKING:
-    from kernelcraft.harness.cc import CKernel
-    from kernelcraft.harness.nvrtc import CudaKernel
+    from kernelcraft.harness.build.cc import CKernel
+    from kernelcraft.harness.build.nvrtc import CudaKernel
 
 __all__ = [
     "BuildError",
@@ -262,13 +268,13 @@ def cuda_kernel(source: str, name: str, *, options: Sequence[str] = (), shared_m
     Loading onto the GPU is deferred to the first launch, so this works in a process with no GPU.
     ``shared_mem`` is the default dynamic shared memory per launch; above 48 KiB the kernel is opted in.
     """
-    from kernelcraft.harness.nvrtc import CudaKernel
+    from kernelcraft.harness.build.nvrtc import CudaKernel
 
     return CudaKernel(source, name, options=options, shared_mem=shared_mem)
 
 
 def c_kernel(source: str, name: str, *, options: Sequence[str] = ()) -> CKernel:
     """Compile ``name`` from C11 ``source`` with ``$CC``/``cc`` into a shared library (or reuse the cache)."""
-    from kernelcraft.harness.cc import CKernel
+    from kernelcraft.harness.build.cc import CKernel
 
     return CKernel(source, name, options=options)

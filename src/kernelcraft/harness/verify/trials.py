@@ -29,7 +29,16 @@ def trial_plan(seed: int, problem: str, round_: int, trials: int) -> list[dict]:
     return plan
 
 
-def _transform(t: Any, dist: str, seed: int) -> Any:
+def _seeded(t: Any, seed: int, index: int) -> Any:
+    """``t`` overwritten in place with U[0, 1) values from ``seed``; each input of a call its own stream, so two
+    inputs of the same shape never hold the same values (A @ B would not tell A from B)."""
+    import torch
+
+    gen = torch.Generator(device=t.device).manual_seed(seed + 7 * index)
+    return t.uniform_(0.0, 1.0, generator=gen)
+
+
+def _transform(t: Any, dist: str, seed: int, index: int) -> Any:
     """In place: at KernelBench's sizes an input is several GB, and a transformed copy next to it would double
     the inputs' memory in both processes."""
     import torch
@@ -38,8 +47,7 @@ def _transform(t: Any, dist: str, seed: int) -> Any:
         return t
     if dist == "scaled":
         return t.mul_(8.0).add_(2.0)
-    gen = torch.Generator(device=t.device).manual_seed(seed)
-    return t.uniform_(0.0, 1.0, generator=gen)
+    return _seeded(t, seed, index)
 
 
 def make_inputs(problem: Any, spec: dict, device: str) -> list:
@@ -47,11 +55,17 @@ def make_inputs(problem: Any, spec: dict, device: str) -> list:
     import torch
 
     with torch.no_grad():
-        return [_transform(t, spec["dist"], spec["seed"]) for t in problem.make_inputs(spec["seed"], device)]
+        return [_transform(t, spec["dist"], spec["seed"], i)
+                for i, t in enumerate(problem.make_inputs(spec["seed"], device))]
 
 
 def refill(buffers: list, fresh: list) -> list:
-    """Copy ``fresh`` contents into the existing tensors (same pointers, new values); non-tensors are replaced."""
+    """Copy ``fresh`` contents into the existing tensors (same pointers, new values); non-tensors are replaced.
+
+    The fresh set exists beside the buffers until copied (at KernelBench's sizes, the child's peak for problems
+    whose outputs are small). Renewing the buffers in place instead, with U[0, 1) values, was measured to let
+    near-constant outputs, pointer and call-count caches and half-written outputs through (softmax of values in
+    [2, 10] is below 1e-2 everywhere): the problem's own distribution, shifted and scaled, is what catches them."""
     import torch
 
     out = []
@@ -63,4 +77,3 @@ def refill(buffers: list, fresh: list) -> list:
             else:
                 out.append(new)
     return out
-

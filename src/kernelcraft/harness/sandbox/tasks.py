@@ -282,7 +282,7 @@ def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: st
         samples += s
         walls += w
         outs = flatten_outputs(kept)
-        doc = _hand_tensors({"block": b, "blocks": len(sizes), "samples": s, "walls": w, "set": pick % len(sets),
+        doc = _hand_tensors({"block": b, "blocks": len(sizes), "samples": s, "walls": w,
                              "meta": _meta(outs), "audit": audit.cut()}, {"outputs": outs}, share, out)
         reply = handover(doc)
         poison(outs)

@@ -82,9 +82,17 @@ class Timer:
         sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
         total = timed_iterations(int(bcfg["iters"]), float(bcfg["min_time_ms"]), self._warm["per_call_ms"])
         self._state = {"sets": sets, "sizes": block_sizes(total), "first": 0, "eager": [], "eager_walls": [],
-                       "samples": [], "walls": [], "reasons": [], "timer": BlockTimer(self.ctx.device,
-                                                                                      self._warm["launch_ms"])}
-        return {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"], "keep": self.pick()}
+                       "samples": [], "walls": [], "reasons": [], "keep": self.pick(),
+                       "timer": BlockTimer(self.ctx.device, self._warm["launch_ms"])}
+        return {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"],
+                "keep": self._state["keep"]}
+
+    def _checked_set(self, block_calls: int) -> int:
+        """The input set of the call this process asked the block to hand over, worked out here from the calls
+        handed over so far and the index it chose, not taken from the candidate's process."""
+        st = self._state
+        first = len(st["samples"])
+        return (first + min(st["keep"], max(block_calls, 1) - 1)) % len(st["sets"])
 
     def judge_block(self, result: dict, out_file: Path) -> dict:
         """One block of the candidate's timing: check it, time a block of the reference, reply."""
@@ -95,13 +103,15 @@ class Timer:
         from kernelcraft.harness.verify.verify_round import _received, release_mappings
 
         st = self._state
-        st["samples"] += [float(x) for x in result.get("samples") or []]
+        block_samples = [float(x) for x in result.get("samples") or []]
+        checked = self._checked_set(len(block_samples))
+        st["samples"] += block_samples
         st["walls"] += [float(x) for x in result.get("walls") or []]
         reasons = [f"timed calls: {r}" for r in judge(result.get("audit") or {}, self.policy)]
         try:
             got = _received(result, self.share, out_file)
             with torch.no_grad():
-                refs = flatten_outputs(self.ref.model(*st["sets"][int(result["set"]) % len(st["sets"])]))
+                refs = flatten_outputs(self.ref.model(*st["sets"][checked]))
             verdict = compare_trial(got["outputs"], result["meta"], refs, [], [], self.ctx.device, self.atol,
                                     self.rtol)
             reasons += [f"outputs of timed calls differ from the reference ({r})" for r in verdict.reasons]
@@ -123,7 +133,8 @@ class Timer:
             st["first"] += sizes[b]
             st["eager"] += s
             st["eager_walls"] += w
-        return {"keep": self.pick()}
+        st["keep"] = self.pick()
+        return {"keep": st["keep"]}
 
     def finish(self, result: dict | None, reason: str | None) -> dict:
         """The benchmark record of one candidate, from its process's final result and this process's blocks."""

@@ -194,7 +194,7 @@ _softmax = torch.softmax
 
 
 def _slow_softmax(*args, **kwargs):
-    for _ in range(3):
+    for _ in range(19):
         _softmax(*args, **kwargs)
     return _softmax(*args, **kwargs)
 
@@ -233,5 +233,6 @@ def test_adaptive_cheats_while_timed_are_rejected_and_the_reference_is_not_their
     assert "outputs of timed calls differ from the reference (output" in stale["reason"]
     slows = results["slows_reference"]
     assert slows["timed"] is True, slows
-    # In the candidate's process its wrapper made "eager" 4x slower; the trusted eager time is unaffected.
-    assert slows["eager_ms"] < 1.5 * honest["eager_ms"]
+    # In the candidate's process its wrapper would make "eager" 20x slower; the trusted eager time is unaffected
+    # (the bound leaves room for a busy CI machine; two CPU-bound processes beside it made one median 16x another).
+    assert slows["eager_ms"] < 5 * honest["eager_ms"]

@@ -182,3 +182,44 @@ def test_closing_the_worker_ends_a_child_still_held(tmp_path):
     while running(out.held_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(out.held_pid)
+
+
+RELU_PROBLEM = '''
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def forward(self, x):
+        return torch.relu(x)
+
+def get_inputs():
+    return [torch.randn(4, 8)]
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_only_an_answer_that_starts_timing_waits_for_the_previous_candidates_exit(worker, tmp_path):
+    # The previous candidate's process, held (as if its exit were slow).
+    first = worker.call("build", {"candidate": _candidate(tmp_path, "", "held.py")}, timeout=30,
+                        on_result=lambda result: "judged", keep=True)
+    held = first.held_pid
+    assert first.ok and running(held)
+    problem = tmp_path / "relu_ref.py"
+    problem.write_text(RELU_PROBLEM)
+    plan = [{"seed": k, "dist": "problem", "reuse": False, "warm_calls": 0} for k in range(3)]
+    seen = []
+
+    def on_partial(result: dict) -> dict:
+        seen.append(running(held))
+        return {"timing": True} if result["trial"] == 1 else {}
+
+    second = worker.call("evaluate", {
+        "problem": str(problem), "size": "full", "candidate": _candidate(tmp_path, "", "next.py"), "device": "cpu",
+        "weight_seed": 0, "plan": plan, "out": str(tmp_path / "handover.pt")}, timeout=30,
+        on_partial=on_partial, exclusive=lambda answer: bool(answer.get("timing")))
+    assert second.ok, second.reason
+    # Trials 0 and 1 were judged while the previous child still lived; the answer to trial 1 (after which this
+    # child would time) was sent only once it had exited.
+    assert seen == [True, True, False]

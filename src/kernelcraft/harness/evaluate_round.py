@@ -107,7 +107,8 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
                 + [float(ctx.config["benchmark"]["timeout_s"])])
     log = ctx.log_path("candidates", problem, f"round_{round_}", f"{cand['id']}.evaluate.log")
     try:
-        outcome = worker.call("evaluate", kwargs, timeouts, log=log, on_partial=on_partial, on_result=lambda r: r)
+        outcome = worker.call("evaluate", kwargs, timeouts, log=log, on_partial=on_partial, on_result=lambda r: r,
+                              exclusive=_starts_or_continues_timing)
     finally:
         out_file.unlink(missing_ok=True)
     n = len(verifier.plan)
@@ -128,6 +129,12 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
         timing["phases"] = result.get("phases")
     timings[cand["id"]] = timing | {"wall_s": round(outcome.wall_s - verify_wall, 3)}
     return record
+
+
+def _starts_or_continues_timing(answer: dict) -> bool:
+    """Whether the child times once answered (Timer.order's ``time``, Timer.judge_block's ``keep``): only then
+    must the previous candidate's process be gone; verification trials overlap its exit."""
+    return bool(answer.get("time")) or "keep" in answer
 
 
 def _out_of_memory(verdict: dict) -> bool:

@@ -179,13 +179,16 @@ class Worker:
     def call(self, task: str, kwargs: dict, timeout: float | Sequence[float], log: str | Path | None = None,
              on_result: Callable[[dict], Any] | None = None,
              on_partial: Callable[[dict], dict] | None = None, keep: bool = False,
-             while_running: Callable[[], None] | None = None) -> Outcome:
+             while_running: Callable[[], None] | None = None,
+             exclusive: Callable[[dict], bool] | None = None) -> Outcome:
         """Run ``task`` in a fresh child; never raises for anything the candidate does.
 
         ``on_partial(result)`` answers each intermediate hand-over of the task (see zygote.py) with the dict the
-        child receives; the answer is sent only once every earlier child has exited, so what the child does next
-        (timing) never shares the device with a previous candidate's process. ``timeout`` is per stage when a
-        sequence: the k-th hand-over ends stage k, and its clock restarts there.
+        child receives. An answer after which the child needs the device alone (``exclusive(answer)`` true; every
+        answer when ``exclusive`` is None) is sent only once every earlier child has exited, so what the child does
+        next (timing) never shares the device with a previous candidate's process; any other answer (one more
+        verification trial) is sent at once, and the earlier child's exit overlaps this one's work. ``timeout`` is
+        per stage when a sequence: the k-th hand-over ends stage k, and its clock restarts there.
 
         With ``on_result``, the child stays alive after writing its final result until ``on_result(result)`` has
         returned (it holds memory the parent reads through CUDA IPC), and is then killed, with everything it
@@ -208,7 +211,7 @@ class Worker:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         request = {"task": task, "kwargs": kwargs, "result": str(result_path), "log": str(log_path),
                    "reply": str(stem.with_suffix(".reply")), "hold": on_result is not None}
-        state = _CallState(start=time.perf_counter(), limits=limits)
+        state = _CallState(start=time.perf_counter(), limits=limits, exclusive=exclusive)
         assert self._proc is not None and self._proc.stdin is not None
         try:
             self._proc.stdin.write(json.dumps(request) + "\n")
@@ -385,8 +388,9 @@ class Worker:
                 state.error = f"unusable hand-over: {type(exc).__name__}: {exc}"[:300]
                 answer = {}
         # Judging needs no exclusive device, so earlier children finish exiting meanwhile; what the child does once
-        # answered (timing) must not share the device with any of them.
-        self._await_detached()
+        # answered may need it alone (timing): then no earlier child may still hold it.
+        if state.exclusive is None or state.exclusive(answer):
+            self._await_detached()
         write_json(reply, answer)
         partial.unlink(missing_ok=True)
         state.partials += 1
@@ -408,6 +412,7 @@ class _CallState:
     error: str | None = None
     released: float = 0.0
     rss: int = 0
+    exclusive: Callable[[dict], bool] | None = None
 
     def limit(self) -> float:
         return self.limits[min(self.partials, len(self.limits) - 1)]

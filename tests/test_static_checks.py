@@ -436,3 +436,53 @@ def test_the_implement_prompt_states_the_allow_list(backend, build_path):
         assert f"`{name}`" in user, name
     for rule in ("No private APIs", "No global settings", "No patching", "`torch.softmax = ...`", "`self._w`"):
         assert rule in user, rule
+
+
+# -- rule 5: what the kernel sources call -----------------------------------------------------------------------
+
+VENDOR = "a vendor library doing the work; the work must be the candidate's own kernel"
+
+
+def _inline(cuda: str, ldflags: str = '""') -> str:
+    return ('import torch\nfrom torch.utils.cpp_extension import load_inline\n\nSRC = """\n' + cuda + '\n"""\n'
+            'ext = load_inline(name="k", cpp_sources="", cuda_sources=SRC, functions=["f"], '
+            f'extra_ldflags=[{ldflags}])\n')
+
+
+def test_a_kernel_that_hands_the_work_to_cublas_is_refused_with_its_line():
+    source = _inline("#include <torch/extension.h>\n#include <cublas_v2.h>\n"
+                     "torch::Tensor f(torch::Tensor a) {\n"
+                     "    cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1);\n    return a;\n}")
+    assert check_source(source) == [f"line 6: the kernel source includes cublas_v2.h, {VENDOR}",
+                                    f"line 8: the kernel source calls cublasSgemm, {VENDOR}"]
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    ("#include <cblas.h>", f"includes cblas.h, {VENDOR}"),
+    ("y = cblas_sgemm(o, t, t, m, n, k, 1.f, a, k, b, n, 0.f, c, n);", f"calls cblas_sgemm, {VENDOR}"),
+    ("cudnnConvolutionForward(h, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);", f"calls cudnnConvolutionForward, {VENDOR}"),
+    ("auto c = at::native::mm(a, b);", "calls at::native::mm, an ATen entry point that bypasses the dispatcher the "
+                                       "audit records"),
+    ("void* h = dlopen(\"libopenblas.so\", 1);", "calls dlopen, which loads native code, files or code from outside "
+                                                  "the candidate"),
+])
+def test_vendor_libraries_bypassed_dispatch_and_run_time_loading_are_refused(code, reason):
+    assert check_source(_inline(code)) == [f"line 5: the kernel source {reason}"]
+
+
+def test_linking_a_library_into_the_build_is_refused():
+    assert check_source(_inline("int f() { return 0; }", '"-lcublas"')) == [
+        "line 7: passes the linker flag '-lcublas', which links a library into the build; the work must be the "
+        "candidate's own kernel"]
+
+
+def test_the_c_maths_library_may_be_linked():
+    source = 'from kernelcraft.harness.build import c_kernel\nk = c_kernel("", "f", options=["-O3", "-lm"])\n'
+    assert check_source(source) == []
+
+
+def test_naming_a_library_in_a_comment_or_using_the_current_stream_passes():
+    source = _inline("// as fast as cuBLAS at this size (cublas is not called)\n#include <torch/extension.h>\n"
+                     "torch::Tensor f(torch::Tensor a) {\n    auto s = at::cuda::getCurrentCUDAStream();\n"
+                     "    return a;\n}")
+    assert check_source(source) == []

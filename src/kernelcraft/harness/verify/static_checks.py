@@ -30,6 +30,12 @@ them -- so rather than chase each attack, the check allows what honest kernels u
 4. No assignment or deletion on a module or an imported object (``torch.softmax = f``), including through a
    plain alias (``t = torch``).
 
+5. Kernel source text (every string in the file, since that is where CUDA, C and C++ sources live): no call into
+   a vendor library that would do the work (cuBLAS, cuDNN, cuFFT, cuSPARSE, cuSOLVER, CBLAS, MKL, oneDNN,
+   OpenBLAS) and none of their headers, no ATen entry points that bypass the dispatcher the audit records
+   (``at::native::``, ``at::cpu::``, ``at::cuda::blas::``), no loading of libraries at run time (``dlopen``),
+   and no linker flags (``-l``/``-L``) in a build's options. The work must be the candidate's own kernel.
+
 This is a tripwire, not a sandbox: Python cannot be confined by reading it (a function parameter can alias a
 module, and native code in a kernel can do anything). It turns the cheap Python-level routes into rejections
 with a reason the repair prompt can act on; process isolation and the run-time audit remain the defence.
@@ -38,6 +44,7 @@ with a reason the repair prompt can act on; process isolation and the run-time a
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 
 ALLOWED_MODULES = frozenset({
@@ -330,11 +337,42 @@ def _store_findings(tree: ast.Module) -> Iterator[Finding]:
                                 f"import ({bound[root]})")
 
 
+# -- rule 5: what the kernel sources call ------------------------------------------------------------------------
+
+_VENDOR = "a vendor library doing the work; the work must be the candidate's own kernel"
+_NATIVE_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\b((?:cublas|cublasLt|cudnn|cufft|cusparse|cusolver|cblas_|mkl_|MKL_|dnnl_|openblas_)\w*)\s*\("),
+     "calls {0}, " + _VENDOR),
+    (re.compile(r"#\s*include\s*[<\"]((?:cublas|cudnn|cufft|cusparse|cusolver|cblas|mkl|dnnl|openblas|"
+                r"ATen/cuda/CUDABlas|ATen/native/)[\w./]*)[>\"]"), "includes {0}, " + _VENDOR),
+    (re.compile(r"\b(at::(?:native|cpu|cuda::blas)::\w+)"),
+     "calls {0}, an ATen entry point that bypasses the dispatcher the audit records"),
+    (re.compile(r"\b(dlopen|dlsym|dlmopen|LoadLibrary\w*)\s*\("), "calls {0}, " + _NATIVE),
+)
+_LINKER_FLAG = re.compile(r"^\s*(-l\s*(?!m\s*$)\S+|-L\s*\S+|-Wl,.*)$")  # libm (-lm) is the C maths library
+
+
+def _native_text_findings(tree: ast.Module) -> Iterator[Finding]:
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            continue
+        text = node.value
+        for pattern, why in _NATIVE_TEXT:
+            for match in pattern.finditer(text):
+                line = getattr(node, "lineno", 0) + text.count("\n", 0, match.start())
+                yield line, 0, f"line {line}: the kernel source {why.format(match.group(1))}"
+        flag = _LINKER_FLAG.match(text)
+        if flag:
+            yield _at(node, f"passes the linker flag {flag.group(1).strip()!r}, which links a library into the "
+                            "build; " + _VENDOR.split("; ")[1])
+
+
 # -- the check ------------------------------------------------------------------------------------------------
 
 
 def _allow_list_reasons(tree: ast.Module) -> list[str]:
-    findings = [*_import_findings(tree), *_attribute_findings(tree), *_name_findings(tree), *_store_findings(tree)]
+    findings = [*_import_findings(tree), *_attribute_findings(tree), *_name_findings(tree), *_store_findings(tree),
+                *_native_text_findings(tree)]
     return list(dict.fromkeys(text for _, _, text in sorted(findings)))
 
 

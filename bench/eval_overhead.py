@@ -45,6 +45,15 @@ class _Sampler(threading.Thread):
             time.sleep(0.02)
 
 
+def trial_medians(results: list[dict], trials: int) -> list[float | None]:
+    """Median over candidates of when each verification trial was answered (None where no candidate got there)."""
+    out: list[float | None] = []
+    for k in range(trials):
+        times = [r["handovers_s"][k] for r in results if len(r.get("handovers_s") or []) > k]
+        out.append(round(statistics.median(times), 3) if times else None)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--problem", default="softmax_4096x65536")
@@ -121,6 +130,9 @@ def main() -> None:
         "verify_phase_medians_s": medians(list(verified["results"].values())),
         "benchmark_phase_medians_s": medians(list(timed["results"].values())),
         "verify_wall_median_s": median_wall(verified["results"]),
+        # Per verification trial: seconds from the request to its answer (the first includes the child's start,
+        # its load and the wait for the previous candidate's exit where that applied), medians over candidates.
+        "trial_answered_median_s": trial_medians(list(verified["results"].values()), n_trials),
         "benchmark_wall_median_s": median_wall(timed["results"]),
         "job_phases_s": verified.get("job"),
         "gpu_busy_pct": round(statistics.mean(sampler.samples), 1) if sampler.samples else None,

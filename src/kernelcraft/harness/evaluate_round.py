@@ -117,7 +117,10 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
         trials.append(Verdict(False, [outcome.reason or "no outputs were handed over"]))
     verdict = merge_verdicts(trials)
     verdict.phases = {k: round(sum(t.phases.get(k, 0.0) for t in trials), 4) for k in ("judge_s",)}
-    record = verdict.as_dict() | {"wall_s": round(verify_wall, 3)}
+    # When each hand-over was answered (seconds from the request): the candidate's timeline, for the overhead
+    # benchmark and for anyone asking where an evaluation's time went.
+    record = verdict.as_dict() | {"wall_s": round(verify_wall, 3),
+                                  "handovers_s": [round(m, 3) for m in outcome.marks[:n]]}
     handled = outcome.result.get("handled") if outcome.ok else None
     if handled and handled.get("memory"):
         record["child_memory"] = handled["memory"]

@@ -71,3 +71,33 @@ def test_a_candidate_is_correct_only_if_every_trial_is():
     bad = _cmp(ref + 1, ref)
     merged = merge_verdicts([good, bad, good])
     assert not merged.correct and merged.max_abs_err == 1.0 and len(merged.reasons) == 1
+
+
+def test_figures_accumulate_across_slices(monkeypatch):
+    # Outputs larger than one slice: each finding is kept whichever slice it is in.
+    import kernelcraft.harness.verify.compare as compare
+
+    monkeypatch.setattr(compare, "CHUNK", 100)
+    ref = torch.ones(1050)
+    out = ref.clone()
+    out[250] += 0.5  # third slice: the largest error
+    out[1049] += 5e-3  # last, partial slice: within tolerance, above 1e-4
+    v = _cmp(out, ref)
+    assert not v.correct and abs(v.max_abs_err - 0.5) < 1e-6
+    assert v.reasons == ["output: max error above tolerance (max abs 0.5, atol=0.01, rtol=0.01)"]
+    out[250] = ref[250]
+    v = _cmp(out, ref)
+    assert v.correct and not v.passes_strict and abs(v.max_abs_err - 5e-3) < 1e-6
+    out[1049] = float("nan")
+    out[7] = float("inf")
+    assert _cmp(out, ref).reasons == ["output has 2 NaN/Inf values where the reference is finite"]
+
+
+def test_integer_mismatches_are_counted_across_slices(monkeypatch):
+    import kernelcraft.harness.verify.compare as compare
+
+    monkeypatch.setattr(compare, "CHUNK", 64)
+    ref = torch.arange(1000)
+    out = ref.clone()
+    out[[3, 500, 999]] += 1
+    assert _cmp(out, ref).reasons == ["output: 3 elements differ from the reference"]

@@ -31,9 +31,10 @@ class Verdict:
         }
 
 
-# Elements compared at a time: the comparison's temporaries (a float64 copy of a slice of each side) stay a few
-# hundred MB whatever the output's size, instead of several copies of a multi-GB output.
-CHUNK = 1 << 24
+# Elements compared at a time: the comparison's temporaries (float64 copies of a slice of each side, the difference
+# and masks: about six slices' worth, 200 MB at this size) stay small whatever the output's size, instead of several
+# copies of a multi-GB output. At 1 << 24 they were about 0.8 GB of the parent's peak (H200, eval_memory.py).
+CHUNK = 1 << 22
 
 
 def _flat(t: Any) -> Any:

@@ -79,6 +79,51 @@ class ModelNew(TorchCode):
 '''
 
 
+class _PhasePeaks:
+    """Where the parent's peak comes from: each step of the job (the reference's set-up, the timing set-up, a
+    verification trial's judgement, a timed block's check, a block of the eager reference) gets the peak allocated
+    memory reached inside it, by wrapping those steps in this (trusted, measuring) process only."""
+
+    STEPS = (("kernelcraft.harness.verify.verify_round", "Verifier", "prepare", "reference_setup"),
+             ("kernelcraft.harness.timing.benchmark_round", "Timer", "prepare", "timing_setup"),
+             ("kernelcraft.harness.verify.verify_round", "Verifier", "judge_trial", "judge_trial"),
+             ("kernelcraft.harness.timing.benchmark_round", "Timer", "judge_block", "judge_block"),
+             ("kernelcraft.harness.timing.protocol", "BlockTimer", "block", "eager_block"))
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, int] = {}
+        self._saved: list = []
+
+    def __enter__(self) -> _PhasePeaks:
+        import importlib
+
+        for module, cls_name, method, step in self.STEPS:
+            cls = getattr(importlib.import_module(module), cls_name)
+            original = getattr(cls, method)
+            self._saved.append((cls, method, original))
+            setattr(cls, method, self._wrap(original, step))
+        return self
+
+    def _wrap(self, original, step: str):
+        peaks = self.peaks
+
+        def wrapped(*args, **kwargs):
+            before = torch.cuda.max_memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                inside = torch.cuda.max_memory_allocated()
+                peaks[step] = max(peaks.get(step, 0), inside)
+                peaks["_outside"] = max(peaks.get("_outside", 0), before)
+        return wrapped
+
+    def __exit__(self, *exc: object) -> None:
+        self.peaks["_outside"] = max(self.peaks.get("_outside", 0), torch.cuda.max_memory_allocated())
+        for cls, method, original in self._saved:
+            setattr(cls, method, original)
+
+
 class _DeviceSampler(threading.Thread):
     """Peak of the device's used memory while the job runs (every process on it)."""
 
@@ -156,16 +201,19 @@ def measure(pid: str, path: Path, work: Path, args: argparse.Namespace) -> dict:
     sampler = _DeviceSampler()
     sampler.start()
     t0 = time.perf_counter()
-    verified, timed = evaluate_candidates(ctx, pid, 1, entries, built)
+    with _PhasePeaks() as steps:
+        verified, timed = evaluate_candidates(ctx, pid, 1, entries, built)
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
-    parent = torch.cuda.max_memory_allocated() - base_alloc
+    parent = max(steps.peaks.values()) - base_alloc
     parent_reserved = torch.cuda.max_memory_reserved()
     results = verified["results"]
     child = max((r.get("child_memory", {}).get("peak_allocated_bytes", 0) for r in results.values()), default=0)
     child_reserved = max((r.get("child_memory", {}).get("peak_reserved_bytes", 0) for r in results.values()),
                          default=0)
+    child_steps = {k: max((r.get("child_memory", {}).get(f"{k}_peak_bytes", 0) for r in results.values()),
+                          default=0) for k in ("verify", "timing")}
     torch.cuda.empty_cache()
     return {
         "problem": pid, "candidates": len(entries), "policy": policy,
@@ -183,6 +231,9 @@ def measure(pid: str, path: Path, work: Path, args: argparse.Namespace) -> dict:
         "device_x": round((sampler.peak - base_used) / total, 2) if total else None,
         "ref_alone_x": round(fp["ref_call_peak"] / total, 2) if total else None,
         "evaluate_s": round(wall, 1),
+        # Where each process's peak was reached, GiB above the job's start (parent) or absolute (child).
+        "parent_steps_gib": {k: round((v - base_alloc) / GIB, 3) for k, v in sorted(steps.peaks.items())},
+        "child_steps_gib": {k: round(v / GIB, 3) for k, v in child_steps.items()},
     }
 
 

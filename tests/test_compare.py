@@ -1,5 +1,6 @@
 """The comparator's verdicts: every mismatch is a named reason, and both tolerances are recorded."""
 
+import pytest
 import torch
 
 from kernelcraft.harness.verify.compare import compare_trial, merge_verdicts
@@ -101,3 +102,21 @@ def test_integer_mismatches_are_counted_across_slices(monkeypatch):
     out = ref.clone()
     out[[3, 500, 999]] += 1
     assert _cmp(out, ref).reasons == ["output: 3 elements differ from the reference"]
+
+
+def test_slices_are_a_share_of_the_output_between_bounds():
+    # Temporaries scale with the slice: a fixed 4M-element slice cost a 64 MB output 200 MB of them.
+    from kernelcraft.harness.verify.compare import CHUNK, MIN_CHUNK, SLICES, chunk_elements
+
+    assert chunk_elements(1000) == MIN_CHUNK
+    assert chunk_elements(16 * 2**20) == 16 * 2**20 // SLICES
+    assert chunk_elements(2**30) == CHUNK
+
+
+def test_half_precision_outputs_are_judged_in_single_precision():
+    ref = torch.linspace(-4, 4, 4099).to(torch.bfloat16)
+    assert _cmp(ref.clone(), ref).correct
+    out = ref.clone()
+    out[4098] = out[4098] * 1.5
+    v = _cmp(out, ref)
+    assert not v.correct and v.max_abs_err == pytest.approx(2.0)

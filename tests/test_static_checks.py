@@ -486,3 +486,47 @@ def test_naming_a_library_in_a_comment_or_using_the_current_stream_passes():
                      "torch::Tensor f(torch::Tensor a) {\n    auto s = at::cuda::getCurrentCUDAStream();\n"
                      "    return a;\n}")
     assert check_source(source) == []
+
+
+PYTHON = "which reaches the interpreter the evaluator runs in; a kernel's host code only launches kernels"
+OS = "which reaches the process or the OS (files, environment, threads, memory protection); a kernel never needs it"
+ASIDE = ("which runs work on another stream, a graph or the host, where the timed stream's events do not see it; "
+         "launch on at::cuda::getCurrentCUDAStream()")
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    ('PyRun_SimpleString("import torch");', f"calls PyRun_SimpleString, the Python C API, {PYTHON}"),
+    ('auto m = PyImport_ImportModule("torch.cuda");', f"calls PyImport_ImportModule, the Python C API, {PYTHON}"),
+    ('auto m = py::module_::import("torch");', f"uses py::module_::import, {PYTHON}"),
+    ('obj.attr("elapsed_time") = fake;', f"uses .attr(, {PYTHON}"),
+    ('py::exec("x = 1");', f"uses py::exec, {PYTHON}"),
+    ('int fd = open("/dev/mem", 2);', f"calls open, {OS}"),
+    ('const char* k = getenv("OPENAI_API_KEY");', f"calls getenv, {OS}"),
+    ("mprotect(p, 4096, 7);", f"calls mprotect, {OS}"),
+    ("std::thread t(spin);", f"uses std::thread, {OS}"),
+    ('const char* p = "/proc/self/mem";', f"names /proc/self/mem, {OS}"),
+    ("cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);", f"uses cudaStreamCreateWithFlags, {ASIDE}"),
+    ("k<<<g, b, 0, cudaStreamPerThread>>>(x);", f"uses cudaStreamPerThread, {ASIDE}"),
+    ("cudaLaunchHostFunc(s, cb, nullptr);", f"uses cudaLaunchHostFunc, {ASIDE}"),
+    ('cuModuleLoadData(&m, image);', "calls cuModuleLoadData, which loads native code, files or code from outside "
+                                     "the candidate"),
+])
+def test_host_code_that_reaches_the_interpreter_the_process_or_another_stream_is_refused(code, reason):
+    # A load_inline extension's C++ runs in the candidate's process: through these it could patch the timer, read
+    # the environment or hide work from the timed stream.
+    assert check_source(_inline(code)) == [f"line 5: the kernel source {reason}"]
+
+
+def test_a_kernelbench_style_extension_with_its_launch_checks_passes():
+    source = _inline("#include <torch/extension.h>\n#include <c10/cuda/CUDAStream.h>\n"
+                     "__global__ void k(const float* x, float* y, int n) {\n"
+                     "    int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) y[i] = x[i];\n}\n"
+                     "torch::Tensor f(torch::Tensor x) {\n    auto y = torch::empty_like(x);\n"
+                     "    int n = x.numel();\n"
+                     "    cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 0);\n"
+                     "    k<<<(n + 255) / 256, 256, 0, at::cuda::getCurrentCUDAStream()>>>(x.data_ptr<float>(), "
+                     "y.data_ptr<float>(), n);\n    C10_CUDA_KERNEL_LAUNCH_CHECK();\n"
+                     "    cudaError_t e = cudaGetLastError();\n"
+                     "    TORCH_CHECK(e == cudaSuccess, cudaGetErrorString(e));\n"
+                     "    return y;\n}")
+    assert check_source(source) == []

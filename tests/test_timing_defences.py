@@ -236,3 +236,23 @@ def test_adaptive_cheats_while_timed_are_rejected_and_the_reference_is_not_their
     # In the candidate's process its wrapper would make "eager" 20x slower; the trusted eager time is unaffected
     # (the bound leaves room for a busy CI machine; two CPU-bound processes beside it made one median 16x another).
     assert slows["eager_ms"] < 5 * honest["eager_ms"]
+
+
+def test_timed_blocks_end_at_a_drawn_call_which_is_the_one_checked(tmp_path):
+    # The checked call is a block's last, and the parent draws each block's length after the previous block was
+    # handed over: any length from 1 to twice the mean, each as likely. (When the checked call came from a block's
+    # first few calls only, the rest of a long block was never checked: a candidate counting its calls could
+    # cheat there.)
+    from types import SimpleNamespace
+
+    from kernelcraft.harness.timing.benchmark_round import Timer
+    from kernelcraft.harness.timing.protocol import block_length
+
+    ctx, problem = _context(tmp_path, "reject")
+    timer = Timer(ctx, problem, 1, SimpleNamespace(problem=None), "reject")
+    mean = 125
+    lengths = [block_length(timer.pick(), mean) for _ in range(4000)]
+    assert min(lengths) == 1 and max(lengths) == 2 * mean - 1
+    assert sum(lengths) / len(lengths) == pytest.approx(mean, rel=0.05)
+    assert sum(n <= 25 for n in lengths) / len(lengths) == pytest.approx(0.1, abs=0.03)
+    assert block_length(0.0, 1) == 1 and block_length(0.999, 1) == 1 and block_length(0.5, 2) == 2

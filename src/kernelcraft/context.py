@@ -157,10 +157,11 @@ class RunContext:
 
         return load_problem(self.problem_path(problem), self.size)
 
-    def worker_env(self, *, gpu: bool, threads: int = 1) -> dict[str, str]:
+    def worker_env(self, *, gpu: bool, threads: int = 1, spares: int = 0) -> dict[str, str]:
         """Environment of candidate processes: the build cache of this run, the CUDA target, and, for compile jobs
-        on the cuda backend, no GPU at all (builds must not depend on one); GPU jobs keep a spare child with its
-        CUDA context ready."""
+        on the cuda backend, no GPU at all (builds must not depend on one); GPU jobs that run one candidate after
+        another keep ``spares`` children with their CUDA context ready (a job with one task wants none: a spare
+        warming up beside it would only share the GPU with its timing)."""
         from kernelcraft.harness.build import inline_build_env
         from kernelcraft.harness.sandbox.zygote import SPARE_ENV
 
@@ -175,8 +176,8 @@ class RunContext:
         env.update(inline_build_env(self.cuda_arch if self.backend == "cuda" else None, max(1, threads), build))
         if self.backend == "cuda" and not gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
-        if self.backend == "cuda" and gpu:
-            env[SPARE_ENV] = "1"
+        if self.backend == "cuda" and gpu and spares > 0:
+            env[SPARE_ENV] = str(spares)
         return env
 
     def log_path(self, *parts: str) -> Path:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from kernelcraft import layout
 from kernelcraft.context import RunContext
 from kernelcraft.harness.sandbox.worker import Worker
+from kernelcraft.harness.sandbox.zygote import CUDA_SPARES
 from kernelcraft.harness.verify.compare import Verdict, merge_verdicts
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def evaluate_candidates(ctx: RunContext, problem: str, round_: int, candidates: 
     # Each candidate as built: a compile repair's file when the compile stage repaired it.
     todo = [c | {"path": layout.evaluated_path(c, compiled[c["id"]])} for c in candidates
             if compiled.get(c["id"], {}).get("compiled")]
-    worker = Worker(env=ctx.worker_env(gpu=True, threads=threads), work_dir=ctx.root / "tmp")
+    worker = Worker(env=ctx.worker_env(gpu=True, threads=threads, spares=min(CUDA_SPARES, len(todo))),
+                    work_dir=ctx.root / "tmp")
     if todo:
         # Launched before this process imports torch (the modules below do), so the two imports overlap.
         worker.start()

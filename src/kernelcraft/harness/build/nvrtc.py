@@ -276,7 +276,10 @@ def _raw_stream(stream: object, kernel: str) -> int:
 class CudaKernel:
     """A compiled CUDA kernel: built (or found in the cache) on construction, loaded on the first launch."""
 
-    def __init__(self, source: str, name: str, *, options: Sequence[str] = (), shared_mem: int = 0) -> None:
+    def __init__(self, source: str, name: str, *, options: Sequence[str] = (), shared_mem: int = 0,
+                 cache: bool = True) -> None:
+        """``cache=False`` compiles in memory and never touches the build cache: for the trusted parent's own
+        kernels, which must not load a cubin from a directory candidates' processes can write."""
         if not isinstance(source, str) or not source.strip():
             raise BuildError("cuda_kernel: source must be a non-empty string of CUDA C++")
         if not isinstance(name, str) or not name.strip():
@@ -291,16 +294,22 @@ class CudaKernel:
         includes = include_dirs() if "#include" in source else ()
         key = cache_key(backend="cuda", source=source, name=name, arch=self.arch, options=self.options,
                         nvrtc=nvrtc_version(), includes=includes)
-        folder = build_dir() / "cuda"
-        folder.mkdir(exist_ok=True)
-        self.cubin_path = folder / f"{key}.cubin"
-        symbol_path = folder / f"{key}.sym"
-        try:
-            self.lowered_name = symbol_path.read_text() if self.cubin_path.is_file() else ""
-        except OSError:
-            self.lowered_name = ""
-        self.cache_hit = bool(self.lowered_name)
-        if not self.cache_hit:
+        self._image: bytes | None = None
+        if not cache:
+            self.cubin_path = None
+            self._image, self.lowered_name = compile_cubin(source, name, self.arch, self.options, includes)
+            self.cache_hit = False
+        else:
+            folder = build_dir() / "cuda"
+            folder.mkdir(exist_ok=True)
+            self.cubin_path = folder / f"{key}.cubin"
+            symbol_path = folder / f"{key}.sym"
+            try:
+                self.lowered_name = symbol_path.read_text() if self.cubin_path.is_file() else ""
+            except OSError:
+                self.lowered_name = ""
+            self.cache_hit = bool(self.lowered_name)
+        if cache and not self.cache_hit:
             cubin, self.lowered_name = compile_cubin(source, name, self.arch, self.options, includes)
             # The symbol file goes first: a cubin on disk implies its symbol file is there too.
             write_atomic(symbol_path, self.lowered_name.encode())
@@ -329,7 +338,7 @@ class CudaKernel:
             (current,) = _check(driver, driver.cuCtxGetCurrent(), "cuCtxGetCurrent", self.name)
             if int(current) != int(ctx):
                 _check(driver, driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent", self.name)
-            image = self.cubin_path.read_bytes()
+            image = self._image if self._image is not None else self.cubin_path.read_bytes()
             err, module = driver.cuModuleLoadData(image)
             result = driver.CUresult
             if err in (result.CUDA_ERROR_NO_BINARY_FOR_GPU, result.CUDA_ERROR_INVALID_SOURCE):

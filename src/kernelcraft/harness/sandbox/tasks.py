@@ -147,7 +147,7 @@ def _verification(prob: Any, model: Any, audit: Any, plan: list[dict], device: s
             _sync(device)
             spent["warm_s"] += clock() - t
             t = clock()
-            inputs = trial_inputs.refill(inputs, trial_inputs.make_inputs(prob, spec, device))
+            inputs = trial_inputs.renew(inputs, spec)
         else:
             inputs = None  # the previous trial's inputs are freed before the next are made: one set at a time
             inputs = trial_inputs.make_inputs(prob, spec, device)
@@ -191,27 +191,42 @@ def task_evaluate(problem: str, size: str, candidate: str, device: str, weight_s
     phases["load_s"] = clock() - t
     reply, spent = _verification(prob, model, audit, plan, device, poison_bytes, share, out, handover)
     phases |= spent
+    verify_peak = _peak_and_reset(device)
     if reply.get("time"):
         doc = _timing(prob, model, audit, device, share, out, reply, handover, **(timing_args or {}))
     else:
         doc = {"timed": False, "phases": {}}
     doc["phases"] = phases | doc["phases"]
     del model
-    doc["memory"] = release_device_memory(device)
+    doc["memory"] = release_device_memory(device, verify_peak)
     return doc
 
 
-def release_device_memory(device: str) -> dict:
-    """This process's peak device memory (PyTorch's allocator: what it allocated, what it reserved), then every
-    cached block handed back to the driver. The parent kills this process without waiting once the result is in,
-    and the next candidate starts meanwhile: memory still cached here would sit beside that candidate's (the
-    figures are informational; a candidate could report anything)."""
+def _peak_and_reset(device: str) -> tuple[int, int]:
+    """This process's peak device memory so far (allocated, reserved), then fresh peaks for the next phase."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return 0, 0
+    peaks = int(torch.cuda.max_memory_allocated()), int(torch.cuda.max_memory_reserved())
+    torch.cuda.reset_peak_memory_stats()
+    return peaks
+
+
+def release_device_memory(device: str, verify_peak: tuple[int, int] = (0, 0)) -> dict:
+    """This process's peak device memory (PyTorch's allocator: what it allocated, what it reserved; verification's
+    and timing's apart, for the memory benchmark), then every cached block handed back to the driver. The parent
+    kills this process without waiting once the result is in, and the next candidate starts meanwhile: memory still
+    cached here would sit beside that candidate's (the figures are informational; a candidate could report
+    anything)."""
     import torch
 
     if not str(device).startswith("cuda"):
         return {}
-    peaks = {"peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
-             "peak_reserved_bytes": int(torch.cuda.max_memory_reserved())}
+    timing_peak = int(torch.cuda.max_memory_allocated())
+    peaks = {"peak_allocated_bytes": max(verify_peak[0], timing_peak), "verify_peak_bytes": verify_peak[0],
+             "timing_peak_bytes": timing_peak,
+             "peak_reserved_bytes": max(verify_peak[1], int(torch.cuda.max_memory_reserved()))}
     torch.cuda.empty_cache()
     return peaks
 
@@ -241,17 +256,20 @@ def tensor_bytes(tensors: Any) -> int:
 
 def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: str, order: dict,
             handover: Callable[[dict], dict], seed: int, warmup: int, iters: int, min_time_ms: float = 0.0) -> dict:
-    """Time the candidate in blocks (protocol.BlockTimer). After each block its samples, the outputs of the one call
-    the parent chose (a call index the candidate cannot see) and the audit of the block's calls are handed over;
-    the parent checks them and times its reference before replying. The GPU sleep queued before each call covers
-    the longer of the reference's launch time (measured by the parent, ``order["launch_ms"]``) and this
-    candidate's own, measured in its warm-up under the audit, which adds host time to every launch: sized from
-    the reference's alone, the sleep sometimes ended before a multi-kernel candidate's first launch, and the
-    events then timed the host (LayerNorm on the H200: interquartile ranges of 10-50% of the median in the
-    workflow, under 1% for the same kernels timed alone). Capped at protocol.PREROLL_MAX_MS."""
+    """Time the candidate in blocks (protocol.BlockTimer) whose lengths the parent draws, one block at a time
+    (protocol.block_length). After each block its samples, the outputs of its last call (so where the check falls
+    is where the parent ended the block) and the audit of the block's calls are handed over; the parent checks them
+    and times its reference before replying. The L2 is flushed with a buffer the parent lends (``order["flush"]``,
+    CUDA IPC). The GPU sleep queued before each call covers the longer of the reference's launch time (measured by
+    the parent, ``order["launch_ms"]``) and this candidate's own, measured in its warm-up under the audit, which
+    adds host time to every launch: sized from the reference's alone, the sleep sometimes ended before a
+    multi-kernel candidate's first launch, and the events then timed the host (LayerNorm on the H200: interquartile
+    ranges of 10-50% of the median in the workflow, under 1% for the same kernels timed alone). Capped at
+    protocol.PREROLL_MAX_MS."""
     from kernelcraft.harness.timing.protocol import (
+        BLOCKS,
         BlockTimer,
-        block_sizes,
+        block_length,
         poison,
         summarize,
         timed_iterations,
@@ -262,6 +280,11 @@ def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: st
     phases: dict[str, float] = {}
     t = clock()
     sets = input_sets(prob, seed, device, int(order.get("sets", 1)))
+    lent = None
+    if order.get("flush") and share:
+        from kernelcraft.harness.sandbox.transfer import import_cuda
+
+        lent = import_cuda(order["flush"])
     _sync(device)
     phases["setup_s"] = clock() - t
 
@@ -271,26 +294,28 @@ def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: st
 
     t = clock()
     warm = warm_up(call, sets, device, warmup, min_time_ms)
-    sizes = block_sizes(timed_iterations(iters, min_time_ms, warm["per_call_ms"]))
-    timer = BlockTimer(device, max(float(order.get("launch_ms") or 0.0), warm["launch_ms"]))
+    total = timed_iterations(iters, min_time_ms, warm["per_call_ms"])
+    timer = BlockTimer(device, max(float(order.get("launch_ms") or 0.0), warm["launch_ms"]), flush_with=lent)
     samples: list[float] = []
     walls: list[float] = []
-    first, keep = 0, int(order.get("keep", 0))
-    for b, n in enumerate(sizes):
-        pick = first + min(keep, n - 1)
-        s, w, kept = timer.block(call, sets, first, n, keep=pick)
+    first, keep, b = 0, float(order.get("keep", 0.0)), 0
+    while first < total:
+        n = min(total - first, block_length(keep, total / BLOCKS))
+        s, w, kept = timer.block(call, sets, first, n, keep=first + n - 1)
         samples += s
         walls += w
         outs = flatten_outputs(kept)
-        doc = _hand_tensors({"block": b, "blocks": len(sizes), "samples": s, "walls": w,
+        doc = _hand_tensors({"block": b, "total": total, "samples": s, "walls": w,
                              "meta": _meta(outs), "audit": audit.cut()}, {"outputs": outs}, share, out)
         reply = handover(doc)
         poison(outs)
         del kept, outs
         first += n
+        b += 1
         if reply.get("stop"):
             break
-        keep = int(reply.get("keep", 0))
+        keep = float(reply.get("keep", 0.0))
+    del lent, timer
     phases["timing_s"] = clock() - t
     return {"timed": True, "candidate": summarize(samples), "wall": {"candidate": summarize(walls)},
             "input_sets": len(sets), "warmup_calls": warm["calls"], "phases": phases}

@@ -4,6 +4,7 @@ reference eager and under torch.compile."""
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 from pathlib import Path
@@ -47,6 +48,7 @@ class Timer:
         self._rng = random.Random(secrets.randbits(64))
         self._warm: dict = {}
         self._state: dict = {}
+        self._flush = None
 
     def prepare(self) -> None:
         from kernelcraft.harness.sandbox.tasks import input_sets, rotation_sets
@@ -67,32 +69,54 @@ class Timer:
         return {"seed": _bench_seed(self.ctx, self.round), "warmup": int(bcfg["warmup"]), "iters": int(bcfg["iters"]),
                 "min_time_ms": float(bcfg["min_time_ms"])}
 
-    def pick(self) -> int:
-        """Which call of the next block the candidate's process hands over: unpredictable to the candidate."""
-        bcfg = self.ctx.config["benchmark"]
-        return self._rng.randrange(max(1, int(bcfg["iters"]) // 4))
+    def pick(self) -> float:
+        """The draw that sets the next block's length (protocol.block_length), and so which call is checked: the
+        block's last. Once the checked call was drawn from a block's first few calls only, and the rest of a long
+        block (short kernels get hundreds of calls per block) were never checked: a candidate counting its calls
+        could have cheated there."""
+        return self._rng.random()
 
     def order(self) -> dict:
         """The reply that starts a verified candidate's timing (sets, the reference's launch time for the GPU
         sleep, the first block's checked call), and this process's per-candidate set-up."""
         from kernelcraft.harness.sandbox.tasks import input_sets
-        from kernelcraft.harness.timing.protocol import BlockTimer, block_sizes, timed_iterations
+        from kernelcraft.harness.timing.protocol import BlockTimer, timed_iterations
 
         bcfg = self.ctx.config["benchmark"]
+        if self._flush is None and self.ctx.device == "cuda":
+            from kernelcraft.harness.timing.protocol import flush_buffer
+
+            # One L2-flush buffer for the rest of the job, lent to each candidate's process for its timing (see
+            # protocol._L2Flusher); never freed before the job ends, so no process maps memory that was reused.
+            self._flush = flush_buffer(self.ctx.device)
         sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
         total = timed_iterations(int(bcfg["iters"]), float(bcfg["min_time_ms"]), self._warm["per_call_ms"])
-        self._state = {"sets": sets, "sizes": block_sizes(total), "first": 0, "eager": [], "eager_walls": [],
+        self._state = {"sets": sets, "eager_total": total, "first": 0, "eager": [], "eager_walls": [],
                        "samples": [], "walls": [], "reasons": [], "keep": self.pick(),
-                       "timer": BlockTimer(self.ctx.device, self._warm["launch_ms"])}
-        return {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"],
-                "keep": self._state["keep"]}
+                       "timer": BlockTimer(self.ctx.device, self._warm["launch_ms"], flush_with=self._flush)}
+        order = {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"],
+                 "keep": self._state["keep"]}
+        if self._flush is not None and self.share:
+            from kernelcraft.harness.sandbox.transfer import export_cuda
+
+            order["flush"] = export_cuda(self._flush)
+        return order
 
     def _checked_set(self, block_calls: int) -> int:
-        """The input set of the call this process asked the block to hand over, worked out here from the calls
-        handed over so far and the index it chose, not taken from the candidate's process."""
+        """The input set of the block's last call (the one handed over), worked out here from the calls handed over
+        so far, not taken from the candidate's process."""
         st = self._state
-        first = len(st["samples"])
-        return (first + min(st["keep"], max(block_calls, 1) - 1)) % len(st["sets"])
+        return (len(st["samples"]) + max(block_calls, 1) - 1) % len(st["sets"])
+
+    def _eager_calls(self, result: dict) -> int:
+        """Calls of the reference to time after this block: its share of the reference's own total, in proportion
+        to the candidate's calls so far (the candidate's total comes from its process and only spreads the
+        reference's calls over the blocks), and at least one, so the two always alternate."""
+        st = self._state
+        done = len(st["samples"])
+        cand_total = max(int(result.get("total") or 0), done, 1)
+        target = math.ceil(st["eager_total"] * min(1.0, done / cand_total))
+        return max(1, target - st["first"])
 
     def judge_block(self, result: dict, out_file: Path) -> dict:
         """One block of the candidate's timing: check it, time a block of the reference, reply."""
@@ -126,13 +150,11 @@ class Timer:
                 st["reasons"].append(r)
         if st["reasons"]:
             return {"stop": True}
-        b = int(result["block"])
-        sizes = st["sizes"]
-        if b < len(sizes):
-            s, w, _ = st["timer"].block(self._call, st["sets"], st["first"], sizes[b])
-            st["first"] += sizes[b]
-            st["eager"] += s
-            st["eager_walls"] += w
+        n = self._eager_calls(result)
+        s, w, _ = st["timer"].block(self._call, st["sets"], st["first"], n)
+        st["first"] += n
+        st["eager"] += s
+        st["eager_walls"] += w
         st["keep"] = self.pick()
         return {"keep": st["keep"]}
 

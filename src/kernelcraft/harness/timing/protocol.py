@@ -53,13 +53,20 @@ def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
     return {"median_ms": statistics.median(ordered), "iqr_ms": q3 - q1, "min_ms": ordered[0], "n": len(ordered)}
 
 
-class _L2Flusher:
-    """Writes a buffer twice the size of L2 so each timed call starts with a cold cache, as a real model would."""
+def flush_buffer(device: Any) -> Any:
+    """A buffer twice the size of the device's L2: writing it leaves nothing of a previous call in the cache."""
+    props = torch.cuda.get_device_properties(device)
+    size = max(int(getattr(props, "L2_cache_size", 50 * 2**20)), 2**20) * 2
+    return torch.empty(size // 4, dtype=torch.int32, device=device)
 
-    def __init__(self, device: Any) -> None:
-        props = torch.cuda.get_device_properties(device)
-        size = max(int(getattr(props, "L2_cache_size", 50 * 2**20)), 2**20) * 2
-        self._buf = torch.empty(size // 4, dtype=torch.int32, device=device)
+
+class _L2Flusher:
+    """Writes a buffer twice the size of L2 so each timed call starts with a cold cache, as a real model would.
+    The buffer may be one the trusted parent lends through CUDA IPC: its contents are never read, so one buffer
+    serves both processes instead of 2x the L2 in each."""
+
+    def __init__(self, device: Any, buffer: Any = None) -> None:
+        self._buf = flush_buffer(device) if buffer is None else buffer
 
     def __call__(self) -> None:
         self._buf.zero_()
@@ -118,7 +125,7 @@ def interleaved(contenders: dict[str, Callable[[Any], Any]], input_sets: Sequenc
     return samples, walls
 
 
-# Calls per contender are timed in this many blocks, the reference's (in the trusted parent) alternating with the
+# Calls per contender are timed in about this many blocks, the reference's (in the trusted parent) alternating with the
 # candidate's (in its own process), so drift between the two processes' blocks cancels in the medians.
 BLOCKS = 4
 
@@ -164,13 +171,20 @@ class BlockTimer:
     GPU sleep queued before each call, device events around it, the host's wait for the whole device after it;
     input sets rotated by the global call index, so two processes timing the same sets stay in step."""
 
-    def __init__(self, device: str, launch_ms: float) -> None:
+    def __init__(self, device: str, launch_ms: float, flush_with: Any = None) -> None:
         self.cuda = str(device).startswith("cuda")
+        self.device = device
+        self._lent = flush_with
+        self._flush: _L2Flusher | None = None
         if self.cuda:
             _synchronize()
-            self._flush = _L2Flusher(device)
             self._start, self._end = _Event(enable_timing=True), _Event(enable_timing=True)
             self._preroll = _preroll_cycles(launch_ms)
+
+    def release(self) -> None:
+        """Free the flush buffer (made again by the next call) unless it was lent: a buffer of twice the L2 held
+        beside a block's outputs between blocks was a fixed cost of the process's peak."""
+        self._flush = None
 
     def call(self, fn: Callable[[Any], Any], inputs: Any) -> tuple[float, float, Any]:
         """One timed call: (event ms, wall ms, its outputs)."""
@@ -183,6 +197,8 @@ class BlockTimer:
         # launched and the events would include the host's launch latency (measured: +10% on a 0.1 ms kernel). The
         # flush and a short GPU sleep are queued first: the host gets ahead of the GPU, as it does in a real model
         # and in triton's do_bench, which queues all its calls.
+        if self._flush is None:
+            self._flush = _L2Flusher(self.device, self._lent)
         self._flush()
         _gpu_sleep(self._preroll)
         _record(self._start)
@@ -215,13 +231,22 @@ class BlockTimer:
                 del out
             if self.cuda:
                 _synchronize()
+        self.release()
         return samples, walls, kept
 
 
-def block_sizes(total: int, blocks: int = BLOCKS) -> list[int]:
-    """``total`` calls split into ``blocks`` near-equal blocks (none empty)."""
-    blocks = max(1, min(blocks, total))
-    return [total // blocks + (1 if k < total % blocks else 0) for k in range(blocks)]
+def kept_call(fraction: float, calls: int) -> int:
+    """One of ``calls`` indices, each as likely, from the parent's uniform draw ``fraction`` in [0, 1)."""
+    return min(max(int(fraction * calls), 0), max(calls, 1) - 1)
+
+
+def block_length(fraction: float, mean: float) -> int:
+    """Calls in the next timed block, from the parent's draw: any of 1 .. 2*mean - 1, each as likely. The block's
+    last call is the one handed over and checked, so where a block ends is where the check falls: a candidate
+    cannot tell, while it runs a call, whether that call will be checked (each block's length is drawn after the
+    previous one was handed over), and with the checked output the last one made, no second output is ever held
+    beside it (at KernelBench's sizes, a GB of the candidate's process)."""
+    return 1 + kept_call(fraction, max(1, round(2 * mean) - 1))
 
 
 def _preroll_cycles(launch_ms: float) -> int:
@@ -278,11 +303,13 @@ def copy_bandwidth(nbytes: int, device: str, iters: int = 10) -> float:
     return 2 * n * 4 / (best / 1e3)
 
 
-def matmul_peak(device: str, n: int = 8192) -> float:
+def matmul_peak(device: str, m: int = 4096, k: int = 8192, n: int = 4096) -> float:
     """FLOP/s of a large half-precision matmul (the fastest dense arithmetic a kernel could use within a loose
-    tolerance), best of a few calls: what the device's arithmetic delivers, for the compute floor."""
-    a = torch.randn(n, n, device=device, dtype=torch.float16)
-    b = torch.randn(n, n, device=device, dtype=torch.float16)
+    tolerance), best of a few calls: what the device's arithmetic delivers, for the compute floor. The shape does as
+    much work as 8192^3 / 4 (enough to reach the device's peak) with 160 MB of operands instead of 384 MB: it is
+    measured before the job holds anything else, and at that size it never sets the job's peak memory."""
+    a = torch.randn(m, k, device=device, dtype=torch.float16)
+    b = torch.randn(k, n, device=device, dtype=torch.float16)
     best = float("inf")
     for _ in range(5):
         start_ev, end_ev = _Event(enable_timing=True), _Event(enable_timing=True)
@@ -291,7 +318,7 @@ def matmul_peak(device: str, n: int = 8192) -> float:
         _record(end_ev)
         _synchronize()
         best = min(best, _elapsed(start_ev, end_ev))
-    return 2 * n**3 / (best / 1e3)
+    return 2 * m * k * n / (best / 1e3)
 
 
 # On a CPU, a footprint that fits in its caches can legitimately beat a DRAM floor: enforce it only beyond this.

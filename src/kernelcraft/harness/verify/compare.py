@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kernelcraft.harness.verify import device_compare
+
 STRICT_TOL = 1e-4
 
 
@@ -31,10 +33,19 @@ class Verdict:
         }
 
 
-# Elements compared at a time: the comparison's temporaries (float64 copies of a slice of each side, the difference
-# and masks: about six slices' worth, 200 MB at this size) stay small whatever the output's size, instead of several
-# copies of a multi-GB output. At 1 << 24 they were about 0.8 GB of the parent's peak (H200, eval_memory.py).
+# Elements compared at a time: the comparison's temporaries (a slice of each side in the working precision, the
+# difference and masks: about eight slices' worth) stay a small share of the outputs whatever their size, instead of
+# several copies of a multi-GB output. At most CHUNK (1 << 24 was about 0.8 GB of float64 temporaries, a third of the
+# parent's peak on the H200, eval_memory.py), at least MIN_CHUNK (fewer, larger kernels for small outputs), and
+# otherwise a SLICES-th of the output, so a 64 MB output does not pay a fixed 200 MB of temporaries.
 CHUNK = 1 << 22
+MIN_CHUNK = 1 << 18
+SLICES = 32
+
+
+def chunk_elements(numel: int) -> int:
+    """Elements per slice for an output of ``numel`` elements."""
+    return int(min(CHUNK, max(MIN_CHUNK, numel // SLICES)))
 
 
 def _flat(t: Any) -> Any:
@@ -43,8 +54,17 @@ def _flat(t: Any) -> Any:
 
 def _chunks(out: Any, ref: Any) -> Any:
     a, b = _flat(out), _flat(ref)
-    for start in range(0, b.numel(), CHUNK):
-        yield a[start:start + CHUNK], b[start:start + CHUNK]
+    step = chunk_elements(b.numel())
+    for start in range(0, b.numel(), step):
+        yield a[start:start + step], b[start:start + step]
+
+
+def _working_dtype(dtype: Any) -> Any:
+    """Single precision at least (half and bfloat16 are widened; float64 and complex stay as they are): the
+    tolerances compared against (1e-4 and looser) are far above float32's rounding of a difference."""
+    import torch
+
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _compare_floats(out: Any, ref: Any, atol: float, rtol: float) -> dict[str, Any]:
@@ -59,9 +79,12 @@ def _compare_floats(out: Any, ref: Any, atol: float, rtol: float) -> dict[str, A
     if ref.numel() == 0:
         return {"bad": 0, "max_abs": 0.0, "max_rel": 0.0, "ok": True, "strict": True}
     floor = max(atol, torch.finfo(torch.float32).tiny)
+    if device_compare.takes_floats(out, ref):
+        return device_compare.compare_floats(out, ref, atol, rtol, floor, STRICT_TOL)
+    work = _working_dtype(ref.dtype)
     acc = torch.zeros(5, dtype=torch.float64, device=ref.device)  # bad, max_abs, max_rel, not ok, not strict
     for o, r in _chunks(out, ref):
-        o, r = o.double(), r.double()
+        o, r = o.to(work), r.to(work)
         finite_r = torch.isfinite(r)
         bad = (~torch.isfinite(o) & finite_r).sum()
         diff = (o - r).abs()
@@ -73,7 +96,7 @@ def _compare_floats(out: Any, ref: Any, atol: float, rtol: float) -> dict[str, A
         exact_where_infinite = (same | finite_r).all()  # an infinite reference is matched only exactly
         not_ok = ~(exact_where_infinite & (diff <= atol + rtol * r.abs()).all())
         not_strict = ~(exact_where_infinite & (diff <= STRICT_TOL + STRICT_TOL * r.abs()).all())
-        step = torch.stack([bad.double(), max_abs, max_rel, not_ok.double(), not_strict.double()])
+        step = torch.stack([bad.double(), max_abs.double(), max_rel.double(), not_ok.double(), not_strict.double()])
         acc = torch.stack([acc[0] + step[0], torch.maximum(acc[1], step[1]), torch.maximum(acc[2], step[2]),
                            torch.maximum(acc[3], step[3]), torch.maximum(acc[4], step[4])])
         del o, r, diff, same, finite_r, counted
@@ -81,8 +104,20 @@ def _compare_floats(out: Any, ref: Any, atol: float, rtol: float) -> dict[str, A
     return {"bad": int(bad), "max_abs": max_abs, "max_rel": max_rel, "ok": not not_ok, "strict": not not_strict}
 
 
+def _as_words(t: Any) -> Any:
+    """``t``'s elements as unsigned-width integers of its element size (for bit-for-bit equality)."""
+    import torch
+
+    words = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(t.element_size())
+    return t.view(words) if words is not None else t
+
+
 def _mismatches(out: Any, ref: Any) -> int:
-    """Elements that differ, counted on the device and read once."""
+    """Elements that differ bit for bit (a NaN left alone is no change), counted on the device and read once."""
+    if device_compare.takes(out, ref):
+        return device_compare.count_differing(out, ref)
+    if out.dtype == ref.dtype:
+        out, ref = _as_words(out), _as_words(ref)
     counts = [(o != r).sum() for o, r in _chunks(out, ref)]
     return int(sum(counts).item()) if counts else 0
 

@@ -34,7 +34,13 @@ them -- so rather than chase each attack, the check allows what honest kernels u
    a vendor library that would do the work (cuBLAS, cuDNN, cuFFT, cuSPARSE, cuSOLVER, CBLAS, MKL, oneDNN,
    OpenBLAS) and none of their headers, no ATen entry points that bypass the dispatcher the audit records
    (``at::native::``, ``at::cpu::``, ``at::cuda::blas::``), no loading of libraries at run time (``dlopen``),
-   and no linker flags (``-l``/``-L``) in a build's options. The work must be the candidate's own kernel.
+   and no linker flags (``-l``/``-L``) in a build's options. The work must be the candidate's own kernel. Host
+   code (a ``load_inline`` extension's C++) runs in the candidate's process beside the evaluator's Python, so it
+   may not reach that either: no Python C API (``PyRun_*``, ``PyObject_*``...) or pybind11's imports, ``eval`` and
+   attribute access; no process, file, environment or thread calls (``system``, ``fork``, ``open``, ``getenv``,
+   ``mprotect``, ``pthread_create``, ``std::thread``, ``/proc/...``); no streams, graphs or host callbacks of its
+   own (``cudaStreamCreate``, ``cudaStreamPerThread``, ``cudaLaunchHostFunc``...): work the timed stream's events
+   would not see.
 
 This is a tripwire, not a sandbox: Python cannot be confined by reading it (a function parameter can alias a
 module, and native code in a kernel can do anything). It turns the cheap Python-level routes into rejections
@@ -340,6 +346,10 @@ def _store_findings(tree: ast.Module) -> Iterator[Finding]:
 # -- rule 5: what the kernel sources call ------------------------------------------------------------------------
 
 _VENDOR = "a vendor library doing the work; the work must be the candidate's own kernel"
+_PYTHON = "which reaches the interpreter the evaluator runs in; a kernel's host code only launches kernels"
+_OS = "which reaches the process or the OS (files, environment, threads, memory protection); a kernel never needs it"
+_ASIDE = ("which runs work on another stream, a graph or the host, where the timed stream's events do not see it; "
+          "launch on at::cuda::getCurrentCUDAStream()")
 _NATIVE_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b((?:cublas|cublasLt|cudnn|cufft|cusparse|cusolver|cblas_|mkl_|MKL_|dnnl_|openblas_)\w*)\s*\("),
      "calls {0}, " + _VENDOR),
@@ -347,7 +357,21 @@ _NATIVE_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
                 r"ATen/cuda/CUDABlas|ATen/native/)[\w./]*)[>\"]"), "includes {0}, " + _VENDOR),
     (re.compile(r"\b(at::(?:native|cpu|cuda::blas)::\w+)"),
      "calls {0}, an ATen entry point that bypasses the dispatcher the audit records"),
-    (re.compile(r"\b(dlopen|dlsym|dlmopen|LoadLibrary\w*)\s*\("), "calls {0}, " + _NATIVE),
+    (re.compile(r"\b(dlopen|dlsym|dlmopen|dlvsym|LoadLibrary\w*|cuModuleLoad\w*|cuLibraryLoad\w*)\s*\("),
+     "calls {0}, " + _NATIVE),
+    # Host code runs inside the candidate's process, beside the evaluator's Python: these reach it, the process
+    # and the OS, and none of them is needed to launch a kernel.
+    (re.compile(r"\b(_?Py[A-Za-z]*_\w+)\s*\("),
+     "calls {0}, the Python C API, " + _PYTHON),
+    (re.compile(r"((?:\bpy|\bpybind11)::(?:module_?::import|exec|eval\w*|globals|getattr|setattr|delattr|hasattr|"
+                r"reinterpret_\w+)\b|\.attr\s*\()"), "uses {0}, " + _PYTHON),
+    (re.compile(r"\b(system|popen|fork|vfork|exec[lv]p?e?|posix_spawnp?|ptrace|mprotect|mmap|syscall|prctl|"
+                r"getenv|secure_getenv|fopen|freopen|open|openat|pthread_create)\s*\("), "calls {0}, " + _OS),
+    (re.compile(r"\b(std::(?:thread|jthread|async))\b"), "uses {0}, " + _OS),
+    (re.compile(r"(/proc/[\w/]*)"), "names {0}, " + _OS),
+    (re.compile(r"\b(cudaStreamCreate\w*|cuStreamCreate\w*|cudaStreamPerThread|CU_STREAM_PER_THREAD|"
+                r"getStreamFromPool|getStreamFromExternal|setCurrentCUDAStream|cudaLaunchHostFunc|cuLaunchHostFunc|"
+                r"cudaStreamAddCallback|cuStreamAddCallback|cudaGraphLaunch|cuGraphLaunch)\b"), "uses {0}, " + _ASIDE),
 )
 _LINKER_FLAG = re.compile(r"^\s*(-l\s*(?!m\s*$)\S+|-L\s*\S+|-Wl,.*)$")  # libm (-lm) is the C maths library
 

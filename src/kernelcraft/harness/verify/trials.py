@@ -4,7 +4,7 @@
 Why several kinds: a kernel can pass on the problem's own U/N(0,1) inputs while being wrong, by returning a
 near-constant that is within tolerance there (softmax over 65536 columns is ~1.5e-5 everywhere), or by caching
 outputs keyed on input pointers or a call counter. So trials vary the distribution (shifted and scaled, uniform),
-refill the same buffers with new contents, and repeat a check late, after many calls.
+renew the same buffers' contents in place, and repeat a check late, after many calls.
 """
 
 from __future__ import annotations
@@ -16,16 +16,26 @@ DISTRIBUTIONS = ("problem", "scaled", "uniform")
 LATE_CALLS = 8
 
 
+def _dists(trials: int) -> list[str]:
+    """Each regular trial's distribution: U[0, 1) first, then the problem's own, then (renewing that trial's
+    buffers) the problem's shifted and scaled, then alternately the problem's own and scaled. A reuse trial starts
+    from the previous trial's values, and U[0, 1) values are a weak start (softmax of them, or of them shifted and
+    scaled, is near-constant): so uniform comes first, never right before a reuse."""
+    if trials <= 1:
+        return ["problem"][:trials]
+    return ["uniform", "problem"] + ["scaled" if k % 2 == 0 else "problem" for k in range(2, trials)]
+
+
 def trial_plan(seed: int, problem: str, round_: int, trials: int) -> list[dict]:
-    """``trials`` trials plus a late one. Trial 1 reuses trial 0's buffers with new contents; the late trial
-    reuses the last buffers after LATE_CALLS extra calls. Seeds differ per run seed, problem and round."""
+    """``trials`` trials plus a late one. Trial 2 renews trial 1's buffers in place (scaled); the late trial renews
+    the last buffers after LATE_CALLS extra calls (scaled, or as they are where the last trial already was).
+    Seeds differ per run seed, problem and round."""
     digest = hashlib.sha256(f"verify|{seed}|{problem}|{round_}".encode()).digest()
     base = int.from_bytes(digest[:4], "little")
-    plan = []
-    for k in range(trials):
-        plan.append({"seed": base + 7919 * k, "dist": DISTRIBUTIONS[k % len(DISTRIBUTIONS)],
-                     "reuse": k == 1, "warm_calls": 0})
-    plan.append({"seed": base + 7919 * trials, "dist": "scaled", "reuse": True, "warm_calls": LATE_CALLS})
+    dists = _dists(trials)
+    plan = [{"seed": base + 7919 * k, "dist": d, "reuse": k == 2, "warm_calls": 0} for k, d in enumerate(dists)]
+    late = "problem" if dists and dists[-1] == "scaled" else "scaled"
+    plan.append({"seed": base + 7919 * trials, "dist": late, "reuse": True, "warm_calls": LATE_CALLS})
     return plan
 
 
@@ -59,21 +69,49 @@ def make_inputs(problem: Any, spec: dict, device: str) -> list:
                 for i, t in enumerate(problem.make_inputs(spec["seed"], device))]
 
 
-def refill(buffers: list, fresh: list) -> list:
-    """Copy ``fresh`` contents into the existing tensors (same pointers, new values); non-tensors are replaced.
+def renew(buffers: list, spec: dict) -> list:
+    """New contents in the same buffers, made in place: every floating input element is halved or kept, at
+    random (from the trial seed; halving is exact, and keeps zeros, signs and any triangular or banded structure
+    the problem's inputs have), then the trial's distribution is applied.
 
-    The fresh set exists beside the buffers until copied (at KernelBench's sizes, the child's peak for problems
-    whose outputs are small). Renewing the buffers in place instead, with U[0, 1) values, was measured to let
-    near-constant outputs, pointer and call-count caches and half-written outputs through (softmax of values in
-    [2, 10] is below 1e-2 everywhere): the problem's own distribution, shifted and scaled, is what catches them."""
+    A pointer- or call-count-keyed cache returns its stale answer for about half the elements, and the problem's
+    own distribution, shifted and scaled, still catches near-constant outputs (renewing with U[0, 1) values did
+    not: softmax of values in [2, 10] is below 1e-2 everywhere). Made slice by slice, the new contents need no
+    second set of inputs beside the first: a fresh set copied in was the child's peak at KernelBench's sizes for
+    problems whose outputs are small (a sum over 6 GB of inputs)."""
     import torch
 
-    out = []
     with torch.no_grad():
-        for old, new in zip(buffers, fresh, strict=True):
-            if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and old.shape == new.shape:
-                old.copy_(new)
-                out.append(old)
-            else:
-                out.append(new)
-    return out
+        for i, t in enumerate(buffers):
+            # (a broadcast view, stride 0, cannot be written element by element: it keeps its values)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and 0 not in t.stride():
+                gen = torch.Generator(device=t.device).manual_seed(spec["seed"] + 7 * i)
+                flat = t.view(-1) if t.is_contiguous() else None
+                if flat is None:  # a strided view: one mask of its size
+                    t.mul_(_halves(t.shape, gen, t))
+                else:
+                    for start in range(0, flat.numel(), RENEW_SLICE):
+                        part = flat[start:start + RENEW_SLICE]
+                        part.mul_(_halves(part.shape, gen, part))
+        return [_transform(t, spec["dist"], spec["seed"], i) for i, t in enumerate(buffers)]
+
+
+# Elements renewed at a time: the random mask of one slice is the only temporary.
+RENEW_SLICE = 1 << 22
+
+
+def _halves(shape: Any, gen: Any, like: Any) -> Any:
+    """0.5 or 1.0 per element, each with probability one half."""
+    import torch
+
+    coin = torch.rand(shape, generator=gen, device=like.device) < 0.5
+    return torch.where(coin, 0.5, 1.0).to(like.dtype)
+
+
+def trial_inputs(problem: Any, plan: list[dict], k: int, device: str) -> list:
+    """The inputs of trial ``k`` as the candidate's process has them: fresh, or (a reuse trial) the previous
+    trial's, renewed in place. The trusted parent remakes them this way for the reference."""
+    spec = plan[k]
+    if spec.get("reuse") and k > 0:
+        return renew(trial_inputs(problem, plan, k - 1, device), spec)
+    return make_inputs(problem, spec, device)

@@ -42,13 +42,13 @@ class Reference:
             del inputs, outs
         self.param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-    def trial(self, spec: dict) -> tuple[list, list]:
-        """Inputs and reference outputs of one trial, as the candidate's process made its inputs."""
+    def trial(self, plan: list[dict], k: int) -> tuple[list, list]:
+        """Inputs and reference outputs of trial ``k``, as the candidate's process made its inputs."""
         import torch
 
         from kernelcraft.harness.sandbox.tasks import flatten_outputs
 
-        inputs = trials.make_inputs(self.problem, spec, self.device)
+        inputs = trials.trial_inputs(self.problem, plan, k, self.device)
         with torch.no_grad():
             return inputs, flatten_outputs(self.model(*inputs))
 
@@ -104,13 +104,13 @@ class Verifier:
         audit of the trial's calls."""
         assert self.ref is not None
         t0 = time.perf_counter()
-        spec = self.plan[int(result["trial"])]
+        k = int(result["trial"])
         try:
             got = _received(result, self.share, out_file)
         except Exception as exc:  # a malformed hand-over is the candidate's failure
             return Verdict(False, [f"unreadable outputs: {type(exc).__name__}: {exc}"[:300]])
         try:
-            inputs, refs = self.ref.trial(spec)
+            inputs, refs = self.ref.trial(self.plan, k)
             verdict = compare_trial(got["outputs"], result["meta"], refs, inputs, got["inputs_after"],
                                     self.ctx.device, self.atol, self.rtol)
             extra = [f"output aliases input {i} (returns an input's memory)"

@@ -1,0 +1,65 @@
+"""The comparator's fused GPU kernel gives the figures of the PyTorch path it replaces, for every dtype it takes;
+what it does not take falls back to that path."""
+
+import pytest
+import torch
+
+from kernelcraft.harness.verify import compare, device_compare
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _both(out, ref, atol=1e-2, rtol=1e-2, monkeypatch=None):
+    fast = compare._compare_floats(out, ref, atol, rtol)
+    monkeypatch.setattr(device_compare, "takes_floats", lambda a, b: False)
+    slow = compare._compare_floats(out, ref, atol, rtol)
+    monkeypatch.undo()
+    return fast, slow
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_the_kernel_gives_the_pytorch_paths_figures(dtype, monkeypatch):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ref = torch.randn(3_000_017, device="cuda", generator=gen).to(dtype)
+    out = ref + (torch.randn(ref.shape, device="cuda", generator=gen) * 1e-3).to(dtype)
+    out[17] = ref[17] + 0.5  # one element far off
+    fast, slow = _both(out, ref, monkeypatch=monkeypatch)
+    assert fast["ok"] is slow["ok"] is False and fast["strict"] is slow["strict"] is False
+    assert fast["bad"] == slow["bad"] == 0
+    assert fast["max_abs"] == pytest.approx(slow["max_abs"], rel=1e-6)
+    assert fast["max_rel"] == pytest.approx(slow["max_rel"], rel=1e-6)
+    out[17] = ref[17]
+    fast, slow = _both(out, ref, atol=0.1, rtol=0.1, monkeypatch=monkeypatch)
+    assert fast["ok"] is slow["ok"] is True
+
+
+def test_non_finite_values_are_judged_as_the_pytorch_path_judges_them(monkeypatch):
+    ref = torch.ones(1000, device="cuda")
+    ref[5] = float("inf")
+    out = ref.clone()
+    fast, slow = _both(out, ref, monkeypatch=monkeypatch)
+    assert fast == slow and fast["ok"] and fast["strict"]  # an infinite reference matched exactly
+    out[5] = 1.0
+    out[7] = float("nan")
+    out[9] = float("-inf")
+    fast, slow = _both(out, ref, monkeypatch=monkeypatch)
+    assert fast["bad"] == slow["bad"] == 2 and fast["ok"] is slow["ok"] is False
+    assert fast["max_abs"] == slow["max_abs"] == float("inf")
+
+
+def test_bitwise_differences_are_counted_for_every_width():
+    for dtype in (torch.bool, torch.int16, torch.float32, torch.int64):
+        a = torch.zeros(1_000_003, device="cuda", dtype=dtype)
+        b = a.clone()
+        b[[0, 500_000, 1_000_002]] = 1
+        assert compare._mismatches(a, b) == 3, dtype
+    x = torch.full((10,), float("nan"), device="cuda")
+    assert compare._mismatches(x, x.clone()) == 0  # an input left alone is unchanged, NaN or not
+
+
+def test_non_contiguous_tensors_take_the_pytorch_path():
+    ref = torch.randn(64, 64, device="cuda")
+    assert not device_compare.takes(ref.t(), ref)
+    v = compare.compare_trial([ref.t().contiguous().t()], [{"shape": [64, 64], "dtype": "torch.float32",
+                                                            "device": "cuda"}], [ref], [], [], "cuda", 1e-2, 1e-2)
+    assert v.correct and v.max_abs_err == 0.0

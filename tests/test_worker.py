@@ -120,12 +120,15 @@ def test_a_candidate_over_the_host_memory_limit_is_stopped_with_that_reason(tmp_
     assert again.ok  # the worker goes on with the next candidate
 
 
-def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_path):
+@pytest.mark.parametrize("spares", ["1", "2"])
+def test_with_spare_children_every_candidate_still_runs_in_a_fresh_process(tmp_path, spares):
+    # With two spares, each must take its task as soon as it is written: a spare holding a copy of another's
+    # request pipe once kept that one waiting until it exited.
     from kernelcraft.harness.sandbox.zygote import SPARE_ENV
 
     body = ("import os, builtins\nseen = getattr(builtins, 'kc_seen', None)\nbuiltins.kc_seen = os.getpid()\n"
             "raise RuntimeError(f'pid={os.getpid()} seen={seen}')")
-    w = Worker(env={SPARE_ENV: "1"}, work_dir=tmp_path / "work")
+    w = Worker(env={SPARE_ENV: spares}, work_dir=tmp_path / "work")
     try:
         outs = [w.call("build", {"candidate": _candidate(tmp_path, body, name=f"c{k}.py")}, timeout=60)
                 for k in range(3)]
@@ -134,6 +137,7 @@ def test_with_a_spare_child_every_candidate_still_runs_in_a_fresh_process(tmp_pa
     finally:
         w.close()
     pids = [o.reason.split()[1] for o in outs]
+    assert all(o.wall_s < 20 for o in outs), [o.wall_s for o in outs]
     assert len(set(pids)) == 3
     assert all(o.reason.endswith("seen=None") for o in outs)  # nothing left behind by the previous candidate
     assert hung.reason == "timeout after 3 s"

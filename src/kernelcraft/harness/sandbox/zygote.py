@@ -30,6 +30,7 @@ import select
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 # Set to the number of spare children to keep with their CUDA context already created (GPU jobs of the cuda
@@ -194,12 +195,23 @@ def _spare(requests: int, proto_out: int, zygote: int) -> None:
     _child(json.loads(b"".join(chunks)), proto_out, zygote)
 
 
-def _fork_spare(proto_out: int) -> tuple[int, int]:
+def _close_request_pipes(spares: Sequence[tuple[int, int]]) -> None:
+    """In a new child: close the request pipes of the other spares it inherited. A spare takes its task when the
+    pipe closes; a copy held elsewhere kept it waiting, and would let candidate code write another spare's task."""
+    for _, write_end in spares:
+        try:
+            os.close(write_end)
+        except OSError:
+            pass
+
+
+def _fork_spare(proto_out: int, others: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:
     read_end, write_end = os.pipe()
     zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
         os.close(write_end)
+        _close_request_pipes(others)
         _spare(read_end, proto_out, zygote)
     _own_group(pid)
     os.close(read_end)
@@ -215,7 +227,8 @@ def _own_group(pid: int) -> None:
         pass
 
 
-def _start(request: dict, proto_out: int, spare: tuple[int, int] | None) -> int:
+def _start(request: dict, proto_out: int, spare: tuple[int, int] | None,
+           others: Sequence[tuple[int, int]] = ()) -> int:
     """The pid of the process that runs ``request``: the spare when there is one, else a fresh fork."""
     if spare is not None:
         pid, write_end = spare
@@ -230,6 +243,7 @@ def _start(request: dict, proto_out: int, spare: tuple[int, int] | None) -> int:
     zygote = os.getpid()
     pid = os.fork()
     if pid == 0:
+        _close_request_pipes(others)
         _child(request, proto_out, zygote)
     _own_group(pid)
     return pid
@@ -246,7 +260,9 @@ def main() -> None:
     # Nothing the zygote itself prints may corrupt the protocol.
     os.dup2(2, 1)
     out = os.fdopen(proto_out, "w", buffering=1)
-    spares = collections.deque(_fork_spare(proto_out) for _ in range(spares_wanted))
+    spares: collections.deque[tuple[int, int]] = collections.deque()
+    for _ in range(spares_wanted):
+        spares.append(_fork_spare(proto_out, spares))
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     running: set[int] = set()
 
@@ -275,10 +291,10 @@ def main() -> None:
                 if not line.strip():
                     continue
                 # The oldest spare, the one most likely warm by now; a new one warms up while this one runs.
-                pid = _start(json.loads(line), proto_out, spares.popleft() if spares else None)
+                pid = _start(json.loads(line), proto_out, spares.popleft() if spares else None, spares)
                 running.add(pid)
                 if use_spares:
-                    spares.append(_fork_spare(proto_out))
+                    spares.append(_fork_spare(proto_out, spares))
                 out.write(json.dumps({"pid": pid}) + "\n")
     finally:
         reap(block=True)

@@ -256,3 +256,55 @@ def test_timed_blocks_end_at_a_drawn_call_which_is_the_one_checked(tmp_path):
     assert sum(lengths) / len(lengths) == pytest.approx(mean, rel=0.05)
     assert sum(n <= 25 for n in lengths) / len(lengths) == pytest.approx(0.1, abs=0.03)
     assert block_length(0.0, 1) == 1 and block_length(0.999, 1) == 1 and block_length(0.5, 2) == 2
+
+
+CONTENT_CACHE = HEADER + '''
+class ModelNew(nn.Module):
+    """Computes once per distinct input contents (keyed on a sample of them), then hands out copies of its answer
+    with a token kernel of its own: right values, none of the work, whenever the contents repeat."""
+
+    def __init__(self):
+        super().__init__()
+        self.answers = {}
+
+    def forward(self, x):
+        key = tuple(x[0, :8].tolist()) + tuple(x[-1, -8:].tolist())
+        if key not in self.answers:
+            self.answers[key] = kernel_softmax(x)
+        y = self.answers[key].clone()
+        spin(y, 1)
+        return y
+'''
+
+
+@pytest.mark.slow
+def test_a_cache_keyed_on_input_contents_finds_nothing_to_reuse_while_timed(tmp_path, monkeypatch):
+    # Every timed call's inputs are renewed in place (the same buffers, contents no earlier call saw), so a cache
+    # keyed on contents computes on every call: it is timed doing the work. With the contents repeating, its copies
+    # were timed as a kernel many times faster than the honest one.
+    results = _benchmark(tmp_path, {"honest": HONEST, "content_cache": CONTENT_CACHE})
+    honest, cached = results["honest"], results["content_cache"]
+    assert honest["timed"] and cached["timed"], (honest, cached)
+    assert cached["time_ms"] > 0.7 * honest["time_ms"], (cached["time_ms"], honest["time_ms"])
+
+
+def test_each_timed_call_gets_new_contents_and_the_parent_remakes_them_exactly():
+    import torch
+
+    from kernelcraft.harness.timing.call_inputs import CallInputs
+
+    base = [torch.randn(64, 128), torch.arange(5)]
+    child = CallInputs([[t.clone() for t in base]], seed=11)
+    parent = CallInputs([[t.clone() for t in base]], seed=11)
+    seen = []
+    for call in range(6):
+        x, idx = child.for_call(call)
+        assert torch.equal(idx, base[1])  # integer inputs keep their values
+        ratio = x / base[0]
+        assert bool(((ratio == 0.5) | (ratio == 1.0)).all())
+        assert not any(torch.equal(x, s) for s in seen)  # contents no earlier call saw
+        seen.append(x.clone())
+    remade = parent.for_call(4)[0].clone()
+    assert torch.equal(remade, seen[4])
+    parent.restore()
+    assert torch.equal(parent.sets[0][0], base[0])  # back to the base values, exactly

@@ -41,6 +41,7 @@ GLUE_OPS = frozenset({
     "unbind", "flatten", "unflatten", "view_as", "expand_as", "contiguous", "clone", "copy_", "_to_copy",
     "to", "resize_", "set_", "is_same_size", "size", "stride", "sym_size", "sym_stride", "sym_numel",
     "dim", "numel", "is_contiguous", "_local_scalar_dense", "item", "result_type",
+    "resolve_conj", "resolve_neg",  # no-ops on real tensors (``tolist`` calls them)
 })
 
 

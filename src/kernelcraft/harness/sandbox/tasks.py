@@ -257,15 +257,16 @@ def tensor_bytes(tensors: Any) -> int:
 def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: str, order: dict,
             handover: Callable[[dict], dict], seed: int, warmup: int, iters: int, min_time_ms: float = 0.0) -> dict:
     """Time the candidate in blocks (protocol.BlockTimer) whose lengths the parent draws, one block at a time
-    (protocol.block_length). After each block its samples, the outputs of its last call (so where the check falls
-    is where the parent ended the block) and the audit of the block's calls are handed over; the parent checks them
-    and times its reference before replying. The L2 is flushed with a buffer the parent lends (``order["flush"]``,
-    CUDA IPC). The GPU sleep queued before each call covers the longer of the reference's launch time (measured by
-    the parent, ``order["launch_ms"]``) and this candidate's own, measured in its warm-up under the audit, which
-    adds host time to every launch: sized from the reference's alone, the sleep sometimes ended before a
-    multi-kernel candidate's first launch, and the events then timed the host (LayerNorm on the H200: interquartile
-    ranges of 10-50% of the median in the workflow, under 1% for the same kernels timed alone). Capped at
-    protocol.PREROLL_MAX_MS."""
+    (protocol.block_length); each call's inputs are renewed in place first (call_inputs.py). After each block its
+    samples, the outputs of its last call (so where the check falls is where the parent ended the block) and the
+    audit of the block's calls are handed over; the parent checks them and times its reference before replying.
+    The L2 is flushed with a buffer the parent lends (``order["flush"]``, CUDA IPC). The GPU sleep queued before
+    each call covers the longer of the reference's launch time (measured by the parent, ``order["launch_ms"]``)
+    and this candidate's own, measured in its warm-up under the audit, which adds host time to every launch: sized
+    from the reference's alone, the sleep sometimes ended before a multi-kernel candidate's first launch, and the
+    events then timed the host (LayerNorm on the H200: interquartile ranges of 10-50% of the median in the
+    workflow, under 1% for the same kernels timed alone). Capped at protocol.PREROLL_MAX_MS."""
+    from kernelcraft.harness.timing.call_inputs import CallInputs
     from kernelcraft.harness.timing.protocol import (
         BLOCKS,
         BlockTimer,
@@ -299,9 +300,10 @@ def _timing(prob: Any, model: Any, audit: Any, device: str, share: bool, out: st
     samples: list[float] = []
     walls: list[float] = []
     first, keep, b = 0, float(order.get("keep", 0.0)), 0
+    per_call = CallInputs(sets, seed)
     while first < total:
         n = min(total - first, block_length(keep, total / BLOCKS))
-        s, w, kept = timer.block(call, sets, first, n, keep=first + n - 1)
+        s, w, kept = timer.block(call, sets, first, n, keep=first + n - 1, inputs_for=per_call.for_call)
         samples += s
         walls += w
         outs = flatten_outputs(kept)

@@ -80,6 +80,7 @@ class Timer:
         """The reply that starts a verified candidate's timing (sets, the reference's launch time for the GPU
         sleep, the first block's checked call), and this process's per-candidate set-up."""
         from kernelcraft.harness.sandbox.tasks import input_sets
+        from kernelcraft.harness.timing.call_inputs import CallInputs
         from kernelcraft.harness.timing.protocol import BlockTimer, timed_iterations
 
         bcfg = self.ctx.config["benchmark"]
@@ -91,7 +92,8 @@ class Timer:
             self._flush = flush_buffer(self.ctx.device)
         sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
         total = timed_iterations(int(bcfg["iters"]), float(bcfg["min_time_ms"]), self._warm["per_call_ms"])
-        self._state = {"sets": sets, "eager_total": total, "first": 0, "eager": [], "eager_walls": [],
+        calls = CallInputs(sets, _bench_seed(self.ctx, self.round))
+        self._state = {"sets": sets, "calls": calls, "eager_total": total, "first": 0, "eager": [], "eager_walls": [],
                        "samples": [], "walls": [], "reasons": [], "keep": self.pick(),
                        "timer": BlockTimer(self.ctx.device, self._warm["launch_ms"], flush_with=self._flush)}
         order = {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"],
@@ -102,11 +104,10 @@ class Timer:
             order["flush"] = export_cuda(self._flush)
         return order
 
-    def _checked_set(self, block_calls: int) -> int:
-        """The input set of the block's last call (the one handed over), worked out here from the calls handed over
-        so far, not taken from the candidate's process."""
-        st = self._state
-        return (len(st["samples"]) + max(block_calls, 1) - 1) % len(st["sets"])
+    def _checked_call(self, block_calls: int) -> int:
+        """The index of the block's last call (the one handed over), worked out here from the calls handed over so
+        far, not taken from the candidate's process."""
+        return len(self._state["samples"]) + max(block_calls, 1) - 1
 
     def _eager_calls(self, result: dict) -> int:
         """Calls of the reference to time after this block: its share of the reference's own total, in proportion
@@ -128,14 +129,15 @@ class Timer:
 
         st = self._state
         block_samples = [float(x) for x in result.get("samples") or []]
-        checked = self._checked_set(len(block_samples))
+        checked = self._checked_call(len(block_samples))
         st["samples"] += block_samples
         st["walls"] += [float(x) for x in result.get("walls") or []]
         reasons = [f"timed calls: {r}" for r in judge(result.get("audit") or {}, self.policy)]
         try:
             got = _received(result, self.share, out_file)
             with torch.no_grad():
-                refs = flatten_outputs(self.ref.model(*st["sets"][checked]))
+                refs = flatten_outputs(self.ref.model(*st["calls"].for_call(checked)))
+            st["calls"].restore()
             verdict = compare_trial(got["outputs"], result["meta"], refs, [], [], self.ctx.device, self.atol,
                                     self.rtol)
             reasons += [f"outputs of timed calls differ from the reference ({r})" for r in verdict.reasons]

@@ -213,15 +213,18 @@ class BlockTimer:
         return event_ms, event_ms + (_perf_counter() - t_end) * 1e3, out
 
     def block(self, fn: Callable[[Any], Any], input_sets: Sequence[Any], first: int, count: int,
-              keep: int | None = None) -> tuple[list[float], list[float], Any]:
+              keep: int | None = None, inputs_for: Callable[[int], Any] | None = None
+              ) -> tuple[list[float], list[float], Any]:
         """Calls ``first`` .. ``first + count - 1``; returns (event ms, wall ms, outputs of call ``keep``). Every
-        other call's outputs are poisoned (:func:`poison`) once timed."""
+        other call's outputs are poisoned (:func:`poison`) once timed. ``inputs_for(i)``, when given, makes call
+        ``i``'s inputs (outside the timed region; see call_inputs.py), else the sets rotate as they are."""
         samples: list[float] = []
         walls: list[float] = []
         kept = None
         with torch.no_grad():
             for i in range(first, first + count):
-                event_ms, wall_ms, out = self.call(fn, input_sets[i % len(input_sets)])
+                inputs = inputs_for(i) if inputs_for is not None else input_sets[i % len(input_sets)]
+                event_ms, wall_ms, out = self.call(fn, inputs)
                 samples.append(event_ms)
                 walls.append(wall_ms)
                 if i == keep:

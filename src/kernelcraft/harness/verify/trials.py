@@ -79,33 +79,41 @@ def renew(buffers: list, spec: dict) -> list:
     not: softmax of values in [2, 10] is below 1e-2 everywhere). Made slice by slice, the new contents need no
     second set of inputs beside the first: a fresh set copied in was the child's peak at KernelBench's sizes for
     problems whose outputs are small (a sum over 6 GB of inputs)."""
+    rehalve(buffers, None, spec["seed"])
+    return [_transform(t, spec["dist"], spec["seed"], i) for i, t in enumerate(buffers)]
+
+
+def rehalve(buffers: list, undo: int | None, seed: int | None) -> None:
+    """In place: undo the random halving drawn from ``undo`` (double what it halved), then halve at random from
+    ``seed`` (either may be None). Exact for normal floats, so any sequence of these leaves each element its base
+    value times 1 or 1/2, and two processes that draw from the same seeds hold the same values."""
     import torch
 
     with torch.no_grad():
         for i, t in enumerate(buffers):
             # (a broadcast view, stride 0, cannot be written element by element: it keeps its values)
-            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and 0 not in t.stride():
-                gen = torch.Generator(device=t.device).manual_seed(spec["seed"] + 7 * i)
-                flat = t.view(-1) if t.is_contiguous() else None
-                if flat is None:  # a strided view: one mask of its size
-                    t.mul_(_halves(t.shape, gen, t))
-                else:
-                    for start in range(0, flat.numel(), RENEW_SLICE):
-                        part = flat[start:start + RENEW_SLICE]
-                        part.mul_(_halves(part.shape, gen, part))
-        return [_transform(t, spec["dist"], spec["seed"], i) for i, t in enumerate(buffers)]
+            if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and 0 not in t.stride()):
+                continue
+            gens = [None if s is None else torch.Generator(device=t.device).manual_seed(s + 7 * i)
+                    for s in (undo, seed)]
+            flat = t.view(-1) if t.is_contiguous() else None
+            parts = [t] if flat is None else [flat[k:k + RENEW_SLICE] for k in range(0, flat.numel(), RENEW_SLICE)]
+            for part in parts:
+                for gen, factor in zip(gens, (2.0, 0.5), strict=True):
+                    if gen is not None:
+                        part.mul_(_factors(part, gen, factor))
 
 
 # Elements renewed at a time: the random mask of one slice is the only temporary.
 RENEW_SLICE = 1 << 22
 
 
-def _halves(shape: Any, gen: Any, like: Any) -> Any:
-    """0.5 or 1.0 per element, each with probability one half."""
+def _factors(like: Any, gen: Any, factor: float) -> Any:
+    """``factor`` or 1.0 per element of ``like``, each with probability one half."""
     import torch
 
-    coin = torch.rand(shape, generator=gen, device=like.device) < 0.5
-    return torch.where(coin, 0.5, 1.0).to(like.dtype)
+    coin = torch.rand(like.shape, generator=gen, device=like.device) < 0.5
+    return torch.where(coin, factor, 1.0).to(like.dtype)
 
 
 def trial_inputs(problem: Any, plan: list[dict], k: int, device: str) -> list:

@@ -13,6 +13,7 @@ which overlaps the next candidate's start.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,10 @@ def evaluate_candidates(ctx: RunContext, problem: str, round_: int, candidates: 
     if todo:
         # Launched before this process imports torch (the modules below do), so the two imports overlap.
         worker.start()
+        if ctx.device == "cuda":
+            # This process's comparator and input renewal (verify/device_kernels.py), compiled while the worker
+            # starts; a failure here is raised again, with its reason, where the kernels are first used.
+            threading.Thread(target=_compile_device_kernels, daemon=True).start()
     from kernelcraft.harness.timing.benchmark_round import Timer
     from kernelcraft.harness.verify.verify_round import Verifier, static_verdict
 
@@ -134,6 +139,15 @@ def _evaluate_one(ctx: RunContext, worker: Worker, verifier: Verifier, timer: Ti
         timing["phases"] = result.get("phases")
     timings[cand["id"]] = timing | {"wall_s": round(outcome.wall_s - verify_wall, 3)}
     return record
+
+
+def _compile_device_kernels() -> None:
+    from kernelcraft.harness.verify import device_kernels
+
+    try:
+        device_kernels.compile_kernels()
+    except Exception:  # noqa: BLE001 - see evaluate_candidates
+        pass
 
 
 def _starts_or_continues_timing(answer: dict) -> bool:

@@ -8,6 +8,7 @@ deferred to the first launch, in the primary context torch uses, one module per 
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
 import os
@@ -322,6 +323,13 @@ class CudaKernel:
 
     def __repr__(self) -> str:
         return f"CudaKernel({self.name!r}, arch={self.arch!r}, cubin={str(self.cubin_path)!r})"
+
+    def sibling(self, name: str) -> CudaKernel:
+        """Another ``extern "C"`` kernel of the same compiled source, without a second compile."""
+        other = copy.copy(self)
+        other.name = other.lowered_name = name
+        other._loaded, other._layouts, other._lock = {}, {}, threading.Lock()
+        return other
 
     # -- loading -------------------------------------------------------------------------------------
 

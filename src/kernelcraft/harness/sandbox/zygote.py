@@ -142,6 +142,12 @@ def _preload(cuda: bool) -> None:
 
             nvrtc.nvrtc_version()
             nvrtc.include_dirs()
+            if os.environ.get("KERNELCRAFT_CUDA_ARCH"):
+                # The evaluator's own kernels (input renewal), compiled once here (NVRTC needs no CUDA context):
+                # every child inherits the image instead of compiling it.
+                from kernelcraft.harness.verify import device_kernels
+
+                device_kernels.compile_kernels()
         except Exception:  # noqa: BLE001 - a missing NVRTC is reported by the build that needs it
             pass
 

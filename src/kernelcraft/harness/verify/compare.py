@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kernelcraft.harness.verify import device_compare
+from kernelcraft.harness.verify import device_kernels
 
 STRICT_TOL = 1e-4
 
@@ -79,8 +79,8 @@ def _compare_floats(out: Any, ref: Any, atol: float, rtol: float) -> dict[str, A
     if ref.numel() == 0:
         return {"bad": 0, "max_abs": 0.0, "max_rel": 0.0, "ok": True, "strict": True}
     floor = max(atol, torch.finfo(torch.float32).tiny)
-    if device_compare.takes_floats(out, ref):
-        return device_compare.compare_floats(out, ref, atol, rtol, floor, STRICT_TOL)
+    if device_kernels.takes_floats(out, ref):
+        return device_kernels.compare_floats(out, ref, atol, rtol, floor, STRICT_TOL)
     work = _working_dtype(ref.dtype)
     acc = torch.zeros(5, dtype=torch.float64, device=ref.device)  # bad, max_abs, max_rel, not ok, not strict
     for o, r in _chunks(out, ref):
@@ -114,8 +114,8 @@ def _as_words(t: Any) -> Any:
 
 def _mismatches(out: Any, ref: Any) -> int:
     """Elements that differ bit for bit (a NaN left alone is no change), counted on the device and read once."""
-    if device_compare.takes(out, ref):
-        return device_compare.count_differing(out, ref)
+    if device_kernels.takes(out, ref):
+        return device_kernels.count_differing(out, ref)
     if out.dtype == ref.dtype:
         out, ref = _as_words(out), _as_words(ref)
     counts = [(o != r).sum() for o, r in _chunks(out, ref)]

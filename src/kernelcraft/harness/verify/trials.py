@@ -89,10 +89,16 @@ def rehalve(buffers: list, undo: int | None, seed: int | None) -> None:
     value times 1 or 1/2, and two processes that draw from the same seeds hold the same values."""
     import torch
 
+    from kernelcraft.harness.verify import device_kernels
+
     with torch.no_grad():
         for i, t in enumerate(buffers):
             # (a broadcast view, stride 0, cannot be written element by element: it keeps its values)
             if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and 0 not in t.stride()):
+                continue
+            if device_kernels.takes_to_renew(t):
+                device_kernels.rehalve(t, None if undo is None else undo + 7 * i,
+                                       None if seed is None else seed + 7 * i)
                 continue
             gens = [None if s is None else torch.Generator(device=t.device).manual_seed(s + 7 * i)
                     for s in (undo, seed)]

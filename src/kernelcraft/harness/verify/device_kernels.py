@@ -1,14 +1,18 @@
-"""The comparator's GPU path: one fused kernel per check instead of about twenty PyTorch ops per slice.
+"""The evaluator's own GPU kernels: the comparator's checks, and the in-place renewal of inputs. One fused kernel
+per operation instead of a dozen PyTorch ops per slice.
 
 Why: comparing a 1 GiB output slice by slice with PyTorch ops launched ~1,400 kernels and took ~48 ms of the
 parent's time per hand-over (H200, softmax 4096x65536: 13 s of a 39 s round of 32 candidates), nearly all of it
-launch overhead with the GPU idle; and each slice's temporaries were memory beside the outputs. Here each check
-reads both tensors once, keeps nothing but a few accumulators, and is read back once.
+launch overhead with the GPU idle, and each slice's temporaries were memory beside the outputs; renewing a 6 GB
+input with PyTorch ops before every timed call would have been ~4,000 launches a call. Here each operation reads
+(and, for the renewal, writes) its tensors once and keeps nothing but a few accumulators.
 
-The kernels are compiled in memory with NVRTC (``cache=False``) when a job first compares on the GPU, never
-loaded from the build cache: candidates' processes can write there, and a planted cubin would be the comparator.
-The figures match ``compare._compare_floats`` (same elementwise rule, same accumulations); tensors this path does
-not take (CPU, non-contiguous, complex) go through that one.
+The source is compiled in memory with NVRTC (``cache=False``), never loaded from the build cache: candidates'
+processes can write there, and a planted cubin would be the comparator. The worker compiles it once before it forks
+(NVRTC needs no CUDA context), so every candidate process inherits the image. The comparator's figures match
+``compare._compare_floats`` (same elementwise rule, same accumulations); tensors these kernels do not take (CPU,
+non-contiguous, complex) go the PyTorch way. The renewal's coins come from a hash of the element's index, not from
+PyTorch's generator, so they differ from the CPU path's; both processes of a job run the same path.
 """
 
 from __future__ import annotations
@@ -87,6 +91,47 @@ __device__ void count_differ(const T* a, const T* b, long long n, u64* count) {
     if ((threadIdx.x & 31) == 0 && c) atomicAdd(count, c);
 }
 
+// In place: double what the coins of `undo` halved, then halve where the coins of `seed` say (either may be off).
+// The coin of element i is the top bit of a SplitMix64 hash of (seed, i).
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ float coin_factor(long long i, int has_undo, u64 undo, int has_seed, u64 seed) {
+    u64 h = mix64((u64)i);
+    float f = 1.f;
+    if (has_undo && (mix64(undo ^ h) >> 63)) f = 2.f;
+    if (has_seed && (mix64(seed ^ h) >> 63)) f *= 0.5f;
+    return f;
+}
+
+extern "C" __global__ void kc_rehalve(void* x, long long n, int mode, int has_undo, u64 undo, int has_seed,
+                                      u64 seed) {
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
+        float f = coin_factor(i, has_undo, undo, has_seed, seed);
+        if (f == 1.f) continue;
+        if (mode == 0) {
+            float* p = (float*)x; p[i] = p[i] * f;
+        } else if (mode == 1) {
+            double* p = (double*)x; p[i] = p[i] * (double)f;
+        } else {
+            unsigned short* p = (unsigned short*)x;
+            float v = load_as<float>((const unsigned short*)p, i, mode == 3) * f;
+            if (mode == 3) {
+                p[i] = (unsigned short)(__float_as_uint(v) >> 16);  // exact: a power of two keeps the mantissa
+            } else {
+                unsigned short h;
+                asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+                p[i] = h;
+            }
+        }
+    }
+}
+
 // One entry point (one NVRTC compile per job): mode 0 float32, 1 float64, 2 float16, 3 bfloat16 compare within
 // tolerance into acc[0..4]; modes 11, 12, 14, 18 count elements of 1, 2, 4, 8 bytes that differ into acc[0].
 extern "C" __global__ void kc_check(const void* a, const void* b, long long n, int mode, double atol, double rtol,
@@ -112,13 +157,20 @@ _lock = threading.Lock()
 _kernels: list[Any] = []
 
 
-def _kernel() -> Any:
+def compile_kernels() -> None:
+    """Compile the source (one NVRTC program, in memory) once per process; both entry points come from it."""
     with _lock:
         if not _kernels:
             from kernelcraft.harness.build.nvrtc import CudaKernel
 
-            _kernels.append(CudaKernel(_SOURCE, "kc_check", cache=False))
-        return _kernels[0]
+            check = CudaKernel(_SOURCE, "kc_check", cache=False)
+            _kernels.extend([check, check.sibling("kc_rehalve")])
+
+
+def _kernel(which: int = 0) -> Any:
+    if not _kernels:
+        compile_kernels()
+    return _kernels[which]
 
 
 def _grid(n: int, device: Any) -> int:
@@ -170,3 +222,19 @@ def count_differing(a: Any, b: Any) -> int:
     count = torch.zeros(1, dtype=torch.int64, device=a.device)
     _launch(a, b, 10 + a.element_size(), count)
     return int(count.item())
+
+
+def takes_to_renew(t: Any) -> bool:
+    """Whether :func:`rehalve` renews ``t`` here: a contiguous floating CUDA tensor of a dtype it knows."""
+    return t.is_cuda and t.is_contiguous() and str(t.dtype) in _FLOAT_MODES
+
+
+def rehalve(t: Any, undo: int | None, seed: int | None) -> None:
+    """verify/trials.rehalve for one tensor, in one kernel (see the module's docstring for the coins)."""
+    import numpy as np
+    import torch
+
+    with torch.cuda.device(t.device):
+        _kernel(1)(grid=(_grid(t.numel(), t.device),), block=(_BLOCK,),
+                   args=(t, t.numel(), np.int32(_FLOAT_MODES[str(t.dtype)]), np.int32(undo is not None),
+                         np.uint64(undo or 0), np.int32(seed is not None), np.uint64(seed or 0)))

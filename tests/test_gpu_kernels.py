@@ -1,17 +1,17 @@
-"""The comparator's fused GPU kernel gives the figures of the PyTorch path it replaces, for every dtype it takes;
-what it does not take falls back to that path."""
+"""The evaluator's GPU kernels: the comparator gives the figures of the PyTorch path it replaces, for every dtype
+it takes (what it does not take falls back to that path); the in-place renewal halves exactly and undoes exactly."""
 
 import pytest
 import torch
 
-from kernelcraft.harness.verify import compare, device_compare
+from kernelcraft.harness.verify import compare, device_kernels, trials
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def _both(out, ref, atol=1e-2, rtol=1e-2, monkeypatch=None):
     fast = compare._compare_floats(out, ref, atol, rtol)
-    monkeypatch.setattr(device_compare, "takes_floats", lambda a, b: False)
+    monkeypatch.setattr(device_kernels, "takes_floats", lambda a, b: False)
     slow = compare._compare_floats(out, ref, atol, rtol)
     monkeypatch.undo()
     return fast, slow
@@ -59,7 +59,36 @@ def test_bitwise_differences_are_counted_for_every_width():
 
 def test_non_contiguous_tensors_take_the_pytorch_path():
     ref = torch.randn(64, 64, device="cuda")
-    assert not device_compare.takes(ref.t(), ref)
+    assert not device_kernels.takes(ref.t(), ref)
     v = compare.compare_trial([ref.t().contiguous().t()], [{"shape": [64, 64], "dtype": "torch.float32",
                                                             "device": "cuda"}], [ref], [], [], "cuda", 1e-2, 1e-2)
     assert v.correct and v.max_abs_err == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_the_renewal_kernel_halves_at_random_and_undoes_exactly(dtype):
+    base = (torch.rand(1_000_003, device="cuda") + 0.5).to(dtype)
+    assert device_kernels.takes_to_renew(base)
+    x = base.clone()
+    trials.rehalve([x], None, 5)
+    ratio = (x.double() / base.double())
+    assert bool(((ratio == 0.5) | (ratio == 1.0)).all())
+    assert 0.49 < float((ratio == 0.5).double().mean()) < 0.51
+    trials.rehalve([x], 5, 9)  # from one draw to another: still the base halved or kept, a new pattern
+    again = x.double() / base.double()
+    assert bool(((again == 0.5) | (again == 1.0)).all()) and not torch.equal(again, ratio)
+    trials.rehalve([x], 9, None)
+    assert torch.equal(x, base)
+
+
+def test_the_parent_and_the_candidates_process_renew_alike_on_the_gpu():
+    from kernelcraft.harness.timing.call_inputs import CallInputs
+
+    base = [torch.randn(256, 1024, device="cuda"), torch.arange(7, device="cuda")]
+    child = CallInputs([[t.clone() for t in base]], seed=3)
+    for call in range(5):
+        got = child.for_call(call)[0].clone()
+    parent = CallInputs([[t.clone() for t in base]], seed=3)
+    assert torch.equal(parent.for_call(4)[0], got)
+    parent.restore()
+    assert torch.equal(parent.sets[0][0], base[0])

@@ -137,7 +137,6 @@ class Timer:
             got = _received(result, self.share, out_file)
             with torch.no_grad():
                 refs = flatten_outputs(self.ref.model(*st["calls"].for_call(checked)))
-            st["calls"].restore()
             verdict = compare_trial(got["outputs"], result["meta"], refs, [], [], self.ctx.device, self.atol,
                                     self.rtol)
             reasons += [f"outputs of timed calls differ from the reference ({r})" for r in verdict.reasons]
@@ -146,6 +145,9 @@ class Timer:
         except Exception as exc:  # a malformed hand-over is the candidate's failure
             reasons.append(f"unreadable outputs of timed calls: {type(exc).__name__}: {exc}"[:300])
         finally:
+            # After the comparison: a reference output may be a view of its input. The eager blocks then run on
+            # the base values.
+            st["calls"].restore()
             release_mappings(self.share)
         for r in reasons:
             if r not in st["reasons"]:

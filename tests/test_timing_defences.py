@@ -107,14 +107,36 @@ class ModelNew(nn.Module):
 '''
 
 
+WRONG_WHEN_TIMED = HEADER + '''
+class ModelNew(nn.Module):
+    """Right for the first calls, then a kernel of its own that writes a constant: a compiled kernel in every call,
+    the wrong answer once timing has begun."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= 30:
+            return kernel_softmax(x)
+        y = torch.empty_like(x)
+        fill(y, y.numel(), 0.5)
+        return y
+'''
+
+
 @pytest.mark.slow
 def test_a_kernel_that_computes_something_else_while_timed_is_rejected(tmp_path):
-    results = _benchmark(tmp_path, {"switches": SWITCHES_WHEN_TIMED, "honest": HONEST})
+    # Two defences: the audit sees calls with no compiled kernel (zeros from PyTorch), and the parent's check of
+    # the timed calls' outputs sees a wrong answer from a kernel of the candidate's own.
+    results = _benchmark(tmp_path, {"switches": SWITCHES_WHEN_TIMED, "wrong": WRONG_WHEN_TIMED, "honest": HONEST})
     assert results["honest"]["timed"] is True, results["honest"]
     assert results["switches"]["timed"] is False
-    reason = results["switches"]["reason"]
-    assert "timed calls: no compiled kernel ran in some calls" in reason
-    assert "outputs of timed calls differ from the reference (output: max error above tolerance" in reason
+    assert "timed calls: no compiled kernel ran in some calls" in results["switches"]["reason"]
+    assert results["wrong"]["timed"] is False
+    assert ("outputs of timed calls differ from the reference (output: max error above tolerance"
+            in results["wrong"]["reason"])
 
 
 def test_short_kernels_get_enough_timed_calls_for_the_minimum_timed_work():

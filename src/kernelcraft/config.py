@@ -73,6 +73,18 @@ def check_config(config: dict, schema: dict | None = None) -> None:
         if not ensemble:
             raise ConfigError(f"config key 'models.{role}' is empty; list at least one model")
     check_models(config)
+    check_seed_bank(config)
+
+
+def check_seed_bank(config: dict) -> None:
+    """Every seed-bank directory exists and every file in it reads (search/seed_bank.py), before any job runs."""
+    from kernelcraft.search.seed_bank import SeedBankError, load_bank
+
+    dirs = (config.get("seed_bank") or {}).get("dirs") or []
+    try:
+        load_bank(dirs)
+    except SeedBankError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_models(config: dict) -> None:

@@ -79,6 +79,11 @@ def candidate_id(round_: int, idea_index: int, impl_index: int) -> str:
     return f"r{round_}_i{idea_index}_m{impl_index}"
 
 
+def bank_candidate_id(round_: int, index: int) -> str:
+    """A seed-bank kernel evaluated as a candidate of ``round_`` (search/seed_bank.py)."""
+    return f"r{round_}_bank{index}"
+
+
 def results_root(output: str | Path, run: str) -> Path:
     """The results folder that holds ``output``: rules derive it from their output paths, so nothing about
     where results live is hard-coded into a job."""

@@ -74,7 +74,8 @@ def ideas_messages(templates: str | Path, problem: Any, backend: str, hardware: 
     """The ideas prompt: the seeds with code and measurements, every idea tried so far, the six kinds, N ideas."""
     seed_vars = [{"id": str(s.get("id")), "source": s.get("source"), "time_ms": s.get("time_ms"),
                   "speedup_eager": s.get("speedup_eager"), "floor_ms": s.get("floor_ms"),
-                  "pct_of_floor": s.get("pct_of_floor"), "idea": s.get("idea")} for s in seeds]
+                  "pct_of_floor": s.get("pct_of_floor"), "idea": s.get("idea"),
+                  "bank_file": s.get("bank_file")} for s in seeds]
     tried_vars = [{"kind": t.get("kind"), "text": str(t.get("text", "")), "parent": str(t.get("parent", ""))}
                   for t in tried]
     return render(templates, "ideas", **_problem_vars(problem, backend, hardware), seeds=seed_vars,

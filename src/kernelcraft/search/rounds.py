@@ -16,6 +16,7 @@ from kernelcraft.jsonio import read_json
 from kernelcraft.progress import report
 from kernelcraft.search.dedupe import digest
 from kernelcraft.search.ensemble import make_proposer, model_label, split_by_weight
+from kernelcraft.search.seed_bank import BANK_MODEL, bank_seeds
 
 # Candidate fields copied from a proposer's result when present (model transcripts, tokens, repairs, features).
 RESULT_FIELDS = ("features", "transcript", "usage", "repairs")
@@ -28,18 +29,22 @@ def reference_seed(ctx: RunContext, problem: str) -> dict:
 
 
 def current_seeds(ctx: RunContext, problem: str, round_: int) -> list[dict]:
-    """Round 1 starts from the reference; later rounds from the previous selection, with the code attached."""
+    """Round 1 starts from the reference, later rounds from the previous selection (with the code attached); then,
+    in every round, the seed bank's kernels that fit the problem (search/seed_bank.py), unless one is already among
+    the selection as the round-1 candidate it was evaluated as."""
+    bank = bank_seeds(ctx.config, ctx.load_problem(problem), ctx.backend)
     if round_ <= 1:
-        return [reference_seed(ctx, problem)]
+        return [reference_seed(ctx, problem), *bank]
     seeds = read_json(layout.stage_file(ctx.root, problem, round_ - 1, "select"))["seeds"]
-    if not seeds:
-        return [reference_seed(ctx, problem)]
     out = []
     for s in seeds:
         s = dict(s)
         s["source"] = (ctx.root / s["path"]).read_text() if s.get("path") else None
         out.append(s)
-    return out
+    if not out:
+        out = [reference_seed(ctx, problem)]
+    selected = {digest(s["source"]) for s in out if s.get("source")}
+    return out + [b for b in bank if digest(b["source"]) not in selected]
 
 
 def tried_ideas(ctx: RunContext, problem: str, round_: int) -> list[dict]:
@@ -160,6 +165,21 @@ def implement_ideas(ctx: RunContext, problem: str, round_: int, ideas_doc: dict,
                     path.write_text(source)
                     cand["path"] = str(path.relative_to(ctx.root))
             candidates.append(cand)
+    for k, seed in enumerate(s for s in seeds.values() if s.get("bank_file") and round_ == 1):
+        # The bank's kernels themselves, judged by the same evaluator as any candidate of this problem.
+        cid = layout.bank_candidate_id(round_, k)
+        cand = {"id": cid, "idea_id": None, "idea": seed["idea"], "kind": None, "parent": "reference",
+                "model": BANK_MODEL, "path": None, "bank_file": seed["bank_file"], "digest": digest(seed["source"])}
+        if seed.get("features"):
+            cand["features"] = seed["features"]
+        if cand["digest"] in seen:
+            cand["duplicate_of"] = seen[cand["digest"]]
+        else:
+            seen[cand["digest"]] = cid
+            path = out_dir / f"{cid}.py"
+            path.write_text(seed["source"])
+            cand["path"] = str(path.relative_to(ctx.root))
+        candidates.append(cand)
     failed = sum("failure" in c for c in candidates)
     dups = sum("duplicate_of" in c for c in candidates)
     report(problem, round_, "implement", f"{len(candidates)} candidates from {len(ideas)} ideas"

@@ -1,0 +1,124 @@
+"""The seed bank: known-good kernels kept from earlier runs or other problems, offered as extra seeds in round 1.
+
+Why: the idea-branching method kept one, and stepped from one problem to a related one with it (its convolution
+started from a generated GEMM). A bank is directories of candidate files (``ModelNew``, any problem's) named in the
+config (``seed_bank.dirs``). In round 1, the kernels that fit a problem join its seeds, with where they came from:
+the offline proposer adapts a bank kernel's features when it was made by the generator of the problem's family, a
+model sees its code and its provenance; and each is evaluated as a round-1 candidate of the problem, by the same
+evaluator as any other, so a bank kernel that is right for it competes in selection and one that is not never
+becomes a seed beyond round 1.
+
+What fits a problem: a kernel whose ``# bank: {...}`` header names the problem (``"problem": "<id>"``) or its op
+(``"op": "<op>"``, the problem's ``KERNELCRAFT["op"]``), or whose ``# features: {...}`` header (what the offline
+proposer writes) was made by the generator of the problem's family on this backend. Files are read in name
+order; the first ``seed_bank.per_problem`` that fit are used, a kernel naming the problem before the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_HEADER_RE = re.compile(r"^# bank: (\{.*\})\s*$", re.MULTILINE)
+_FEATURES_RE = re.compile(r"^# features: (\{.*\})\s*$", re.MULTILINE)
+
+
+# The model label of a bank kernel evaluated as a candidate (no model wrote it in this run).
+BANK_MODEL = "seed bank"
+
+
+class SeedBankError(ValueError):
+    """A bank directory or file that cannot be used; the message names it and says what to fix."""
+
+
+@dataclass
+class BankKernel:
+    """One bank file: its source, its provenance header and its offline-generator features (either may be empty)."""
+
+    path: Path
+    source: str
+    header: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, Any] | None = None
+
+    def provenance(self) -> str:
+        """Where it came from, in one line, for prompts, idea texts and the report."""
+        facts = [f"{k} {self.header[k]}" for k in ("problem", "run", "speedup_eager", "device") if k in self.header]
+        return f"seed bank kernel {self.path.name}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def _json_header(pattern: re.Pattern[str], source: str, path: Path, what: str) -> dict | None:
+    match = pattern.search(source)
+    if not match:
+        return None
+    try:
+        value = json.loads(match.group(1))
+    except ValueError as exc:
+        raise SeedBankError(f"seed bank file {path}: its '# {what}:' line is not valid JSON ({exc.msg}); fix or "
+                            "remove that line") from None
+    if not isinstance(value, dict):
+        raise SeedBankError(f"seed bank file {path}: its '# {what}:' line must hold a JSON object")
+    return value
+
+
+def load_bank(dirs: list[str | Path], base: Path | None = None) -> list[BankKernel]:
+    """Every ``*.py`` file of the bank directories (relative ones resolved against ``base``), in name order."""
+    kernels: list[BankKernel] = []
+    for d in dirs:
+        folder = Path(d).expanduser()
+        if not folder.is_absolute() and base is not None:
+            folder = base / folder
+        if not folder.is_dir():
+            raise SeedBankError(f"seed_bank.dirs: {folder} is not a directory; create it or remove it from the "
+                                "config")
+        for path in sorted(folder.glob("*.py")):
+            try:
+                source = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SeedBankError(f"seed bank file {path} cannot be read: {exc}") from None
+            kernels.append(BankKernel(path, source, _json_header(_HEADER_RE, source, path, "bank") or {},
+                                      _json_header(_FEATURES_RE, source, path, "features")))
+    return kernels
+
+
+def fitting(kernels: list[BankKernel], problem: Any, backend: str, limit: int) -> list[BankKernel]:
+    """The bank kernels that fit ``problem`` on ``backend``, the ones naming it first, at most ``limit``."""
+    gen = _generator_name(problem, backend)
+    op = getattr(problem, "op", None)
+    named = [k for k in kernels if k.header.get("problem") == str(problem.id)]
+    related = [k for k in kernels if k not in named and (
+        (op is not None and k.header.get("op") == op)
+        or (gen is not None and isinstance(k.features, dict) and k.features.get("gen") == gen))]
+    return (named + related)[: max(0, int(limit))]
+
+
+def _generator_name(problem: Any, backend: str) -> str | None:
+    """The offline generator's name for the problem's family on ``backend``, None where none fits."""
+    from kernelcraft.search.offline_kernels import BACKENDS, generator
+    from kernelcraft.search.offline_kernels.opspec import Unsupported, describe
+
+    if backend not in BACKENDS:
+        return None
+    try:
+        spec = describe(problem)
+    except Unsupported:
+        return None
+    except Exception:  # noqa: BLE001 - a reference that cannot be inspected has no generator
+        return None
+    return str(generator(spec.family, backend).GEN)
+
+
+def bank_seeds(config: dict, problem: Any, backend: str, base: Path | None = None) -> list[dict]:
+    """Round 1's extra seeds for ``problem``: seed dicts (id ``bank-<k>``, source, features, provenance as the
+    idea), in the order :func:`fitting` gives."""
+    bank = config.get("seed_bank") or {}
+    dirs = bank.get("dirs") or []
+    if not dirs:
+        return []
+    chosen = fitting(load_bank(dirs, base), problem, backend, int(bank.get("per_problem", 2)))
+    return [{"id": f"bank-{k}", "round": 0, "source": kernel.source, "features": kernel.features, "path": None,
+             "bank_file": str(kernel.path), "idea": kernel.provenance(), "kind": None, "time_ms": None,
+             "speedup_eager": None}
+            for k, kernel in enumerate(chosen)]

@@ -92,3 +92,17 @@ def test_the_parent_and_the_candidates_process_renew_alike_on_the_gpu():
     assert torch.equal(parent.for_call(4)[0], got)
     parent.restore()
     assert torch.equal(parent.sets[0][0], base[0])
+
+
+def test_the_flush_buffer_lent_to_a_candidate_is_alone_in_its_segment():
+    # CUDA IPC maps a whole allocator segment: the lent buffer must share it with nothing of the parent's.
+    from kernelcraft.harness.sandbox.transfer import export_cuda
+    from kernelcraft.harness.timing.protocol import lendable_flush_buffer
+
+    others = [torch.empty(n, device="cuda") for n in (1 << 10, 1 << 20, 1 << 24)]
+    del others[1]  # a freed block in the default pool that a buffer could otherwise be carved from
+    buf, pool = lendable_flush_buffer("cuda")
+    assert pool is not None
+    (segment,) = pool.snapshot()
+    assert segment["total_size"] < buf.numel() * buf.element_size() + 2 * 2**20
+    assert export_cuda(buf)["storage_offset_bytes"] == 0

@@ -49,6 +49,7 @@ class Timer:
         self._warm: dict = {}
         self._state: dict = {}
         self._flush = None
+        self._flush_pool = None
 
     def prepare(self) -> None:
         from kernelcraft.harness.sandbox.tasks import input_sets, rotation_sets
@@ -85,11 +86,12 @@ class Timer:
 
         bcfg = self.ctx.config["benchmark"]
         if self._flush is None and self.ctx.device == "cuda":
-            from kernelcraft.harness.timing.protocol import flush_buffer
+            from kernelcraft.harness.timing.protocol import lendable_flush_buffer
 
             # One L2-flush buffer for the rest of the job, lent to each candidate's process for its timing (see
-            # protocol._L2Flusher); never freed before the job ends, so no process maps memory that was reused.
-            self._flush = flush_buffer(self.ctx.device)
+            # protocol._L2Flusher) when it sits in a memory pool of its own; never freed before the job ends, so no
+            # process maps memory that was reused.
+            self._flush, self._flush_pool = lendable_flush_buffer(self.ctx.device)
         sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
         total = timed_iterations(int(bcfg["iters"]), float(bcfg["min_time_ms"]), self._warm["per_call_ms"])
         calls = CallInputs(sets, _bench_seed(self.ctx, self.round))
@@ -98,7 +100,7 @@ class Timer:
                        "timer": BlockTimer(self.ctx.device, self._warm["launch_ms"], flush_with=self._flush)}
         order = {"time": True, "sets": self.sets_count, "launch_ms": self._warm["launch_ms"],
                  "keep": self._state["keep"]}
-        if self._flush is not None and self.share:
+        if self._flush is not None and self._flush_pool is not None and self.share:
             from kernelcraft.harness.sandbox.transfer import export_cuda
 
             order["flush"] = export_cuda(self._flush)

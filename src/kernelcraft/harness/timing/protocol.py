@@ -60,6 +60,26 @@ def flush_buffer(device: Any) -> Any:
     return torch.empty(size // 4, dtype=torch.int32, device=device)
 
 
+def lendable_flush_buffer(device: Any) -> tuple[Any, Any]:
+    """A flush buffer the trusted parent may lend to a candidate's process, and the memory pool it lives in (None
+    when it may not be lent). CUDA IPC maps a whole allocator segment, not just one tensor: a buffer carved out of
+    a segment the parent's other tensors share (reference outputs, input sets) would hand the candidate those too.
+    So the buffer is allocated in a pool of its own, and lent only if the pool holds that one block."""
+    try:
+        pool = torch.cuda.MemPool()
+        with torch.cuda.use_mem_pool(pool):
+            buf = flush_buffer(device)
+        segments = pool.snapshot()
+        blocks = [b for seg in segments for b in seg.get("blocks", [])
+                  if str(b.get("state", "")).startswith("active")]
+        if len(segments) == 1 and len(blocks) == 1:
+            return buf, pool
+        del buf
+    except Exception:  # noqa: BLE001 - an allocator without private pools: the candidate's process flushes with its own
+        pass
+    return flush_buffer(device), None
+
+
 class _L2Flusher:
     """Writes a buffer twice the size of L2 so each timed call starts with a cold cache, as a real model would.
     The buffer may be one the trusted parent lends through CUDA IPC: its contents are never read, so one buffer

@@ -125,3 +125,37 @@ def test_later_rounds_keep_the_bank_beside_the_selection_but_not_twice(tmp_path,
     seeds = rounds.current_seeds(ctx, "softmax", 2)
     assert [s["id"] for s in seeds] == ["r1_bank1", "bank-0"]
     assert seeds[1]["bank_file"].endswith("b_named.py")
+
+
+def test_a_finished_runs_best_kernels_become_a_bank_a_later_run_reads(tmp_path, kernels, capsys):
+    from kernelcraft.cli import main
+
+    run = tmp_path / "results" / "run1"
+    pid = "softmax_4096x65536"
+    write_json(layout.baseline_file(run, pid), {"op": "softmax", "device": "cuda", "eager_ms": 1.0})
+    cand = layout.candidates_dir(run, pid, 2) / "r2_i0_m1.py"
+    cand.parent.mkdir(parents=True)
+    cand.write_text('# bank: {"problem": "elsewhere"}\n' + kernels["softmax"])  # a kernel that came from a bank
+    for r in (1, 2):
+        write_json(layout.stage_file(run, pid, r, "select"), {"seeds": [
+            {"id": "r2_i0_m1", "round": 2, "path": str(cand.relative_to(run)), "speedup_eager": 2.5,
+             "time_ms": 0.4}]})
+    write_json(layout.baseline_file(run, "relu_4096x32768"), {"op": "relu"})  # no correct kernel: skipped
+    bank = tmp_path / "bank"
+    assert main(["bank", str(run), str(bank)]) == 0
+    (path,) = sorted(bank.glob("*.py"))
+    assert path.name == f"{pid}.run1.py" and capsys.readouterr().out.strip() == str(path)
+    (kernel,) = load_bank([bank])
+    assert kernel.header == {"problem": pid, "op": "softmax", "run": "run1", "round": 2, "candidate": "r2_i0_m1",
+                             "speedup_eager": 2.5, "time_ms": 0.4, "device": "cuda"}
+    assert kernel.source.count("# bank:") == 1 and kernels["softmax"].strip() in kernel.source
+    softmax = load_problem(builtin_dir() / f"{pid}.py", "small")
+    assert fitting([kernel], softmax, "cpu", 2) == [kernel]
+
+
+def test_banking_a_directory_that_is_not_a_run_is_one_line(tmp_path, capsys):
+    from kernelcraft.cli import main
+
+    assert main(["bank", str(tmp_path / "nope"), str(tmp_path / "bank")]) == 2
+    assert capsys.readouterr().err.strip() == (f"kernelcraft: error: {tmp_path / 'nope'} is not a run directory; "
+                                               "pass results/<run>")

@@ -108,7 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
     pr = sub.add_parser("problems", help="list the built-in problem ids")
     pr.set_defaults(func=_problems)
+    bk = sub.add_parser("bank", help="put a finished run's best kernel of each problem into a seed-bank directory")
+    bk.add_argument("run", help="the run's directory, results/<run>")
+    bk.add_argument("bank", help="the seed-bank directory to write into (created); name it in seed_bank.dirs")
+    bk.set_defaults(func=_bank)
     return parser
+
+
+def _bank(args: argparse.Namespace) -> int:
+    from kernelcraft.search.seed_bank import SeedBankError, bank_from_run
+
+    try:
+        written = bank_from_run(Path(args.run), Path(args.bank))
+    except SeedBankError as err:
+        raise UsageError(str(err)) from None
+    for path in written:
+        print(path)
+    if not written:
+        print(f"kernelcraft: no problem of {args.run} has a correct kernel yet; nothing written", file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,3 +122,38 @@ def bank_seeds(config: dict, problem: Any, backend: str, base: Path | None = Non
              "bank_file": str(kernel.path), "idea": kernel.provenance(), "kind": None, "time_ms": None,
              "speedup_eager": None}
             for k, kernel in enumerate(chosen)]
+
+
+def bank_from_run(run_root: Path, bank_dir: Path) -> list[Path]:
+    """Put each problem's best kernel of a finished run into ``bank_dir`` (created), as ``<problem>.<run>.py``
+    with a ``# bank:`` line naming the problem, its op, the run, the round and the measured speedup: the bank a
+    later run (``seed_bank.dirs``) starts from. Returns the files written, in problem order."""
+    from kernelcraft import layout
+    from kernelcraft.jsonio import read_json
+
+    run_root = Path(run_root)
+    if not run_root.is_dir():
+        raise SeedBankError(f"{run_root} is not a run directory; pass results/<run>")
+    bank_dir = Path(bank_dir)
+    bank_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for problem_dir in sorted(p for p in run_root.iterdir() if p.is_dir() and (p / "baseline.json").is_file()):
+        problem = problem_dir.name
+        rounds = sorted(int(r.name.split("_")[1]) for r in problem_dir.glob("round_*")
+                        if r.name.split("_")[1].isdigit()
+                        and layout.stage_file(run_root, problem, int(r.name.split("_")[1]), "select").is_file())
+        if not rounds:
+            continue
+        seeds = read_json(layout.stage_file(run_root, problem, rounds[-1], "select")).get("seeds") or []
+        if not seeds or not seeds[0].get("path"):
+            continue
+        best = seeds[0]
+        baseline = read_json(layout.baseline_file(run_root, problem))
+        header = {"problem": problem, "op": baseline.get("op"), "run": run_root.name, "round": best.get("round"),
+                  "candidate": best.get("id"), "speedup_eager": best.get("speedup_eager"),
+                  "time_ms": best.get("time_ms"), "device": baseline.get("device")}
+        source = _HEADER_RE.sub("", (run_root / best["path"]).read_text(encoding="utf-8")).lstrip("\n")
+        target = bank_dir / f"{problem}.{run_root.name}.py"
+        target.write_text("# bank: " + json.dumps(header, sort_keys=True) + "\n" + source, encoding="utf-8")
+        written.append(target)
+    return written

@@ -306,8 +306,11 @@ def test_a_cache_keyed_on_input_contents_finds_nothing_to_reuse_while_timed(tmp_
     # were timed as a kernel many times faster than the honest one.
     results = _benchmark(tmp_path, {"honest": HONEST, "content_cache": CONTENT_CACHE})
     honest, cached = results["honest"], results["content_cache"]
-    assert honest["timed"] and cached["timed"], (honest, cached)
-    assert cached["time_ms"] > 0.7 * honest["time_ms"], (cached["time_ms"], honest["time_ms"])
+    assert honest["timed"], honest
+    if cached["timed"]:
+        assert cached["time_ms"] > 0.7 * honest["time_ms"], (cached["time_ms"], honest["time_ms"])
+    else:  # its key (16 sampled elements) matched an earlier call's now and then, and a checked call got a stale answer
+        assert cached["reason"].startswith("outputs of timed calls differ from the reference"), cached["reason"]
 
 
 def test_each_timed_call_gets_new_contents_and_the_parent_remakes_them_exactly():

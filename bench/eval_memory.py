@@ -93,6 +93,7 @@ class _PhasePeaks:
     def __init__(self) -> None:
         self.peaks: dict[str, int] = {}
         self._saved: list = []
+        self._open: list[str] = []  # the steps being run, outermost first (the eager block runs inside a check)
 
     def __enter__(self) -> _PhasePeaks:
         import importlib
@@ -104,22 +105,30 @@ class _PhasePeaks:
             setattr(cls, method, self._wrap(original, step))
         return self
 
-    def _wrap(self, original, step: str):
-        peaks = self.peaks
+    def _note(self, step: str, peak: int) -> None:
+        self.peaks[step] = max(self.peaks.get(step, 0), peak)
 
+    def _wrap(self, original, step: str):
         def wrapped(*args, **kwargs):
-            before = torch.cuda.max_memory_allocated()
+            # The peak since the last reset belongs to the step that encloses this one, or to the time between
+            # steps ("_outside").
+            self._note(self._open[-1] if self._open else "_outside", torch.cuda.max_memory_allocated())
             torch.cuda.reset_peak_memory_stats()
+            self._open.append(step)
             try:
                 return original(*args, **kwargs)
             finally:
+                self._open.pop()
                 inside = torch.cuda.max_memory_allocated()
-                peaks[step] = max(peaks.get(step, 0), inside)
-                peaks["_outside"] = max(peaks.get("_outside", 0), before)
+                self._note(step, inside)
+                if self._open:  # the enclosing step holds this one's peak too
+                    self._note(self._open[-1], inside)
+                else:  # the time after a step starts from nothing of it
+                    torch.cuda.reset_peak_memory_stats()
         return wrapped
 
     def __exit__(self, *exc: object) -> None:
-        self.peaks["_outside"] = max(self.peaks.get("_outside", 0), torch.cuda.max_memory_allocated())
+        self._note("_outside", torch.cuda.max_memory_allocated())
         for cls, method, original in self._saved:
             setattr(cls, method, original)
 

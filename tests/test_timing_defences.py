@@ -91,9 +91,13 @@ def test_a_candidate_that_patches_the_clocks_is_still_timed_truly(tmp_path, monk
     assert patched["time_ms"] > 0.3 * honest["time_ms"]
 
 
-SWITCHES_WHEN_TIMED = HEADER + '''
+def honest_then(calls: int, doc: str, then: str) -> str:
+    """A candidate that runs its own softmax kernel for its first ``calls`` calls (verification makes about a
+    dozen), then ``then`` (the body of the rest of its forward)."""
+    body = "\n".join(f"        {line}" if line else "" for line in then.strip("\n").splitlines())
+    return HEADER + f'''
 class ModelNew(nn.Module):
-    """Right for the first calls (verification makes about a dozen), zeros once timing has begun."""
+    """{doc}"""
 
     def __init__(self):
         super().__init__()
@@ -101,29 +105,22 @@ class ModelNew(nn.Module):
 
     def forward(self, x):
         self.calls += 1
-        if self.calls <= 30:
+        if self.calls <= {calls}:
             return kernel_softmax(x)
-        return torch.zeros_like(x)
+{body}
 '''
 
 
-WRONG_WHEN_TIMED = HEADER + '''
-class ModelNew(nn.Module):
-    """Right for the first calls, then a kernel of its own that writes a constant: a compiled kernel in every call,
-    the wrong answer once timing has begun."""
+SWITCHES_WHEN_TIMED = honest_then(30, "Right for the first calls, zeros once timing has begun.",
+                                  "return torch.zeros_like(x)")
 
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls <= 30:
-            return kernel_softmax(x)
-        y = torch.empty_like(x)
-        fill(y, y.numel(), 0.5)
-        return y
-'''
+WRONG_WHEN_TIMED = honest_then(
+    30, "Right for the first calls, then a kernel of its own that writes a constant: a compiled kernel in every "
+        "call, the wrong answer once timing has begun.", """
+y = torch.empty_like(x)
+fill(y, y.numel(), 0.5)
+return y
+""")
 
 
 @pytest.mark.slow
@@ -177,39 +174,17 @@ def test_the_parent_counts_reference_flops_on_the_meta_device_for_builtin_proble
     assert flops("softmax_4096x65536") == 0
 
 
-LATE_SWITCH_TO_PYTORCH = HEADER + '''
-class ModelNew(nn.Module):
-    """Its own kernel for the first 60 calls (all of verification), PyTorch's softmax afterwards: right values,
-    someone else's work."""
+LATE_SWITCH_TO_PYTORCH = honest_then(
+    60, "Its own kernel for the first 60 calls (all of verification), PyTorch's softmax afterwards: right values, "
+        "someone else's work.", "return torch.softmax(x, dim=1)")
 
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls <= 60:
-            return kernel_softmax(x)
-        return torch.softmax(x, dim=1)
-'''
-
-STALE_OUTPUT = HEADER + '''
-class ModelNew(nn.Module):
-    """Honest for 60 calls, then a spin of its own and fresh, unwritten memory, hoping the allocator hands back a
-    block that still holds an earlier answer."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        if self.calls <= 60:
-            return kernel_softmax(x)
-        y = torch.empty_like(x)
-        spin(y, 20000)
-        return y
-'''
+STALE_OUTPUT = honest_then(
+    60, "Honest for 60 calls, then a spin of its own and fresh, unwritten memory, hoping the allocator hands back "
+        "a block that still holds an earlier answer.", """
+y = torch.empty_like(x)
+spin(y, 20000)
+return y
+""")
 
 SLOWS_THE_REFERENCE = HEADER + '''
 _softmax = torch.softmax

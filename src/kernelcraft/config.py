@@ -78,11 +78,10 @@ def check_config(config: dict, schema: dict | None = None) -> None:
 
 def check_seed_bank(config: dict) -> None:
     """Every seed-bank directory exists and every file in it reads (search/seed_bank.py), before any job runs."""
-    from kernelcraft.search.seed_bank import SeedBankError, load_bank
+    from kernelcraft.search.seed_bank import SeedBankError, bank_dirs, load_bank
 
-    dirs = (config.get("seed_bank") or {}).get("dirs") or []
     try:
-        load_bank(dirs)
+        load_bank(bank_dirs(config))
     except SeedBankError as err:
         raise ConfigError(str(err)) from None
 

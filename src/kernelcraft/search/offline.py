@@ -22,12 +22,11 @@ import re
 from typing import Any
 
 from kernelcraft.search.offline_kernels import BACKENDS, candidate_source, generator
+from kernelcraft.search.offline_kernels.candidate import FEATURES_LINE
 from kernelcraft.search.offline_kernels.catalogue import KINDS, Idea, catalogue, context
 from kernelcraft.search.offline_kernels.opspec import OpSpec, Unsupported, describe
 
 __all__ = ["KINDS", "OfflineProposer"]
-
-_FEATURES_RE = re.compile(r"^# features: (\{.*\})\s*$", re.MULTILINE)
 
 
 def _digest(obj: Any) -> str:
@@ -113,7 +112,7 @@ class OfflineProposer:
             feats = None
             source = seed.get("source") if seed else None
             if isinstance(source, str):
-                match = _FEATURES_RE.search(source)
+                match = FEATURES_LINE.search(source)
                 if match:
                     try:
                         parsed = json.loads(match.group(1))

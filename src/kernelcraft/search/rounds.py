@@ -16,7 +16,7 @@ from kernelcraft.jsonio import read_json
 from kernelcraft.progress import report
 from kernelcraft.search.dedupe import digest
 from kernelcraft.search.ensemble import make_proposer, model_label, split_by_weight
-from kernelcraft.search.seed_bank import BANK_MODEL, bank_seeds
+from kernelcraft.search.seed_bank import BANK_MODEL, bank_dirs, bank_seeds
 
 # Candidate fields copied from a proposer's result when present (model transcripts, tokens, repairs, features).
 RESULT_FIELDS = ("features", "transcript", "usage", "repairs")
@@ -32,7 +32,7 @@ def current_seeds(ctx: RunContext, problem: str, round_: int) -> list[dict]:
     """Round 1 starts from the reference, later rounds from the previous selection (with the code attached); then,
     in every round, the seed bank's kernels that fit the problem (search/seed_bank.py), unless one is already among
     the selection as the round-1 candidate it was evaluated as."""
-    bank = bank_seeds(ctx.config, ctx.load_problem(problem), ctx.backend)
+    bank = bank_seeds(ctx.config, ctx.load_problem(problem), ctx.backend) if bank_dirs(ctx.config) else []
     if round_ <= 1:
         return [reference_seed(ctx, problem), *bank]
     seeds = read_json(layout.stage_file(ctx.root, problem, round_ - 1, "select"))["seeds"]

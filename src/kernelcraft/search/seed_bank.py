@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 _HEADER_RE = re.compile(r"^# bank: (\{.*\})\s*$", re.MULTILINE)
-_FEATURES_RE = re.compile(r"^# features: (\{.*\})\s*$", re.MULTILINE)
 
 
 # The model label of a bank kernel evaluated as a candidate (no model wrote it in this run).
@@ -63,8 +62,15 @@ def _json_header(pattern: re.Pattern[str], source: str, path: Path, what: str) -
     return value
 
 
+def bank_dirs(config: dict) -> list[str]:
+    """The config's bank directories (none when the key is absent)."""
+    return list((config.get("seed_bank") or {}).get("dirs") or [])
+
+
 def load_bank(dirs: list[str | Path], base: Path | None = None) -> list[BankKernel]:
     """Every ``*.py`` file of the bank directories (relative ones resolved against ``base``), in name order."""
+    from kernelcraft.search.offline_kernels.candidate import FEATURES_LINE
+
     kernels: list[BankKernel] = []
     for d in dirs:
         folder = Path(d).expanduser()
@@ -79,7 +85,7 @@ def load_bank(dirs: list[str | Path], base: Path | None = None) -> list[BankKern
             except (OSError, UnicodeDecodeError) as exc:
                 raise SeedBankError(f"seed bank file {path} cannot be read: {exc}") from None
             kernels.append(BankKernel(path, source, _json_header(_HEADER_RE, source, path, "bank") or {},
-                                      _json_header(_FEATURES_RE, source, path, "features")))
+                                      _json_header(FEATURES_LINE, source, path, "features")))
     return kernels
 
 
@@ -96,28 +102,20 @@ def fitting(kernels: list[BankKernel], problem: Any, backend: str, limit: int) -
 
 def _generator_name(problem: Any, backend: str) -> str | None:
     """The offline generator's name for the problem's family on ``backend``, None where none fits."""
-    from kernelcraft.search.offline_kernels import BACKENDS, generator
-    from kernelcraft.search.offline_kernels.opspec import Unsupported, describe
+    from kernelcraft.search.offline import OfflineProposer
+    from kernelcraft.search.offline_kernels import generator
 
-    if backend not in BACKENDS:
+    proposer = OfflineProposer(0)
+    if not proposer.supports(problem, backend):
         return None
-    try:
-        spec = describe(problem)
-    except Unsupported:
-        return None
-    except Exception:  # noqa: BLE001 - a reference that cannot be inspected has no generator
-        return None
-    return str(generator(spec.family, backend).GEN)
+    return str(generator(proposer.spec(problem).family, backend).GEN)
 
 
 def bank_seeds(config: dict, problem: Any, backend: str, base: Path | None = None) -> list[dict]:
-    """Round 1's extra seeds for ``problem``: seed dicts (id ``bank-<k>``, source, features, provenance as the
-    idea), in the order :func:`fitting` gives."""
-    bank = config.get("seed_bank") or {}
-    dirs = bank.get("dirs") or []
-    if not dirs:
-        return []
-    chosen = fitting(load_bank(dirs, base), problem, backend, int(bank.get("per_problem", 2)))
+    """The bank's seeds for ``problem`` (rounds.current_seeds adds them to every round's): seed dicts (id
+    ``bank-<k>``, source, features, provenance as the idea), in the order :func:`fitting` gives."""
+    limit = int((config.get("seed_bank") or {}).get("per_problem", 2))
+    chosen = fitting(load_bank(bank_dirs(config), base), problem, backend, limit)
     return [{"id": f"bank-{k}", "round": 0, "source": kernel.source, "features": kernel.features, "path": None,
              "bank_file": str(kernel.path), "idea": kernel.provenance(), "kind": None, "time_ms": None,
              "speedup_eager": None}
@@ -139,9 +137,9 @@ def bank_from_run(run_root: Path, bank_dir: Path) -> list[Path]:
     written: list[Path] = []
     for problem_dir in sorted(p for p in run_root.iterdir() if p.is_dir() and (p / "baseline.json").is_file()):
         problem = problem_dir.name
-        rounds = sorted(int(r.name.split("_")[1]) for r in problem_dir.glob("round_*")
-                        if r.name.split("_")[1].isdigit()
-                        and layout.stage_file(run_root, problem, int(r.name.split("_")[1]), "select").is_file())
+        numbers = (d.name.removeprefix("round_") for d in problem_dir.glob("round_*"))
+        rounds = sorted(r for r in (int(n) for n in numbers if n.isdigit())
+                        if layout.stage_file(run_root, problem, r, "select").is_file())
         if not rounds:
             continue
         seeds = read_json(layout.stage_file(run_root, problem, rounds[-1], "select")).get("seeds") or []

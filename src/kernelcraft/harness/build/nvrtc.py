@@ -293,14 +293,14 @@ class CudaKernel:
         self.arch = cuda_arch()
         start = time.perf_counter()
         includes = include_dirs() if "#include" in source else ()
-        key = cache_key(backend="cuda", source=source, name=name, arch=self.arch, options=self.options,
-                        nvrtc=nvrtc_version(), includes=includes)
         self._image: bytes | None = None
+        self.cubin_path: Path | None = None
+        self.cache_hit = False
         if not cache:
-            self.cubin_path = None
             self._image, self.lowered_name = compile_cubin(source, name, self.arch, self.options, includes)
-            self.cache_hit = False
         else:
+            key = cache_key(backend="cuda", source=source, name=name, arch=self.arch, options=self.options,
+                            nvrtc=nvrtc_version(), includes=includes)
             folder = build_dir() / "cuda"
             folder.mkdir(exist_ok=True)
             self.cubin_path = folder / f"{key}.cubin"
@@ -310,11 +310,11 @@ class CudaKernel:
             except OSError:
                 self.lowered_name = ""
             self.cache_hit = bool(self.lowered_name)
-        if cache and not self.cache_hit:
-            cubin, self.lowered_name = compile_cubin(source, name, self.arch, self.options, includes)
-            # The symbol file goes first: a cubin on disk implies its symbol file is there too.
-            write_atomic(symbol_path, self.lowered_name.encode())
-            write_atomic(self.cubin_path, cubin)
+            if not self.cache_hit:
+                cubin, self.lowered_name = compile_cubin(source, name, self.arch, self.options, includes)
+                # The symbol file goes first: a cubin on disk implies its symbol file is there too.
+                write_atomic(symbol_path, self.lowered_name.encode())
+                write_atomic(self.cubin_path, cubin)
         self.build_seconds = time.perf_counter() - start
         record_build(name, "cuda", self.build_seconds, self.cache_hit)
         self._loaded: dict[int, _Loaded] = {}

@@ -92,9 +92,10 @@ class Timer:
             # protocol._L2Flusher) when it sits in a memory pool of its own; never freed before the job ends, so no
             # process maps memory that was reused.
             self._flush, self._flush_pool = lendable_flush_buffer(self.ctx.device)
-        sets = input_sets(self.ref.problem, _bench_seed(self.ctx, self.round), self.ctx.device, self.sets_count)
+        seed = _bench_seed(self.ctx, self.round)
+        sets = input_sets(self.ref.problem, seed, self.ctx.device, self.sets_count)
         total = timed_iterations(int(bcfg["iters"]), float(bcfg["min_time_ms"]), self._warm["per_call_ms"])
-        calls = CallInputs(sets, _bench_seed(self.ctx, self.round))
+        calls = CallInputs(sets, seed)
         self._state = {"sets": sets, "calls": calls, "eager_total": total, "first": 0, "eager": [], "eager_walls": [],
                        "samples": [], "walls": [], "reasons": [], "keep": self.pick(),
                        "timer": BlockTimer(self.ctx.device, self._warm["launch_ms"], flush_with=self._flush)}

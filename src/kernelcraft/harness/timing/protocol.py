@@ -258,18 +258,14 @@ class BlockTimer:
         return samples, walls, kept
 
 
-def kept_call(fraction: float, calls: int) -> int:
-    """One of ``calls`` indices, each as likely, from the parent's uniform draw ``fraction`` in [0, 1)."""
-    return min(max(int(fraction * calls), 0), max(calls, 1) - 1)
-
-
 def block_length(fraction: float, mean: float) -> int:
     """Calls in the next timed block, from the parent's draw: any of 1 .. 2*mean - 1, each as likely. The block's
     last call is the one handed over and checked, so where a block ends is where the check falls: a candidate
     cannot tell, while it runs a call, whether that call will be checked (each block's length is drawn after the
     previous one was handed over), and with the checked output the last one made, no second output is ever held
     beside it (at KernelBench's sizes, a GB of the candidate's process)."""
-    return 1 + kept_call(fraction, max(1, round(2 * mean) - 1))
+    longest = max(1, round(2 * mean) - 1)
+    return 1 + min(max(int(fraction * longest), 0), longest - 1)
 
 
 def _preroll_cycles(launch_ms: float) -> int:

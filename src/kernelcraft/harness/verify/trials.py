@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-DISTRIBUTIONS = ("problem", "scaled", "uniform")
 LATE_CALLS = 8
 
 

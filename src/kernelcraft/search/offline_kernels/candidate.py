@@ -9,6 +9,7 @@ constructor arguments and recreates its parameters the same way (see opspec), so
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 from kernelcraft.search.offline_kernels.opspec import OpSpec
@@ -18,6 +19,11 @@ _IMPORTS = {
              "from kernelcraft.harness.build import cuda_kernel\n"),
     "cpu": "import math\n\nimport torch\nimport torch.nn as nn\n\nfrom kernelcraft.harness.build import c_kernel\n",
 }
+
+
+# The header line holding a candidate's feature dict, as :func:`assemble` writes it (read back by the offline
+# proposer for its seeds and by the seed bank).
+FEATURES_LINE = re.compile(r"^# features: (\{.*\})\s*$", re.MULTILINE)
 
 
 def _comment(label: str, text: str) -> list[str]:

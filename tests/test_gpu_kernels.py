@@ -106,3 +106,36 @@ def test_the_flush_buffer_lent_to_a_candidate_is_alone_in_its_segment():
     (segment,) = pool.snapshot()
     assert segment["total_size"] < buf.numel() * buf.element_size() + 2 * 2**20
     assert export_cuda(buf)["storage_offset_bytes"] == 0
+
+
+_ADOPT_THEN_FORK = """
+import os, sys
+from kernelcraft.harness.sandbox import zygote
+from kernelcraft.harness.verify import device_kernels
+zygote._adopt_device_kernels()
+assert device_kernels._kernels, "the zygote adopted no kernels"
+pid = os.fork()
+if pid == 0:
+    import torch
+    x = torch.arange(1000, device="cuda", dtype=torch.float32)
+    y = x.clone()
+    y[3] += 1
+    assert device_kernels.count_differing(x, y) == 1  # the adopted image, loaded and run in the child
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_zygote_with_the_evaluators_kernels_still_forks_children_that_use_cuda(tmp_path):
+    """NVRTC initialises the CUDA driver when it compiles: a zygote that compiled in its own process would fork
+    children whose CUDA init fails. The compile runs in a throwaway child; the zygote keeps the image only."""
+    import os
+    import subprocess
+    import sys
+
+    major, minor = torch.cuda.get_device_capability()
+    env = dict(os.environ, KERNELCRAFT_CUDA_ARCH=f"sm_{major}{minor}")
+    done = subprocess.run([sys.executable, "-c", _ADOPT_THEN_FORK], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -324,6 +324,18 @@ class CudaKernel:
     def __repr__(self) -> str:
         return f"CudaKernel({self.name!r}, arch={self.arch!r}, cubin={str(self.cubin_path)!r})"
 
+    @classmethod
+    def from_cubin(cls, image: bytes, name: str, arch: str) -> CudaKernel:
+        """A kernel (``extern "C"``, so its lowered name is its name) from a cubin compiled elsewhere: NVRTC
+        initialises the CUDA driver on its first compile, so a process that must fork (the zygote) has the image
+        compiled in a throwaway child and adopts the bytes."""
+        kernel = cls.__new__(cls)
+        kernel.name = kernel.lowered_name = name
+        kernel.shared_mem, kernel.options, kernel.arch = 0, (), arch
+        kernel._image, kernel.cubin_path, kernel.cache_hit, kernel.build_seconds = bytes(image), None, True, 0.0
+        kernel._loaded, kernel._layouts, kernel._lock = {}, {}, threading.Lock()
+        return kernel
+
     def sibling(self, name: str) -> CudaKernel:
         """Another ``extern "C"`` kernel of the same compiled source, without a second compile."""
         other = copy.copy(self)

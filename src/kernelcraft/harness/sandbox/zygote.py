@@ -143,13 +143,36 @@ def _preload(cuda: bool) -> None:
             nvrtc.nvrtc_version()
             nvrtc.include_dirs()
             if os.environ.get("KERNELCRAFT_CUDA_ARCH"):
-                # The evaluator's own kernels (input renewal), compiled once here (NVRTC needs no CUDA context):
-                # every child inherits the image instead of compiling it.
-                from kernelcraft.harness.verify import device_kernels
-
-                device_kernels.compile_kernels()
+                _adopt_device_kernels()
         except Exception:  # noqa: BLE001 - a missing NVRTC is reported by the build that needs it
             pass
+
+
+def _adopt_device_kernels() -> None:
+    """The evaluator's own kernels (comparison, input renewal), compiled once for every child to inherit. NVRTC
+    initialises the CUDA driver when it compiles (measured: every child forked after it failed CUDA's init), so
+    the compile runs in a throwaway child and the zygote keeps only the bytes it sends back."""
+    import pickle
+
+    from kernelcraft.harness.verify import device_kernels
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            with os.fdopen(write, "wb") as out:
+                pickle.dump(device_kernels.cubin(), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0 and data:
+        device_kernels.adopt(*pickle.loads(data))
 
 
 def _warm_cuda() -> None:

@@ -167,6 +167,22 @@ def compile_kernels() -> None:
             _kernels.extend([check, check.sibling("kc_rehalve")])
 
 
+def cubin() -> tuple[bytes, str]:
+    """The compiled image and its arch (compiling it first if needed): what :func:`adopt` takes elsewhere."""
+    compile_kernels()
+    return _kernels[0]._image, _kernels[0].arch
+
+
+def adopt(image: bytes, arch: str) -> None:
+    """Use an image compiled by another process (see ``CudaKernel.from_cubin``) instead of compiling here."""
+    from kernelcraft.harness.build.nvrtc import CudaKernel
+
+    with _lock:
+        if not _kernels:
+            check = CudaKernel.from_cubin(image, "kc_check", arch)
+            _kernels.extend([check, check.sibling("kc_rehalve")])
+
+
 def _kernel(which: int = 0) -> Any:
     if not _kernels:
         compile_kernels()

@@ -43,12 +43,15 @@ def evaluate_candidates(ctx: RunContext, problem: str, round_: int, candidates: 
     if todo:
         # Launched before this process imports torch (the modules below do), so the two imports overlap.
         worker.start()
-        if ctx.device == "cuda":
-            # This process's comparator and input renewal (verify/device_kernels.py), compiled while the worker
-            # starts; a failure here is raised again, with its reason, where the kernels are first used.
-            threading.Thread(target=_compile_device_kernels, daemon=True).start()
     from kernelcraft.harness.timing.benchmark_round import Timer
     from kernelcraft.harness.verify.verify_round import Verifier, static_verdict
+
+    if todo and ctx.device == "cuda":
+        # This process's comparator and input renewal (verify/device_kernels.py), compiled while the worker
+        # starts; a failure here is raised again, with its reason, where the kernels are first used. Only once
+        # torch is imported: two threads importing torch at once fail (KeyError: 'torch', seen in a workflow's
+        # fresh evaluate process on the H200).
+        threading.Thread(target=_compile_device_kernels, daemon=True).start()
 
     verdicts: dict[str, dict] = {}
     timings: dict[str, dict] = {}

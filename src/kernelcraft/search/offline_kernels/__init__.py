@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from kernelcraft.search.offline_kernels import elementwise_c, elementwise_cuda, rowwise_c, rowwise_cuda
+from kernelcraft.search.offline_kernels import (
+    elementwise_c,
+    elementwise_cuda,
+    matmul_c,
+    matmul_cuda,
+    rowwise_c,
+    rowwise_cuda,
+)
 from kernelcraft.search.offline_kernels.candidate import assemble
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
@@ -21,6 +28,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("elementwise", "cpu"): elementwise_c,
     ("rowwise", "cuda"): rowwise_cuda,
     ("rowwise", "cpu"): rowwise_c,
+    ("matmul", "cuda"): matmul_cuda,
+    ("matmul", "cpu"): matmul_c,
 }
 
 

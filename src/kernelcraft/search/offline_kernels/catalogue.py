@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kernelcraft.search.offline_kernels import cuda_common, rowwise_cuda
+from kernelcraft.search.offline_kernels import cuda_common, matmul_cuda, rowwise_cuda
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 KINDS = ("memory access", "asynchronous work and latency hiding", "data type and precision",
@@ -56,6 +56,13 @@ def context(spec: OpSpec, child: dict) -> dict:
     ctx["cl"] = child.get("cluster", 2)
     if spec.family == "rowwise" and child.get("gen") == rowwise_cuda.GEN:
         ctx["rk"] = rowwise_cuda.regs_per_thread(spec, child) * child.get("vec", 1)
+    if spec.family == "matmul":
+        ctx["M"], ctx["N"], ctx["K"] = spec.mnk
+        if child.get("algo") == "mma":
+            ctx["T"] = matmul_cuda.mma_threads(child)
+            ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
+        elif child.get("algo") == "simt":
+            ctx["T"] = matmul_cuda.simt_threads(child)
     return ctx
 
 
@@ -389,7 +396,155 @@ ELEMENTWISE_C: list[Idea] = [
     Idea("unroll8", CTRL, "Ask GCC to unroll the element loop by 8 (#pragma GCC unroll 8).", {"unroll": 8}, 0.4),
 ]
 
+# ------------------------------------------------------------------------------------------------ matmul CUDA
+
+
+def _algo(*algos: str) -> Callable[[OpSpec, dict], bool]:
+    return lambda spec, f: f.get("algo") in algos
+
+
+_TENSOR_CORES = {"algo": "mma", "bm": 128, "bn": 128, "bk": 32, "wm": 2, "wn": 4, "vec": 4, "cp_async": True,
+                 "stages": 2, "pad": 4}
+
+MATMUL_CUDA: list[Idea] = [
+    Idea("smem_tiles", MEM, "Stage {tile}x{tile} tiles of A and B in shared memory, one output per thread, so each "
+         "value read from HBM serves {tile} multiply-adds instead of one.", {"algo": "smem", "tile": 32}, 3.0,
+         when=_algo("naive")),
+    Idea("register_block", COMP, "Give each thread an {tm}x{tn} tile of C in registers under {bm}x{bn}x{bk} block "
+         "tiles in shared memory (A stored transposed, so a thread's rows are one vector read): every value read "
+         "from shared memory feeds {tn} multiply-adds.",
+         {"algo": "simt", "bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8}, 3.0, when=_algo("naive", "smem")),
+    Idea("tensor_3xtf32", PREC, "Move the multiply-adds onto tensor cores (mma.sync m16n8k8 TF32 instructions, "
+         "{T} threads, warp tiles of {wtm}x{wtn}) and keep float32 accuracy with the 3xTF32 split: each operand "
+         "becomes a TF32 high part plus a TF32 remainder and three products (hi*hi + hi*lo + lo*hi) replace one.",
+         _TENSOR_CORES | {"precision": "3xtf32"}, 3.5, when=_algo("naive", "smem", "simt")),
+    Idea("tensor_tf32", PREC, "Run the multiply-adds on TF32 tensor cores with one product per fragment pair (a "
+         "10-bit mantissa: about 3x the 3xTF32 throughput, but errors near 1e-3 that a 1e-4 tolerance rejects).",
+         _TENSOR_CORES | {"precision": "tf32"}, 0.7, when=_algo("naive", "smem", "simt")),
+    Idea("drop_to_tf32", PREC, "Drop the 3xTF32 correction terms and multiply the TF32 high parts only: a third "
+         "of the tensor-core work, at TF32 accuracy (fails 1e-4, passes 1e-2).", {"precision": "tf32"}, 0.6,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "3xtf32"),
+    Idea("tile_sums", PREC, "Accumulate each K tile's tensor-core products in fresh registers and add them to the "
+         "running sums with ordinary round-to-nearest float adds: the tensor core truncates as it accumulates, and "
+         "over K = {K} those truncations add up to errors far above float32's.", {"acc": "tile"}, 1.5,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("acc") != "tile"),
+    Idea("vec4", MEM, "Load the A and B tiles with 16-byte float4 vector loads (a scalar-load kernel takes "
+         "operands whose K or N is not a multiple of 4).", {"vec": 4}, 2.0,
+         when=lambda s, f: f.get("algo") == "simt" or (f.get("algo") == "mma" and not f.get("cp_async"))),
+    Idea("double_buffer", ASYNC, "Double-buffer the shared-memory tiles: load the next K tile into registers while "
+         "the current one is multiplied, then store it to the other buffer, one barrier per tile.",
+         {"buffer": 2}, 2.0, when=_algo("simt")),
+    Idea("cp_async", ASYNC, "Copy the tiles global to shared with cp.async 16-byte asynchronous copies (zero-filled "
+         "past the matrix edges) in a two-stage pipeline, so the next tile streams in while tensor cores work on "
+         "this one, without passing through registers.", {"cp_async": True, "vec": 4, "stages": 2}, 2.0,
+         when=lambda s, f: f.get("algo") == "mma" and not f.get("cp_async")),
+    Idea("stages3", ASYNC, "Deepen the cp.async pipeline to three stages: two K tiles are in flight while the third "
+         "is multiplied, hiding HBM latency behind more math.", {"stages": 3, "cp_async": True, "vec": 4}, 1.5,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) < 3),
+    Idea("pad_smem", MEM, "Pad the shared-memory rows (A's by four floats, and B's by eight on tensor cores), "
+         "so the rows a warp reads at once start in different banks and its loads stop conflicting.", {"pad": 4}, 1.2,
+         when=lambda s, f: f.get("algo") in ("simt", "mma") and not f.get("pad")),
+    Idea("raster8", PAR, "Launch the blocks in groups of 8 block-rows (grouped ordering): blocks running together "
+         "share A's row panels and B's column panels, so those come from L2 instead of HBM.", {"raster": 8}, 1.2,
+         when=_algo("simt", "mma")),
+    Idea("tile_256x128", PAR, "Grow the block tile to 256x128 with 8 warps of 64x64: more multiply-adds per "
+         "value loaded into shared memory, fewer blocks.", {"bm": 256, "bn": 128, "wm": 4, "wn": 2}, 1.0,
+         when=_algo("mma")),
+    Idea("tile_128x64", PAR, "Shrink the block tile to 128x64 with 4 warps: less shared memory per block, so more "
+         "blocks are resident per SM to hide latency.", {"bm": 128, "bn": 64, "wm": 2, "wn": 2}, 0.8,
+         when=_algo("mma")),
+    Idea("warps_4x2", PAR, "Arrange the 8 warps 4x2 instead of 2x4 (warp tiles of {wtm}x{wtn}), changing how "
+         "many A and B fragments each warp reloads per K step.", {"wm": 4, "wn": 2}, 0.7,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("wm") != 4),
+    Idea("tile_64x64", PAR, "Use 64x64 block tiles with 8x8 thread tiles: four times as many blocks, for matrices "
+         "too small to fill every SM with 128x128 tiles.", {"bm": 64, "bn": 64}, 0.8, when=_algo("simt"),
+         boost=lambda s, f: 3.0 if s.mnk[0] * s.mnk[1] < 132 * 128 * 128 else 0.5),
+    Idea("bk16", CTRL, "Deepen the K tile to 16, so each pair of barriers covers twice the multiply-adds.",
+         {"bk": 16}, 1.0, when=lambda s, f: f.get("algo") == "simt" and f.get("bk") == 8),
+    Idea("bk16_tc", CTRL, "Halve the K tile to 16: half the shared memory per stage, so more stages or blocks fit.",
+         {"bk": 16}, 0.5, when=lambda s, f: f.get("algo") == "mma" and f.get("bk") == 32),
+    Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler keeps registers low enough for two "
+         "resident blocks per SM.", {"launch_min": 2}, 0.6, when=_algo("simt")),
+    Idea("raster16", PAR, "Launch the blocks in groups of 16 block-rows: a wider band of A's row panels shares each "
+         "column panel of B while it is in L2.", {"raster": 16}, 0.6,
+         when=lambda s, f: f.get("algo") in ("simt", "mma") and f.get("raster") != 16),
+    Idea("warps_2x2", PAR, "Use four warps with 64x64 warp tiles: each warp reuses every A fragment over eight B "
+         "fragments, at the cost of fewer warps to hide latency.", {"wm": 2, "wn": 2}, 0.6,
+         when=lambda s, f: f.get("algo") == "mma" and (f.get("wm"), f.get("wn")) != (2, 2)),
+    Idea("tile_64x64_tc", PAR, "Use 64x64 block tiles of four warps on the tensor cores: four times the blocks of "
+         "128x128 tiles, for products too small to give every SM a tile.", {"bm": 64, "bn": 64, "wm": 2, "wn": 2},
+         0.5, when=_algo("mma"), boost=lambda s, f: 3.0 if s.mnk[0] * s.mnk[1] < 132 * 128 * 128 else 0.5),
+    Idea("thread_tile_8x4", COMP, "Make each thread's register tile 8x4 (eight rows, one float4 of columns): half "
+         "the accumulators, so more threads per block fit in the register file.", {"tm": 8, "tn": 4}, 0.5,
+         when=lambda s, f: f.get("algo") == "simt" and (f.get("tm"), f.get("tn")) != (8, 4)),
+    Idea("bk32_simt", CTRL, "Deepen the K tile to 32 with one shared-memory buffer: a quarter of the barriers, "
+         "each covering 32 multiply-adds per output.", {"bk": 32, "buffer": 1}, 0.5,
+         when=lambda s, f: f.get("algo") == "simt" and f.get("bk") != 32),
+]
+
+# ------------------------------------------------------------------------------------------------ matmul C
+
+MATMUL_C: list[Idea] = [
+    Idea("ikj", MEM, "Reorder the loops to i-k-j: broadcast A[i,k] over a contiguous row of B and accumulate into a "
+         "contiguous row of C, so the inner loop streams memory and vectorises instead of striding down a column "
+         "of B.", {"order": "ikj"}, 4.0),
+    Idea("omp_rows", PAR, "Parallelise over the {M} rows of C with an OpenMP parallel-for: each core owns whole "
+         "rows, so no two threads write the same output.", {"par": "rows"}, 4.0),
+    Idea("block", MEM, "Block the loops into {mc}x{nc} tiles of C and {kc}-deep slices of K, so the slice of B a "
+         "tile reuses ({kc}x{nc} floats) stays in L2 while every row of the tile passes over it.",
+         {"block": True}, 2.5),
+    Idea("micro", COMP, "Compute C in 4x16 register blocks across each K slice (four A values broadcast against one "
+         "16-float vector of B per k), writing C once per slice instead of once per multiply-add.",
+         {"micro": True}, 2.5),
+    Idea("simd", COMP, "Mark the inner row loop #pragma omp simd, so it compiles to vector fused multiply-adds "
+         "without the compiler's aliasing checks.", {"simd": True}, 2.0),
+    Idea("tiles_par", PAR, "Parallelise over C tiles (collapse(2) over tile rows and columns) instead of rows, so "
+         "every core has work even when M is small.", {"par": "tiles"}, 1.5),
+    Idea("dynamic", PAR, "Hand out the parallel loop's iterations dynamically, so a core that finishes early takes "
+         "the next one.", {"schedule": "dynamic"}, 0.6, when=lambda s, f: f.get("par") != "serial"),
+    Idea("restrict", MEM, "Declare A, B and C restrict: the compiler may then keep values in registers across "
+         "stores to C.", {"restrict": True}, 1.0),
+    Idea("unroll4", CTRL, "Unroll the innermost loop by 4 (#pragma GCC unroll 4).", {"unroll": 4}, 0.5,
+         when=lambda s, f: not f.get("simd")),
+    Idea("micro_8x8", COMP, "Reshape the register block to 8x8 (eight A values against one 8-float vector of B per "
+         "k): more rows share each B load, for cores whose vectors are 8 floats wide.", {"micro": True, "mr": 8,
+                                                                                       "nr": 8}, 1.0),
+    Idea("micro_6x16", COMP, "Reshape the register block to 6x16: six rows of C against two 8-float vectors of B, "
+         "twelve accumulators, the shape that fills sixteen vector registers.", {"micro": True, "mr": 6, "nr": 16},
+         1.0),
+    Idea("micro_4x32", COMP, "Widen the register block to 4x32, so each A value loaded feeds 32 multiply-adds.",
+         {"micro": True, "mr": 4, "nr": 32}, 0.7),
+    Idea("acc_double", PREC, "Accumulate the register block in double and round to float once per K slice: every "
+         "output's sum of {K} products loses no low-order bits.", {"micro": True, "acc": "double"}, 0.5),
+    Idea("prefetch4", ASYNC, "Prefetch the row of B four k steps ahead (__builtin_prefetch), so it is in cache by "
+         "the time the broadcast reaches it.", {"prefetch": 4}, 0.8, when=lambda s, f: f.get("order") == "ikj"),
+    Idea("prefetch16", ASYNC, "Prefetch the row of B sixteen k steps ahead, to cover DRAM latency when the slice "
+         "of B is not in cache.", {"prefetch": 16}, 0.6, when=lambda s, f: f.get("order") == "ikj"),
+    Idea("guided", PAR, "Use a guided schedule: large chunks of the parallel loop first, smaller ones to balance "
+         "the end.", {"schedule": "guided"}, 0.5, when=lambda s, f: f.get("par") != "serial"),
+    Idea("bind_close", PAR, "Pin the OpenMP threads close together (proc_bind(close)), so each stays on its core "
+         "and its caches.", {"proc_bind": "close"}, 0.5, when=lambda s, f: f.get("par") != "serial"),
+    Idea("bind_spread", PAR, "Spread the OpenMP threads over the machine (proc_bind(spread)), so their slices of B "
+         "come through every memory channel.", {"proc_bind": "spread"}, 0.4,
+         when=lambda s, f: f.get("par") != "serial"),
+    Idea("if_parallel", CTRL, "Fork the OpenMP team only when the product has more than 32K multiply-adds (an if "
+         "clause), so small calls skip the fork and join.", {"if_parallel": True}, 0.4,
+         when=lambda s, f: f.get("par") != "serial"),
+    Idea("unroll8", CTRL, "Unroll the innermost loop by 8 (#pragma GCC unroll 8).", {"unroll": 8}, 0.4,
+         when=lambda s, f: not f.get("simd")),
+    Idea("nc512", MEM, "Widen the C tile to 512 columns, so each A value broadcast in a tile feeds twice the "
+         "columns.", {"nc": 512, "block": True}, 0.6, when=lambda s, f: f.get("block") and f.get("nc") != 512),
+    Idea("mc32", CTRL, "Shrink the C tile to 32 rows, so there are more tiles to share among the cores.",
+         {"mc": 32, "block": True}, 0.4, when=lambda s, f: f.get("block") and f.get("mc") != 32),
+    Idea("kc512", CTRL, "Deepen the K slice to 512, halving the passes over each C tile.", {"kc": 512, "block": True},
+         0.7, when=lambda s, f: f.get("block") and f.get("kc") != 512),
+    Idea("mc128", CTRL, "Grow the C tile to 128 rows, so each B slice loaded into cache serves twice the rows.",
+         {"mc": 128, "block": True}, 0.6, when=lambda s, f: f.get("block") and f.get("mc") != 128),
+]
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("matmul", "cuda"): MATMUL_CUDA,
+    ("matmul", "cpu"): MATMUL_C,
     ("rowwise", "cuda"): ROWWISE_CUDA,
     ("rowwise", "cpu"): ROWWISE_C,
     ("elementwise", "cuda"): ELEMENTWISE_CUDA,

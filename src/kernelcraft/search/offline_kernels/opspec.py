@@ -1,13 +1,13 @@
 """What a code generator needs to know about a problem, derived once from the reference itself.
 
-The offline proposer writes kernels for one op applied to one float32 input. The op tag says *which* op; this
-module pins down everything else the generated file depends on, from the reference rather than from guesses:
-the input shape (``get_inputs()`` run on the meta device, so a 1 GiB input costs nothing), how many trailing
-dimensions form a row, the eps, the output shape (the reference's forward on meta tensors), and how ModelNew must
-recreate the reference's parameters so the same seed gives the same weights. A small real probe then checks
-that the reference really computes the op we are about to generate for (an external KernelBench file can call
-something the static op detector mistook); if anything does not fit, :func:`describe` says why and the
-proposer reports the problem as unsupported instead of emitting wrong kernels.
+The offline proposer writes kernels for one op applied to float32 inputs (one tensor, or the two operands of a
+matmul). The op tag says *which* op; this module pins down everything else the generated file depends on, from the
+reference rather than from guesses: the input shapes (``get_inputs()`` run on the meta device, so a 1 GiB input
+costs nothing), how many trailing dimensions form a row, the eps, the output shape (the reference's forward on meta
+tensors), and how ModelNew must recreate the reference's parameters so the same seed gives the same weights. A small
+real probe then checks that the reference really computes the op we are about to generate for (an external
+KernelBench file can call something the static op detector mistook); if anything does not fit, :func:`describe` says
+why and the proposer reports the problem as unsupported instead of emitting wrong kernels.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 
 ELEMENTWISE_OPS = ("relu", "gelu")
 ROWWISE_OPS = ("softmax", "log_softmax", "layernorm", "rmsnorm", "sum_lastdim")
-FAMILIES = {**{op: "elementwise" for op in ELEMENTWISE_OPS}, **{op: "rowwise" for op in ROWWISE_OPS}}
+MATMUL_OPS = ("matmul",)
+FAMILIES = {**{op: "elementwise" for op in ELEMENTWISE_OPS}, **{op: "rowwise" for op in ROWWISE_OPS},
+            **{op: "matmul" for op in MATMUL_OPS}}
 
 
 class Unsupported(ValueError):
@@ -43,6 +45,15 @@ class OpSpec:
     init_body: tuple[str, ...]  # statements after super().__init__() that recreate the parameters
     weight: str | None  # Python expression for the weight tensor inside forward ("self.ln.weight")
     bias: str | None
+    # ModelNew.forward's tensor arguments (the generators' names, in the reference's order) and their shapes.
+    args: tuple[str, ...] = ("x",)
+    input_shapes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def mnk(self) -> tuple[int, int, int]:
+        """A matmul's (M, N, K): C[M, N] = A[M, K] @ B[K, N]."""
+        (m, k), (_, n) = self.input_shapes
+        return m, n, k
 
     @property
     def rows(self) -> int:
@@ -76,6 +87,8 @@ def describe(problem: Any) -> OpSpec:
             inputs = list(module.get_inputs())
         except Exception as exc:  # noqa: BLE001 - any failure just means we cannot see the shapes cheaply
             raise Unsupported(f"get_inputs() does not run on the meta device ({type(exc).__name__})") from exc
+    if FAMILIES[op] == "matmul":
+        return _describe_matmul(problem, module, init_inputs, inputs)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
     x = inputs[0]
@@ -119,9 +132,64 @@ def describe(problem: Any) -> OpSpec:
     spec = OpSpec(problem_id=str(problem.id), op=op, family=family, input_shape=shape, out_shape=out_shape,
                   row_dims=row_dims, eps=float(eps), keepdim=keepdim,
                   init_signature=_render_signature(module.Model), init_body=tuple(init_body),
-                  weight=weight, bias=bias)
+                  weight=weight, bias=bias, input_shapes=(shape,))
     _probe(spec, model)
     return spec
+
+
+def _describe_matmul(problem: Any, module: Any, init_inputs: list, inputs: list) -> OpSpec:
+    """C = A @ B on two float32 matrices, no parameters: the operands' shapes are the whole problem."""
+    import torch
+
+    if len(inputs) != 2 or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise Unsupported("matmul: expected exactly two tensor inputs (A, B)")
+    a, b = inputs
+    if a.dim() != 2 or b.dim() != 2:
+        raise Unsupported(f"matmul: operands of shapes {tuple(a.shape)} and {tuple(b.shape)}; only 2-D A @ B is "
+                          "generated (batched and matrix-vector products are not yet)")
+    if a.dtype != torch.float32 or b.dtype != torch.float32:
+        raise Unsupported(f"matmul: operand dtypes {a.dtype}, {b.dtype}; the generators write float32 kernels")
+    if a.shape[1] != b.shape[0]:
+        raise Unsupported(f"matmul: inner dimensions differ ({tuple(a.shape)} @ {tuple(b.shape)})")
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    state = [*model.named_parameters(), *model.named_buffers()]
+    if state:
+        raise Unsupported(f"matmul: the reference holds tensors ({', '.join(n for n, _ in state)}); a plain "
+                          "A @ B has none")
+    shapes = (tuple(int(s) for s in a.shape), tuple(int(s) for s in b.shape))
+    m, n = shapes[0][0], shapes[1][1]
+    try:
+        with torch.device("meta"):
+            out = model(a, b)
+        got = tuple(int(s) for s in out.shape) if isinstance(out, torch.Tensor) else None
+    except Exception:  # noqa: BLE001 - some references do not run on meta; the probe still checks semantics
+        got = (m, n)
+    if got != (m, n):
+        raise Unsupported(f"matmul: the reference's output shape {got} is not A @ B's {(m, n)}")
+    spec = OpSpec(problem_id=str(problem.id), op="matmul", family="matmul", input_shape=shapes[0],
+                  out_shape=(m, n), row_dims=1, eps=0.0, keepdim=False,
+                  init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
+                  args=("a", "b"), input_shapes=shapes)
+    _probe_matmul(model)
+    return spec
+
+
+def _probe_matmul(model: Any) -> None:
+    """The reference on small odd-sized operands must equal A @ B (not A.T @ B, not A @ B + 1, ...)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    a = torch.randn(5, 7, generator=gen)
+    b = torch.randn(7, 3, generator=gen)
+    with torch.no_grad():
+        try:
+            got = model(a.clone(), b.clone())
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported("matmul: the reference fails on probe operands of shapes (5, 7) and (7, 3)") from exc
+    if not isinstance(got, torch.Tensor) or got.shape != (5, 3) or not torch.allclose(got, a @ b, atol=1e-5,
+                                                                                      rtol=1e-5):
+        raise Unsupported("matmul: the reference does not compute a plain A @ B on probe operands")
 
 
 # ------------------------------------------------------------------------------------------------ parameters

@@ -1,0 +1,483 @@
+"""CUDA kernels for C = A @ B in float32 (A: M x K, B: K x N, row-major).
+
+A matmul is compute-bound once operands are reused from on-chip memory, so the levers are reuse and issue rate:
+shared-memory tiles (each value loaded from HBM serves a tile's worth of multiply-adds), register blocking (each
+value loaded from shared memory serves a thread tile), 16-byte vector loads, software pipelining (register
+staging or ``cp.async`` stages, so the next tile's loads overlap this tile's math), padded shared-memory rows
+against bank conflicts, a grouped block order for L2 reuse, and tensor cores. Tensor cores take TF32 (10-bit
+mantissa), too coarse for 1e-4 over thousands of products; the 3xTF32 scheme splits each operand into a TF32 high
+part and a TF32 remainder and sums three products (hi*hi + hi*lo + lo*hi), which is float32-accurate.
+
+The algorithms, by ``algo``: ``naive`` (one thread per output, operands from global memory), ``smem`` (square
+shared-memory tiles, one output per thread), ``simt`` (block tile BM x BN x BK, thread tile TM x TN in
+registers), ``mma`` (tensor cores through PTX ``mma.sync`` m16n8k8, TF32 or 3xTF32; inline PTX rather than
+``<mma.h>``, whose headers NVRTC does not always have). Every kernel takes any M, N, K: loads
+past an edge read zeros and stores past it are skipped. The vectorised path needs K and N multiples of 4 and
+aligned pointers, which the launcher checks, falling back to a scalar-load kernel.
+"""
+
+from __future__ import annotations
+
+from kernelcraft.search.offline_kernels.opspec import OpSpec
+
+FAMILY = "matmul"
+BACKEND = "cuda"
+GEN = "matmul_cuda"
+
+ALGOS = ("naive", "smem", "simt", "mma")
+TUNABLES: dict[str, tuple] = {
+    "bm": (64, 128, 256),
+    "bn": (64, 128, 256),
+    "bk": (8, 16, 32),
+    "tm": (4, 8),
+    "tn": (4, 8),
+    "wm": (1, 2, 4),
+    "wn": (1, 2, 4),
+    "raster": (0, 8, 16),
+}
+SMEM_STATIC_MAX = 48 * 1024
+SMEM_DYNAMIC_MAX = 200 * 1024  # H100/H200 allow 227 KiB per block; leave room for the driver's reservation
+_SIMT_DEFAULT = {"bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8}
+_MMA_DEFAULT = {"bm": 128, "bn": 128, "bk": 32, "wm": 2, "wn": 4}
+
+
+def baseline(spec: OpSpec) -> dict:
+    """One thread per output element reading A and B from global memory: what a first CUDA port looks like."""
+    return {"gen": GEN, "algo": "naive", "tile": 16, "bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4, "wm": 2,
+            "wn": 2, "vec": 1, "buffer": 1, "stages": 1, "cp_async": False, "pad": 0, "precision": "fp32",
+            "raster": 0, "launch_min": 0, "acc": "direct"}
+
+
+def simt_threads(f: dict) -> int:
+    return (f["bm"] // f["tm"]) * (f["bn"] // f["tn"])
+
+
+def mma_threads(f: dict) -> int:
+    return f["wm"] * f["wn"] * 32
+
+
+def _tile_loads_ok(bm: int, bn: int, bk: int, threads: int, vec: int) -> bool:
+    """Every thread moves the same whole number of (vec-wide) elements of each operand tile."""
+    return (bm * bk) % (threads * vec) == 0 and (bk * bn) % (threads * vec) == 0 and bk % vec == 0
+
+
+def _simt_ok(f: dict) -> bool:
+    t = simt_threads(f)
+    smem = f["buffer"] * f["bk"] * (f["bm"] + f["bn"] + 2 * f["pad"]) * 4
+    return 64 <= t <= 1024 and smem <= SMEM_STATIC_MAX and _tile_loads_ok(f["bm"], f["bn"], f["bk"], t, f["vec"])
+
+
+def mma_smem_bytes(f: dict) -> int:
+    return f["stages"] * (f["bm"] * (f["bk"] + f["pad"]) + f["bk"] * (f["bn"] + 2 * f["pad"])) * 4
+
+
+def _mma_ok(f: dict) -> bool:
+    wtm, wtn = f["bm"] // f["wm"], f["bn"] // f["wn"]
+    frags = (wtm // 16) * (wtn // 8) * (2 if f["acc"] == "tile" else 1)  # accumulator registers / 4
+    return (f["bm"] % (16 * f["wm"]) == 0 and f["bn"] % (8 * f["wn"]) == 0 and frags <= 32
+            and 64 <= mma_threads(f) <= 512 and f["bk"] % 8 == 0 and mma_smem_bytes(f) <= SMEM_DYNAMIC_MAX
+            and _tile_loads_ok(f["bm"], f["bn"], f["bk"], mma_threads(f), f["vec"]))
+
+
+def normalise(spec: OpSpec, f: dict) -> dict:
+    base = baseline(spec)
+    g = base | {k: v for k, v in f.items() if k in base}
+    g["gen"] = GEN
+    if g["algo"] not in ALGOS:
+        g["algo"] = "naive"
+    algo = g["algo"]
+    keep = {"naive": (), "smem": ("tile",), "simt": ("bm", "bn", "bk", "tm", "tn", "vec", "buffer", "pad", "raster",
+                                                     "launch_min"),
+            "mma": ("bm", "bn", "bk", "wm", "wn", "vec", "stages", "cp_async", "pad", "precision", "raster",
+                    "acc")}[algo]
+    for k in base:
+        if k not in keep and k not in ("gen", "algo"):
+            g[k] = base[k]
+    if algo == "smem" and g["tile"] not in (16, 32):
+        g["tile"] = 32
+    if algo == "simt":
+        g["vec"] = 4 if g["vec"] == 4 else 1
+        g["buffer"] = 2 if g["buffer"] == 2 else 1
+        g["pad"] = 4 if g["pad"] else 0
+        g["acc"] = "tile" if g["acc"] == "tile" else "direct"
+        g["launch_min"] = g["launch_min"] if g["launch_min"] in (0, 2) else 0
+        if any(g[k] not in TUNABLES[k] for k in ("bm", "bn", "bk", "tm", "tn")) or not _simt_ok(g):
+            g |= _SIMT_DEFAULT
+            if not _simt_ok(g):
+                g["vec"], g["buffer"], g["pad"] = 1, 1, 0
+    if algo == "mma":
+        g["precision"] = g["precision"] if g["precision"] in ("tf32", "3xtf32") else "3xtf32"
+        g["cp_async"] = bool(g["cp_async"])
+        g["vec"] = 4 if (g["vec"] == 4 or g["cp_async"]) else 1
+        g["stages"] = g["stages"] if g["stages"] in (1, 2, 3) else 1
+        g["pad"] = 4 if g["pad"] else 0
+        g["acc"] = "tile" if g["acc"] == "tile" else "direct"
+        if g["bk"] not in (16, 32):
+            g["bk"] = 32
+        if any(g[k] not in TUNABLES[k] for k in ("bm", "bn", "wm", "wn")) or not _mma_ok(g):
+            g |= _MMA_DEFAULT
+            while not _mma_ok(g) and g["stages"] > 1:
+                g["stages"] -= 1
+    if algo not in ("simt", "mma"):
+        g["raster"] = 0
+    elif g["raster"] not in TUNABLES["raster"]:
+        g["raster"] = 0
+    return g
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+_ARGS = ("const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, "
+         "long long M_, long long N_, long long K_")
+_INTS = "const int M = (int)M_, N = (int)N_, K = (int)K_;"
+
+
+def _raster(f: dict) -> str:
+    """The block's (bm0, bn0): row-major over tiles, or grouped so that consecutive blocks share B's columns
+    and A's rows in L2."""
+    if f["raster"]:
+        body = ["const int width = GROUP * tiles_n, group = blockIdx.x / width, first = group * GROUP;",
+                "const int rows = min(tiles_m - first, GROUP);",
+                "*bm0 = (first + (blockIdx.x % width) % rows) * BM;",
+                "*bn0 = ((blockIdx.x % width) / rows) * BN;"]
+        head = f"#define GROUP {f['raster']}\n"
+    else:
+        body = ["*bm0 = (blockIdx.x / tiles_n) * BM;", "*bn0 = (blockIdx.x % tiles_n) * BN;"]
+        head = ""
+    return (head + "__device__ __forceinline__ void tile_origin(int M, int N, int* bm0, int* bn0) {\n"
+            "  const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;\n  (void)tiles_m;\n"
+            + "\n".join("  " + ln for ln in body) + "\n}\n")
+
+
+def _naive(name: str) -> str:
+    return f"""// generated by kernelcraft's offline proposer (matmul_cuda, naive)
+extern "C" __global__ void {name}({_ARGS}) {{
+  const long long row = blockIdx.y * (long long)blockDim.y + threadIdx.y;
+  const long long col = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (row >= M_ || col >= N_) return;
+  float s = 0.f;
+  for (long long k = 0; k < K_; ++k) s = fmaf(A[row * K_ + k], B[k * N_ + col], s);
+  C[row * N_ + col] = s;
+}}
+"""
+
+
+def _smem(f: dict, name: str) -> str:
+    t = f["tile"]
+    return f"""// generated by kernelcraft's offline proposer (matmul_cuda, shared-memory tiles)
+#define TS {t}
+extern "C" __global__ void __launch_bounds__(TS * TS) {name}({_ARGS}) {{
+  {_INTS}
+  __shared__ float As[TS][TS];
+  __shared__ float Bs[TS][TS + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int row = blockIdx.y * TS + ty, col = blockIdx.x * TS + tx;
+  float s = 0.f;
+  for (int k0 = 0; k0 < K; k0 += TS) {{
+    As[ty][tx] = (row < M && k0 + tx < K) ? A[(long long)row * K + k0 + tx] : 0.f;
+    Bs[ty][tx] = (k0 + ty < K && col < N) ? B[(long long)(k0 + ty) * N + col] : 0.f;
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < TS; ++k) s = fmaf(As[ty][k], Bs[k][tx], s);
+    __syncthreads();
+  }}
+  if (row < M && col < N) C[(long long)row * N + col] = s;
+}}
+"""
+
+
+def _simt(f: dict, name: str) -> str:
+    vec, nbuf = f["vec"], f["buffer"]
+    lines = ["// generated by kernelcraft's offline proposer (matmul_cuda, register-blocked SIMT)",
+             f"#define BM {f['bm']}", f"#define BN {f['bn']}", f"#define BK {f['bk']}", f"#define TM {f['tm']}",
+             f"#define TN {f['tn']}", "#define NT ((BM / TM) * (BN / TN))", f"#define PAD {f['pad']}",
+             f"#define LA (BM * BK / ({vec} * NT))", f"#define LB (BK * BN / ({vec} * NT))", "", _raster(f)]
+    if vec == 4:
+        load = ["#pragma unroll", "for (int l = 0; l < LA; ++l) {",
+                "  const int v = tid + l * NT, r = v / (BK / 4), c = (v % (BK / 4)) * 4;",
+                "  const int gm = bm0 + r, gk = k0 + c;",
+                "  ra[l] = (gm < M && gk < K) ? *reinterpret_cast<const float4*>(A + (long long)gm * K + gk) : zero4;",
+                "}", "#pragma unroll", "for (int l = 0; l < LB; ++l) {",
+                "  const int v = tid + l * NT, r = v / (BN / 4), c = (v % (BN / 4)) * 4;",
+                "  const int gk = k0 + r, gn = bn0 + c;",
+                "  rb[l] = (gk < K && gn < N) ? *reinterpret_cast<const float4*>(B + (long long)gk * N + gn) : zero4;",
+                "}"]
+        store = ["#pragma unroll", "for (int l = 0; l < LA; ++l) {",
+                 "  const int v = tid + l * NT, r = v / (BK / 4), c = (v % (BK / 4)) * 4;",
+                 "  As[buf][c][r] = ra[l].x; As[buf][c + 1][r] = ra[l].y;",
+                 "  As[buf][c + 2][r] = ra[l].z; As[buf][c + 3][r] = ra[l].w;", "}",
+                 "#pragma unroll", "for (int l = 0; l < LB; ++l) {",
+                 "  const int v = tid + l * NT, r = v / (BN / 4), c = (v % (BN / 4)) * 4;",
+                 "  *reinterpret_cast<float4*>(&Bs[buf][r][c]) = rb[l];", "}"]
+        regs = "float4 ra[LA], rb[LB];\nconst float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);"
+    else:
+        load = ["#pragma unroll", "for (int l = 0; l < LA; ++l) {",
+                "  const int v = tid + l * NT, r = v / BK, c = v % BK, gm = bm0 + r, gk = k0 + c;",
+                "  ra[l] = (gm < M && gk < K) ? A[(long long)gm * K + gk] : 0.f;", "}",
+                "#pragma unroll", "for (int l = 0; l < LB; ++l) {",
+                "  const int v = tid + l * NT, r = v / BN, c = v % BN, gk = k0 + r, gn = bn0 + c;",
+                "  rb[l] = (gk < K && gn < N) ? B[(long long)gk * N + gn] : 0.f;", "}"]
+        store = ["#pragma unroll", "for (int l = 0; l < LA; ++l) {",
+                 "  const int v = tid + l * NT;", "  As[buf][v % BK][v / BK] = ra[l];", "}",
+                 "#pragma unroll", "for (int l = 0; l < LB; ++l) {",
+                 "  const int v = tid + l * NT;", "  Bs[buf][v / BN][v % BN] = rb[l];", "}"]
+        regs = "float ra[LA], rb[LB];"
+    compute = ["#pragma unroll", "for (int kk = 0; kk < BK; ++kk) {", "  float a[TM], b[TN];",
+               "#pragma unroll", "  for (int i = 0; i < TM; i += 4) {",
+               "    const float4 t = *reinterpret_cast<const float4*>(&As[buf][kk][ty * TM + i]);",
+               "    a[i] = t.x; a[i + 1] = t.y; a[i + 2] = t.z; a[i + 3] = t.w;", "  }",
+               "#pragma unroll", "  for (int j = 0; j < TN; j += 4) {",
+               "    const float4 t = *reinterpret_cast<const float4*>(&Bs[buf][kk][tx * TN + j]);",
+               "    b[j] = t.x; b[j + 1] = t.y; b[j + 2] = t.z; b[j + 3] = t.w;", "  }",
+               "#pragma unroll", "  for (int i = 0; i < TM; ++i)", "#pragma unroll",
+               "    for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);", "}"]
+
+    def block(name_: str, body: list[str]) -> list[str]:
+        return [f"// {name_}", "{"] + ["  " + ln for ln in body] + ["}"]
+
+    def load_tile(k0: str) -> list[str]:
+        return block(f"global -> registers: the tile at k = {k0}", [f"const int k0 = {k0};"] + load)
+
+    def store_tile(buf: str) -> list[str]:
+        return block("registers -> shared memory (A transposed, so a thread's TM rows are one vector read)",
+                     [f"const int buf = {buf};"] + store)
+
+    def compute_tile(buf: str) -> list[str]:
+        return block("the thread's TM x TN outputs from this tile", [f"const int buf = {buf};"] + compute)
+
+    body = [_INTS, f"__shared__ __align__(16) float As[{nbuf}][BK][BM + PAD];",
+            f"__shared__ __align__(16) float Bs[{nbuf}][BK][BN + PAD];",
+            "int bm0, bn0;", "tile_origin(M, N, &bm0, &bn0);",
+            "const int tid = threadIdx.x, tx = tid % (BN / TN), ty = tid / (BN / TN);",
+            "float acc[TM][TN];", "#pragma unroll", "for (int i = 0; i < TM; ++i)", "#pragma unroll",
+            "  for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;", *regs.splitlines(),
+            "const int ntiles = (K + BK - 1) / BK;"]
+    if nbuf == 2:
+        body += ["// double buffering: the next tile's global loads are in flight while this tile is computed"]
+        body += load_tile("0") + store_tile("0") + ["__syncthreads();", "for (int kt = 0; kt < ntiles; ++kt) {"]
+        inner = ["if (kt + 1 < ntiles)"] + ["  " + ln for ln in load_tile("(kt + 1) * BK")]
+        inner += compute_tile("kt & 1")
+        inner += ["if (kt + 1 < ntiles)"] + ["  " + ln for ln in store_tile("(kt & 1) ^ 1")]
+        inner += ["__syncthreads();"]
+        body += ["  " + ln for ln in inner] + ["}"]
+    else:
+        body += ["for (int kt = 0; kt < ntiles; ++kt) {"]
+        inner = load_tile("kt * BK") + store_tile("0") + ["__syncthreads();"] + compute_tile("0")
+        inner += ["__syncthreads();"]
+        body += ["  " + ln for ln in inner] + ["}"]
+    epi = ["#pragma unroll", "for (int i = 0; i < TM; ++i) {", "  const int gm = bm0 + ty * TM + i;",
+           "  if (gm >= M) continue;", "  float* crow = C + (long long)gm * N;"]
+    if vec == 4:
+        epi += ["#pragma unroll", "  for (int j = 0; j < TN; j += 4) {", "    const int gn = bn0 + tx * TN + j;",
+                "    if (gn < N) *reinterpret_cast<float4*>(crow + gn) = "
+                "make_float4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]);", "  }"]
+    else:
+        epi += ["#pragma unroll", "  for (int j = 0; j < TN; ++j) {", "    const int gn = bn0 + tx * TN + j;",
+                "    if (gn < N) crow[gn] = acc[i][j];", "  }"]
+    body += epi + ["}"]
+    lb = f"__launch_bounds__(NT, {f['launch_min']})" if f["launch_min"] else "__launch_bounds__(NT)"
+    lines.append(f'extern "C" __global__ void {lb} {name}({_ARGS}) {{')
+    lines += ["  " + ln if ln else "" for ln in body] + ["}"]
+    return "\n".join(lines) + "\n"
+
+
+_CP_ASYNC = r"""
+// 16-byte asynchronous global -> shared copy (sm_80+); a source size of 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+"""
+
+_MMA = r"""
+// One warp-wide tensor-core product D += A(16x8, row) * B(8x8, col), TF32 inputs, float32 accumulate. Fragment
+// layout (PTX ISA, mma.m16n8k8 .tf32), with g = lane / 4 and t = lane % 4: a0 (g, t), a1 (g + 8, t),
+// a2 (g, t + 4), a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g); d0/d1 (g, 2t / 2t + 1), d2/d3 (g + 8, 2t / 2t + 1).
+__device__ __forceinline__ void mma_tf32(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+               "{%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ unsigned to_tf32(float x) {
+  unsigned r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+"""
+
+
+def _mma(f: dict, name: str, fast: bool) -> str:
+    vec, cp, three = f["vec"], f["cp_async"], f["precision"] == "3xtf32"
+    what = "3xTF32 tensor cores (float32-accurate)" if three else "TF32 tensor cores"
+    lines = [f"// generated by kernelcraft's offline proposer (matmul_cuda, mma.sync {what})",
+             f"#define BM {f['bm']}", f"#define BN {f['bn']}", f"#define BK {f['bk']}",
+             f"#define WM {f['wm']}", f"#define WN {f['wn']}", f"#define STAGES {f['stages']}",
+             "#define WTM (BM / WM)", "#define WTN (BN / WN)", "#define FM (WTM / 16)", "#define FN (WTN / 8)",
+             "#define NT (WM * WN * 32)", f"#define LDA (BK + {f['pad']})", f"#define LDB (BN + {2 * f['pad']})",
+             "#define A_STAGE (BM * LDA)", "#define B_STAGE (BK * LDB)",
+             f"#define LA (BM * BK / ({vec} * NT))", f"#define LB (BK * BN / ({vec} * NT))", "", _raster(f), _MMA]
+    if cp:
+        lines.append(_CP_ASYNC)
+    if vec == 4:
+        a_ld = ["const int v = tid + l * NT, r = v / (BK / 4), c = (v % (BK / 4)) * 4;",
+                "const int gm = bm0 + r, gk = k0 + c;", "const bool ok = gm < M && gk < K;",
+                "const float* src = ok ? A + (long long)gm * K + gk : A;", "float* dst = as + r * LDA + c;"]
+        b_ld = ["const int v = tid + l * NT, r = v / (BN / 4), c = (v % (BN / 4)) * 4;",
+                "const int gk = k0 + r, gn = bn0 + c;", "const bool ok = gk < K && gn < N;",
+                "const float* src = ok ? B + (long long)gk * N + gn : B;", "float* dst = bs + r * LDB + c;"]
+        if cp:
+            put = ["cp_async16(dst, src, ok);"]
+        else:
+            put = ["*reinterpret_cast<float4*>(dst) = ok ? *reinterpret_cast<const float4*>(src) "
+                   ": make_float4(0.f, 0.f, 0.f, 0.f);"]
+        a_ld, b_ld = a_ld + put, b_ld + put
+    else:
+        a_ld = ["const int v = tid + l * NT, r = v / BK, c = v % BK, gm = bm0 + r, gk = k0 + c;",
+                "as[r * LDA + c] = (gm < M && gk < K) ? A[(long long)gm * K + gk] : 0.f;"]
+        b_ld = ["const int v = tid + l * NT, r = v / BN, c = v % BN, gk = k0 + r, gn = bn0 + c;",
+                "bs[r * LDB + c] = (gk < K && gn < N) ? B[(long long)gk * N + gn] : 0.f;"]
+    lines += ["__device__ __forceinline__ void load_tile(const float* __restrict__ A, const float* __restrict__ B,",
+              "                                          float* as, float* bs, int M, int N, int K, int bm0,",
+              "                                          int bn0, int k0, int tid) {",
+              "#pragma unroll", "  for (int l = 0; l < LA; ++l) {"] + ["    " + ln for ln in a_ld] + ["  }",
+              "#pragma unroll", "  for (int l = 0; l < LB; ++l) {"] + ["    " + ln for ln in b_ld] + ["  }", "}", ""]
+
+    def split(x: str, hi: str, lo: str) -> list[str]:
+        out = [f"{{ const float x = {x};", f"  {hi} = to_tf32(x);"]
+        if three:
+            out.append(f"  {lo} = to_tf32(x - __uint_as_float({hi})); }}")
+        else:
+            out[-1] += " }"
+        return out
+
+    compute = ["#pragma unroll", "for (int kk = 0; kk < BK; kk += 8) {",
+               "  unsigned ah[FM][4], bh[FN][2];" + (" unsigned al[FM][4], bl[FN][2];" if three else ""),
+               "#pragma unroll", "  for (int i = 0; i < FM; ++i)", "#pragma unroll", "    for (int q = 0; q < 4; ++q)"]
+    compute += ["      " + ln for ln in split("as[(wy * WTM + i * 16 + g + (q & 1) * 8) * LDA + kk + t + (q >> 1) * 4]",
+                                              "ah[i][q]", "al[i][q]")]
+    compute += ["#pragma unroll", "  for (int j = 0; j < FN; ++j)", "#pragma unroll", "    for (int q = 0; q < 2; ++q)"]
+    compute += ["      " + ln for ln in split("bs[(kk + t + q * 4) * LDB + wx * WTN + j * 8 + g]", "bh[j][q]",
+                                              "bl[j][q]")]
+    compute += ["#pragma unroll", "  for (int i = 0; i < FM; ++i)", "#pragma unroll",
+                "    for (int j = 0; j < FN; ++j) {"]
+    if three:
+        compute += ["      // small terms first: hi*lo and lo*hi carry the bits TF32 drops (lo*lo is below float32's)",
+                    "      mma_tf32(acc[i][j], al[i], bh[j]);", "      mma_tf32(acc[i][j], ah[i], bl[j]);"]
+    compute += ["      mma_tf32(acc[i][j], ah[i], bh[j]);", "    }", "}"]
+    if f["acc"] == "tile":
+        compute = [ln.replace("mma_tf32(acc[i][j]", "mma_tf32(part[i][j]") for ln in compute]
+        compute = ["// this tile's products in fresh registers, added to the running sums with round-to-nearest float",
+                   "// adds: the tensor core's own accumulation truncates, and over K the truncations add up",
+                   "float part[FM][FN][4];", "#pragma unroll", "for (int i = 0; i < FM; ++i)", "#pragma unroll",
+                   "  for (int j = 0; j < FN; ++j)", "#pragma unroll",
+                   "    for (int e = 0; e < 4; ++e) part[i][j][e] = 0.f;", *compute,
+                   "#pragma unroll", "for (int i = 0; i < FM; ++i)", "#pragma unroll", "  for (int j = 0; j < FN; ++j)",
+                   "#pragma unroll", "    for (int e = 0; e < 4; ++e) acc[i][j][e] += part[i][j][e];"]
+    body = [_INTS, "extern __shared__ __align__(128) float smem[];",
+            "float* const As = smem;  // [STAGES][BM][LDA]",
+            "float* const Bs = smem + STAGES * A_STAGE;  // [STAGES][BK][LDB]",
+            "int bm0, bn0;", "tile_origin(M, N, &bm0, &bn0);",
+            "const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;",
+            "const int wy = warp / WN, wx = warp % WN;",
+            "float acc[FM][FN][4];", "#pragma unroll", "for (int i = 0; i < FM; ++i)", "#pragma unroll",
+            "  for (int j = 0; j < FN; ++j)", "#pragma unroll", "    for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;",
+            "const int ntiles = (K + BK - 1) / BK;"]
+    commit = ["cp_async_commit();"] if cp else []
+    body += [f"// {f['stages']}-stage pipeline: tiles kt+1 .. kt+STAGES-1 are loading while tile kt is computed"
+             if f["stages"] > 1 else "// one stage: load, then compute"]
+    body += ["for (int s = 0; s < STAGES - 1; ++s) {",
+             "  if (s < ntiles) load_tile(A, B, As + s * A_STAGE, Bs + s * B_STAGE, M, N, K, bm0, bn0, s * BK, tid);"]
+    body += ["  " + ln for ln in commit] + ["}"]
+    body += ["for (int kt = 0; kt < ntiles; ++kt) {", "  const int next = kt + STAGES - 1;",
+             "  if (next < ntiles)",
+             "    load_tile(A, B, As + (next % STAGES) * A_STAGE, Bs + (next % STAGES) * B_STAGE, M, N, K, bm0, bn0,",
+             "              next * BK, tid);"]
+    body += ["  " + ln for ln in commit]
+    if cp:
+        body += ["  cp_async_wait<STAGES - 1>();"]
+    body += ["  __syncthreads();", "  {", "    const float* as = As + (kt % STAGES) * A_STAGE;",
+             "    const float* bs = Bs + (kt % STAGES) * B_STAGE;"]
+    body += ["    " + ln for ln in compute] + ["  }", "  __syncthreads();", "}"]
+    if cp:
+        body += ["cp_async_wait<0>();"]
+    body += ["// the accumulators straight from registers to C, only what lies inside it",
+             "#pragma unroll", "for (int i = 0; i < FM; ++i)", "#pragma unroll", "  for (int j = 0; j < FN; ++j)",
+             "#pragma unroll", "    for (int h = 0; h < 2; ++h) {",
+             "      const int r = bm0 + wy * WTM + i * 16 + g + h * 8, c = bn0 + wx * WTN + j * 8 + 2 * t;",
+             "      if (r >= M) continue;", "      float* cr = C + (long long)r * N;"]
+    if fast:
+        body += ["      if (c + 1 < N) *reinterpret_cast<float2*>(cr + c) = make_float2(acc[i][j][2 * h], "
+                 "acc[i][j][2 * h + 1]);", "      else if (c < N) cr[c] = acc[i][j][2 * h];"]
+    else:
+        body += ["      if (c < N) cr[c] = acc[i][j][2 * h];", "      if (c + 1 < N) cr[c + 1] = acc[i][j][2 * h + 1];"]
+    body += ["    }"]
+    lines.append(f'extern "C" __global__ void __launch_bounds__(NT) {name}({_ARGS}) {{')
+    lines += ["  " + ln if ln else "" for ln in body] + ["}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_source(spec: OpSpec, f: dict, name: str, fast: bool = True) -> str:
+    f = normalise(spec, f)
+    if f["algo"] == "naive":
+        return _naive(name)
+    if f["algo"] == "smem":
+        return _smem(f, name)
+    if f["algo"] == "simt":
+        return _simt(f, name)
+    return _mma(f, name, fast)
+
+
+def _safe_features(spec: OpSpec, f: dict) -> dict:
+    """The fallback for operands the vector path cannot take: the same kernel with scalar loads."""
+    return normalise(spec, dict(f, vec=1, cp_async=False))
+
+
+def fast_conditions(f: dict) -> list[str]:
+    if f["algo"] == "mma" or (f["algo"] == "simt" and f["vec"] == 4):
+        return ["K % 4 == 0", "N % 4 == 0", "a.data_ptr() % 16 == 0", "b.data_ptr() % 16 == 0",
+                "out.data_ptr() % 16 == 0"]
+    return []
+
+
+def _launch(f: dict, var: str) -> list[str]:
+    if f["algo"] == "naive":
+        return [f"{var}(grid=(-(-N // 16), -(-M // 16)), block=(16, 16), args=(a, b, out, M, N, K))"]
+    if f["algo"] == "smem":
+        t = f["tile"]
+        return [f"{var}(grid=(-(-N // {t}), -(-M // {t})), block=({t}, {t}), args=(a, b, out, M, N, K))"]
+    threads = simt_threads(f) if f["algo"] == "simt" else mma_threads(f)
+    return [f"{var}(grid=(-(-M // {f['bm']}) * -(-N // {f['bn']}),), block=({threads},), args=(a, b, out, M, N, K))"]
+
+
+def _kernel_line(spec: OpSpec, f: dict, var: str, name: str, src: str) -> str:
+    smem = f", shared_mem={mma_smem_bytes(f)}" if f["algo"] == "mma" else ""
+    return f'{var} = cuda_kernel({src}, "{name}"{smem})'
+
+
+def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
+    f = normalise(spec, f)
+    conds = fast_conditions(f)
+    mod = [f"SRC = r'''\n{render_source(spec, f, 'matmul_fast')}'''", "",
+           _kernel_line(spec, f, "_fast", "matmul_fast", "SRC")]
+    safe = _safe_features(spec, f)
+    if conds:
+        mod += ["", "# Scalar-load fallback for operands the vector path cannot take (see forward).",
+                f"SRC_SAFE = r'''\n{render_source(spec, safe, 'matmul_safe', fast=False)}'''", "",
+                _kernel_line(spec, safe, "_safe", "matmul_safe", "SRC_SAFE")]
+    fwd = ["a = a.contiguous()", "b = b.contiguous()", "M, K = a.shape", "N = b.shape[1]",
+           "out = torch.empty((M, N), device=a.device, dtype=a.dtype)", "if M == 0 or N == 0:", "    return out"]
+    if conds:
+        fwd.append("if " + " and ".join(conds) + ":")
+        fwd += ["    " + ln for ln in _launch(f, "_fast")]
+        fwd.append("else:")
+        fwd += ["    " + ln for ln in _launch(safe, "_safe")]
+    else:
+        fwd += _launch(f, "_fast")
+    fwd.append("return out")
+    return "\n".join(mod), fwd

@@ -250,13 +250,10 @@ def coverage(spec, backend: str, sample: int | None) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ proposer
 
 
-def test_supports_the_elementwise_and_rowwise_suite_problems_and_not_yet_the_convolutions():
+def test_supports_every_suite_problem_on_both_backends_and_no_other_backend():
     p = OfflineProposer(0)
-    for pid in SUPPORTED:
+    for pid in SUPPORTED + ["matmul_4096", "conv2d_alexnet", "conv2d_relu_maxpool"]:
         assert p.supports(suite(pid), "cuda") and p.supports(suite(pid), "cpu"), pid
-    for pid in ("conv2d_alexnet", "conv2d_relu_maxpool"):
-        assert not p.supports(suite(pid), "cuda")
-        assert "no offline generator" in p.why_unsupported(suite(pid), "cuda")
     assert not p.supports(suite("relu_4096x32768"), "rocm")
 
 

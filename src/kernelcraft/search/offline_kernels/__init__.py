@@ -11,6 +11,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from kernelcraft.search.offline_kernels import (
+    conv_c,
+    conv_cuda,
     elementwise_c,
     elementwise_cuda,
     matmul_c,
@@ -30,6 +32,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("rowwise", "cpu"): rowwise_c,
     ("matmul", "cuda"): matmul_cuda,
     ("matmul", "cpu"): matmul_c,
+    ("conv", "cuda"): conv_cuda,
+    ("conv", "cpu"): conv_c,
 }
 
 

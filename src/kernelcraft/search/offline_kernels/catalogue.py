@@ -56,6 +56,13 @@ def context(spec: OpSpec, child: dict) -> dict:
     ctx["cl"] = child.get("cluster", 2)
     if spec.family == "rowwise" and child.get("gen") == rowwise_cuda.GEN:
         ctx["rk"] = rowwise_cuda.regs_per_thread(spec, child) * child.get("vec", 1)
+    if spec.family == "conv":
+        g = spec.geometry
+        ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
+                "ks": g["r"], "T": child.get("threads", 256)}
+        if child.get("algo") == "mma":
+            ctx["T"] = matmul_cuda.mma_threads(child)
+            ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
     if spec.family == "matmul":
         ctx["M"], ctx["N"], ctx["K"] = spec.mnk
         if child.get("algo") == "mma":
@@ -542,7 +549,139 @@ MATMUL_C: list[Idea] = [
          {"mc": 128, "block": True}, 0.6, when=lambda s, f: f.get("block") and f.get("mc") != 128),
 ]
 
+# ------------------------------------------------------------------------------------------------ conv CUDA
+
+_IMPLICIT_GEMM = {"algo": "mma", "bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2, "stages": 2, "cp_async": True,
+                  "pad": 4}
+
+
+def _pooled(spec: OpSpec, f: dict) -> bool:
+    return bool(spec.geometry.get("pool_k"))
+
+
+CONV_CUDA: list[Idea] = [
+    Idea("implicit_gemm", COMP, "Recast the convolution as an implicit GEMM on tensor cores: rows are the {M} output "
+         "pixels, columns the {cout} output channels, depth the {kd} (channel, kernel row, kernel column) taps; each "
+         "block gathers its A tile from the input on the fly (taps outside the image read as zero, im2col never "
+         "written), reads its B tile from the weights, and multiplies with mma.sync in the 3xTF32 scheme, so the "
+         "result keeps float32 accuracy; bias (and ReLU) are added as the accumulators are stored.",
+         _IMPLICIT_GEMM | {"precision": "3xtf32"}, 4.0, when=_algo("direct")),
+    Idea("implicit_gemm_tf32", PREC, "Recast the convolution as an implicit GEMM ({M} x {cout} x {kd}) on TF32 "
+         "tensor cores, one product per fragment pair: three times the 3xTF32 throughput, with errors near 1e-3 "
+         "of the outputs' scale.", _IMPLICIT_GEMM | {"precision": "tf32"}, 1.5, when=_algo("direct")),
+    Idea("drop_to_tf32", PREC, "Drop the 3xTF32 correction products and multiply the TF32 high parts only: a third "
+         "of the tensor-core work at TF32 accuracy.", {"precision": "tf32"}, 1.0,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "3xtf32"),
+    Idea("tile_sums", PREC, "Accumulate each K tile's products in fresh registers and add them to the running sums "
+         "with round-to-nearest float adds, instead of letting the tensor core's truncating accumulation run over "
+         "all {kd} taps.", {"acc": "tile"}, 0.8, when=lambda s, f: f.get("algo") == "mma" and f.get("acc") != "tile"),
+    Idea("cp_async", ASYNC, "Gather the A tile and read the B tile with 4-byte cp.async copies (zero-filled outside "
+         "the image) into a two-stage pipeline, so the next tile's gathers are in flight while this one is "
+         "multiplied.", {"cp_async": True, "stages": 2}, 2.5,
+         when=lambda s, f: f.get("algo") == "mma" and not f.get("cp_async")),
+    Idea("stages3", ASYNC, "Deepen the cp.async pipeline to three stages, so two K tiles of gathers are in flight.",
+         {"cp_async": True, "stages": 3}, 1.5, when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) < 3),
+    Idea("pad_smem", MEM, "Pad the shared-memory rows (A's by four floats, B's by eight) so a warp's fragment loads "
+         "fall in distinct banks.", {"pad": 4}, 1.5, when=lambda s, f: f.get("algo") == "mma" and not f.get("pad")),
+    Idea("bn_cout", PAR, "Make the block tile's width {cout} output channels, the whole layer, so no tile column is "
+         "wasted and each gathered input tile is read once.", {"bn": 96, "wn": 2}, 1.5,
+         when=lambda s, f: f.get("algo") == "mma" and s.geometry["cout"] == 96 and f.get("bn") != 96),
+    Idea("bn128", PAR, "Widen the block tile to 128 output channels, so each gathered A tile feeds more products.",
+         {"bn": 128, "wn": 2}, 0.8, when=lambda s, f: f.get("algo") == "mma" and f.get("bn") != 128),
+    Idea("bm256", PAR, "Grow the block tile to 256 output pixels with 8 warps: the weights' B tile is reused over "
+         "twice the pixels.", {"bm": 256, "wm": 4}, 1.0,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("bm") != 256),
+    Idea("bm64", PAR, "Shrink the block tile to 64 output pixels: more blocks in flight per SM to hide the gathers' "
+         "latency.", {"bm": 64, "wm": 2}, 0.7, when=lambda s, f: f.get("algo") == "mma" and f.get("bm") != 64),
+    Idea("warps_2x4", PAR, "Arrange the warps 2x4 (warp tiles of {wtm}x{wtn}), changing how many A and B fragments "
+         "each warp reloads per K step.", {"wm": 2, "wn": 4}, 0.6,
+         when=lambda s, f: f.get("algo") == "mma" and (f.get("wm"), f.get("wn")) != (2, 4)),
+    Idea("bk16", CTRL, "Halve the K tile to 16 taps: half the shared memory per stage, so more stages or blocks "
+         "fit.", {"bk": 16}, 0.6, when=lambda s, f: f.get("algo") == "mma" and f.get("bk") != 16),
+    Idea("raster8", PAR, "Launch the blocks in groups of 8 block-rows, so blocks running together share the "
+         "weights' tiles and neighbouring input rows in L2.", {"raster": 8}, 0.6,
+         when=lambda s, f: f.get("algo") == "mma" and not f.get("raster")),
+    Idea("ldg", MEM, "Read input and weights through the read-only data cache (__ldg): the {ks}x{ks} windows of "
+         "neighbouring outputs overlap, so most taps hit in cache.", {"load": "ldg"}, 1.0, when=_algo("direct")),
+    Idea("unroll_taps", CTRL, "Fully unroll the {ks}x{ks} tap loops (the kernel size is a compile-time constant), "
+         "so the tap offsets become immediates.", {"unroll": True}, 1.2, when=_algo("direct")),
+    Idea("threads128", PAR, "Use 128-thread blocks so more blocks are resident per SM.", {"threads": 128}, 0.6,
+         when=lambda s, f: f.get("algo") == "direct" and f.get("threads") != 128),
+    Idea("threads512", PAR, "Use 512-thread blocks: more output pixels of the same channel per block share their "
+         "weights in L1.", {"threads": 512}, 0.6,
+         when=lambda s, f: f.get("algo") == "direct" and f.get("threads") != 512),
+    Idea("persistent", PAR, "Launch a persistent grid of eight blocks per SM looping over the outputs, so no tail "
+         "wave.", {"grid": "persistent"}, 0.5, when=_algo("direct")),
+    Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler keeps registers low enough for two "
+         "resident blocks per SM.", {"launch_min": 2}, 0.5, when=_algo("direct")),
+    Idea("fast_math", PREC, "Compile the direct kernel with --use_fast_math (fused multiply-adds everywhere, denormals "
+         "flushed).", {"fast_math": True}, 0.4, when=_algo("direct")),
+    Idea("pool_threads128", PAR, "Run the max pool with 128-thread blocks, more blocks over the pooled outputs.",
+         {"pool_threads": 128}, 0.4, when=lambda s, f: _pooled(s, f) and f.get("pool_threads") != 128),
+    Idea("pool_threads512", PAR, "Run the max pool with 512-thread blocks.", {"pool_threads": 512}, 0.3,
+         when=lambda s, f: _pooled(s, f) and f.get("pool_threads") != 512),
+    Idea("one_stage", ASYNC, "Go back to one pipeline stage with synchronous loads: the least shared memory per "
+         "block, so the most blocks per SM hide the gathers' latency instead.", {"stages": 1, "cp_async": False}, 0.3,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) > 1),
+]
+
+# ------------------------------------------------------------------------------------------------ conv C
+
+CONV_C: list[Idea] = [
+    Idea("omp_planes", PAR, "Parallelise over output planes (image, block of output channels) with OpenMP: each core "
+         "owns whole planes, so no two threads write the same output.", {"par": "omp"}, 4.0),
+    Idea("collapse", PAR, "Collapse the image and channel-block loops into one parallel loop, so a small batch still "
+         "gives every core planes.", {"par": "omp", "collapse": True}, 1.5),
+    Idea("rows", MEM, "Accumulate a whole output row at a time, tap by tap: the inner loop runs over output columns "
+         "with the image-edge bounds computed once per tap, not tested per element.", {"order": "rows"}, 3.0),
+    Idea("kblock4", COMP, "Compute four output channels at once: each input value loaded feeds four multiply-adds.",
+         {"kblock": 4}, 2.0),
+    Idea("kblock8", COMP, "Compute eight output channels at once: each input value loaded feeds eight multiply-adds.",
+         {"kblock": 8}, 2.0),
+    Idea("kblock16", COMP, "Compute sixteen output channels at once (a whole vector of accumulators per input "
+         "value).", {"kblock": 16}, 1.0),
+    Idea("simd", COMP, "Mark the row loop #pragma omp simd so it compiles to vector fused multiply-adds.",
+         {"order": "rows", "simd": True}, 1.5),
+    Idea("hoist", CTRL, "Find the taps inside the image once per output (the valid kernel rows and columns) instead "
+         "of testing every tap.", {"hoist": True}, 1.2, when=lambda s, f: f.get("order") == "direct"),
+    Idea("wpack", MEM, "Pack the block's weights as [channel][row][column][output channel] once per plane, so the "
+         "per-tap loop over output channels reads consecutive floats.", {"wpack": True}, 1.2,
+         when=lambda s, f: f.get("kblock", 1) > 1),
+    Idea("restrict", MEM, "Declare the input, weight and bias pointers restrict, so loads can be kept in registers "
+         "across the stores.", {"restrict": True}, 0.6),
+    Idea("pool_fused", MEM, "Pool each plane right after its ReLU, while it is still in cache, instead of a second "
+         "pass over the whole convolution output.", {"pool_fused": True}, 1.5, when=_pooled),
+    Idea("acc_double", PREC, "Accumulate each output's {kd} products in double and round once.", {"acc": "double"},
+         0.4),
+    Idea("prefetch", ASYNC, "Prefetch the next input row of the window (stride rows down) while this one is "
+         "accumulated.", {"order": "rows", "prefetch": True}, 0.6),
+    Idea("owtile64", CTRL, "Tile the output row into 64-column pieces, so the accumulators of a piece stay in L1 "
+         "across all taps.", {"order": "rows", "owtile": 64}, 0.6),
+    Idea("owtile256", CTRL, "Tile the output row into 256-column pieces.", {"order": "rows", "owtile": 256}, 0.4),
+    Idea("unroll4", CTRL, "Unroll the innermost loop by 4 (#pragma GCC unroll 4).", {"unroll": 4}, 0.5,
+         when=lambda s, f: not f.get("simd")),
+    Idea("unroll8", CTRL, "Unroll the innermost loop by 8 (#pragma GCC unroll 8).", {"unroll": 8}, 0.4,
+         when=lambda s, f: not f.get("simd")),
+    Idea("dynamic", PAR, "Hand out planes dynamically, so a core that finishes early takes the next.",
+         {"schedule": "dynamic"}, 0.6, when=lambda s, f: f.get("par") == "omp"),
+    Idea("guided", PAR, "Use a guided schedule over planes: large chunks first, small ones to balance the end.",
+         {"schedule": "guided"}, 0.4, when=lambda s, f: f.get("par") == "omp"),
+    Idea("bind_close", PAR, "Pin the OpenMP threads close together (proc_bind(close)).", {"proc_bind": "close"}, 0.4,
+         when=lambda s, f: f.get("par") == "omp"),
+    Idea("bind_spread", PAR, "Spread the OpenMP threads over the machine (proc_bind(spread)).",
+         {"proc_bind": "spread"}, 0.3, when=lambda s, f: f.get("par") == "omp"),
+    Idea("if_parallel", CTRL, "Fork the OpenMP team only for convolutions of more than 32K multiply-adds (an if "
+         "clause).", {"if_parallel": True}, 0.3, when=lambda s, f: f.get("par") == "omp"),
+    Idea("direct_order", CTRL, "Go back to one output at a time with every tap (the rows order's accumulator row "
+         "costs a memory round trip per tap).", {"order": "direct"}, 0.3,
+         when=lambda s, f: f.get("order") == "rows"),
+    Idea("acc_float", PREC, "Accumulate in float again: no conversions in the inner loop.", {"acc": "float"}, 0.3,
+         when=lambda s, f: f.get("acc") == "double"),
+]
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("conv", "cuda"): CONV_CUDA,
+    ("conv", "cpu"): CONV_C,
     ("matmul", "cuda"): MATMUL_CUDA,
     ("matmul", "cpu"): MATMUL_C,
     ("rowwise", "cuda"): ROWWISE_CUDA,

@@ -21,8 +21,9 @@ from typing import Any
 ELEMENTWISE_OPS = ("relu", "gelu")
 ROWWISE_OPS = ("softmax", "log_softmax", "layernorm", "rmsnorm", "sum_lastdim")
 MATMUL_OPS = ("matmul",)
+CONV_OPS = ("conv2d", "conv2d_relu_maxpool")
 FAMILIES = {**{op: "elementwise" for op in ELEMENTWISE_OPS}, **{op: "rowwise" for op in ROWWISE_OPS},
-            **{op: "matmul" for op in MATMUL_OPS}}
+            **{op: "matmul" for op in MATMUL_OPS}, **{op: "conv" for op in CONV_OPS}}
 
 
 class Unsupported(ValueError):
@@ -48,6 +49,13 @@ class OpSpec:
     # ModelNew.forward's tensor arguments (the generators' names, in the reference's order) and their shapes.
     args: tuple[str, ...] = ("x",)
     input_shapes: tuple[tuple[int, ...], ...] = ()
+    # A convolution's geometry (conv family): cin, cout, r, s, stride, pad, dil, bias, pool_k, pool_s (0: no
+    # pool), n, h, w, oh, ow (the convolution's output), ph, pw (the pool's).
+    conv: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def geometry(self) -> dict[str, int]:
+        return dict(self.conv)
 
     @property
     def mnk(self) -> tuple[int, int, int]:
@@ -89,6 +97,8 @@ def describe(problem: Any) -> OpSpec:
             raise Unsupported(f"get_inputs() does not run on the meta device ({type(exc).__name__})") from exc
     if FAMILIES[op] == "matmul":
         return _describe_matmul(problem, module, init_inputs, inputs)
+    if FAMILIES[op] == "conv":
+        return _describe_conv(problem, module, init_inputs, inputs, op)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
     x = inputs[0]
@@ -173,6 +183,122 @@ def _describe_matmul(problem: Any, module: Any, init_inputs: list, inputs: list)
                   args=("a", "b"), input_shapes=shapes)
     _probe_matmul(model)
     return spec
+
+
+def _pair(value: Any, what: str) -> int:
+    """An int, or a square (k, k) pair, as one int; Unsupported for anything else."""
+    if isinstance(value, tuple | list):
+        if len(value) != 2 or value[0] != value[1]:
+            raise Unsupported(f"conv: {what}={tuple(value)} is not square")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Unsupported(f"conv: {what}={value!r} is not an integer")
+    return int(value)
+
+
+def _describe_conv(problem: Any, module: Any, init_inputs: list, inputs: list, op: str) -> OpSpec:
+    """A 2-D convolution (one nn.Conv2d, groups 1, zero padding), optionally followed by ReLU and one
+    nn.MaxPool2d: ModelNew rebuilds the same nn.Conv2d, so the same seed gives the same weights."""
+    import torch
+    import torch.nn as nn
+
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() != 4:
+        raise Unsupported("conv: expected one 4-D (N, C, H, W) input tensor")
+    x = inputs[0]
+    if x.dtype != torch.float32:
+        raise Unsupported(f"conv: input dtype is {x.dtype}; the generators write float32 kernels")
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) != 1 or not convs[0][0] or "." in convs[0][0]:
+        raise Unsupported("conv: expected exactly one nn.Conv2d attribute on the Model")
+    attr, conv = convs[0]
+    if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        raise Unsupported(f"conv: groups={conv.groups}, padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
+                          "; only groups=1 with numeric zero padding is generated")
+    r, s_ = (int(k) for k in conv.kernel_size)
+    if r != s_:
+        raise Unsupported(f"conv: kernel {conv.kernel_size} is not square")
+    stride, pad, dil = _pair(conv.stride, "stride"), _pair(conv.padding, "padding"), _pair(conv.dilation, "dilation")
+    named = dict(model.named_parameters())
+    expected = {f"{attr}.weight"} | ({f"{attr}.bias"} if conv.bias is not None else set())
+    if set(named) != expected or dict(model.named_buffers()):
+        raise Unsupported(f"conv: the Model holds tensors besides its convolution's ({sorted(set(named) - expected)})")
+    n, cin, h, w = (int(v) for v in x.shape)
+    if cin != conv.in_channels:
+        raise Unsupported(f"conv: the input has {cin} channels, the nn.Conv2d takes {conv.in_channels}")
+    oh = (h + 2 * pad - dil * (r - 1) - 1) // stride + 1
+    ow = (w + 2 * pad - dil * (r - 1) - 1) // stride + 1
+    if oh < 1 or ow < 1:
+        raise Unsupported("conv: the kernel is larger than the padded input")
+    pool_k = pool_s = 0
+    ph, pw = oh, ow
+    if op == "conv2d_relu_maxpool":
+        pools = [m for _, m in model.named_modules() if isinstance(m, nn.MaxPool2d)]
+        if len(pools) != 1:
+            raise Unsupported("conv2d_relu_maxpool: expected exactly one nn.MaxPool2d")
+        pool = pools[0]
+        pool_k = _pair(pool.kernel_size, "pool kernel_size")
+        pool_s = _pair(pool.stride if pool.stride is not None else pool.kernel_size, "pool stride")
+        if _pair(pool.padding, "pool padding") != 0 or _pair(pool.dilation, "pool dilation") != 1 or pool.ceil_mode:
+            raise Unsupported("conv2d_relu_maxpool: only a max pool without padding, dilation or ceil_mode")
+        ph, pw = (oh - pool_k) // pool_s + 1, (ow - pool_k) // pool_s + 1
+        if ph < 1 or pw < 1:
+            raise Unsupported("conv2d_relu_maxpool: the pool window is larger than the convolution's output")
+    out_shape = (n, conv.out_channels, ph, pw)
+    try:
+        with torch.device("meta"):
+            got = model.to("meta")(x)
+        got_shape = tuple(int(v) for v in got.shape)
+    except Exception:  # noqa: BLE001 - the probe below still checks semantics
+        got_shape = out_shape
+    if got_shape != out_shape:
+        raise Unsupported(f"{op}: the reference's output shape {got_shape} is not the expected {out_shape}")
+    ctor = _ctor_bindings(module.Model, init_inputs)
+    args = [_expr_for(conv.in_channels, ctor, str(conv.in_channels)),
+            _expr_for(conv.out_channels, ctor, str(conv.out_channels)), _expr_for(r, ctor, str(r))]
+    kwargs = [f"stride={_expr_for(stride, ctor, str(stride))}", f"padding={_expr_for(pad, ctor, str(pad))}"]
+    if dil != 1:
+        kwargs.append(f"dilation={_expr_for(dil, ctor, str(dil))}")
+    if conv.bias is None:
+        kwargs.append("bias=False")
+    body = (f"self.{attr} = nn.Conv2d({', '.join(args + kwargs)})",)
+    geometry = {"cin": cin, "cout": int(conv.out_channels), "r": r, "s": r, "stride": stride, "pad": pad,
+                "dil": dil, "bias": int(conv.bias is not None), "pool_k": pool_k, "pool_s": pool_s, "n": n, "h": h,
+                "w": w, "oh": oh, "ow": ow, "ph": ph, "pw": pw}
+    spec = OpSpec(problem_id=str(problem.id), op=op, family="conv", input_shape=(n, cin, h, w),
+                  out_shape=out_shape, row_dims=1, eps=0.0, keepdim=False,
+                  init_signature=_render_signature(module.Model), init_body=body, weight=f"self.{attr}.weight",
+                  bias=f"self.{attr}.bias" if conv.bias is not None else None, input_shapes=((n, cin, h, w),),
+                  conv=tuple(geometry.items()))
+    torch.manual_seed(0)
+    _probe_conv(spec, module.Model(*init_inputs))
+    return spec
+
+
+def _probe_conv(spec: OpSpec, model: Any) -> None:
+    """The reference on a small real input must equal F.conv2d (then ReLU and max pooling) with its weights."""
+    import torch
+    import torch.nn.functional as F
+
+    g = spec.geometry
+    size = max(g["dil"] * (g["r"] - 1) + 1 - 2 * g["pad"], 1) + g["stride"] * 4
+    if g["pool_k"]:
+        size += g["stride"] * (g["pool_k"] + g["pool_s"])
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(2, g["cin"], size, size + 1, generator=gen)
+    weight, bias = _resolve(model, spec.weight), _resolve(model, spec.bias)
+    with torch.no_grad():
+        try:
+            got = model(x.clone())
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"{spec.op}: the reference fails on a probe input of shape {tuple(x.shape)}") from exc
+        want = F.conv2d(x, weight, bias, g["stride"], g["pad"], g["dil"])
+        if g["pool_k"]:
+            want = F.max_pool2d(torch.relu(want), g["pool_k"], g["pool_s"])
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not torch.allclose(got, want, atol=1e-4,
+                                                                                          rtol=1e-4):
+        raise Unsupported(f"{spec.op}: the reference does not compute the plain {spec.op} on a probe input")
 
 
 def _probe_matmul(model: Any) -> None:

@@ -1,0 +1,280 @@
+"""The offline proposer's convolution family: which references it takes, ideas that lead from the direct kernel
+to an implicit GEMM on tensor cores without repeating, and kernels that compute the layer (and the conv+ReLU+MaxPool
+block) for other geometries than the suite's: stride 1, dilation, no bias, odd image sizes.
+
+C kernels are built and run here; CUDA kernels are compiled with NVRTC for sm_90a (no GPU needed) and, where a GPU
+is visible, run against the reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernelcraft.problems import builtin_dir, load_problem
+from kernelcraft.search.offline import OfflineProposer
+from kernelcraft.search.offline_kernels import candidate_source, generator
+from kernelcraft.search.offline_kernels.catalogue import catalogue
+from kernelcraft.search.offline_kernels.opspec import describe
+
+GPU = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _build_env(tmp_path_factory):
+    old = {k: os.environ.get(k) for k in ("KERNELCRAFT_BUILD_DIR", "KERNELCRAFT_CUDA_ARCH")}
+    os.environ["KERNELCRAFT_BUILD_DIR"] = str(tmp_path_factory.mktemp("build"))
+    if not GPU:
+        os.environ["KERNELCRAFT_CUDA_ARCH"] = "sm_90a"
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+_counter = itertools.count()
+
+
+def import_source(source: str, folder: Path):
+    name = f"conv_cand_{next(_counter)}"
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def suite(pid: str, size: str = "small"):
+    return load_problem(builtin_dir() / f"{pid}.py", size)
+
+
+def conv_problem(folder: Path, name: str, conv: str, shape: tuple[int, ...], pool: str | None = None):
+    """A KernelBench-format file: one nn.Conv2d (and optionally ReLU + nn.MaxPool2d), no KERNELCRAFT metadata."""
+    init = f"        self.conv = nn.Conv2d({conv})\n" + (f"        self.pool = nn.MaxPool2d({pool})\n" if pool else "")
+    forward = "        x = self.conv(x)\n" + ("        x = torch.relu(x)\n        return self.pool(x)\n" if pool
+                                               else "        return x\n")
+    path = folder / f"{name}.py"
+    path.write_text("import torch\nimport torch.nn as nn\n\nclass Model(nn.Module):\n    def __init__(self):\n"
+                    f"        super().__init__()\n{init}    def forward(self, x):\n{forward}\n"
+                    f"def get_inputs():\n    return [torch.randn{shape}]\n\ndef get_init_inputs():\n    return []\n")
+    return load_problem(path)
+
+
+# Geometries other than AlexNet's: a 3x3 stride-1 same-padding layer without bias, a dilated 5x5 on an odd image,
+# a 1x1 layer, and a pooled block with a 2x2/2 pool.
+GEOMETRIES = [
+    ("same3", "4, 8, 3, stride=1, padding=1, bias=False", (2, 4, 13, 11), None),
+    ("dilated", "3, 16, 5, stride=2, padding=3, dilation=2", (1, 3, 23, 17), None),
+    ("pointwise", "8, 4, 1", (3, 8, 5, 7), None),
+    ("pooled", "3, 8, 3, stride=1, padding=1", (2, 3, 12, 9), "2"),
+]
+
+
+def reachable(spec, backend: str, parents: list[dict]) -> list[dict]:
+    gen = generator("conv", backend)
+    out, seen = [], set()
+    for parent in parents:
+        p = gen.normalise(spec, gen.baseline(spec) | parent)
+        kids = [p] + [p | i.delta for i in catalogue("conv", backend) if i.applies(spec, p)]
+        kids += [p | {k: v} for k, values in gen.TUNABLES.items() for v in values]
+        for f in kids:
+            g = gen.normalise(spec, f)
+            key = json.dumps(g, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(g)
+    return out
+
+
+C_PARENTS = [{}, {"order": "rows", "par": "omp", "kblock": 4}, {"kblock": 8, "wpack": True, "hoist": True,
+                                                                 "pool_fused": True}]
+CUDA_PARENTS = [{}, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 2, "pad": 4},
+                {"algo": "mma", "precision": "tf32", "bk": 16, "stages": 3, "cp_async": True, "acc": "tile"}]
+
+
+def check(module, problem, inputs, device: str, tol: float = 1e-4) -> str | None:
+    """ModelNew and Model from the same seed agree on every input; None, or what went wrong."""
+    init = list(problem.init_inputs())
+    mod = problem.load_module()
+    torch.manual_seed(0)
+    ref = mod.Model(*init).to(device)
+    torch.manual_seed(0)
+    new = module.ModelNew(*init).to(device)
+    with torch.no_grad():
+        for x in inputs:
+            want, got = ref(x), new(x)
+            scale = max(1.0, want.abs().max().item()) if want.numel() else 1.0
+            if got.shape != want.shape or not torch.allclose(got, want, atol=tol * scale, rtol=tol):
+                return f"{tuple(x.shape)}: {(got - want).abs().max().item() if got.shape == want.shape else got.shape}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ support
+
+
+@pytest.mark.parametrize("pid", ["conv2d_alexnet", "conv2d_relu_maxpool"])
+def test_the_suites_convolutions_are_searched_on_both_backends_with_their_geometry(pid):
+    p = OfflineProposer(0)
+    assert p.supports(suite(pid), "cuda") and p.supports(suite(pid), "cpu")
+    g = describe(suite(pid, "full")).geometry
+    assert (g["cin"], g["cout"], g["r"], g["stride"], g["pad"], g["oh"]) == (3, 96, 11, 4, 2, 55)
+    assert (g["pool_k"], g["pool_s"], g["ph"]) == ((3, 2, 27) if pid == "conv2d_relu_maxpool" else (0, 0, 55))
+
+
+@pytest.mark.parametrize("conv,why", [
+    ("4, 8, 3, groups=2", "groups=2"),
+    ("4, 8, (3, 5)", "not square"),
+    ("4, 8, 3, padding='same'", "numeric zero padding"),
+    ("4, 8, 3, padding=1, padding_mode='reflect'", "padding_mode='reflect'"),
+])
+def test_convolutions_outside_the_family_are_refused_with_the_reason(tmp_path, conv, why):
+    prob = conv_problem(tmp_path, "c", conv, (1, 4, 9, 9))
+    assert why in OfflineProposer(0).why_unsupported(prob, "cuda")
+
+
+def test_model_new_rebuilds_the_reference_convolution_so_the_same_seed_gives_the_same_weights(tmp_path):
+    for pid in ("conv2d_alexnet", "conv2d_relu_maxpool"):
+        prob = suite(pid)
+        src = OfflineProposer(0).implement(prob, "cpu", {"text": "", "parent": "reference"},
+                                           {"id": "reference"}, 1, 1)[0]["source"]
+        module = import_source(src, tmp_path)
+        init = prob.init_inputs()
+        torch.manual_seed(0)
+        ref = prob.load_module().Model(*init)
+        torch.manual_seed(0)
+        new = module.ModelNew(*init)
+        assert "nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)" in src
+        assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), new.state_dict().values(),
+                                                         strict=True))
+
+
+# ------------------------------------------------------------------------------------------------ ideas
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpu"])
+def test_five_conv_rounds_never_repeat_an_idea_and_the_same_seed_writes_the_same_files(backend):
+    prob = suite("conv2d_relu_maxpool", "full")
+    runs = []
+    for _ in range(2):
+        p = OfflineProposer(4)
+        seeds = [{"id": "reference", "source": None, "features": None}]
+        tried, sources, seen = [], [], set()
+        for round_ in range(1, 6):
+            ideas = p.ideas(prob, backend, seeds, tried, 4, round_)
+            assert len(ideas) == 4
+            for idea in ideas:
+                pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
+                assert pair not in seen
+                seen.add(pair)
+            impls = [p.implement(prob, backend, i, seeds[0], 2, round_) for i in ideas]
+            sources += [x["source"] for impl in impls for x in impl]
+            tried += ideas
+            seeds = [{"id": f"r{round_}", "source": impls[0][0]["source"], "features": impls[0][0]["features"]}]
+        runs.append(sources)
+    assert runs[0] == runs[1]
+
+
+def test_the_implicit_gemm_idea_says_what_the_gemm_is_and_reuses_the_tensor_core_kernel():
+    prob = suite("conv2d_alexnet", "full")
+    spec = describe(prob)
+    idea = next(i for i in catalogue("conv", "cuda") if i.key == "implicit_gemm")
+    text = OfflineProposer(0)._text(idea, spec, generator("conv", "cuda").normalise(spec, idea.delta))
+    assert "302500 output pixels" in text and "96 output channels" in text and "363" in text
+    src = OfflineProposer(0).implement(prob, "cuda", {"text": text, "parent": "reference"}, {"id": "reference"},
+                                       1, 1)[0]["source"]
+    assert "mma.sync.aligned.m16n8k8" in src and "row_ih[r] + kr * DIL" in src and "torch.nn.functional" not in src
+
+
+# ------------------------------------------------------------------------------------------------ C kernels run
+
+
+def test_every_reachable_c_conv_kernel_computes_the_layer_for_other_geometries(tmp_path):
+    jobs = []
+    for name, conv, shape, pool in GEOMETRIES:
+        prob = conv_problem(tmp_path, name, conv, shape, pool)
+        spec = describe(prob)
+        feats = reachable(spec, "cpu", C_PARENTS)
+        jobs += [(prob, spec, f) for f in (feats if name == "pooled" else feats[::3])]
+    assert len(jobs) > 60
+    with ThreadPoolExecutor(2) as pool:
+        modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
+                                                        tmp_path), jobs))
+    gen = torch.Generator().manual_seed(3)
+    failures = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for (prob, spec, f), module in zip(jobs, modules, strict=True):
+            shape = spec.input_shape
+            inputs = [torch.randn(shape, generator=gen), torch.randn(shape, generator=gen) * 3 + 1]
+            why = check(module, prob, inputs, "cpu")
+            if why:
+                failures.append(f"{prob.id} {f}: {why}")
+    finally:
+        torch.set_num_threads(threads)
+    assert not failures, "\n".join(failures[:5])
+
+
+# ------------------------------------------------------------------------------------------------ CUDA kernels
+
+
+def _cuda_jobs(tmp_path: Path):
+    jobs = []
+    for pid in ("conv2d_alexnet", "conv2d_relu_maxpool"):
+        prob = suite(pid)
+        spec = describe(prob)
+        jobs += [(prob, spec, f) for f in reachable(spec, "cuda", CUDA_PARENTS)]
+    for name, conv, shape, pool in GEOMETRIES:
+        prob = conv_problem(tmp_path, name, conv, shape, pool)
+        spec = describe(prob)
+        jobs += [(prob, spec, f) for f in reachable(spec, "cuda", CUDA_PARENTS)[::4]]
+    return jobs
+
+
+def test_every_reachable_cuda_conv_kernel_compiles_with_nvrtc(tmp_path):
+    jobs = _cuda_jobs(tmp_path)
+    assert len(jobs) > 60 and {f["algo"] for _, _, f in jobs} == {"direct", "mma"}
+
+    def build(job):
+        try:
+            import_source(candidate_source(job[1], "cuda", job[2], "t", "reference"), tmp_path)
+            return None
+        except Exception as exc:  # noqa: BLE001 - every failing combination is reported at once
+            return f"{job[0].id} {job[2]}: {str(exc)[:400]}"
+
+    with ThreadPoolExecutor(2) as pool:  # NVRTC releases the GIL
+        failures = [r for r in pool.map(build, jobs) if r]
+    assert not failures, "\n".join(failures[:5])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_every_reachable_cuda_conv_kernel_computes_the_layer_on_the_gpu(tmp_path):
+    jobs = _cuda_jobs(tmp_path)
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"),
+                                                        tmp_path), jobs))
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    failures = []
+    torch.backends.cudnn.allow_tf32 = False  # the yardstick in float32: TF32 kernels get TF32's tolerance below
+    try:
+        for (prob, spec, f), module in zip(jobs, modules, strict=True):
+            inputs = [torch.randn(spec.input_shape, device="cuda", generator=gen) + 0.5]
+            tol = 1e-2 if f.get("algo") == "mma" and f.get("precision") == "tf32" else 1e-4
+            why = check(module, prob, inputs, "cuda", tol)
+            if why:
+                failures.append(f"{prob.id} {f}: {why}")
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA conv kernels match the reference")
+    assert not failures, "\n".join(failures[:10])

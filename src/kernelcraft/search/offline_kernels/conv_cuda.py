@@ -48,6 +48,15 @@ def gemm_features(f: dict) -> dict:
             "raster": f["raster"], "acc": f["acc"]}
 
 
+def smem_bytes(f: dict) -> int:
+    """The pipeline's stages plus the per-block table of output pixels (three ints per row of the tile)."""
+    return mm.mma_smem_bytes(gemm_features(f)) + 3 * 4 * f["bm"]
+
+
+def _gemm_ok(f: dict) -> bool:
+    return mm._mma_ok(gemm_features(f)) and smem_bytes(f) <= mm.SMEM_DYNAMIC_MAX
+
+
 def normalise(spec: OpSpec, f: dict) -> dict:
     base = baseline(spec)
     g = base | {k: v for k, v in f.items() if k in base}
@@ -70,9 +79,9 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     g["stages"] = g["stages"] if g["stages"] in (1, 2, 3) else 1
     g["raster"] = g["raster"] if g["raster"] in (0, 8) else 0
     if g["algo"] == "mma":
-        if any(g[k] not in TUNABLES[k] for k in ("bm", "bn", "bk", "wm", "wn")) or not mm._mma_ok(gemm_features(g)):
+        if any(g[k] not in TUNABLES[k] for k in ("bm", "bn", "bk", "wm", "wn")) or not _gemm_ok(g):
             g |= _GEMM_DEFAULT
-            while not mm._mma_ok(gemm_features(g)) and g["stages"] > 1:
+            while not _gemm_ok(g) and g["stages"] > 1:
                 g["stages"] -= 1
     if not spec.geometry.get("pool_k") or g["pool_threads"] not in TUNABLES["pool_threads"]:
         g["pool_threads"] = 256
@@ -140,7 +149,10 @@ def _gemm_io(spec: OpSpec, f: dict, relu: bool) -> mm.GemmIO:
             "const int v = tid + l * NT, r = v % BK, c = v / BK, kd = k0 + r, k = bn0 + c;",
             "const bool ok = kd < KD && k < COUT;", "const float* src = ok ? Wt + k * KD + kd : Wt;", put_b)
     prelude = ("// per output pixel of this block: its image's offset and the top-left tap of its window",
-               "__shared__ int row_off[BM], row_ih[BM], row_iw[BM];",
+               "// (in the dynamic shared memory after the pipeline's stages: a static array beside a dynamic",
+               "// allocation just under 48 KiB would need an opt-in the launch does not make)",
+               "int* const row_off = reinterpret_cast<int*>(smem + STAGES * (A_STAGE + B_STAGE));",
+               "int* const row_ih = row_off + BM;", "int* const row_iw = row_ih + BM;",
                "for (int i = tid; i < BM; i += NT) {", "  const int m = bm0 + i;", "  if (m < M) {",
                "    const int n = m / P, p = m - n * P, oh = p / OW, ow = p - oh * OW;",
                "    row_off[i] = n * (CIN * H * W);", "    row_ih[i] = oh * ST - PAD;",
@@ -205,7 +217,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     else:
         gf = gemm_features(f)
         mod = [f"SRC = r'''\n{render_source(spec, f, 'conv_gemm')}'''", "",
-               f'_conv = cuda_kernel(SRC, "conv_gemm", shared_mem={mm.mma_smem_bytes(gf)})']
+               f'_conv = cuda_kernel(SRC, "conv_gemm", shared_mem={smem_bytes(f)})']
         launch = [f"tiles = -(-(N * OH * OW) // {gf['bm']}) * -(-{g['cout']} // {gf['bn']})",
                   f"_conv(grid=(tiles,), block=({mm.mma_threads(gf)},), args=(x, w, b, y, N, H, W, OH, OW))"]
     if g["pool_k"]:

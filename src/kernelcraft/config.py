@@ -12,9 +12,13 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-DEFAULT_CONFIG_PATH = REPO_ROOT / "config.yaml"
+# The default experiment, its schema and the prompt and report templates ship inside the package, so a regular
+# (non-editable) install finds them; a checkout's config.yaml, workflow/schemas and workflow/templates are links
+# to these same files (one source of truth; tests/test_package_data.py).
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SCHEMA_PATH = DATA_DIR / "config.schema.yaml"
+DEFAULT_CONFIG_PATH = DATA_DIR / "config.yaml"
+TEMPLATES_DIR = DATA_DIR / "templates"
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kernelcraft.config import REPO_ROOT
 from kernelcraft.context import RunContext
 
 _PACKAGES = ("kernelcraft", "torch", "numpy", "snakemake", "jinja2", "jsonschema", "cuda-bindings",
@@ -25,7 +24,8 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
     return out.stdout.strip()
 
 
-def git_state(repo: Path = REPO_ROOT) -> dict:
+def git_state(repo: Path) -> dict:
+    """The commit and dirty state of the checkout the workflow ran from (nulls outside a git checkout)."""
     commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
@@ -65,14 +65,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_manifest(ctx: RunContext) -> dict:
+def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None) -> dict:
     import torch
 
     config = {k: v for k, v in ctx.config.items() if not k.startswith("_")}
     return {
         "run": ctx.config["run"],
         "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git": git_state(),
+        "git": git_state(Path(workflow_dir) if workflow_dir is not None else Path.cwd()),
         "packages": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),

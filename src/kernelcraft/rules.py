@@ -84,7 +84,7 @@ def manifest(smk: Any) -> None:
     from kernelcraft.manifest import build_manifest
 
     ctx = _ctx(smk)
-    write_json(smk.output[0], build_manifest(ctx))
+    write_json(smk.output[0], build_manifest(ctx, smk.params.workflow))
 
 
 def report(smk: Any) -> None:

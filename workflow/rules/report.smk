@@ -6,6 +6,8 @@ rule manifest:
         f"{RUN}/manifest.json",
     log:
         f"{RUN}/logs/manifest.log",
+    params:
+        workflow=workflow.basedir,
     message:
         "recording the run manifest"
     script:

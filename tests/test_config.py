@@ -101,3 +101,14 @@ def test_the_readme_model_examples_are_valid_configs(config):
     assert len(examples) >= 2
     for text in examples:
         check_config(merge(config, yaml.safe_load(text)))  # with the shipped budget, so prices are checked too
+
+
+def test_the_manifests_config_digest_names_the_experiment_not_the_key_order(config):
+    from kernelcraft.manifest import config_digest
+
+    reordered = dict(reversed(list(copy.deepcopy(config).items())))
+    changed = copy.deepcopy(config)
+    changed["rounds"] = config["rounds"] + 1
+    assert config_digest(config) == config_digest(reordered)
+    assert config_digest(config) != config_digest(changed)
+    assert len(config_digest(config)) == 64

@@ -88,6 +88,8 @@ def test_the_manifest_records_versions_backend_and_config(run_dir):
     assert manifest["backend"] == "cpu" and manifest["size"] == "small"
     assert manifest["packages"]["torch"] and manifest["packages"]["snakemake"] == "9.27.1"
     assert manifest["config"]["rounds"] == 2
+    assert manifest["started"] <= manifest["finished"] and manifest["host"]
+    assert len(manifest["config_sha256"]) == 64 and manifest["git"]["commit"]
 
 
 @pytest.mark.slow

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from kernelcraft.context import RunContext
@@ -65,13 +68,41 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None) -> dict:
+def _utc(timestamp: float) -> str:
+    return _dt.datetime.fromtimestamp(timestamp, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def nvrtc_version() -> str | None:
+    try:
+        from kernelcraft.harness.build.nvrtc import nvrtc_version as version
+
+        return version()
+    except Exception:  # noqa: BLE001 - no NVRTC on this host: nothing was compiled with it
+        return None
+
+
+def config_digest(config: dict) -> str:
+    """sha256 of the resolved configuration (keys sorted): two runs with the same digest ran the same
+    experiment, whatever the files and command lines that produced it."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None,
+                   stage_files: list[str] | None = None) -> dict:
+    """What produced the run. ``stage_files`` are the run's finished stage outputs: the earliest of them dates the
+    start, and the manifest, written after the last, the end."""
     import torch
 
     config = {k: v for k, v in ctx.config.items() if not k.startswith("_")}
+    now = time.time()
+    mtimes = [os.stat(p).st_mtime for p in stage_files or [] if os.path.exists(p)]
     return {
         "run": ctx.config["run"],
-        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": _utc(now),
+        "started": _utc(min(mtimes)) if mtimes else None,
+        "finished": _utc(now),
+        "host": platform.node(),
         "git": git_state(Path(workflow_dir) if workflow_dir is not None else Path.cwd()),
         "packages": package_versions(),
         "python": platform.python_version(),
@@ -80,6 +111,7 @@ def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None) -> d
         "cpu_count": os.cpu_count(),
         "gpus": gpu_info(),
         "torch_cuda": torch.version.cuda,
+        "nvrtc": nvrtc_version(),
         "nvcc": (_run(["nvcc", "--version"]) or "").splitlines()[-1:] or None,
         "container_image": os.environ.get("KERNELCRAFT_IMAGE"),
         "container_digest": os.environ.get("KERNELCRAFT_IMAGE_DIGEST"),
@@ -89,6 +121,7 @@ def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None) -> d
         "problems": ctx.problems,
         "seed": ctx.seed,
         "config": config,
+        "config_sha256": config_digest(ctx.config),
         # The ensembles the run used, what was configured, and which models fell back to the offline proposer.
         "models": (ctx.config.get("_resolved") or {}).get("models"),
     }

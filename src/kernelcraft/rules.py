@@ -84,7 +84,7 @@ def manifest(smk: Any) -> None:
     from kernelcraft.manifest import build_manifest
 
     ctx = _ctx(smk)
-    write_json(smk.output[0], build_manifest(ctx, smk.params.workflow))
+    write_json(smk.output[0], build_manifest(ctx, smk.params.workflow, list(smk.input)))
 
 
 def report(smk: Any) -> None:

@@ -1,7 +1,11 @@
 # The run's manifest, the candidates table and the self-contained HTML report.
 
 
+# Written once every search stage is done, so it records when the run started (its first stage file) and finished.
 rule manifest:
+    input:
+        baselines=expand(f"{RUN}/{{problem}}/baseline.json", problem=PROBLEMS),
+        selections=expand(stage("select"), problem=SEARCHED, round=ROUNDS),
     output:
         f"{RUN}/manifest.json",
     log:

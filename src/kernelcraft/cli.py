@@ -112,7 +112,39 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("run", help="the run's directory, results/<run>")
     bk.add_argument("bank", help="the seed-bank directory to write into (created); name it in seed_bank.dirs")
     bk.set_defaults(func=_bank)
+    ar = sub.add_parser("archive", help="write a finished run into one checksummed .tar.gz")
+    ar.add_argument("run", help="the run's directory, results/<run>")
+    ar.add_argument("--out", default=None, help="the archive to write (default: <run>.tar.gz beside the run)")
+    ar.set_defaults(func=_archive)
+    cm = sub.add_parser("compare", help="two runs or archives side by side; exit 0 when they are the same search, "
+                                        "1 when they differ")
+    cm.add_argument("a", help="a run directory or a run archive")
+    cm.add_argument("b", help="a run directory or a run archive")
+    cm.add_argument("--json", action="store_true", help="print one JSON object")
+    cm.set_defaults(func=_compare)
     return parser
+
+
+def _archive(args: argparse.Namespace) -> int:
+    from kernelcraft.archive.bundle import ArchiveError, write_archive
+
+    try:
+        print(write_archive(Path(args.run), Path(args.out) if args.out else None))
+    except ArchiveError as err:
+        raise UsageError(str(err)) from None
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from kernelcraft.archive.bundle import ArchiveError
+    from kernelcraft.archive.compare import compare_runs, format_comparison, load_run
+
+    try:
+        result = compare_runs(load_run(Path(args.a)), load_run(Path(args.b)))
+    except ArchiveError as err:
+        raise UsageError(str(err)) from None
+    print(json.dumps(result) if args.json else format_comparison(result))
+    return 0 if result["same_search"] else 1
 
 
 def _bank(args: argparse.Namespace) -> int:

@@ -62,8 +62,11 @@ def test_an_archive_holds_the_run_with_a_checksum_for_every_file_and_is_the_same
     with tarfile.open(first) as tar:
         sums = tar.extractfile("seed0/" + SUMS).read().decode().splitlines()
     assert len(sums) == len(files)
+    assert files["problems/relu_4096x32768.py"] == (REPO / "src/kernelcraft/problems/suite/relu_4096x32768.py"
+                                                    ).read_bytes()  # the reference, for a replay elsewhere
     root = extract_archive(first, tmp_path / "out")
-    assert all((root / rel).read_bytes() == (run / rel).read_bytes() for rel in files)
+    written = [rel for rel in files if not rel.startswith("problems/")]
+    assert all((root / rel).read_bytes() == (run / rel).read_bytes() for rel in written)
 
 
 @pytest.mark.slow
@@ -130,3 +133,20 @@ def test_a_damaged_or_altered_archive_is_refused_with_one_line(runs, tmp_path, d
         read_archive(bad)
     done = _cli("compare", str(bad), str(runs[0]))
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_run_replayed_from_its_archive_in_a_clean_directory_is_the_same_search(runs, tmp_path):
+    archive = write_archive(runs[0], tmp_path / "seed0.tar.gz")
+    clean = tmp_path / "elsewhere"
+    clean.mkdir()
+    done = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(REPO / "Snakefile"))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "same search: yes" in done.stdout
+    replayed = clean / "results" / "seed0-replay"
+    assert (replayed / "report.html").is_file()
+    manifest = json.loads((replayed / "manifest.json").read_text())
+    assert manifest["config"]["problems"]["dirs"] == [str(clean / "replays" / next(
+        p.name for p in (clean / "replays").iterdir() if p.is_dir()) / "seed0" / "problems")]
+    again = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(REPO / "Snakefile"))
+    assert again.returncode == 2 and "exists already" in again.stderr

@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("run", help="the run's directory, results/<run>")
     ar.add_argument("--out", default=None, help="the archive to write (default: <run>.tar.gz beside the run)")
     ar.set_defaults(func=_archive)
+    rp = sub.add_parser("replay", help="re-run an archived run into a new run, every model answer from the archive")
+    rp.add_argument("archive", help="a run archive written by 'kernelcraft archive'")
+    rp.add_argument("--run", default=None, help="the new run's name (default: <archived run>-replay)")
+    rp.add_argument("--directory", default=".", help="where results/<run> goes (default: here)")
+    rp.add_argument("--snakefile", default=None, help="the workflow's Snakefile (default: ./Snakefile)")
+    rp.add_argument("--cores", type=int, default=2)
+    rp.set_defaults(func=_replay)
     cm = sub.add_parser("compare", help="two runs or archives side by side; exit 0 when they are the same search, "
                                         "1 when they differ")
     cm.add_argument("a", help="a run directory or a run archive")
@@ -133,6 +140,21 @@ def _archive(args: argparse.Namespace) -> int:
     except ArchiveError as err:
         raise UsageError(str(err)) from None
     return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from kernelcraft.archive.bundle import ArchiveError
+    from kernelcraft.archive.compare import compare_runs, format_comparison, load_run
+    from kernelcraft.archive.replay import replay
+
+    try:
+        run = replay(Path(args.archive), args.run, Path(args.directory),
+                     Path(args.snakefile) if args.snakefile else None, args.cores)
+        result = compare_runs(load_run(Path(args.archive)), load_run(run))
+    except ArchiveError as err:
+        raise UsageError(str(err)) from None
+    print(format_comparison(result))
+    return 0 if result["same_search"] else 1
 
 
 def _compare(args: argparse.Namespace) -> int:

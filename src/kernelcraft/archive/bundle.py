@@ -11,11 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
 SUMS = "SHA256SUMS"
+PROBLEMS = "problems"  # inside the archive: a copy of each problem's reference file
 # Build products and scratch space: rebuilt from the sources, and machine-specific.
 SKIPPED = {"build", "tmp", "__pycache__"}
 
@@ -45,6 +47,13 @@ def write_archive(run: Path, out: Path | None = None) -> Path:
                            "workflow has completed")
     out = Path(out) if out is not None else run.with_name(run.name + ".tar.gz")
     members = [(rel, path.read_bytes()) for rel, path in _members(run)]
+    # The problem files themselves (built-in or from a KernelBench checkout), so the run can be replayed where
+    # those directories do not exist.
+    problems = (json.loads((run / "manifest.json").read_text()).get("problems") or {})
+    for pid, source in sorted(problems.items()):
+        if Path(source).is_file() and f"{PROBLEMS}/{pid}.py" not in dict(members):
+            members.append((f"{PROBLEMS}/{pid}.py", Path(source).read_bytes()))
+    members.sort()
     sums = "".join(f"{_sha256(data)}  {rel}\n" for rel, data in members).encode()
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:

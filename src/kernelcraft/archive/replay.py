@@ -1,6 +1,7 @@
 """Re-run an archived run into a new run: the same configuration, the same effective models, the problem files from
-the archive, and every model answer from the archive's transcripts (no key, no network), so the new run writes the
-same candidates byte for byte and reaches the same verdicts; times differ only by noise."""
+the archive, every model answer from the archive's transcripts (no key, no network) and each round's selection as
+the archived run made it, so the new run writes the same candidates byte for byte and reaches the same verdicts;
+times differ only by noise."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import yaml
 
 from kernelcraft.archive.bundle import PROBLEMS, ArchiveError, extract_archive, read_archive
-from kernelcraft.layout import transcripts_dir
 
 
 def replay_config(manifest: dict, source: Path, run: str) -> dict:
@@ -31,8 +31,8 @@ def replay_config(manifest: dict, source: Path, run: str) -> dict:
     config.setdefault("problems", {}).update({"builtin": [], "dirs": [str(source / PROBLEMS)], "include": None,
                                               "exclude": None, "size": manifest.get("size", "auto")})
     config["backend"] = manifest.get("backend", config.get("backend", "auto"))
-    llm = config.setdefault("llm", {})
-    llm["replay"] = str(source) if transcripts_dir(source).is_dir() else None
+    # Model answers from the archive's transcripts, and each round's selection as the archived run made it.
+    config.setdefault("llm", {})["replay"] = str(source)
     return config
 
 

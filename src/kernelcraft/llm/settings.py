@@ -38,7 +38,7 @@ def replay_transcripts(replay: str | Path) -> Path:
     """The transcripts folder of the recorded run ``llm.replay`` points at, or a one-line error."""
     root = Path(replay)
     folder = layout.transcripts_dir(root)
-    if not folder.is_dir():
+    if not folder.is_dir() and not (root / "manifest.json").is_file():  # a run that made no model calls has none
         raise ValueError(f"config key 'llm.replay': {str(replay)!r} holds no transcripts folder; point it at a "
                          f"recorded run folder such as results/<run>")
     return folder

@@ -187,6 +187,17 @@ def implement_ideas(ctx: RunContext, problem: str, round_: int, ideas_doc: dict,
     return {"problem": problem, "round": round_, "candidates": candidates}
 
 
+def _recorded_selection(ctx: RunContext, problem: str, round_: int) -> list[str] | None:
+    """The seed ids the replayed run (``llm.replay``) selected in this round, or None outside a replay."""
+    source = (ctx.config.get("llm") or {}).get("replay")
+    if not source:
+        return None
+    path = layout.stage_file(Path(source), problem, round_, "select")
+    if not path.is_file():
+        return None
+    return [str(s["id"]) for s in read_json(path).get("seeds") or []]
+
+
 def select_seeds(ctx: RunContext, problem: str, round_: int, implemented: dict, verified: dict,
                  benchmarked: dict) -> dict:
     """Top-k correct, timed kernels over all rounds so far (previous seeds compete with this round's)."""
@@ -208,10 +219,19 @@ def select_seeds(ctx: RunContext, problem: str, round_: int, implemented: dict, 
             "floor_ms": b.get("floor_ms"), "pct_of_floor": b.get("pct_of_floor"),
         })
     pool.sort(key=lambda s: (s["time_ms"], s["round"], s["id"]))
-    seeds = pool[: int(ctx.config["top_k"])]
+    top_k = int(ctx.config["top_k"])
+    recorded = _recorded_selection(ctx, problem, round_)
+    if recorded is not None:
+        # A replay follows the recorded run's choices: which of two kernels within noise of each other was faster
+        # decided the next round's parents there, and must decide them here too, or the search forks.
+        by_id = {s["id"]: s for s in pool}
+        chosen = [by_id[i] for i in recorded if i in by_id]
+        seeds = (chosen + [s for s in pool if s["id"] not in recorded])[:top_k]
+    else:
+        seeds = pool[:top_k]
     best = seeds[0] if seeds else None
     msg = (f"best {best['id']} {best['time_ms']:.4g} ms ({best['speedup_eager']:.2f}x vs eager)"
-           if best else "no correct kernel yet")
+           if best else "no correct kernel yet") + (" (selection as recorded)" if recorded is not None else "")
     report(problem, round_, "select", msg)
     return {"problem": problem, "round": round_, "seeds": seeds}
 

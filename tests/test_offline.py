@@ -8,8 +8,6 @@ needed) and, where a GPU is visible, run against the reference too (``-m gpu``).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import itertools
 import json
 import os
 import random
@@ -18,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from offline_support import GPU, build_env, import_source, suite  # noqa: F401 - build_env: autouse
 
-from kernelcraft.problems import builtin_dir, load_problem
+from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import KINDS, OfflineProposer
 from kernelcraft.search.offline_kernels import candidate_source, generator
 from kernelcraft.search.offline_kernels.catalogue import CATALOGUE, catalogue
@@ -30,40 +29,6 @@ SUPPORTED = ["gelu_4096x32768", "layernorm_16x64x256x256", "log_softmax_4096x327
 ROWWISE = ["softmax_4096x65536", "log_softmax_4096x32768", "layernorm_16x64x256x256", "rmsnorm_4096x8192",
            "sum_lastdim_4096x65536"]
 ELEMENTWISE = ["relu_4096x32768", "gelu_4096x32768"]
-GPU = torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _build_env(tmp_path_factory):
-    """Kernels build into a private cache; CUDA ones for sm_90a unless a GPU says otherwise."""
-    old = {k: os.environ.get(k) for k in ("KERNELCRAFT_BUILD_DIR", "KERNELCRAFT_CUDA_ARCH")}
-    os.environ["KERNELCRAFT_BUILD_DIR"] = str(tmp_path_factory.mktemp("build"))
-    if not GPU:
-        os.environ["KERNELCRAFT_CUDA_ARCH"] = "sm_90a"
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def suite(pid: str, size: str = "small"):
-    return load_problem(builtin_dir() / f"{pid}.py", size)
-
-
-_counter = itertools.count()
-
-
-def import_source(source: str, folder: Path):
-    """Import a candidate file (which builds its kernels) and return the module."""
-    name = f"offline_cand_{next(_counter)}"
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def close(got: torch.Tensor, want: torch.Tensor) -> bool:

@@ -8,54 +8,19 @@ is visible, run against the reference.
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from offline_support import GPU, build_env, import_source, reachable, suite  # noqa: F401 - build_env: autouse
 
-from kernelcraft.problems import builtin_dir, load_problem
+from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import OfflineProposer
 from kernelcraft.search.offline_kernels import candidate_source, generator
 from kernelcraft.search.offline_kernels.catalogue import catalogue
 from kernelcraft.search.offline_kernels.opspec import describe
-
-GPU = torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _build_env(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in ("KERNELCRAFT_BUILD_DIR", "KERNELCRAFT_CUDA_ARCH")}
-    os.environ["KERNELCRAFT_BUILD_DIR"] = str(tmp_path_factory.mktemp("build"))
-    if not GPU:
-        os.environ["KERNELCRAFT_CUDA_ARCH"] = "sm_90a"
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-_counter = itertools.count()
-
-
-def import_source(source: str, folder: Path):
-    name = f"conv_cand_{next(_counter)}"
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def suite(pid: str, size: str = "small"):
-    return load_problem(builtin_dir() / f"{pid}.py", size)
 
 
 def conv_problem(folder: Path, name: str, conv: str, shape: tuple[int, ...], pool: str | None = None):
@@ -78,22 +43,6 @@ GEOMETRIES = [
     ("pointwise", "8, 4, 1", (3, 8, 5, 7), None),
     ("pooled", "3, 8, 3, stride=1, padding=1", (2, 3, 12, 9), "2"),
 ]
-
-
-def reachable(spec, backend: str, parents: list[dict]) -> list[dict]:
-    gen = generator("conv", backend)
-    out, seen = [], set()
-    for parent in parents:
-        p = gen.normalise(spec, gen.baseline(spec) | parent)
-        kids = [p] + [p | i.delta for i in catalogue("conv", backend) if i.applies(spec, p)]
-        kids += [p | {k: v} for k, values in gen.TUNABLES.items() for v in values]
-        for f in kids:
-            g = gen.normalise(spec, f)
-            key = json.dumps(g, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                out.append(g)
-    return out
 
 
 C_PARENTS = [{}, {"order": "rows", "par": "omp", "kblock": 4}, {"kblock": 8, "wpack": True, "hoist": True,

@@ -8,55 +8,25 @@ with NVRTC for sm_90a (no GPU needed) and, where a GPU is visible, run on odd an
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import itertools
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from offline_support import GPU, build_env, import_source, reachable, suite  # noqa: F401 - build_env: autouse
 
-from kernelcraft.problems import builtin_dir, load_problem
+from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import OfflineProposer
 from kernelcraft.search.offline_kernels import candidate_source, generator
 from kernelcraft.search.offline_kernels.catalogue import catalogue
 from kernelcraft.search.offline_kernels.opspec import describe
 
-GPU = torch.cuda.is_available()
 SHAPES = [(37, 53, 29), (1, 300, 17), (130, 70, 200), (64, 64, 64), (5, 0, 3)]  # (M, K, N)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _build_env(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in ("KERNELCRAFT_BUILD_DIR", "KERNELCRAFT_CUDA_ARCH")}
-    os.environ["KERNELCRAFT_BUILD_DIR"] = str(tmp_path_factory.mktemp("build"))
-    if not GPU:
-        os.environ["KERNELCRAFT_CUDA_ARCH"] = "sm_90a"
-    yield
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-_counter = itertools.count()
-
-
-def import_source(source: str, folder: Path):
-    name = f"matmul_cand_{next(_counter)}"
-    path = folder / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def matmul_problem(size: str = "small"):
-    return load_problem(builtin_dir() / "matmul_4096.py", size)
+    return suite("matmul_4096", size)
 
 
 def kb_problem(folder: Path, forward: str, inputs: str, name: str = "mm", init: str = ""):
@@ -65,25 +35,6 @@ def kb_problem(folder: Path, forward: str, inputs: str, name: str = "mm", init: 
                     f"        super().__init__()\n{init}    def forward(self, A, B):\n        return {forward}\n\n"
                     f"def get_inputs():\n    return {inputs}\n\ndef get_init_inputs():\n    return []\n")
     return load_problem(path)
-
-
-def reachable(backend: str, parents: list[dict]) -> list[dict]:
-    """Every catalogue idea applied to each parent, plus each tunable changed alone: the kernels a search can
-    write from those parents, normalised and distinct."""
-    spec = describe(matmul_problem())
-    gen = generator("matmul", backend)
-    out, seen = [], set()
-    for parent in parents:
-        p = gen.normalise(spec, gen.baseline(spec) | parent)
-        kids = [p] + [p | i.delta for i in catalogue("matmul", backend) if i.applies(spec, p)]
-        kids += [p | {k: v} for k, values in gen.TUNABLES.items() for v in values]
-        for f in kids:
-            g = gen.normalise(spec, f)
-            key = json.dumps(g, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                out.append(g)
-    return out
 
 
 C_PARENTS = [{}, {"order": "ikj", "par": "rows"}, {"block": True, "micro": True, "par": "tiles"},
@@ -163,7 +114,7 @@ def test_the_tensor_core_idea_keeps_float32_accuracy_and_names_the_scheme():
 
 def test_every_reachable_c_matmul_kernel_computes_a_at_b_on_odd_shapes(tmp_path):
     spec = describe(matmul_problem())
-    feats = reachable("cpu", C_PARENTS)
+    feats = reachable(spec, "cpu", C_PARENTS)
     assert len(feats) > 60
     with ThreadPoolExecutor(2) as pool:
         modules = list(pool.map(lambda f: import_source(candidate_source(spec, "cpu", f, "t", "reference"),
@@ -191,7 +142,7 @@ def test_every_reachable_c_matmul_kernel_computes_a_at_b_on_odd_shapes(tmp_path)
 
 def _cuda_sources() -> list[tuple[dict, str]]:
     spec = describe(matmul_problem())
-    return [(f, candidate_source(spec, "cuda", f, "t", "reference")) for f in reachable("cuda", CUDA_PARENTS)]
+    return [(f, candidate_source(spec, "cuda", f, "t", "reference")) for f in reachable(spec, "cuda", CUDA_PARENTS)]
 
 
 def test_every_reachable_cuda_matmul_kernel_compiles_with_nvrtc(tmp_path):

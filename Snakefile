@@ -12,13 +12,13 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-# The image containers/Dockerfile builds; used when run with --software-deployment-method apptainer.
-container: "docker://kernelcraft:0.1"
-
-
 # One line naming the bad key first; then Snakemake's own schema validation (which also fills defaults).
 exit_on_bad_config(config)
 validate(config, "workflow/schemas/config.schema.yaml")
+
+
+# The image built from containers/Dockerfile; used when run with --software-deployment-method apptainer.
+container: config["container"]
 
 
 include: "workflow/rules/common.smk"

@@ -28,10 +28,34 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
 
 
 def git_state(repo: Path) -> dict:
-    """The commit and dirty state of the checkout the workflow ran from (nulls outside a git checkout)."""
+    """The commit and dirty state of the checkout the workflow ran from.
+
+    Inside the container there is no .git: the image records the commit it was built from (build arguments, see
+    containers/Dockerfile), so a run there still names its source. Nulls when neither is known.
+    """
     commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+    if commit is None and os.environ.get("KERNELCRAFT_GIT_COMMIT"):
+        dirty = os.environ.get("KERNELCRAFT_GIT_DIRTY", "").strip()
+        return {"commit": os.environ["KERNELCRAFT_GIT_COMMIT"], "dirty": int(dirty) > 0 if dirty.isdigit() else None,
+                "source": "image"}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def container_state() -> dict | None:
+    """Which container the run's jobs ran in, or None on the host.
+
+    Docker marks its containers with /.dockerenv; Apptainer sets APPTAINER_CONTAINER (the image file). The image's
+    reference is baked into it (KERNELCRAFT_IMAGE); its digest exists only after the build, so the user passes it
+    (KERNELCRAFT_IMAGE_DIGEST, README "Containers") and it is recorded when given.
+    """
+    sif = os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")
+    runtime = "apptainer" if sif else "docker" if os.path.exists("/.dockerenv") else None
+    image = os.environ.get("KERNELCRAFT_IMAGE")
+    if runtime is None and image is None:
+        return None
+    return {"runtime": runtime, "image": image, "image_file": sif,
+            "digest": os.environ.get("KERNELCRAFT_IMAGE_DIGEST")}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -113,8 +137,7 @@ def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None,
         "torch_cuda": torch.version.cuda,
         "nvrtc": nvrtc_version(),
         "nvcc": (_run(["nvcc", "--version"]) or "").splitlines()[-1:] or None,
-        "container_image": os.environ.get("KERNELCRAFT_IMAGE"),
-        "container_digest": os.environ.get("KERNELCRAFT_IMAGE_DIGEST"),
+        "container": container_state(),
         "backend": ctx.backend,
         "size": ctx.size,
         "cuda_arch": ctx.cuda_arch,

@@ -128,3 +128,17 @@ def test_a_reference_that_is_not_kernelbench_format_is_a_one_line_error(tmp_path
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "not a KernelBench problem" in proc.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly():
+    """`kernelcraft compare A B | head -1`: the closed pipe is the reader's choice, not an error with a traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "kernelcraft.cli", "problems"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == ""

@@ -153,6 +153,8 @@ ROW_CUDA_PATHS = [
     {"stats": "welford", "rsqrt": True, "fma_apply": True}, {"stats": "shifted", "accum": "kahan", "vec": 4},
     {"accum": "double", "mapping": "split"}, {"accum": "kahan", "mapping": "cluster"},
     {"stats": "welford", "mapping": "cluster", "vec": 4},
+    {"mapping": "grid", "threads": 1024, "vec": 4, "stats": "welford"}, {"mapping": "grid", "threads": 128},
+    {"mapping": "grid", "stats": "online", "vec": 4, "reduce": "shuffle"},
     {"grid": "persistent", "bps": 4, "l2_prefetch": True, "launch_min": 2, "unroll": True, "load": "ldg",
      "stream": True, "fast_math": True, "idx32": True},
 ]

@@ -408,6 +408,51 @@ def test_a_kernel_that_does_not_build_is_repaired_by_its_model_and_the_repair_is
             assert seed["path"] == ver["results"][seed["id"]]["path"]
 
 
+# -- archive and replay, with the model server gone ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replayed(resumed, tmp_path_factory):
+    """The resumed run, archived; the model server stopped; no API key set; the archive replayed in a clean
+    directory by ``kernelcraft replay`` (what a colleague with only the archive file does)."""
+    from kernelcraft.archive.bundle import write_archive
+
+    archive = write_archive(resumed["run_dir"], tmp_path_factory.mktemp("archive") / "llm.tar.gz")
+    server = resumed["server"]
+    calls_before = server.count
+    server.stop()
+    clean = tmp_path_factory.mktemp("replay_elsewhere")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")}
+    done = subprocess.run([sys.executable, "-m", "kernelcraft.cli", "replay", str(archive), "--directory",
+                           str(clean), "--snakefile", str(REPO / "Snakefile")], cwd=clean, env=env,
+                          capture_output=True, text=True, timeout=900)
+    yield {"done": done, "run_dir": clean / "results" / "llm-replay", "calls": server.count - calls_before,
+           "original": resumed["run_dir"]}
+
+
+@pytest.mark.slow
+def test_a_run_with_model_answers_replays_from_its_archive_with_no_server_and_no_key(replayed):
+    done, run_dir = replayed["done"], replayed["run_dir"]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "same search: yes" in done.stdout
+    assert replayed["calls"] == 0
+    # Each of the 13 answers the original run got (the resumed job reused one of them) came from the archive: none
+    # was paid for, none refused, and each transcript names the recorded run it was taken from.
+    statuses = [e["status"] for e in ledger(run_dir)]
+    assert statuses == ["cached"] * len([e for e in ledger(replayed["original"]) if e["status"] == "answered"])
+    records = [json.loads(p.read_text()) for p in (run_dir / "transcripts").glob("??/*.json")]
+    assert records and all(r["replayed_from"] for r in records)
+    # The same candidate files, byte for byte, including the compile job's repair, and the same verdicts.
+    original, replay = replayed["original"], run_dir
+    sources = sorted(p.relative_to(original) for p in original.glob(f"{PROBLEM}/round_*/candidates/*.py"))
+    assert any(p.name.endswith(".repair1.py") for p in sources)
+    assert sources == sorted(p.relative_to(replay) for p in replay.glob(f"{PROBLEM}/round_*/candidates/*.py"))
+    assert all((original / p).read_bytes() == (replay / p).read_bytes() for p in sources)
+    verdicts = [[(r["candidate_id"], r["compiled"], r["correct"], r["reject_reason"]) for r in read_rows(d)]
+                for d in (original, replay)]
+    assert verdicts[0] == verdicts[1]
+
+
 # -- the budget cap --------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -190,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"kernelcraft: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`kernelcraft compare A B | head`): not an error of ours, and no traceback. Python's
+        # own flush at exit would raise again on the closed pipe, so stdout is pointed at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

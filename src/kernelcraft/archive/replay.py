@@ -57,7 +57,11 @@ def replay(archive: Path, run: str | None = None, directory: Path = Path("."), s
     run = run or f"{name}-replay"
     if (directory / "results" / run).exists():
         raise ArchiveError(f"{directory / 'results' / run} exists already; pass --run with a new name")
-    digest = hashlib.sha256(Path(archive).read_bytes()).hexdigest()[:12]
+    # The archive's content (already read and checked), not its bytes on disk again, names the extraction.
+    content = hashlib.sha256()
+    for rel in sorted(files):
+        content.update(f"{rel}\0{hashlib.sha256(files[rel]).hexdigest()}\n".encode())
+    digest = content.hexdigest()[:12]
     sources = directory / "replays" / f"{name}-{digest}"
     source = sources / name if (sources / name).is_dir() else extract_archive(archive, sources)
     config_path = directory / "replays" / f"{run}.yaml"

@@ -438,11 +438,13 @@ class CudaKernel:
         return layout
 
     def __call__(self, grid: object, block: object, args: Sequence[object] = (),
-                 shared_mem: int | None = None, stream: object = None) -> None:
+                 shared_mem: int | None = None, stream: object = None, cooperative: bool = False) -> None:
         """Launch on ``stream`` (default: torch's current stream on the current device), asynchronously.
 
         A grid with a zero dimension launches nothing (an empty tensor has no work), instead of the
-        driver's invalid-value error.
+        driver's invalid-value error. ``cooperative`` launches with cuLaunchCooperativeKernel: the driver
+        guarantees every block is resident at once (or refuses the launch), which a kernel with a grid-wide
+        barrier needs so that it cannot deadlock.
         """
         name = self.name
         gx, gy, gz = _dim3(grid, "grid", name, 0)
@@ -496,6 +498,11 @@ class CudaKernel:
         layout.packer.pack_into(buf, 0, *values)
         record_launch(name)
         driver = _driver()
+        if cooperative:
+            (err,) = driver.cuLaunchCooperativeKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
+                                                      params)
+            _check(driver, (err,), "cuLaunchCooperativeKernel", name)
+            return
         (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream, params, 0)
         if err != driver.CUresult.CUDA_SUCCESS:
             if err == driver.CUresult.CUDA_ERROR_INVALID_CONTEXT:

@@ -104,6 +104,13 @@ def _cluster_ok(spec: OpSpec, f: dict) -> bool:
     return not _smem_fits(spec, f) and rowwise_cuda.cluster_fits(spec, f, 8)
 
 
+def _grid_ok(spec: OpSpec, f: dict) -> bool:
+    """Few rows too long for a cluster but short enough for one block per SM to hold a share (a grid-wide
+    barrier per row and pass costs microseconds, so many rows would spend their time waiting)."""
+    return (_multi(spec, f) and spec.rows <= 64 and not rowwise_cuda.cluster_fits(spec, f, 8)
+            and rowwise_cuda.grid_fits(spec, H100_SMS) and f.get("mapping") != "grid")
+
+
 def _not_welford(spec: OpSpec, f: dict) -> bool:
     """Welford's state is a count/mean/M2 triple, not a sum: accumulator ideas do not apply to it."""
     return spec.op != "layernorm" or f.get("stats") != "welford"
@@ -142,6 +149,11 @@ ROWWISE_CUDA: list[Idea] = [
          "through distributed shared memory, so a row no single SM can hold is read from HBM only once.",
          {"mapping": "cluster"}, 3.0, when=_cluster_ok,
          boost=lambda s, f: 3.0 if _multi(s, f) else 0.3),
+    Idea("grid_resident", MEM, "Spread each of the {R} rows over the whole GPU: a cooperative launch of one "
+         "1024-thread block per SM, each keeping its share of every {rowkb} KiB row in shared memory between the "
+         "statistics and the normalisation, publishing its partial statistics to a workspace and merging all of "
+         "them after a grid-wide barrier, so a row too long for any cluster is read from HBM once.",
+         {"mapping": "grid", "threads": 1024, "vec": 4}, 1.0, when=_grid_ok),
     Idea("ilp2", ASYNC, "Unroll the row loops by 2 with independent loads issued before any use (and separate "
          "partial accumulators), doubling the bytes each thread keeps in flight.", {"ilp": 2}, 1.5),
     Idea("ilp4", ASYNC, "Unroll the row loops by 4 with four independent loads in flight per thread and four "

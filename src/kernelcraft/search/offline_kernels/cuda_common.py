@@ -94,6 +94,24 @@ __device__ __forceinline__ double dsmem_load(const double* p, unsigned rank) {
 }
 """
 
+GRID_BARRIER = r"""
+// A grid-wide barrier for a cooperative launch (every block resident): each block's thread 0 publishes the
+// block's writes, counts itself in, and waits until all blocks of this and every earlier barrier have arrived
+// (the counter only grows, so no reset can race with a late reader).
+__device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(bar, 1u);
+    unsigned seen;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
+    } while (seen < target);
+  }
+  __syncthreads();
+}
+"""
+
 SM_COUNT_PY = '''
 
 @functools.lru_cache(maxsize=None)

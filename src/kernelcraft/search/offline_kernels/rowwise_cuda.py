@@ -7,7 +7,10 @@ forward. The features are the classic levers for memory-bound row reductions:
   partial results in a workspace and one more kernel per phase (``split``: needed when rows are few and long,
   e.g. layernorm's 16 rows of 4M floats, where a block per row would use 16 of 132 SMs), or a thread-block
   cluster per row whose blocks keep their share of the row in shared memory and exchange partial statistics
-  through distributed shared memory (``cluster``: reads a 256 KiB row from HBM once, which one SM cannot hold);
+  through distributed shared memory (``cluster``: reads a 256 KiB row from HBM once, which one SM cannot hold),
+  or the whole GPU per row (``grid``: a cooperative launch of one block per SM, each keeping its 1/#SM share of
+  every row in shared memory, partial statistics published to a workspace and merged after a grid-wide barrier;
+  for rows of megabytes such as layernorm's 16 MiB rows, which no cluster can hold, read from HBM once);
 - how the row is read: float4 vectors, loads in flight per thread (``ilp``), read-only / streaming cache
   hints, an L2 prefetch of the next row, caching the row in shared memory (filled by cp.async, optionally) or
   in registers so later passes do not go back to HBM;
@@ -30,7 +33,7 @@ FAMILY = "rowwise"
 BACKEND = "cuda"
 GEN = "rowwise_cuda"
 
-MAPPINGS = ("block", "warp", "split", "cluster")
+MAPPINGS = ("block", "warp", "split", "cluster", "grid")
 REGS_MAX_FLOATS = 64  # per thread; beyond this the register cache spills and stops paying
 REGS_FILE = 65536  # 32-bit registers per SM: a block's cache must leave room for everything else
 
@@ -80,6 +83,11 @@ def regs_per_thread(spec: OpSpec, f: dict) -> int:
 def cluster_fits(spec: OpSpec, f: dict, size: int) -> bool:
     """Whether a ``size``-block cluster can keep its share of a row in shared memory."""
     return -(-spec.row_len // size) * 4 <= cc.SMEM_CACHE_MAX
+
+
+def grid_fits(spec: OpSpec, sms: int) -> bool:
+    """Whether one block per SM can keep its share of a row in shared memory (the ``grid`` mapping)."""
+    return -(-spec.row_len // sms) * 4 <= cc.SMEM_CACHE_MAX
 
 
 def multi_pass(spec: OpSpec, f: dict) -> bool:
@@ -132,6 +140,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["cache"] = "none"
 
     mapping = g["mapping"]
+    if mapping == "grid" and not multi_pass(spec, g):
+        g["mapping"] = mapping = "split"  # one pass has nothing to keep on chip between passes
     if mapping == "cluster" and multi_pass(spec, g):
         size = next((s for s in TUNABLES["cluster"] if s >= g["cluster"] and cluster_fits(spec, g, s)), None)
         if size is None:
@@ -143,7 +153,7 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["l2_prefetch"] = False
         if g["cache"] == "smem":
             g["cache"] = "none"
-    if mapping in ("split", "cluster"):
+    if mapping in ("split", "cluster", "grid"):
         g["cache"] = "none"
         g["grid"] = "rows"
         g["l2_prefetch"] = False
@@ -151,7 +161,7 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["cluster"] = 2
     if g["grid"] not in ("rows", "persistent"):
         g["grid"] = "rows"
-    if mapping not in ("split", "cluster") and g["grid"] != "persistent":
+    if mapping not in ("split", "cluster", "grid") and g["grid"] != "persistent":
         g["bps"] = 2
     if g["cache"] == "smem" and spec.row_len * 4 > cc.SMEM_CACHE_MAX:
         g["cache"] = "none"
@@ -346,6 +356,8 @@ class _Kernel:
             out.append(cc.CP_ASYNC)
         if f["mapping"] == "cluster":
             out.append(cc.CLUSTER)
+        if f["mapping"] == "grid":
+            out.append(cc.GRID_BARRIER)
         return out
 
     def signature(self, name: str, extra: str = "") -> str:
@@ -554,6 +566,57 @@ class _Kernel:
         body.append("}")
         return self.signature(self.prefix) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
 
+    def kernel_grid(self) -> str:
+        """Every block works on every row: its 1/gridDim share stays in shared memory between the passes, and
+        each pass's per-block statistics meet in ``part`` after a grid-wide barrier (a cooperative launch makes
+        all blocks resident, so the barrier cannot deadlock)."""
+        idx = self.idx
+        nf = sum(len(ph.fields) for ph in self.rop.phases)
+        body = ["extern __shared__ __align__(16) unsigned char smem_raw[];",
+                f"{self.vt}* __restrict__ sc = reinterpret_cast<{self.vt}*>(smem_raw);",
+                self.nv_line(),
+                "const unsigned G = gridDim.x;",
+                f"const {idx} chunk = (NV + G - 1) / G;",
+                f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
+                f"const {idx} seg1 = min(NV, seg0 + chunk);",
+                "unsigned arrivals = 0;",
+                "for (long long row = 0; row < R; ++row) {"]
+        inner = self.row_prelude()
+        tid, stride = "(int)threadIdx.x", str(self.T)
+        off = 0
+        for pi, ph in enumerate(self.rop.phases):
+            inner.append("{")
+            inner += ["  " + ln for ln in self.phase_stats(pi, ph, "global" if pi == 0 else "smem", "seg0", "seg1",
+                                                           tid, stride, pi == 0)]
+            inner.append("  " + self.reduce_call(pi, ph, "block"))
+            base = f"(row * G + blockIdx.x) * {nf}"
+            puts = " ".join(f"part[{base} + {off + k}] = (double)a_{fl.name}0;" for k, fl in enumerate(ph.fields))
+            inner.append(f"  if (threadIdx.x == 0) {{ {puts} }}")
+            inner.append("  arrivals += G;")
+            inner.append("  grid_barrier(bar, arrivals);")
+            # Thread q takes block q's partial (L2 reads: __ldcg skips the possibly stale L1), then one block
+            # reduction merges all of them: log-depth, not a loop over every block.
+            inner.append(f"  {{ const long long q0 = row * G * {nf};")
+            for k, fl in enumerate(ph.fields):
+                inner.append(f"    a_{fl.name}0 = threadIdx.x < G ? ({fl.ctype})__ldcg(part + q0 + "
+                             f"threadIdx.x * {nf} + {off + k}) : {fl.init};")
+            inner.append("  }")
+            inner.append(f"  for (unsigned q = threadIdx.x + {self.T}; q < G; q += {self.T}) {{")
+            bargs = ", ".join([f"a_{n}0" for n in ph.names()]
+                              + [f"({fl.ctype})__ldcg(part + row * G * {nf} + q * {nf} + {off + k})"
+                                 for k, fl in enumerate(ph.fields)])
+            inner.append(f"    merge_p{pi}({bargs});")
+            inner.append("  }")
+            inner.append("  " + self.reduce_call(pi, ph, "block"))
+            inner += ["  " + ln for ln in self.final_lines(pi, ph)]
+            inner.append("}")
+            off += len(ph.fields)
+        inner += self.write_out("smem", "seg0", "seg1", tid, stride, "blockIdx.x == 0 && threadIdx.x == 0")
+        body += ["  " + ln for ln in inner]
+        body.append("}")
+        extra = ", double* __restrict__ part, unsigned* __restrict__ bar"
+        return self.signature(self.prefix, extra) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
+
     def source(self) -> str:
         parts = ["// generated by kernelcraft's offline proposer (rowwise_cuda)"] + self.header()
         parts += self.device_functions()
@@ -562,6 +625,8 @@ class _Kernel:
             parts.append(self.kernel_rows())
         elif mapping == "split":
             parts += self.kernels_split()
+        elif mapping == "grid":
+            parts.append(self.kernel_grid())
         else:
             parts.append(self.kernel_cluster())
         return "\n\n".join(parts) + "\n"
@@ -578,6 +643,8 @@ def safe_features(spec: OpSpec, f: dict) -> dict:
     g = dict(f, vec=1, cache="none", cp_async=False, idx32=False)
     if g["mapping"] == "cluster":
         g["mapping"] = "block"
+    if g["mapping"] == "grid":
+        g["mapping"] = "split"
     return normalise(spec, g)
 
 
@@ -599,6 +666,8 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
     if f["mapping"] == "cluster" and multi_pass(spec, f):
         cl = f["cluster"]
         conds.append(f"-(-(N // {f['vec']}) // {cl}) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
+    if f["mapping"] == "grid":
+        conds.append(f"-(-(N // {f['vec']}) // _sm_count(x.device.index)) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
     return conds
 
 
@@ -615,6 +684,13 @@ def _launch(spec: OpSpec, f: dict, kern: _Kernel, var: str) -> list[str]:
             out.append(f"grid = min(grid, _sm_count(x.device.index) * {f['bps']})")
         smem = "N * 4" if f["cache"] == "smem" else "0"
         out.append(f"{var}(grid=(grid,), block=({T},), args=args, shared_mem={smem})")
+    elif mapping == "grid":
+        nf = sum(len(p.fields) for p in kern.rop.phases)
+        out += ["G = _sm_count(x.device.index)",
+                f"part = torch.empty(R * G * {nf}, dtype=torch.float64, device=x.device)",
+                "bar = torch.zeros(1, dtype=torch.int32, device=x.device)",
+                f"{var}(grid=(G,), block=({T},), args=args + (part, bar), "
+                f"shared_mem=-(-(N // {vw}) // G) * {4 * vw}, cooperative=True)"]
     elif mapping == "cluster":
         cl = f["cluster"]
         out.append(f"ncl = min(R, max(1, _sm_count(x.device.index) * {f['bps']} // {cl}), (2**31 - 1) // {cl})")

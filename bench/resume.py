@@ -7,7 +7,8 @@ exists) and some round-1 files are finished, Snakemake and every job it started 
 records every file under results/<run>/ with its hash and mtime at that moment, unlocks, resumes, and checks:
 the resumed run finished (report, manifest), and every stage file that existed before the kill (a job's finished
 output: ideas, implement, compile, verify, benchmark, select JSON) is byte-identical and untouched (same mtime).
-Files of the job that was killed mid-write are Snakemake's to discard (--rerun-incomplete) and are listed apart.
+Outputs of the jobs that were running at the kill (Snakemake's .snakemake/incomplete markers) are Snakemake's to
+redo (--rerun-incomplete) and are listed apart.
 
 Usage: python bench/resume.py [--problems softmax_4096x65536,relu_4096x32768] [--rounds 3]
 Prints one JSON object: time to the kill, resume time, files before the kill, how many were kept unchanged.
@@ -16,6 +17,8 @@ Prints one JSON object: time to the kill, resume time, files before the kill, ho
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -36,6 +39,18 @@ STAGES = ("ideas.json", "implement.json", "compile.json", "verify.json", "benchm
 def snapshot(run: Path) -> dict[str, tuple[str, int]]:
     return {str(p.relative_to(run)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(run.rglob("*")) if p.is_file() and "transcripts/.slots" not in str(p)}
+
+
+def incomplete_outputs(work: Path) -> set[str]:
+    """Outputs of jobs Snakemake had started but not finished: its markers under .snakemake/incomplete/ are the
+    outputs' paths, base64-encoded. --rerun-incomplete reruns those jobs, so their files may be rewritten."""
+    found = set()
+    for marker in (work / ".snakemake" / "incomplete").glob("*"):
+        try:
+            found.add(base64.urlsafe_b64decode(marker.name.encode() + b"==").decode())
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    return found
 
 
 def main() -> None:
@@ -66,7 +81,9 @@ def main() -> None:
         proc.wait()
         killed_at = time.perf_counter() - t0
         before = snapshot(run)
-        stage_files = {rel for rel in before if rel.endswith(STAGES)}
+        prefix = str(run.relative_to(work)) + "/"
+        running = {p[len(prefix):] for p in incomplete_outputs(work) if p.startswith(prefix)}
+        stage_files = {rel for rel in before if rel.endswith(STAGES) and rel not in running}
         unlock = subprocess.run([*cmd, "--unlock"], cwd=work, capture_output=True, text=True)
         t1 = time.perf_counter()
         resumed = subprocess.run([*cmd, "--rerun-incomplete"], cwd=work, capture_output=True, text=True)
@@ -79,6 +96,7 @@ def main() -> None:
             "resume_s": round(resume_s, 1), "finished": (run / "report.html").is_file()
             and (run / "manifest.json").is_file(),
             "files_before_kill": len(before), "stage_files_before_kill": len(stage_files),
+            "outputs_of_killed_jobs": sorted(running),
             "stage_files_unchanged": len(stage_files) - len(changed), "stage_files_changed": changed,
             "files_after": len(after),
         }))

@@ -155,6 +155,8 @@ ROW_CUDA_PATHS = [
     {"stats": "welford", "mapping": "cluster", "vec": 4},
     {"mapping": "grid", "threads": 1024, "vec": 4, "stats": "welford"}, {"mapping": "grid", "threads": 128},
     {"mapping": "grid", "stats": "online", "vec": 4, "reduce": "shuffle"},
+    {"mapping": "grid", "threads": 1024, "vec": 4, "wcache": True, "fma_apply": True, "stats": "shifted"},
+    {"mapping": "grid", "threads": 128, "vec": 4, "wcache": True},
     {"grid": "persistent", "bps": 4, "l2_prefetch": True, "launch_min": 2, "unroll": True, "load": "ldg",
      "stream": True, "fast_math": True, "idx32": True},
 ]

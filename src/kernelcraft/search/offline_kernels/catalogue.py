@@ -56,6 +56,7 @@ def context(spec: OpSpec, child: dict) -> dict:
     ctx["cl"] = child.get("cluster", 2)
     if spec.family == "rowwise" and child.get("gen") == rowwise_cuda.GEN:
         ctx["rk"] = rowwise_cuda.regs_per_thread(spec, child) * child.get("vec", 1)
+        ctx["wrk"] = rowwise_cuda.weight_regs(spec, {"threads": child.get("threads", 256)})
     if spec.family == "conv":
         g = spec.geometry
         ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
@@ -154,6 +155,12 @@ ROWWISE_CUDA: list[Idea] = [
          "statistics and the normalisation, publishing its partial statistics to a workspace and merging all of "
          "them after a grid-wide barrier, so a row too long for any cluster is read from HBM once.",
          {"mapping": "grid", "threads": 1024, "vec": 4}, 1.0, when=_grid_ok),
+    Idea("grid_weight_regs", MEM, "In the whole-GPU-per-row kernel, read each block's slice of the weight once and "
+         "keep it in registers for all {R} rows ({wrk} float4 per thread), so the only per-row traffic is the "
+         "input read once, the output written once and the bias from L2.",
+         {"mapping": "grid", "threads": 1024, "vec": 4, "wcache": True}, 2.5,
+         ops=NORMS, when=lambda s, f: s.weight is not None and rowwise_cuda.weight_regs(s, f | {"threads": 1024}) > 0
+         and (f.get("mapping") == "grid" or _grid_ok(s, f))),
     Idea("ilp2", ASYNC, "Unroll the row loops by 2 with independent loads issued before any use (and separate "
          "partial accumulators), doubling the bytes each thread keeps in flight.", {"ilp": 2}, 1.5),
     Idea("ilp4", ASYNC, "Unroll the row loops by 4 with four independent loads in flight per thread and four "

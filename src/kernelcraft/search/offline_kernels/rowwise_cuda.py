@@ -64,7 +64,7 @@ def baseline(spec: OpSpec) -> dict:
         "stats": default_stats(spec.op), "reduce": "tree", "load": "plain", "stream": False, "exp": "expf",
         "rsqrt": False, "recip": False, "fma_apply": False, "accum": default_accum(spec.op), "grid": "rows", "bps": 2,
         "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
-        "finish": "kernel", "cluster": 2,
+        "finish": "kernel", "cluster": 2, "wcache": False,
     }
 
 
@@ -83,6 +83,17 @@ def regs_per_thread(spec: OpSpec, f: dict) -> int:
 def cluster_fits(spec: OpSpec, f: dict, size: int) -> bool:
     """Whether a ``size``-block cluster can keep its share of a row in shared memory."""
     return -(-spec.row_len // size) * 4 <= cc.SMEM_CACHE_MAX
+
+
+GRID_SMS = 132  # the SM count the weight cache's register array is sized for (H100/H200); checked at run time
+WCACHE_MAX = 8  # float4 per thread: 32 registers, what a 1024-thread block can spare beside the kernel's own
+
+
+def weight_regs(spec: OpSpec, f: dict) -> int:
+    """float4s of the weight each thread of the ``grid`` mapping keeps in registers (0: does not fit)."""
+    per_block = -(-(spec.row_len // 4) // GRID_SMS)
+    rk = -(-per_block // f["threads"])
+    return rk if rk <= WCACHE_MAX else 0
 
 
 def grid_fits(spec: OpSpec, sms: int) -> bool:
@@ -156,7 +167,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     if mapping in ("split", "cluster", "grid"):
         g["cache"] = "none"
         g["grid"] = "rows"
-        g["l2_prefetch"] = False
+        if mapping != "grid":
+            g["l2_prefetch"] = False
     if mapping != "cluster":
         g["cluster"] = 2
     if g["grid"] not in ("rows", "persistent"):
@@ -171,8 +183,12 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["cp_async"] = False
     if not (mapping == "split" and op == "sum_lastdim") or g["finish"] not in ("kernel", "lastblock"):
         g["finish"] = "kernel"
-    if mapping != "block":
+    if mapping not in ("block", "grid"):
         g["l2_prefetch"] = False
+    if not (mapping == "grid" and g["vec"] == 4 and spec.weight is not None and spec.op in ("layernorm", "rmsnorm")
+            and weight_regs(spec, g) > 0):
+        g["wcache"] = False
+    g["wcache"] = bool(g["wcache"])
     return g
 
 
@@ -208,12 +224,14 @@ class _Kernel:
             return [fmt(phase.acc4, names | {f"v{i}": f"{var}.{c}" for i, c in enumerate("xyzw")})]
         return [fmt(phase.acc, names | {"v": f"{var}.{c}"}) for c in "xyzw"]
 
-    def apply_lines(self, var: str, idx: str) -> list[str]:
+    def apply_lines(self, var: str, idx: str, wreg: str | None = None) -> list[str]:
         f = self.f
         has_w = self.spec.weight is not None and "{w}" in self.rop.apply
         has_b = self.spec.bias is not None and "{b}" in self.rop.apply
         lines = [f"{self.vt} o_;"]
-        if has_w:
+        if has_w and wreg is not None:
+            lines.append(f"const {self.vt} wv_ = {wreg};")
+        elif has_w:
             lines.append(f"const {self.vt} wv_ = __ldg(reinterpret_cast<const {self.vt}*>(w) + {idx});")
         if has_b:
             lines.append(f"const {self.vt} bv_ = __ldg(reinterpret_cast<const {self.vt}*>(b) + {idx});")
@@ -579,8 +597,16 @@ class _Kernel:
                 f"const {idx} chunk = (NV + G - 1) / G;",
                 f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
                 f"const {idx} seg1 = min(NV, seg0 + chunk);",
-                "unsigned arrivals = 0;",
-                "for (long long row = 0; row < R; ++row) {"]
+                "unsigned arrivals = 0;"]
+        wrk = weight_regs(self.spec, self.f) if self.f["wcache"] else 0
+        if wrk:
+            # The block's slice of the weight is the same for every row: read it once, keep it in registers.
+            body += [f"float4 wc[{wrk}];", "#pragma unroll", f"for (int k_ = 0; k_ < {wrk}; ++k_) {{",
+                     f"  const {idx} i = seg0 + threadIdx.x + ({idx})k_ * {self.T};",
+                     "  wc[k_] = i < seg1 ? __ldg(reinterpret_cast<const float4*>(w) + i)",
+                     "                    : make_float4(0.f, 0.f, 0.f, 0.f);",
+                     "}"]
+        body.append("for (long long row = 0; row < R; ++row) {")
         inner = self.row_prelude()
         tid, stride = "(int)threadIdx.x", str(self.T)
         off = 0
@@ -588,6 +614,14 @@ class _Kernel:
             inner.append("{")
             inner += ["  " + ln for ln in self.phase_stats(pi, ph, "global" if pi == 0 else "smem", "seg0", "seg1",
                                                            tid, stride, pi == 0)]
+            if pi == 0 and self.f["l2_prefetch"]:
+                # The slice of the next row goes to L2 now, while this row waits at the barrier and is written
+                # out: the next first pass then reads L2, and HBM never idles between rows.
+                inner += ["  if (row + 1 < R) {",
+                          "    const char* nx = reinterpret_cast<const char*>(x + (row + 1) * N);",
+                          f"    for (long long o = (long long)seg0 * {4 * self.vw} + threadIdx.x * 128LL; "
+                          f"o < (long long)seg1 * {4 * self.vw}; o += {self.T} * 128LL) prefetch_l2(nx + o);",
+                          "  }"]
             inner.append("  " + self.reduce_call(pi, ph, "block"))
             base = f"(row * G + blockIdx.x) * {nf}"
             puts = " ".join(f"part[{base} + {off + k}] = (double)a_{fl.name}0;" for k, fl in enumerate(ph.fields))
@@ -611,7 +645,16 @@ class _Kernel:
             inner += ["  " + ln for ln in self.final_lines(pi, ph)]
             inner.append("}")
             off += len(ph.fields)
-        inner += self.write_out("smem", "seg0", "seg1", tid, stride, "blockIdx.x == 0 && threadIdx.x == 0")
+        if wrk:
+            if self.rop.prelude:
+                inner.append(self.rop.prelude)
+            inner += ["#pragma unroll", f"for (int k_ = 0; k_ < {wrk}; ++k_) {{",
+                      f"  const {idx} i = seg0 + threadIdx.x + ({idx})k_ * {self.T};",
+                      "  if (i < seg1) {", "    const float4 v0 = sc[i - seg0];"]
+            inner += ["    " + ln for ln in self.apply_lines("v0", "i", wreg="wc[k_]")]
+            inner += ["  }", "}"]
+        else:
+            inner += self.write_out("smem", "seg0", "seg1", tid, stride, "blockIdx.x == 0 && threadIdx.x == 0")
         body += ["  " + ln for ln in inner]
         body.append("}")
         extra = ", double* __restrict__ part, unsigned* __restrict__ bar"
@@ -668,6 +711,8 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
         conds.append(f"-(-(N // {f['vec']}) // {cl}) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
     if f["mapping"] == "grid":
         conds.append(f"-(-(N // {f['vec']}) // _sm_count(x.device.index)) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
+    if f["wcache"]:
+        conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) <= {weight_regs(spec, f) * f['threads']}")
     return conds
 
 

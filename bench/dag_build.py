@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     snakemake = Path(sys.executable).with_name("snakemake")
-    cmd = [str(snakemake), "-n", "-s", str(REPO / "Snakefile"), "--cores", "8", "--resources", "gpu=1",
+    cmd = [str(snakemake), "-n", "-s", str(REPO / "workflow" / "Snakefile"), "--cores", "8", "--resources", "gpu=1",
            "--config", "run=bench-dag", "rounds=5", "ideas_per_round=8", "implementations_per_idea=4"]
     times, jobs = [], None
     with tempfile.TemporaryDirectory() as work:

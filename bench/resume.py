@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 STAGES = ("ideas.json", "implement.json", "compile.json", "verify.json", "benchmark.json", "select.json")
 
 
@@ -66,7 +67,7 @@ def main() -> None:
         config.update({"run": "resume", "rounds": args.rounds, "backend": "cpu"})
         config["problems"].update({"builtin": args.problems.split(","), "size": "small"})
         (work / "config.yaml").write_text(yaml.safe_dump(config))
-        cmd = [snakemake, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml", "--cores", str(args.cores),
+        cmd = [snakemake, "-s", str(SNAKEFILE), "--configfile", "config.yaml", "--cores", str(args.cores),
                "--resources", "gpu=1"]
         run = work / "results" / "resume"
         t0 = time.perf_counter()

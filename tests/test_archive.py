@@ -19,6 +19,7 @@ from kernelcraft.archive.bundle import SUMS, ArchiveError, extract_archive, read
 from kernelcraft.archive.compare import compare_runs, load_run
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 
 
 def _run(work: Path, name: str, seed: int) -> Path:
@@ -30,7 +31,7 @@ def _run(work: Path, name: str, seed: int) -> Path:
     config["verify"]["trials"] = 2
     (work / f"{name}.yaml").write_text(yaml.safe_dump(config))
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent))
-    proc = subprocess.run([snakemake, "-s", str(REPO / "Snakefile"), "--configfile", f"{name}.yaml", "--cores", "2",
+    proc = subprocess.run([snakemake, "-s", str(SNAKEFILE), "--configfile", f"{name}.yaml", "--cores", "2",
                            "--resources", "gpu=1"], cwd=work, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work / "results" / name
@@ -140,7 +141,7 @@ def test_a_run_replayed_from_its_archive_in_a_clean_directory_is_the_same_search
     archive = write_archive(runs[0], tmp_path / "seed0.tar.gz")
     clean = tmp_path / "elsewhere"
     clean.mkdir()
-    done = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(REPO / "Snakefile"))
+    done = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(SNAKEFILE))
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "same search: yes" in done.stdout
     replayed = clean / "results" / "seed0-replay"
@@ -148,5 +149,5 @@ def test_a_run_replayed_from_its_archive_in_a_clean_directory_is_the_same_search
     manifest = json.loads((replayed / "manifest.json").read_text())
     assert manifest["config"]["problems"]["dirs"] == [str(clean / "replays" / next(
         p.name for p in (clean / "replays").iterdir() if p.is_dir()) / "seed0" / "problems")]
-    again = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(REPO / "Snakefile"))
+    again = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(SNAKEFILE))
     assert again.returncode == 2 and "exists already" in again.stderr

@@ -107,7 +107,7 @@ def test_the_image_does_not_ship_results_environments_or_git_history():
 
 
 def test_the_workflow_container_comes_from_config():
-    snakefile = (REPO / "Snakefile").read_text()
+    snakefile = (REPO / "workflow" / "Snakefile").read_text()
     assert re.search(r'^container: config\["container"\]$', snakefile, re.M)
 
 

@@ -17,6 +17,7 @@ import pytest
 from kernelcraft.config import DEFAULT_CONFIG_PATH, SCHEMA_PATH, TEMPLATES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 
 
 def test_the_checkouts_config_schema_and_templates_are_the_packages_own_files():
@@ -114,7 +115,7 @@ def test_a_wheel_install_evaluates_a_candidate_from_outside_the_checkout(install
 
 def test_a_wheel_install_runs_the_workflow_from_another_directory(installed, tmp_path):
     env = _env(installed) | {"KERNELCRAFT_BUILD_DIR": str(tmp_path / "build")}
-    done = subprocess.run([str(installed / "bin" / "python"), "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+    done = subprocess.run([str(installed / "bin" / "python"), "-m", "snakemake", "-s", str(SNAKEFILE),
                            "--directory", str(tmp_path), "--cores", "2", "--resources", "gpu=1", "--config",
                            "run=wheel", "rounds=1", "ideas_per_round=1", "implementations_per_idea=1",
                            "problems={builtin: [relu_4096x32768]}", "backend=cpu"],

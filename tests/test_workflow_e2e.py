@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent))
     proc = subprocess.run(
-        [snakemake, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml", "--cores", "2",
+        [snakemake, "-s", str(REPO / "workflow" / "Snakefile"), "--configfile", "config.yaml", "--cores", "2",
          "--resources", "gpu=1"],
         cwd=work, capture_output=True, text=True, timeout=1500,
     )

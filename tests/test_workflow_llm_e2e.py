@@ -203,7 +203,7 @@ def write_config(work: Path, server: LLMServer, run: str, **changes) -> None:
 
 def snakemake_cmd(*extra: str) -> list[str]:
     snakemake = shutil.which("snakemake", path=str(Path(sys.executable).parent))
-    return [snakemake, "-s", str(REPO / "Snakefile"), "--configfile", "config.yaml", "--cores", "2",
+    return [snakemake, "-s", str(REPO / "workflow" / "Snakefile"), "--configfile", "config.yaml", "--cores", "2",
             "--resources", "gpu=1", *extra]
 
 
@@ -424,7 +424,7 @@ def replayed(resumed, tmp_path_factory):
     clean = tmp_path_factory.mktemp("replay_elsewhere")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")}
     done = subprocess.run([sys.executable, "-m", "kernelcraft.cli", "replay", str(archive), "--directory",
-                           str(clean), "--snakefile", str(REPO / "Snakefile")], cwd=clean, env=env,
+                           str(clean), "--snakefile", str(REPO / "workflow" / "Snakefile")], cwd=clean, env=env,
                           capture_output=True, text=True, timeout=900)
     yield {"done": done, "run_dir": clean / "results" / "llm-replay", "calls": server.count - calls_before,
            "original": resumed["run_dir"]}

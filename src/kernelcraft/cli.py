@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("archive", help="a run archive written by 'kernelcraft archive'")
     rp.add_argument("--run", default=None, help="the new run's name (default: <archived run>-replay)")
     rp.add_argument("--directory", default=".", help="where results/<run> goes (default: here)")
-    rp.add_argument("--snakefile", default=None, help="the workflow's Snakefile (default: ./Snakefile)")
+    rp.add_argument("--snakefile", default=None, help="the workflow's Snakefile (default: ./workflow/Snakefile)")
     rp.add_argument("--cores", type=int, default=2)
     rp.set_defaults(func=_replay)
     cm = sub.add_parser("compare", help="two runs or archives side by side; exit 0 when they are the same search, "

@@ -112,6 +112,22 @@ def config_digest(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def gpu_jobs(stage_files: list[str] | None) -> dict[str, str]:
+    """Which GPU each GPU job ran on (the baseline and evaluate jobs record their lease, kernelcraft.devices), by
+    job: evidence that concurrent jobs used distinct devices, next to the timings they produced."""
+    used: dict[str, str] = {}
+    for path in map(Path, stage_files or []):
+        source = path if path.name == "baseline.json" else path.with_name("benchmark.json")
+        try:
+            gpu = json.loads(source.read_text()).get("gpu")
+        except (OSError, ValueError):
+            continue
+        if gpu is not None:
+            job = "baseline" if path.name == "baseline.json" else f"evaluate {path.parent.name}"
+            used[f"{path.parent.parent.name if job != 'baseline' else path.parent.name} {job}"] = str(gpu)
+    return used
+
+
 def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None,
                    stage_files: list[str] | None = None) -> dict:
     """What produced the run. ``stage_files`` are the run's finished stage outputs: the earliest of them dates the
@@ -134,6 +150,7 @@ def build_manifest(ctx: RunContext, workflow_dir: str | Path | None = None,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpus": gpu_info(),
+        "gpu_jobs": gpu_jobs(stage_files),
         "torch_cuda": torch.version.cuda,
         "nvrtc": nvrtc_version(),
         "nvcc": (_run(["nvcc", "--version"]) or "").splitlines()[-1:] or None,

@@ -1,16 +1,19 @@
 """Entry points of the Snakemake rules: each reads its rule's inputs, calls the package, writes its outputs.
 
-The scripts under scripts/ are one line each and call these, so all logic stays here where it is tested. Each
+The scripts under workflow/scripts/ are one line each and call these, so all logic stays here where it is tested. Each
 function takes the ``snakemake`` object Snakemake injects into scripts.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kernelcraft import layout, progress
 from kernelcraft.context import RunContext
+from kernelcraft.devices import gpu_lease
 from kernelcraft.jsonio import read_json, write_json
 
 
@@ -52,15 +55,33 @@ def compile(smk: Any) -> None:  # noqa: A001 - the rule is called compile
                                "cuda_arch": ctx.cuda_arch, "results": results})
 
 
+@contextmanager
+def _gpu(ctx: RunContext, problem: str, round_: int | None) -> Iterator[str | None]:
+    """The GPU this job runs on, held for the job's life (kernelcraft.devices); None on the CPU backend."""
+    if ctx.backend != "cuda":
+        yield None
+        return
+
+    def waiting(devices: list[str]) -> None:
+        progress.report(problem, round_, "gpu", f"every GPU ({', '.join(devices)}) is held by another job; waiting")
+
+    with gpu_lease(on_wait=waiting) as lease:
+        if lease is not None:
+            progress.report(problem, round_, "gpu", f"running on {lease.describe()}")
+        yield lease.device if lease is not None else None
+
+
 def evaluate(smk: Any) -> None:
     from kernelcraft.harness.evaluate_round import evaluate_candidates
 
     ctx = _ctx(smk)
     problem, round_ = smk.wildcards["problem"], _round(smk)
-    verified, timed = evaluate_candidates(ctx, problem, round_, read_json(smk.input["implement"])["candidates"],
-                                          read_json(smk.input["compile"])["results"], threads=int(smk.threads))
-    write_json(smk.output["verify"], {"problem": problem, "round": round_} | verified)
-    write_json(smk.output["benchmark"], {"problem": problem, "round": round_} | timed)
+    with _gpu(ctx, problem, round_) as gpu:
+        verified, timed = evaluate_candidates(ctx, problem, round_,
+                                              read_json(smk.input["implement"])["candidates"],
+                                              read_json(smk.input["compile"])["results"], threads=int(smk.threads))
+    write_json(smk.output["verify"], {"problem": problem, "round": round_, "gpu": gpu} | verified)
+    write_json(smk.output["benchmark"], {"problem": problem, "round": round_, "gpu": gpu} | timed)
 
 
 def select(smk: Any) -> None:
@@ -76,8 +97,11 @@ def baseline(smk: Any) -> None:
     from kernelcraft.harness.timing.benchmark_round import baseline as run_baseline
 
     ctx = _ctx(smk)
+    problem = smk.wildcards["problem"]
     timeout = float(ctx.config["benchmark"]["timeout_s"]) * 4  # includes a torch.compile
-    write_json(smk.output[0], run_baseline(ctx, smk.wildcards["problem"], timeout, threads=int(smk.threads)))
+    with _gpu(ctx, problem, None) as gpu:
+        doc = run_baseline(ctx, problem, timeout, threads=int(smk.threads))
+    write_json(smk.output[0], doc | {"gpu": gpu})
 
 
 def manifest(smk: Any) -> None:

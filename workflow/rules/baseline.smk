@@ -8,8 +8,8 @@ rule baseline:
         f"{RUN}/logs/{{problem}}/baseline.log",
     threads: EVAL_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     message:
         "{wildcards.problem}: timing the reference (eager, torch.compile)"
     script:
-        "../../scripts/baseline.py"
+        "../scripts/baseline.py"

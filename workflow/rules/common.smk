@@ -1,4 +1,8 @@
 # Shared settings: values resolved once per run (backend, sizes, problems), path helpers for input functions.
+import os
+
+from snakemake.exceptions import WorkflowError
+
 from kernelcraft import layout
 from kernelcraft.context import RESOLVED_KEY, resolve_or_exit
 
@@ -10,8 +14,21 @@ PROBLEMS = list(config[RESOLVED_KEY]["problems"])
 SEARCHED = list(config[RESOLVED_KEY]["searched"])
 ROUNDS = list(range(1, int(config["rounds"]) + 1))
 BACKEND = config[RESOLVED_KEY]["backend"]
+# The cores one job may use: all of them locally; under a cluster executor (where Snakemake's core count is
+# unbounded) those of a node like this one, so a job never asks the scheduler for more than a node has.
+def node_cores():
+    try:
+        return min(workflow.cores, os.cpu_count() or 1)
+    except WorkflowError:  # a cluster executor: no total core count, every job is on a node of its own
+        return os.cpu_count() or 1
+
+
+CORES = node_cores()
 # Candidate processes on the CPU backend compute with every core; on cuda, the GPU does the work.
-EVAL_THREADS = workflow.cores if BACKEND == "cpu" else 2
+EVAL_THREADS = CORES if BACKEND == "cpu" else 2
+# GPU rules take one GPU on the cuda backend (locally a unit of --resources gpu=N, under Slurm --gpus=1); on the
+# CPU backend they take none, and EVAL_THREADS keeps two timing jobs off the same cores.
+GPU_PER_JOB = 1 if BACKEND == "cuda" else 0
 
 
 wildcard_constraints:

@@ -13,13 +13,13 @@ rule compile:
         stage("compile"),
     log:
         job_log("compile"),
-    threads: config["build"]["workers"] or workflow.cores
+    threads: config["build"]["workers"] or CORES
     params:
-        templates=f"{workflow.basedir}/workflow/templates",
+        templates=f"{workflow.basedir}/templates",
     message:
         "{wildcards.problem} round {wildcards.round}: building candidates"
     script:
-        "../../scripts/compile.py"
+        "../scripts/compile.py"
 
 
 rule evaluate:
@@ -33,11 +33,11 @@ rule evaluate:
         job_log("evaluate"),
     threads: EVAL_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_PER_JOB,
     message:
         "{wildcards.problem} round {wildcards.round}: verifying candidates against the reference, timing the correct ones"
     script:
-        "../../scripts/evaluate.py"
+        "../scripts/evaluate.py"
 
 
 rule select:
@@ -53,4 +53,4 @@ rule select:
     message:
         "{wildcards.problem} round {wildcards.round}: selecting seeds for the next round"
     script:
-        "../../scripts/select.py"
+        "../scripts/select.py"

@@ -15,7 +15,7 @@ rule manifest:
     message:
         "recording the run manifest"
     script:
-        "../../scripts/manifest.py"
+        "../scripts/manifest.py"
 
 
 rule report:
@@ -29,8 +29,8 @@ rule report:
     log:
         f"{RUN}/logs/report.log",
     params:
-        templates=f"{workflow.basedir}/workflow/templates",
+        templates=f"{workflow.basedir}/templates",
     message:
         "rendering the report"
     script:
-        "../../scripts/report.py"
+        "../scripts/report.py"

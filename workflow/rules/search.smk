@@ -12,11 +12,11 @@ rule ideas:
     log:
         job_log("ideas"),
     params:
-        templates=f"{workflow.basedir}/workflow/templates",
+        templates=f"{workflow.basedir}/templates",
     message:
         "{wildcards.problem} round {wildcards.round}: asking for ideas"
     script:
-        "../../scripts/ideas.py"
+        "../scripts/ideas.py"
 
 
 rule implement:
@@ -28,8 +28,8 @@ rule implement:
     log:
         job_log("implement"),
     params:
-        templates=f"{workflow.basedir}/workflow/templates",
+        templates=f"{workflow.basedir}/templates",
     message:
         "{wildcards.problem} round {wildcards.round}: implementing ideas"
     script:
-        "../../scripts/implement.py"
+        "../scripts/implement.py"

@@ -50,7 +50,7 @@ def replay(archive: Path, run: str | None = None, directory: Path = Path("."), s
             raise ArchiveError(f"{archive} is a run of the cuda backend and no GPU is visible here; replay it on a "
                                "machine with a GPU")
     directory = Path(directory).resolve()
-    snakefile = Path(snakefile) if snakefile else Path("Snakefile")
+    snakefile = Path(snakefile) if snakefile else Path("workflow") / "Snakefile"
     if not snakefile.is_file():
         raise ArchiveError(f"no Snakefile at {snakefile}: run 'kernelcraft replay' from the workflow's checkout or "
                            "pass --snakefile")

@@ -6,6 +6,8 @@ rule baseline:
         f"{RUN}/{{problem}}/baseline.json",
     log:
         f"{RUN}/logs/{{problem}}/baseline.log",
+    benchmark:
+        f"{RUN}/benchmarks/{{problem}}/baseline.tsv"
     threads: EVAL_THREADS
     resources:
         gpu=GPU_PER_JOB,

@@ -52,3 +52,8 @@ def earlier_ideas(wildcards):
 
 def job_log(name):
     return f"{RUN}/logs/{{problem}}/round_{{round}}/{name}.log"
+
+
+def job_benchmark(name):
+    """Snakemake's per-job record of wall time and memory (bench/scheduling.py: the time jobs spend outside)."""
+    return f"{RUN}/benchmarks/{{problem}}/round_{{round}}/{name}.tsv"

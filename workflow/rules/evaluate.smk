@@ -13,6 +13,8 @@ rule compile:
         stage("compile"),
     log:
         job_log("compile"),
+    benchmark:
+        job_benchmark("compile")
     threads: config["build"]["workers"] or CORES
     params:
         templates=f"{workflow.basedir}/templates",
@@ -31,6 +33,8 @@ rule evaluate:
         benchmark=stage("benchmark"),
     log:
         job_log("evaluate"),
+    benchmark:
+        job_benchmark("evaluate")
     threads: EVAL_THREADS
     resources:
         gpu=GPU_PER_JOB,
@@ -50,6 +54,8 @@ rule select:
         stage("select"),
     log:
         job_log("select"),
+    benchmark:
+        job_benchmark("select")
     message:
         "{wildcards.problem} round {wildcards.round}: selecting seeds for the next round"
     script:

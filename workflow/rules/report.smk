@@ -10,6 +10,8 @@ rule manifest:
         f"{RUN}/manifest.json",
     log:
         f"{RUN}/logs/manifest.log",
+    benchmark:
+        f"{RUN}/benchmarks/manifest.tsv"
     params:
         workflow=workflow.basedir,
     message:
@@ -28,6 +30,8 @@ rule report:
         csv=f"{RUN}/candidates.csv",
     log:
         f"{RUN}/logs/report.log",
+    benchmark:
+        f"{RUN}/benchmarks/report.tsv"
     params:
         templates=f"{workflow.basedir}/templates",
     message:

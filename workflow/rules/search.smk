@@ -11,6 +11,8 @@ rule ideas:
         stage("ideas"),
     log:
         job_log("ideas"),
+    benchmark:
+        job_benchmark("ideas")
     params:
         templates=f"{workflow.basedir}/templates",
     message:
@@ -27,6 +29,8 @@ rule implement:
         stage("implement"),
     log:
         job_log("implement"),
+    benchmark:
+        job_benchmark("implement")
     params:
         templates=f"{workflow.basedir}/templates",
     message:

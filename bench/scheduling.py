@@ -39,7 +39,7 @@ def job_seconds(tsv: Path) -> float:
         return float(next(csv.DictReader(fh, delimiter="\t"))["s"])
 
 
-def run(executor: str, candidates: int, cluster: Path | None) -> dict:
+def run(executor: str, candidates: int) -> dict:
     ideas, impls = SHAPES[candidates]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -86,7 +86,7 @@ def main() -> None:
                        capture_output=True)
     try:
         for n in args.candidates:
-            print(json.dumps(run(args.executor, n, cluster)), flush=True)
+            print(json.dumps(run(args.executor, n)), flush=True)
     finally:
         if cluster is not None:
             subprocess.run(["bash", str(REPO / "tests" / "slurm" / "stop_cluster.sh"), str(cluster)],

@@ -53,19 +53,26 @@ def import_source(source: str, folder: Path):
     return module
 
 
+def distinct_normalised(spec, backend: str, features: list[dict]) -> list[dict]:
+    """The feature dicts normalised by their generator, each distinct kernel once, in order."""
+    gen = generator(spec.family, backend)
+    out, seen = [], set()
+    for f in features:
+        g = gen.normalise(spec, f)
+        key = json.dumps(g, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(g)
+    return out
+
+
 def reachable(spec, backend: str, parents: list[dict]) -> list[dict]:
     """Every catalogue idea applied to each parent, plus each tunable changed alone: the kernels a search can
     write from those parents, normalised and distinct."""
     gen = generator(spec.family, backend)
-    out, seen = [], set()
+    kids = []
     for parent in parents:
         p = gen.normalise(spec, gen.baseline(spec) | parent)
-        kids = [p] + [p | i.delta for i in catalogue(spec.family, backend) if i.applies(spec, p)]
+        kids += [p] + [p | i.delta for i in catalogue(spec.family, backend) if i.applies(spec, p)]
         kids += [p | {k: v} for k, values in gen.TUNABLES.items() for v in values]
-        for f in kids:
-            g = gen.normalise(spec, f)
-            key = json.dumps(g, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                out.append(g)
-    return out
+    return distinct_normalised(spec, backend, kids)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from offline_support import GPU, build_env, import_source, suite  # noqa: F401 - build_env: autouse
+from offline_support import GPU, build_env, distinct_normalised, import_source, suite  # noqa: F401 - build_env: autouse
 
 from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import KINDS, OfflineProposer
@@ -206,14 +206,7 @@ def coverage(spec, backend: str, sample: int | None) -> list[dict]:
     ideas = [i for i in catalogue(spec.family, backend) if i.applies(spec, base)]
     if sample is not None:
         ideas = random.Random(f"{spec.problem_id}/{backend}").sample(ideas, min(sample, len(ideas)))
-    out, seen = [], set()
-    for f in [dict(p) for p in paths] + [base | i.delta for i in ideas]:
-        g = gen.normalise(spec, f)
-        key = json.dumps(g, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(g)
-    return out
+    return distinct_normalised(spec, backend, [dict(p) for p in paths] + [base | i.delta for i in ideas])
 
 
 # ------------------------------------------------------------------------------------------------ proposer

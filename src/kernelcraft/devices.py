@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +74,7 @@ def lock_dir(env: Mapping[str, str] = os.environ) -> Path:
 
 @contextmanager
 def gpu_lease(env: MutableMapping[str, str] | None = None, *, poll_s: float = 0.2,
-              on_wait: object = None) -> Iterator[Lease | None]:
+              on_wait: Callable[[list[str]], None] | None = None) -> Iterator[Lease | None]:
     """Hold one free GPU of this host for the ``with`` body and point ``CUDA_VISIBLE_DEVICES`` at it.
 
     Yields None where there is no GPU to lease (a CPU host). Waits while every device is held: Snakemake's
@@ -113,7 +113,7 @@ def gpu_lease(env: MutableMapping[str, str] | None = None, *, poll_s: float = 0.
                     env["CUDA_VISIBLE_DEVICES"] = previous
                 lock.release()
             return
-        if not waited and callable(on_wait):
+        if not waited and on_wait is not None:
             on_wait(devices)
         waited = True
         time.sleep(poll_s)

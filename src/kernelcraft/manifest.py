@@ -117,14 +117,16 @@ def gpu_jobs(stage_files: list[str] | None) -> dict[str, str]:
     job: evidence that concurrent jobs used distinct devices, next to the timings they produced."""
     used: dict[str, str] = {}
     for path in map(Path, stage_files or []):
-        source = path if path.name == "baseline.json" else path.with_name("benchmark.json")
+        if path.name == "baseline.json":  # <problem>/baseline.json
+            source, job = path, f"{path.parent.name} baseline"
+        else:  # <problem>/round_<r>/select.json: that round's evaluate job wrote benchmark.json beside it
+            source, job = path.with_name("benchmark.json"), f"{path.parent.parent.name} evaluate {path.parent.name}"
         try:
             gpu = json.loads(source.read_text()).get("gpu")
         except (OSError, ValueError):
             continue
         if gpu is not None:
-            job = "baseline" if path.name == "baseline.json" else f"evaluate {path.parent.name}"
-            used[f"{path.parent.parent.name if job != 'baseline' else path.parent.name} {job}"] = str(gpu)
+            used[job] = str(gpu)
     return used
 
 

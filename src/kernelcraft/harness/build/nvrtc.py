@@ -498,12 +498,15 @@ class CudaKernel:
         layout.packer.pack_into(buf, 0, *values)
         record_launch(name)
         driver = _driver()
-        if cooperative:
-            (err,) = driver.cuLaunchCooperativeKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
-                                                      params)
-            _check(driver, (err,), "cuLaunchCooperativeKernel", name)
-            return
-        (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream, params, 0)
+        what = "cuLaunchCooperativeKernel" if cooperative else "cuLaunchKernel"
+
+        def launch() -> tuple:
+            if cooperative:
+                return driver.cuLaunchCooperativeKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
+                                                        params)
+            return driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream, params, 0)
+
+        (err,) = launch()
         if err != driver.CUresult.CUDA_SUCCESS:
             if err == driver.CUresult.CUDA_ERROR_INVALID_CONTEXT:
                 # This thread has not touched CUDA through torch yet: make the primary context current, retry.
@@ -511,6 +514,5 @@ class CudaKernel:
                 (ctx,) = _check(driver, driver.cuDevicePrimaryCtxRetain(cu_device),
                                 "cuDevicePrimaryCtxRetain", name)
                 _check(driver, driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent", name)
-                (err,) = driver.cuLaunchKernel(loaded.function, gx, gy, gz, bx, by, bz, smem, raw_stream,
-                                               params, 0)
-            _check(driver, (err,), "cuLaunchKernel", name)
+                (err,) = launch()
+            _check(driver, (err,), what, name)

@@ -14,12 +14,12 @@ PROBLEMS = list(config[RESOLVED_KEY]["problems"])
 SEARCHED = list(config[RESOLVED_KEY]["searched"])
 ROUNDS = list(range(1, int(config["rounds"]) + 1))
 BACKEND = config[RESOLVED_KEY]["backend"]
-# The cores one job may use: all of them locally; under a cluster executor (where Snakemake's core count is
-# unbounded) those of a node like this one, so a job never asks the scheduler for more than a node has.
+# The cores one job may use: all of --cores locally (so a CPU timing job never shares them with another); under a
+# cluster executor (no total core count) those of a node like this one, so a job never asks for more than a node has.
 def node_cores():
     try:
-        return min(workflow.cores, os.cpu_count() or 1)
-    except WorkflowError:  # a cluster executor: no total core count, every job is on a node of its own
+        return workflow.cores
+    except WorkflowError:  # a cluster executor: every job is on a node of its own
         return os.cpu_count() or 1
 
 

@@ -109,6 +109,23 @@ def test_the_tensor_core_idea_keeps_float32_accuracy_and_names_the_scheme():
     assert "to_tf32(x - __uint_as_float(" in impl["source"]  # the remainder term
 
 
+def test_the_hopper_idea_builds_a_float32_accurate_wgmma_kernel_with_a_scalar_fallback():
+    prob = matmul_problem("full")
+    spec = describe(prob)
+    gen = generator("matmul", "cuda")
+    parent = gen.normalise(spec, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 3})
+    idea = next(i for i in catalogue("matmul", "cuda") if i.key == "wgmma_3xtf32")
+    assert idea.applies(spec, parent)
+    f = gen.normalise(spec, parent | idea.delta)
+    source = candidate_source(spec, "cuda", f, idea.key, "parent")
+    assert "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32" in source
+    assert source.count("wgmma_tf32(part, smem_desc(") == 3  # lo*hi, hi*lo, hi*hi into the tile's own sums
+    assert "acc[e] += part[e]" in source  # added to the running sums in round-to-nearest float
+    assert "0xffffe000u" in source and "transpose_b" in source  # split in place; B made K-major
+    # operands the 16-byte copies cannot take (K or N not a multiple of 4, misaligned) use mma.sync, scalar loads
+    assert "mma.sync.aligned.m16n8k8" in source and "if K % 4 == 0 and N % 4 == 0" in source
+
+
 # ------------------------------------------------------------------------------------------------ C kernels run
 
 
@@ -148,7 +165,7 @@ def _cuda_sources() -> list[tuple[dict, str]]:
 def test_every_reachable_cuda_matmul_kernel_compiles_with_nvrtc(tmp_path):
     jobs = _cuda_sources()
     assert len(jobs) > 40
-    assert {f["algo"] for f, _ in jobs} == {"naive", "smem", "simt", "mma"}
+    assert {f["algo"] for f, _ in jobs} == {"naive", "smem", "simt", "mma", "wgmma"}
 
     def build(job):
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kernelcraft.search.offline_kernels import cuda_common, matmul_cuda, rowwise_cuda
+from kernelcraft.search.offline_kernels import cuda_common, matmul_cuda, matmul_wgmma, rowwise_cuda
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 KINDS = ("memory access", "asynchronous work and latency hiding", "data type and precision",
@@ -71,6 +71,8 @@ def context(spec: OpSpec, child: dict) -> dict:
             ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
         elif child.get("algo") == "simt":
             ctx["T"] = matmul_cuda.simt_threads(child)
+        elif child.get("algo") == "wgmma":
+            ctx["T"] = matmul_wgmma.threads(child)
     return ctx
 
 
@@ -453,7 +455,7 @@ MATMUL_CUDA: list[Idea] = [
     Idea("tile_sums", PREC, "Accumulate each K tile's tensor-core products in fresh registers and add them to the "
          "running sums with ordinary round-to-nearest float adds: the tensor core truncates as it accumulates, and "
          "over K = {K} those truncations add up to errors far above float32's.", {"acc": "tile"}, 1.5,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("acc") != "tile"),
+         when=lambda s, f: f.get("algo") in ("mma", "wgmma") and f.get("acc") != "tile"),
     Idea("vec4", MEM, "Load the A and B tiles with 16-byte float4 vector loads (a scalar-load kernel takes "
          "operands whose K or N is not a multiple of 4).", {"vec": 4}, 2.0,
          when=lambda s, f: f.get("algo") == "simt" or (f.get("algo") == "mma" and not f.get("cp_async"))),
@@ -493,7 +495,7 @@ MATMUL_CUDA: list[Idea] = [
          "resident blocks per SM.", {"launch_min": 2}, 0.6, when=_algo("simt")),
     Idea("raster16", PAR, "Launch the blocks in groups of 16 block-rows: a wider band of A's row panels shares each "
          "column panel of B while it is in L2.", {"raster": 16}, 0.6,
-         when=lambda s, f: f.get("algo") in ("simt", "mma") and f.get("raster") != 16),
+         when=lambda s, f: f.get("algo") in ("simt", "mma", "wgmma") and f.get("raster") != 16),
     Idea("warps_2x2", PAR, "Use four warps with 64x64 warp tiles: each warp reuses every A fragment over eight B "
          "fragments, at the cost of fewer warps to hide latency.", {"wm": 2, "wn": 2}, 0.6,
          when=lambda s, f: f.get("algo") == "mma" and (f.get("wm"), f.get("wn")) != (2, 2)),
@@ -506,6 +508,31 @@ MATMUL_CUDA: list[Idea] = [
     Idea("bk32_simt", CTRL, "Deepen the K tile to 32 with one shared-memory buffer: a quarter of the barriers, "
          "each covering 32 multiply-adds per output.", {"bk": 32, "buffer": 1}, 0.5,
          when=lambda s, f: f.get("algo") == "simt" and f.get("bk") != 32),
+    Idea("vector_fragments", MEM, "Reorder the eight products inside each mma (A and B agree on the order) so a "
+         "lane's A values for two consecutive K steps are one 16-byte shared-memory load, and XOR-swizzle B's "
+         "16-byte chunks by row so the four rows a lane reads fall in distinct banks.", {"frag": "vec"}, 1.0,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("frag") != "vec"),
+    Idea("mask_split", PREC, "Split each operand for the tensor cores by masking off its low 13 bits (exactly the "
+         "TF32 high part the hardware reads) instead of a rounding conversion, with the exact remainder as the low "
+         "part: one logic op per value instead of a convert, subtract and convert.", {"split": "mask"}, 0.8,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("split") != "mask"),
+    Idea("wgmma_3xtf32", PAR, "Move the products onto Hopper's warpgroup tensor-core instruction (wgmma.mma_async "
+         "m64n{bn}k8, twice the rate of mma.sync): two warpgroups per {bm}x{bn} block tile, both tiles K-major in "
+         "shared memory (B transposed once per call), split into TF32 high and low parts in place, three "
+         "products per step and each K tile's sums added in round-to-nearest float.",
+         {"algo": "wgmma", "precision": "3xtf32", "acc": "tile", "bm": 128, "bn": 128, "bk": 32, "stages": 3,
+          "raster": 8}, 1.5, when=_algo("mma")),
+    Idea("wgmma_192", PAR, "Grow the warpgroup block tile to 192x{bn} (three warpgroups) with two stages: each B "
+         "tile in shared memory feeds half as many rows again.", {"bm": 192, "stages": 2}, 0.8,
+         when=lambda s, f: f.get("algo") == "wgmma" and f.get("bm") != 192),
+    Idea("wgmma_in_flight", ASYNC, "Keep one K tile's wgmma products in flight while the next tile is split and "
+         "issued (wait for all but the latest group), loading {stages} - 2 tiles ahead; the sums accumulate in the "
+         "tensor core.", {"overlap": True, "acc": "direct", "stages": 3}, 0.7,
+         when=lambda s, f: f.get("algo") == "wgmma" and not f.get("overlap")),
+    Idea("wgmma_tf32_wide", PREC, "Drop the 3xTF32 correction and multiply TF32 tiles of {bm}x256 with four stages "
+         "and one group in flight: a third of the tensor work, at TF32 accuracy (fails 1e-4).",
+         {"precision": "tf32", "bn": 256, "stages": 4, "overlap": True, "acc": "direct"}, 0.5,
+         when=lambda s, f: f.get("algo") == "wgmma" and f.get("precision") == "3xtf32"),
 ]
 
 # ------------------------------------------------------------------------------------------------ matmul C

@@ -137,8 +137,8 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
 
 
 def _gemm_io(spec: OpSpec, f: dict, relu: bool) -> mm.GemmIO:
-    put_a = "cp_async4(as + r * LDA + c, src, ok);" if f["cp_async"] else "as[r * LDA + c] = ok ? *src : 0.f;"
-    put_b = "cp_async4(bs + r * LDB + c, src, ok);" if f["cp_async"] else "bs[r * LDB + c] = ok ? *src : 0.f;"
+    put_a = "cp_async4(as + AS_AT(r, c), src, ok);" if f["cp_async"] else "as[AS_AT(r, c)] = ok ? *src : 0.f;"
+    put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if f["cp_async"] else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
     a_ld = ("// A[m, kd]: output pixel m's input tap kd = (channel, kernel row, kernel column)",
             "const int v = tid + l * NT, r = v / BK, c = v % BK, kd = k0 + c;",
             "const int ci = kd / (KS * KS), rs = kd - ci * (KS * KS), kr = rs / KS, ks = rs - kr * KS;",

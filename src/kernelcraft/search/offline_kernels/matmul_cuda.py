@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernelcraft.search.offline_kernels import matmul_wgmma as wg
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "matmul"
 BACKEND = "cuda"
 GEN = "matmul_cuda"
 
-ALGOS = ("naive", "smem", "simt", "mma")
+ALGOS = ("naive", "smem", "simt", "mma", "wgmma")
 TUNABLES: dict[str, tuple] = {
     "bm": (64, 128, 256),
     "bn": (64, 128, 256),
@@ -41,13 +42,15 @@ SMEM_STATIC_MAX = 48 * 1024
 SMEM_DYNAMIC_MAX = 200 * 1024  # H100/H200 allow 227 KiB per block; leave room for the driver's reservation
 _SIMT_DEFAULT = {"bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8}
 _MMA_DEFAULT = {"bm": 128, "bn": 128, "bk": 32, "wm": 2, "wn": 4}
+_WGMMA_DEFAULT = {"bm": 128, "bn": 128, "bk": 32, "stages": 3, "overlap": False}
 
 
 def baseline(spec: OpSpec) -> dict:
     """One thread per output element reading A and B from global memory: what a first CUDA port looks like."""
     return {"gen": GEN, "algo": "naive", "tile": 16, "bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4, "wm": 2,
             "wn": 2, "vec": 1, "buffer": 1, "stages": 1, "cp_async": False, "pad": 0, "precision": "fp32",
-            "raster": 0, "launch_min": 0, "acc": "direct"}
+            "raster": 0, "launch_min": 0, "acc": "direct", "frag": "scalar", "split": "rna",
+            "overlap": False}
 
 
 def simt_threads(f: dict) -> int:
@@ -69,8 +72,21 @@ def _simt_ok(f: dict) -> bool:
     return 64 <= t <= 1024 and smem <= SMEM_STATIC_MAX and _tile_loads_ok(f["bm"], f["bn"], f["bk"], t, f["vec"])
 
 
+def mma_lda(f: dict) -> int:
+    """A tile's row stride in floats. Vector fragments read 16 bytes per lane: eight lanes (two rows) share a
+    128-byte wavefront, so a row must start half a wavefront after the previous one (stride / 4 = 4 mod 8)."""
+    if f.get("frag") == "vec":
+        return f["bk"] + (4 - f["bk"] // 4 % 8) % 8 * 4
+    return f["bk"] + f["pad"]
+
+
+def mma_ldb(f: dict) -> int:
+    """B tile's row stride in floats: vector fragments swizzle B's 16-byte chunks instead of padding rows."""
+    return f["bn"] if f.get("frag") == "vec" else f["bn"] + 2 * f["pad"]
+
+
 def mma_smem_bytes(f: dict) -> int:
-    return f["stages"] * (f["bm"] * (f["bk"] + f["pad"]) + f["bk"] * (f["bn"] + 2 * f["pad"])) * 4
+    return f["stages"] * (f["bm"] * mma_lda(f) + f["bk"] * mma_ldb(f)) * 4
 
 
 def _mma_ok(f: dict) -> bool:
@@ -91,7 +107,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     keep = {"naive": (), "smem": ("tile",), "simt": ("bm", "bn", "bk", "tm", "tn", "vec", "buffer", "pad", "raster",
                                                      "launch_min"),
             "mma": ("bm", "bn", "bk", "wm", "wn", "vec", "stages", "cp_async", "pad", "precision", "raster",
-                    "acc")}[algo]
+                    "acc", "frag", "split"),
+            "wgmma": ("bm", "bn", "bk", "stages", "precision", "raster", "acc", "overlap")}[algo]
     for k in base:
         if k not in keep and k not in ("gen", "algo"):
             g[k] = base[k]
@@ -114,13 +131,26 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["stages"] = g["stages"] if g["stages"] in (1, 2, 3) else 1
         g["pad"] = 4 if g["pad"] else 0
         g["acc"] = "tile" if g["acc"] == "tile" else "direct"
+        g["frag"] = "vec" if g["frag"] == "vec" else "scalar"
+        g["split"] = "mask" if g["split"] == "mask" else "rna"
+        if g["frag"] == "vec":
+            g["pad"] = 0  # the layout is the fragments' own (mma_lda, mma_ldb)
         if g["bk"] not in (16, 32):
             g["bk"] = 32
         if any(g[k] not in TUNABLES[k] for k in ("bm", "bn", "wm", "wn")) or not _mma_ok(g):
             g |= _MMA_DEFAULT
             while not _mma_ok(g) and g["stages"] > 1:
                 g["stages"] -= 1
-    if algo not in ("simt", "mma"):
+    if algo == "wgmma":
+        g["precision"] = g["precision"] if g["precision"] in ("tf32", "3xtf32") else "3xtf32"
+        g["acc"] = "tile" if g["acc"] == "tile" else "direct"
+        g["vec"], g["cp_async"], g["overlap"] = 4, True, bool(g["overlap"])
+        g["bk"] = g["bk"] if g["bk"] in wg.BKS else wg.BKS[0]
+        while not wg.ok(g, SMEM_DYNAMIC_MAX) and g["stages"] > (3 if g["overlap"] else 2):
+            g["stages"] -= 1  # fewer stages before giving up the tile shape
+        if not wg.ok(g, SMEM_DYNAMIC_MAX):
+            g |= _WGMMA_DEFAULT | {"overlap": g["overlap"] and g["acc"] == "direct"}
+    if algo not in ("simt", "mma", "wgmma"):
         g["raster"] = 0
     elif g["raster"] not in TUNABLES["raster"]:
         g["raster"] = 0
@@ -339,10 +369,10 @@ def _matmul_io(f: dict, fast: bool) -> GemmIO:
     if vec == 4:
         a_ld = ["const int v = tid + l * NT, r = v / (BK / 4), c = (v % (BK / 4)) * 4;",
                 "const int gm = bm0 + r, gk = k0 + c;", "const bool ok = gm < M && gk < K;",
-                "const float* src = ok ? A + (long long)gm * K + gk : A;", "float* dst = as + r * LDA + c;"]
+                "const float* src = ok ? A + (long long)gm * K + gk : A;", "float* dst = as + AS_AT(r, c);"]
         b_ld = ["const int v = tid + l * NT, r = v / (BN / 4), c = (v % (BN / 4)) * 4;",
                 "const int gk = k0 + r, gn = bn0 + c;", "const bool ok = gk < K && gn < N;",
-                "const float* src = ok ? B + (long long)gk * N + gn : B;", "float* dst = bs + r * LDB + c;"]
+                "const float* src = ok ? B + (long long)gk * N + gn : B;", "float* dst = bs + BS_AT(r, c);"]
         if cp:
             put = ["cp_async16(dst, src, ok);"]
         else:
@@ -351,9 +381,9 @@ def _matmul_io(f: dict, fast: bool) -> GemmIO:
         a_ld, b_ld = a_ld + put, b_ld + put
     else:
         a_ld = ["const int v = tid + l * NT, r = v / BK, c = v % BK, gm = bm0 + r, gk = k0 + c;",
-                "as[r * LDA + c] = (gm < M && gk < K) ? A[(long long)gm * K + gk] : 0.f;"]
+                "as[AS_AT(r, c)] = (gm < M && gk < K) ? A[(long long)gm * K + gk] : 0.f;"]
         b_ld = ["const int v = tid + l * NT, r = v / BN, c = v % BN, gk = k0 + r, gn = bn0 + c;",
-                "bs[r * LDB + c] = (gk < K && gn < N) ? B[(long long)gk * N + gn] : 0.f;"]
+                "bs[BS_AT(r, c)] = (gk < K && gn < N) ? B[(long long)gk * N + gn] : 0.f;"]
     return GemmIO(args=_ARGS, ints=_INTS, a_ld=tuple(a_ld), b_ld=tuple(b_ld),
                   store=("C[(long long)r * N + col] = v;",),
                   pair_store=("float* cr = C + (long long)r * N;",
@@ -364,19 +394,32 @@ def _matmul_io(f: dict, fast: bool) -> GemmIO:
 def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
     io = io or _matmul_io(f, fast)
     vec, cp, three = f["vec"], f["cp_async"], f["precision"] == "3xtf32"
+    vecfrag, mask = f["frag"] == "vec", f["split"] == "mask"
     what = "3xTF32 tensor cores (float32-accurate)" if three else "TF32 tensor cores"
     lines = [f"// generated by kernelcraft's offline proposer ({io.title}, mma.sync {what})",
              f"#define BM {f['bm']}", f"#define BN {f['bn']}", f"#define BK {f['bk']}",
              f"#define WM {f['wm']}", f"#define WN {f['wn']}", f"#define STAGES {f['stages']}",
              "#define WTM (BM / WM)", "#define WTN (BN / WN)", "#define FM (WTM / 16)", "#define FN (WTN / 8)",
-             "#define NT (WM * WN * 32)", f"#define LDA (BK + {f['pad']})", f"#define LDB (BN + {2 * f['pad']})",
-             "#define A_STAGE (BM * LDA)", "#define B_STAGE (BK * LDB)",
+             "#define NT (WM * WN * 32)", f"#define LDA {mma_lda(f)}", f"#define LDB {mma_ldb(f)}",
+             "#define A_STAGE (BM * LDA)", "#define B_STAGE (BK * LDB)", "#define AS_AT(r, c) ((r) * LDA + (c))",
+             *(["// B's 16-byte chunks XOR-swizzled by row: the four rows a lane's fragments read (4t .. 4t + 3 of a",
+                "// 16-deep slice) land in distinct banks for the eight columns g of a fragment",
+                "#define BS_AT(r, c) ((r) * LDB + ((((c) >> 2) ^ ((((r) >> 2) & 3) << 1)) << 2) + ((c) & 3))"]
+               if vecfrag else ["#define BS_AT(r, c) ((r) * LDB + (c))"]),
              f"#define LA (BM * BK / ({vec} * NT))", f"#define LB (BK * BN / ({vec} * NT))", "", _raster(f), _MMA]
     if cp:
         lines.append(_CP_ASYNC)
     if io.helpers:
         lines.append(io.helpers)
     def split(x: str, hi: str, lo: str) -> list[str]:
+        if mask:  # the tensor core reads a TF32 operand's top 19 bits: cut there, and keep the rest as the low part
+            out = [f"{{ const float x = {x};", f"  {hi} = " + ("__float_as_uint(x) & 0xffffe000u;" if three else
+                                                             "__float_as_uint(x);")]
+            if three:
+                out.append(f"  {lo} = __float_as_uint(x - __uint_as_float({hi})); }}")
+            else:
+                out[-1] += " }"
+            return out
         out = [f"{{ const float x = {x};", f"  {hi} = to_tf32(x);"]
         if three:
             out.append(f"  {lo} = to_tf32(x - __uint_as_float({hi})); }}")
@@ -384,20 +427,46 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
             out[-1] += " }"
         return out
 
-    compute = ["#pragma unroll", "for (int kk = 0; kk < BK; kk += 8) {",
-               "  unsigned ah[FM][4], bh[FN][2];" + (" unsigned al[FM][4], bl[FN][2];" if three else ""),
-               "#pragma unroll", "  for (int i = 0; i < FM; ++i)", "#pragma unroll", "    for (int q = 0; q < 4; ++q)"]
-    compute += ["      " + ln for ln in split("as[(wy * WTM + i * 16 + g + (q & 1) * 8) * LDA + kk + t + (q >> 1) * 4]",
-                                              "ah[i][q]", "al[i][q]")]
-    compute += ["#pragma unroll", "  for (int j = 0; j < FN; ++j)", "#pragma unroll", "    for (int q = 0; q < 2; ++q)"]
-    compute += ["      " + ln for ln in split("bs[(kk + t + q * 4) * LDB + wx * WTN + j * 8 + g]", "bh[j][q]",
-                                              "bl[j][q]")]
-    compute += ["#pragma unroll", "  for (int i = 0; i < FM; ++i)", "#pragma unroll",
-                "    for (int j = 0; j < FN; ++j) {"]
-    if three:
-        compute += ["      // small terms first: hi*lo and lo*hi carry the bits TF32 drops (lo*lo is below float32's)",
+    def products() -> list[str]:
+        out = ["#pragma unroll", "  for (int i = 0; i < FM; ++i)",
+               "#pragma unroll", "    for (int j = 0; j < FN; ++j) {"]
+        if three:
+            out += ["      // small terms first: hi*lo and lo*hi carry the bits TF32 drops (lo*lo is below float32's)",
                     "      mma_tf32(acc[i][j], al[i], bh[j]);", "      mma_tf32(acc[i][j], ah[i], bl[j]);"]
-    compute += ["      mma_tf32(acc[i][j], ah[i], bh[j]);", "    }", "}"]
+        return out + ["      mma_tf32(acc[i][j], ah[i], bh[j]);", "    }"]
+
+    frags = "  unsigned ah[FM][4], bh[FN][2];" + (" unsigned al[FM][4], bl[FN][2];" if three else "")
+    if vecfrag:
+        # The order of the eight products inside one mma is free as long as A and B agree: logical k = t takes
+        # slice column 4t + 2s and k = t + 4 takes 4t + 2s + 1 (s: first or second mma of the 16-deep slice), so a
+        # lane's A values for both mmas are one 16-byte load per fragment row
+        compute = ["#pragma unroll", "for (int kk = 0; kk < BK; kk += 16) {", "  float ar[FM][2][4], br[FN][4];",
+                   "#pragma unroll", "  for (int i = 0; i < FM; ++i)",
+                   "#pragma unroll", "    for (int h = 0; h < 2; ++h) {",
+                   "      const float4 v = *reinterpret_cast<const float4*>(as + AS_AT(wy * WTM + i * 16 + g + h * 8, "
+                   "kk + 4 * t));",
+                   "      ar[i][h][0] = v.x; ar[i][h][1] = v.y; ar[i][h][2] = v.z; ar[i][h][3] = v.w;", "    }",
+                   "#pragma unroll", "  for (int j = 0; j < FN; ++j)", "#pragma unroll",
+                   "    for (int e = 0; e < 4; ++e) br[j][e] = bs[BS_AT(kk + 4 * t + e, wx * WTN + j * 8 + g)];",
+                   "#pragma unroll", "  for (int s = 0; s < 2; ++s) {", "  " + frags,
+                   "#pragma unroll", "    for (int i = 0; i < FM; ++i)",
+                   "#pragma unroll", "      for (int q = 0; q < 4; ++q)"]
+        compute += ["        " + ln for ln in split("ar[i][q & 1][2 * s + (q >> 1)]", "ah[i][q]", "al[i][q]")]
+        compute += ["#pragma unroll", "    for (int j = 0; j < FN; ++j)",
+                    "#pragma unroll", "      for (int q = 0; q < 2; ++q)"]
+        compute += ["        " + ln for ln in split("br[j][2 * s + q]", "bh[j][q]", "bl[j][q]")]
+        compute += ["  " + ln for ln in products()] + ["  }", "}"]
+    else:
+        compute = ["#pragma unroll", "for (int kk = 0; kk < BK; kk += 8) {", frags,
+                   "#pragma unroll", "  for (int i = 0; i < FM; ++i)",
+                   "#pragma unroll", "    for (int q = 0; q < 4; ++q)"]
+        a_at = "as[AS_AT(wy * WTM + i * 16 + g + (q & 1) * 8, kk + t + (q >> 1) * 4)]"
+        compute += ["      " + ln for ln in split(a_at, "ah[i][q]", "al[i][q]")]
+        compute += ["#pragma unroll", "  for (int j = 0; j < FN; ++j)",
+                    "#pragma unroll", "    for (int q = 0; q < 2; ++q)"]
+        compute += ["      " + ln for ln in split("bs[BS_AT(kk + t + q * 4, wx * WTN + j * 8 + g)]", "bh[j][q]",
+                                                  "bl[j][q]")]
+        compute += products() + ["}"]
     if f["acc"] == "tile":
         compute = [ln.replace("mma_tf32(acc[i][j]", "mma_tf32(part[i][j]") for ln in compute]
         compute = ["// this tile's products in fresh registers, added to the running sums with round-to-nearest float",
@@ -462,16 +531,26 @@ def render_source(spec: OpSpec, f: dict, name: str, fast: bool = True) -> str:
         return _smem(f, name)
     if f["algo"] == "simt":
         return _simt(f, name)
+    if f["algo"] == "wgmma":
+        return wg.source(f, name, _raster(f))
     return _mma(f, name, fast)
+
+
+def _wgmma_fallback(f: dict) -> dict:
+    """The mma.sync kernel of the same precision and accumulation, for operands the 16-byte copies cannot take."""
+    return baseline(None) | _MMA_DEFAULT | {"algo": "mma", "precision": f["precision"], "acc": f["acc"],
+                                           "raster": f["raster"], "stages": 2, "pad": 4}
 
 
 def _safe_features(spec: OpSpec, f: dict) -> dict:
     """The fallback for operands the vector path cannot take: the same kernel with scalar loads."""
+    if f["algo"] == "wgmma":
+        return normalise(spec, _wgmma_fallback(f) | {"vec": 1, "cp_async": False})
     return normalise(spec, dict(f, vec=1, cp_async=False))
 
 
 def fast_conditions(f: dict) -> list[str]:
-    if f["algo"] == "mma" or (f["algo"] == "simt" and f["vec"] == 4):
+    if f["algo"] in ("mma", "wgmma") or (f["algo"] == "simt" and f["vec"] == 4):
         return ["K % 4 == 0", "N % 4 == 0", "a.data_ptr() % 16 == 0", "b.data_ptr() % 16 == 0",
                 "out.data_ptr() % 16 == 0"]
     return []
@@ -483,12 +562,17 @@ def _launch(f: dict, var: str) -> list[str]:
     if f["algo"] == "smem":
         t = f["tile"]
         return [f"{var}(grid=(-(-N // {t}), -(-M // {t})), block=({t}, {t}), args=(a, b, out, M, N, K))"]
+    if f["algo"] == "wgmma":
+        return ["bt = torch.empty((N, K), device=a.device, dtype=a.dtype)  # B transposed: TF32 wgmma reads K-major",
+                "_transpose(grid=(-(-N // 32), -(-K // 32)), block=(32, 8), args=(b, bt, K, N))",
+                f"{var}(grid=(-(-M // {f['bm']}) * -(-N // {f['bn']}),), block=({wg.threads(f)},), "
+                "args=(a, bt, out, M, N, K))"]
     threads = simt_threads(f) if f["algo"] == "simt" else mma_threads(f)
     return [f"{var}(grid=(-(-M // {f['bm']}) * -(-N // {f['bn']}),), block=({threads},), args=(a, b, out, M, N, K))"]
 
 
 def _kernel_line(spec: OpSpec, f: dict, var: str, name: str, src: str) -> str:
-    smem = f", shared_mem={mma_smem_bytes(f)}" if f["algo"] == "mma" else ""
+    smem = {"mma": f", shared_mem={mma_smem_bytes(f)}", "wgmma": f", shared_mem={wg.smem_bytes(f)}"}.get(f["algo"], "")
     return f'{var} = cuda_kernel({src}, "{name}"{smem})'
 
 
@@ -497,6 +581,8 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     conds = fast_conditions(f)
     mod = [f"SRC = r'''\n{render_source(spec, f, 'matmul_fast')}'''", "",
            _kernel_line(spec, f, "_fast", "matmul_fast", "SRC")]
+    if f["algo"] == "wgmma":
+        mod += ["", f"SRC_T = r'''\n{wg.TRANSPOSE}'''", "", '_transpose = cuda_kernel(SRC_T, "transpose_b")']
     safe = _safe_features(spec, f)
     if conds:
         mod += ["", "# Scalar-load fallback for operands the vector path cannot take (see forward).",

@@ -86,10 +86,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _problems(args: argparse.Namespace) -> int:
-    from kernelcraft.problems import builtin_ids
+    import time
 
-    for pid in builtin_ids():
-        print(pid)
+    from kernelcraft.problems import discover
+    from kernelcraft.problems.recognise import recognise_problem
+
+    start = time.perf_counter()
+    try:
+        problems = discover([] if args.dirs else "all", args.dirs, args.include, None, args.size)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    rows = [(p.id, recognise_problem(p)) for p in problems]
+    fit = sum(r.op is not None for _, r in rows)
+    if args.json:
+        print(json.dumps([{"problem": pid, "family": r.family, "op": r.op, "params": r.params, "reason": r.reason,
+                           "graph": r.graph} for pid, r in rows], indent=1))
+        return 0
+    width = max([len("problem")] + [len(pid) for pid, _ in rows])
+    print(f"{'problem'.ljust(width)}  offline family (or why none fits)")
+    for pid, r in rows:
+        print(f"{pid.ljust(width)}  {r.line()}")
+    print(f"{fit} of {len(rows)} problems have an offline family ({time.perf_counter() - start:.1f} s, no GPU used)")
     return 0
 
 
@@ -107,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--work-dir", default=None, help="where builds and logs go (default: a temporary folder)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=_eval)
-    pr = sub.add_parser("problems", help="list the built-in problem ids")
+    pr = sub.add_parser("problems", help="list problems with the offline kernel family that fits each (read from "
+                        "the traced operator graph), or why none does")
+    pr.add_argument("dirs", nargs="*", help="directories of KernelBench-format files (default: the built-in suite)")
+    pr.add_argument("--include", default=None, help="only problems whose id matches this regular expression")
+    pr.add_argument("--size", choices=("full", "small"), default="full", help="the sizes to trace (default: full)")
+    pr.add_argument("--json", action="store_true", help="print one JSON list")
     pr.set_defaults(func=_problems)
     bk = sub.add_parser("bank", help="put a finished run's best kernel of each problem into a seed-bank directory")
     bk.add_argument("run", help="the run's directory, results/<run>")

@@ -1,0 +1,162 @@
+"""Recognising what a reference computes from its traced operator graph (problems/graph.py, problems/recognise.py)
+and the ``kernelcraft problems`` listing built on it. The references here are level-1-like files written for these
+tests, at shapes of their own (other ranks, odd sizes), not KernelBench's files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kernelcraft.problems import builtin_ids, load_problem
+from kernelcraft.problems.loader import builtin_dir
+from kernelcraft.problems.recognise import recognise_problem
+
+HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
+
+
+def reference(folder: Path, name: str, init: str, forward: str, inputs: str, init_inputs: str = "[]",
+              helpers: str = "") -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(HEAD + helpers + "class Model(nn.Module):\n    def __init__(self, *args):\n"
+                    f"        super().__init__()\n        {init}\n\n"
+                    f"    def forward(self, *xs):\n        {forward}\n\n\n"
+                    f"def get_inputs():\n    return {inputs}\n\n\ndef get_init_inputs():\n    return {init_inputs}\n")
+    return path
+
+
+def recognised(path: Path):
+    return recognise_problem(load_problem(path, "full"))
+
+
+SOFTMAX_SPELLINGS = {
+    "torch_softmax": ("pass", "return torch.softmax(xs[0], dim=-1)", ""),
+    "functional": ("pass", "return F.softmax(xs[0], dim=2)", ""),
+    "method": ("pass", "return xs[0].softmax(-1)", ""),
+    "module": ("self.act = nn.Softmax(dim=-1)", "return self.act(xs[0])", ""),
+    "helper": ("pass", "return normalise(xs[0])", "def normalise(t):\n    return torch.exp(t.log_softmax(-1))\n\n\n"),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(SOFTMAX_SPELLINGS))
+def test_every_spelling_of_a_last_dimension_softmax_is_one_operation(tmp_path, spelling):
+    init, forward, helpers = SOFTMAX_SPELLINGS[spelling]
+    r = recognised(reference(tmp_path, spelling, init, forward, "[torch.randn(3, 5, 77)]", helpers=helpers))
+    if spelling == "helper":  # exp(log_softmax) is two operations: the graph says so instead of guessing
+        assert r.op is None and "_log_softmax(f32[3,5,77]) -> exp(f32[3,5,77])" in r.reason
+    else:
+        assert (r.family, r.op, r.params) == ("rowwise", "softmax", {"dim": -1})
+
+
+FITS = {
+    "relu_3d": ("pass", "return torch.relu(xs[0])", "[torch.randn(2, 3, 1001)]", "[]", ("elementwise", "relu", {})),
+    "gelu_tanh": ("pass", "return F.gelu(xs[0], approximate='tanh')", "[torch.randn(7, 33)]", "[]",
+                  ("elementwise", "gelu", {"approximate": "tanh"})),
+    "log_softmax_odd": ("pass", "return torch.log_softmax(xs[0], 1)", "[torch.randn(13, 4099)]", "[]",
+                        ("rowwise", "log_softmax", {"dim": -1})),
+    "layernorm_2dims": ("self.ln = nn.LayerNorm((31, 17), eps=1e-6)", "return self.ln(xs[0])",
+                        "[torch.randn(5, 31, 17)]", "[]", ("rowwise", "layernorm", {"normalized_dims": 2,
+                                                                                     "eps": 1e-6})),
+    "rmsnorm_pow": ("self.w = nn.Parameter(torch.ones(999))",
+                    "x = xs[0]\n        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.w",
+                    "[torch.randn(4, 999)]", "[]", ("rowwise", "rmsnorm", {"eps": 1e-5})),
+    "sum_last": ("pass", "return xs[0].sum(dim=2)", "[torch.randn(3, 4, 1023)]", "[]",
+                 ("rowwise", "sum_lastdim", {"dim": -1, "keepdim": False})),
+    "matmul_odd": ("pass", "return xs[0] @ xs[1]", "[torch.randn(37, 61), torch.randn(61, 5)]", "[]",
+                   ("matmul", "matmul", {})),
+    "conv_5x5": ("self.conv = nn.Conv2d(3, 8, 5, stride=2, padding=1, dilation=2, bias=False)",
+                 "return self.conv(xs[0])", "[torch.randn(2, 3, 40, 29)]", "[]",
+                 ("conv", "conv2d", {"kernel_size": 5, "stride": 2, "padding": 1, "dilation": 2, "groups": 1})),
+    "conv_relu_pool": ("self.conv = nn.Conv2d(4, 6, 3)\n        self.pool = nn.MaxPool2d(2)",
+                       "return self.pool(torch.relu(self.conv(xs[0])))", "[torch.randn(1, 4, 19, 23)]", "[]",
+                       ("conv", "conv2d_relu_maxpool", {"kernel_size": 3, "stride": 1, "padding": 0, "dilation": 1,
+                                                         "groups": 1, "pool_kernel_size": 2, "pool_stride": 2,
+                                                         "pool_padding": 0})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FITS))
+def test_a_reference_of_a_covered_family_is_recognised_with_its_parameters(tmp_path, name):
+    init, forward, inputs, init_inputs, want = FITS[name]
+    r = recognised(reference(tmp_path, name, init, forward, inputs, init_inputs))
+    assert (r.family, r.op, r.params) == want and r.reason is None
+
+
+MISSES = {
+    "softmax_dim0": ("pass", "return torch.softmax(xs[0], dim=0)", "[torch.randn(8, 9)]",
+                     "softmax over dimension 0 of a rank-2 tensor"),
+    "sum_middle": ("pass", "return xs[0].sum(1)", "[torch.randn(8, 9, 10)]",
+                   "a sum over dimension(s) [1] of a rank-3 tensor"),
+    "rms_channels": ("pass", "x = xs[0]\n        return x / torch.sqrt((x * x).mean(1, keepdim=True) + 1e-5)",
+                     "[torch.randn(2, 6, 5, 5)]", "an RMS norm over dimension(s) [1] of a rank-4 tensor"),
+    "matmul_transposed": ("pass", "return xs[0].T @ xs[1]", "[torch.randn(16, 8), torch.randn(16, 4)]",
+                          "a matrix product of transposed, reshaped or computed operands"),
+    "batched": ("pass", "return torch.bmm(xs[0], xs[1])", "[torch.randn(2, 3, 4), torch.randn(2, 4, 5)]",
+                "the graph holds bmm(f32[2,3,4], f32[2,4,5])"),
+    "depthwise": ("self.conv = nn.Conv2d(4, 4, 3, groups=4)", "return self.conv(xs[0])",
+                  "[torch.randn(1, 4, 9, 9)]", "a 2-D convolution, kernel [3, 3], groups 4"),
+    "conv3d": ("self.conv = nn.Conv3d(2, 3, 3)", "return self.conv(xs[0])", "[torch.randn(1, 2, 6, 6, 6)]",
+               "a 3-D convolution, kernel [3, 3, 3], groups 1"),
+    "sigmoid": ("pass", "return torch.sigmoid(xs[0])", "[torch.randn(10)]", "the graph holds sigmoid(f32[10])"),
+    "double": ("pass", "return torch.relu(xs[0])", "[torch.randn(10, dtype=torch.float64)]",
+               "the offline families take float32 tensors, not f64[10]"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISSES))
+def test_a_reference_no_family_covers_gets_one_line_naming_what_the_graph_holds(tmp_path, name):
+    init, forward, inputs, why = MISSES[name]
+    r = recognised(reference(tmp_path, name, init, forward, inputs))
+    assert r.op is None and r.family is None
+    assert why in r.reason and "\n" not in r.line() and r.line().startswith("no offline family fits: ")
+
+
+def test_the_built_in_suite_is_recognised_as_its_metadata_says():
+    for pid in builtin_ids():
+        problem = load_problem(builtin_dir() / f"{pid}.py", "full")
+        assert recognise_problem(problem).op == problem.op, pid
+
+
+def test_tracing_allocates_nothing_so_huge_references_list_in_milliseconds(tmp_path):
+    path = reference(tmp_path, "huge", "pass", "return torch.softmax(xs[0], -1)", "[torch.randn(1 << 17, 1 << 18)]")
+    start = time.perf_counter()
+    r = recognised(path)  # 128 GiB of float32 if it were real
+    assert r.op == "softmax" and time.perf_counter() - start < 5
+
+
+def test_a_forward_that_cannot_be_traced_is_a_reason_not_a_crash(tmp_path):
+    path = reference(tmp_path, "branchy", "pass",
+                     "return xs[0] if float(xs[0].sum()) > 0 else -xs[0]", "[torch.randn(4)]")
+    r = recognised(path)
+    assert r.op is None and r.reason.startswith("the forward could not be traced (") and "\n" not in r.reason
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kernelcraft.cli", "problems", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_kernelcraft_problems_lists_each_problem_of_a_directory_with_its_family_or_reason(tmp_path):
+    reference(tmp_path, "a_softmax", "pass", "return torch.softmax(xs[0], -1)", "[torch.randn(4, 8)]")
+    reference(tmp_path, "b_bmm", "pass", "return torch.bmm(xs[0], xs[1])",
+              "[torch.randn(2, 3, 4), torch.randn(2, 4, 5)]")
+    (tmp_path / "helper.py").write_text("X = 1\n")  # not a problem: skipped
+    done = _cli(str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[1].split() == ["a_softmax", "rowwise/softmax", "(dim=-1)"]
+    assert lines[2].startswith("b_bmm") and "no offline family fits: the graph holds bmm(" in lines[2]
+    assert lines[3].startswith("1 of 2 problems have an offline family")
+    listed = json.loads(_cli(str(tmp_path), "--json").stdout)
+    assert [(p["problem"], p["family"], p["op"]) for p in listed] == [("a_softmax", "rowwise", "softmax"),
+                                                                      ("b_bmm", None, None)]
+
+
+def test_kernelcraft_problems_refuses_a_missing_directory_in_one_line(tmp_path):
+    done = _cli(str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "does not exist" in done.stderr

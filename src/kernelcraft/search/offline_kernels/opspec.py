@@ -80,11 +80,18 @@ def describe(problem: Any) -> OpSpec:
     """The OpSpec of ``problem`` (a kernelcraft Problem), or Unsupported with a one-line reason."""
     import torch
 
-    op = getattr(problem, "op", None)
+    from kernelcraft.problems.recognise import recognise_problem
+
+    # What the reference computes comes from its traced operator graph (one spelling per computation), the same
+    # recognition `kernelcraft problems` lists; the checks below then confirm the details on the model itself
+    recognition = recognise_problem(problem)
+    op = recognition.op
+    if op is None:
+        raise Unsupported(recognition.line())
     if op not in FAMILIES:
         raise Unsupported(f"op {op!r} has no offline generator (supported: {', '.join(FAMILIES)})")
     module = problem.load_module()
-    params = dict(getattr(problem, "params", None) or {})
+    params = dict(recognition.params)
     meta = getattr(module, "KERNELCRAFT", None)
     if isinstance(meta, dict) and isinstance(meta.get("params"), dict):
         params = {**params, **meta["params"]}

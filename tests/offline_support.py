@@ -1,8 +1,10 @@
 """What the offline-proposer test modules share: a private build cache (CUDA kernels for sm_90a where no GPU says
-otherwise), importing a generated candidate file, the suite's problems, and the kernels a search can reach."""
+otherwise), importing a generated candidate file, the suite's problems, the kernels a search can reach, and checking
+a candidate against its reference."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -76,3 +78,59 @@ def reachable(spec, backend: str, parents: list[dict]) -> list[dict]:
         kids += [p] + [p | i.delta for i in catalogue(spec.family, backend) if i.applies(spec, p)]
         kids += [p | {k: v} for k, values in gen.TUNABLES.items() for v in values]
     return distinct_normalised(spec, backend, kids)
+
+
+def close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """atol=rtol=1e-4, and also relative to the output's scale (softmax outputs are ~1/N, far below atol)."""
+    if got.shape != want.shape:
+        return False
+    if want.numel() == 0:
+        return True
+    scale = want.abs().max()
+    return bool(torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+                and ((got - want).abs() <= 1e-5 * scale + 1e-4 * want.abs()).all())
+
+
+def odd_inputs(shape: tuple[int, ...], device: str) -> list[torch.Tensor]:
+    """A plain input, one with a large offset (cancellation), and a misaligned view (scalar fallbacks)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=gen) * 2 + 0.5
+    flat = torch.randn(x.numel() + 1, generator=gen)[1:].view(shape)  # contiguous, 4 bytes off 16-byte alignment
+    return [x.to(device), (x + 30.0).to(device), flat.to(device)]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's CPU build and the C kernels share one OpenMP runtime; with both pools busy on a 2-core CI box
+    the spinning threads slow each other several-fold, and correctness does not need the parallelism."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_candidate(module, problem, inputs: list[torch.Tensor], device: str) -> None:
+    """ModelNew and Model built from the same seed agree on every input; weights made non-trivial first."""
+    init = list(problem.init_inputs())
+    mod = problem.load_module()
+    torch.manual_seed(0)
+    ref = mod.Model(*init)
+    torch.manual_seed(0)
+    new = module.ModelNew(*init)
+    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in new.named_parameters()]
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p_ref, p_new in zip(ref.parameters(), new.parameters(), strict=True):
+            assert torch.equal(p_ref, p_new)
+            r = torch.randn(p_ref.shape, generator=gen)
+            p_ref.copy_(r)
+            p_new.copy_(r)
+    ref, new = ref.to(device), new.to(device)
+    with torch.no_grad():
+        for x in inputs:
+            want = ref(x.clone())
+            got = new(x.clone())
+            err = (got - want).abs().max().item() if want.numel() else 0.0
+            assert close(got, want), f"{tuple(x.shape)}: max abs err {err:.3g}"

@@ -7,7 +7,6 @@ needed) and, where a GPU is visible, run against the reference too (``-m gpu``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -15,8 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
-from offline_support import GPU, build_env, distinct_normalised, import_source, suite  # noqa: F401 - build_env: autouse
+from offline_support import (  # noqa: F401 - build_env: autouse
+    GPU,
+    build_env,
+    check_candidate,
+    distinct_normalised,
+    import_source,
+    odd_inputs,
+    one_thread,
+    suite,
+)
 
 from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import KINDS, OfflineProposer
@@ -29,62 +36,6 @@ SUPPORTED = ["gelu_4096x32768", "layernorm_16x64x256x256", "log_softmax_4096x327
 ROWWISE = ["softmax_4096x65536", "log_softmax_4096x32768", "layernorm_16x64x256x256", "rmsnorm_4096x8192",
            "sum_lastdim_4096x65536"]
 ELEMENTWISE = ["relu_4096x32768", "gelu_4096x32768"]
-
-
-def close(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """atol=rtol=1e-4, and also relative to the output's scale (softmax outputs are ~1/N, far below atol)."""
-    if got.shape != want.shape:
-        return False
-    if want.numel() == 0:
-        return True
-    scale = want.abs().max()
-    return bool(torch.allclose(got, want, atol=1e-4, rtol=1e-4)
-                and ((got - want).abs() <= 1e-5 * scale + 1e-4 * want.abs()).all())
-
-
-def odd_inputs(shape: tuple[int, ...], device: str) -> list[torch.Tensor]:
-    """A plain input, one with a large offset (cancellation), and a misaligned view (scalar fallbacks)."""
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(shape, generator=gen) * 2 + 0.5
-    flat = torch.randn(x.numel() + 1, generator=gen)[1:].view(shape)  # contiguous, 4 bytes off 16-byte alignment
-    return [x.to(device), (x + 30.0).to(device), flat.to(device)]
-
-
-@contextlib.contextmanager
-def one_thread():
-    """torch's CPU build and the C kernels share one OpenMP runtime; with both pools busy on a 2-core CI box
-    the spinning threads slow each other several-fold, and correctness does not need the parallelism."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def check_candidate(module, problem, inputs: list[torch.Tensor], device: str) -> None:
-    """ModelNew and Model built from the same seed agree on every input; weights made non-trivial first."""
-    init = list(problem.init_inputs())
-    mod = problem.load_module()
-    torch.manual_seed(0)
-    ref = mod.Model(*init)
-    torch.manual_seed(0)
-    new = module.ModelNew(*init)
-    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in new.named_parameters()]
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p_ref, p_new in zip(ref.parameters(), new.parameters(), strict=True):
-            assert torch.equal(p_ref, p_new)
-            r = torch.randn(p_ref.shape, generator=gen)
-            p_ref.copy_(r)
-            p_new.copy_(r)
-    ref, new = ref.to(device), new.to(device)
-    with torch.no_grad():
-        for x in inputs:
-            want = ref(x.clone())
-            got = new(x.clone())
-            err = (got - want).abs().max().item() if want.numel() else 0.0
-            assert close(got, want), f"{tuple(x.shape)}: max abs err {err:.3g}"
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -219,19 +170,20 @@ def test_supports_every_suite_problem_on_both_backends_and_no_other_backend():
     assert not p.supports(suite("relu_4096x32768"), "rocm")
 
 
-def test_reference_on_other_dim_or_with_tanh_gelu_is_unsupported(tmp_path):
+def test_reference_on_other_dim_is_unsupported_and_tanh_gelu_is_a_pointwise_chain(tmp_path):
     p = OfflineProposer(0)
     path = tmp_path / "softmax_dim0.py"
     path.write_text(FIXTURE_HEAD + "class Model(nn.Module):\n    def forward(self, x):\n"
                     "        return torch.softmax(x, dim=0)\n\ndef get_inputs():\n    return [torch.randn(4, 5)]\n\n"
                     "def get_init_inputs():\n    return []\n")
-    assert not p.supports(load_problem(path), "cpu")
+    assert "softmax over dimension 0 of a rank-2 tensor" in p.why_unsupported(load_problem(path), "cpu")
     path = tmp_path / "gelu_tanh.py"
     path.write_text(FIXTURE_HEAD + "class Model(nn.Module):\n    def forward(self, x):\n"
                     "        return F.gelu(x, approximate='tanh')\n\n"
                     "def get_inputs():\n    return [torch.randn(4, 5)]\n\n"
                     "def get_init_inputs():\n    return []\n")
-    assert "approximate" in OfflineProposer(0).why_unsupported(load_problem(path), "cpu")
+    spec = describe(load_problem(path))
+    assert (spec.family, spec.op) == ("elementwise", "pointwise") and "tanhf(" in spec.body
 
 
 def test_catalogue_holds_at_least_24_ideas_per_family_and_backend_over_all_six_kinds():

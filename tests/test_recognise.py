@@ -54,8 +54,8 @@ def test_every_spelling_of_a_last_dimension_softmax_is_one_operation(tmp_path, s
 
 FITS = {
     "relu_3d": ("pass", "return torch.relu(xs[0])", "[torch.randn(2, 3, 1001)]", "[]", ("elementwise", "relu", {})),
-    "gelu_tanh": ("pass", "return F.gelu(xs[0], approximate='tanh')", "[torch.randn(7, 33)]", "[]",
-                  ("elementwise", "gelu", {"approximate": "tanh"})),
+    "gelu_exact": ("pass", "return F.gelu(xs[0])", "[torch.randn(7, 33)]", "[]",
+                   ("elementwise", "gelu", {"approximate": "none"})),
     "log_softmax_odd": ("pass", "return torch.log_softmax(xs[0], 1)", "[torch.randn(13, 4099)]", "[]",
                         ("rowwise", "log_softmax", {"dim": -1})),
     "layernorm_2dims": ("self.ln = nn.LayerNorm((31, 17), eps=1e-6)", "return self.ln(xs[0])",
@@ -101,7 +101,8 @@ MISSES = {
                   "[torch.randn(1, 4, 9, 9)]", "a 2-D convolution, kernel [3, 3], groups 4"),
     "conv3d": ("self.conv = nn.Conv3d(2, 3, 3)", "return self.conv(xs[0])", "[torch.randn(1, 2, 6, 6, 6)]",
                "a 3-D convolution, kernel [3, 3, 3], groups 1"),
-    "sigmoid": ("pass", "return torch.sigmoid(xs[0])", "[torch.randn(10)]", "the graph holds sigmoid(f32[10])"),
+    "cumsum": ("pass", "return torch.cumsum(xs[0], 0)", "[torch.randn(10)]", "the graph holds cumsum(f32[10])"),
+    "scalar_input": ("pass", "return xs[0] * xs[1]", "[torch.randn(10), 3.5]", "the graph holds mul(f32[10])"),
     "double": ("pass", "return torch.relu(xs[0])", "[torch.randn(10, dtype=torch.float64)]",
                "the offline families take float32 tensors, not f64[10]"),
 }
@@ -113,6 +114,15 @@ def test_a_reference_no_family_covers_gets_one_line_naming_what_the_graph_holds(
     r = recognised(reference(tmp_path, name, init, forward, inputs))
     assert r.op is None and r.family is None
     assert why in r.reason and "\n" not in r.line() and r.line().startswith("no offline family fits: ")
+
+
+def test_an_elementwise_chain_becomes_one_float_function_of_x_in_graph_order(tmp_path):
+    r = recognised(reference(tmp_path, "swish", "pass", "return 2.0 * (xs[0] * torch.sigmoid(xs[0]))",
+                             "[torch.randn(6, 7)]"))
+    assert (r.family, r.op, r.params["chain"]) == ("elementwise", "pointwise", "sigmoid -> mul -> mul")
+    assert r.params["body"] == ("const float t0 = (1.f / (1.f + expf(-x))); const float t1 = (x * t0); "
+                                "const float t2 = (t1 * 2.0f); return t2;")
+    assert r.line() == "elementwise/pointwise (chain=sigmoid -> mul -> mul)"
 
 
 def test_the_built_in_suite_is_recognised_as_its_metadata_says():

@@ -33,6 +33,7 @@ OPS: tuple[str, ...] = (
 _FAMILIES: dict[str, str] = {
     "relu": "elementwise",
     "gelu": "elementwise",
+    "pointwise": "elementwise",  # graph-only: a chain of elementwise ops (problems/recognise.py), not a source tag
     "softmax": "rowwise",
     "log_softmax": "rowwise",
     "layernorm": "rowwise",

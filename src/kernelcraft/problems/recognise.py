@@ -32,9 +32,12 @@ class Recognition:
 
     def line(self) -> str:
         if self.op is not None:
-            shown = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+            shown = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()) if k not in HIDDEN_PARAMS)
             return f"{self.family}/{self.op}" + (f" ({shown})" if shown else "")
         return f"no offline family fits: {self.reason}"
+
+
+HIDDEN_PARAMS = ("body",)  # long generated text a listing does not show
 
 
 class _Miss(Exception):
@@ -95,7 +98,12 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     if not nodes:
         raise _Miss("the forward computes nothing (only views or copies)")
     if len(nodes) == 1:
-        return _single(graph, nodes[0])
+        single = _single(graph, nodes[0])
+        if single is not None:
+            return single
+    point = _pointwise(graph, nodes)
+    if point is not None:
+        return point
     rms = _rmsnorm(graph, nodes)
     if rms is not None:
         return rms
@@ -124,8 +132,8 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     rank = len(x.info.shape) if isinstance(x, Ref) else 0
     if node.op == "aten.relu":
         return "relu", {}
-    if node.op == "aten.gelu":
-        return "gelu", {"approximate": _arg(node, 1, "approximate", "none")}
+    if node.op == "aten.gelu" and _arg(node, 1, "approximate", "none") == "none":
+        return "gelu", {"approximate": "none"}  # the tanh form is a pointwise chain
     if node.op in ("aten._softmax", "aten._log_softmax"):
         dim = _arg(node, 1, "dim", -1)
         name = "softmax" if node.op == "aten._softmax" else "log_softmax"
@@ -204,3 +212,142 @@ def _rmsnorm(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
                                                               and scale.args[1].kind == "param"):
             return None
     return "rmsnorm", {"eps": add.args[1]}
+
+
+# ------------------------------------------------------------------------------------------------ pointwise
+
+
+def _f(v: Any) -> str:
+    """A Python number as a float literal both C and CUDA read."""
+    v = float(v)
+    if v != v or v in (float("inf"), float("-inf")):
+        return "NAN" if v != v else ("INFINITY" if v > 0 else "(-INFINITY)")
+    return f"{v!r}f".replace("e+", "e")
+
+
+def _scalar(node: OpNode, position: int, name: str, default: Any) -> str | None:
+    v = _arg(node, position, name, default)
+    return None if v is None else _f(v)
+
+
+# ATen elementwise operations as float expressions of their operands (a, b) and scalar arguments. Semantics follow
+# PyTorch's: relu keeps NaN, elu's negative branch is expm1, softplus switches to the identity above its threshold.
+def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
+    op = node.op.removeprefix("aten.")
+    unary = {
+        "relu": f"({a} < 0.f ? 0.f : {a})", "sigmoid": f"(1.f / (1.f + expf(-{a})))", "tanh": f"tanhf({a})",
+        "abs": f"fabsf({a})", "neg": f"(-{a})", "exp": f"expf({a})", "log": f"logf({a})", "sqrt": f"sqrtf({a})",
+        "rsqrt": f"(1.f / sqrtf({a}))", "reciprocal": f"(1.f / {a})", "erf": f"erff({a})", "sin": f"sinf({a})",
+        "cos": f"cosf({a})", "log1p": f"log1pf({a})", "expm1": f"expm1f({a})", "silu": f"({a} / (1.f + expf(-{a})))",
+        "hardsigmoid": f"(fminf(fmaxf({a} + 3.f, 0.f), 6.f) / 6.f)",
+        "hardswish": f"({a} * fminf(fmaxf({a} + 3.f, 0.f), 6.f) / 6.f)",
+        "mish": f"({a} * tanhf({a} > 20.f ? {a} : log1pf(expf({a}))))",
+    }
+    if op in unary:
+        return unary[op]
+    if op == "gelu":
+        if _arg(node, 1, "approximate", "none") == "tanh":
+            return f"(0.5f * {a} * (1.f + tanhf(0.7978845608028654f * ({a} + 0.044715f * {a} * {a} * {a}))))"
+        return f"(0.5f * {a} * (1.f + erff({a} * 0.7071067811865476f)))"
+    if op == "leaky_relu":
+        return f"({a} > 0.f ? {a} : {a} * {_scalar(node, 1, 'negative_slope', 0.01)})"
+    if op == "elu":
+        alpha, scale = _scalar(node, 1, "alpha", 1.0), _scalar(node, 2, "scale", 1.0)
+        inner = _scalar(node, 3, "input_scale", 1.0)
+        return f"({a} > 0.f ? {scale} * {a} : {scale} * {alpha} * expm1f({a} * {inner}))"
+    if op == "softplus":
+        beta, threshold = _scalar(node, 1, "beta", 1.0), _scalar(node, 2, "threshold", 20.0)
+        return f"({a} * {beta} > {threshold} ? {a} : log1pf(expf({a} * {beta})) / {beta})"
+    if op in ("hardtanh", "clamp", "clamp_min", "clamp_max"):
+        lo = {"hardtanh": _scalar(node, 1, "min_val", -1.0), "clamp": _scalar(node, 1, "min", None),
+              "clamp_min": _scalar(node, 1, "min", None), "clamp_max": None}[op]
+        hi = {"hardtanh": _scalar(node, 2, "max_val", 1.0), "clamp": _scalar(node, 2, "max", None),
+              "clamp_min": None, "clamp_max": _scalar(node, 1, "max", None)}[op]
+        out = a
+        if lo is not None:
+            out = f"fmaxf({out}, {lo})"
+        if hi is not None:
+            out = f"fminf({out}, {hi})"
+        return out
+    if op == "threshold":
+        return f"({a} > {_scalar(node, 1, 'threshold', 0.0)} ? {a} : {_scalar(node, 2, 'value', 0.0)})"
+    if op == "pow" and b is None:
+        e = float(_arg(node, 1, "exponent", 1.0))
+        powers = {1.0: a, 2.0: f"({a} * {a})", 3.0: f"({a} * {a} * {a})", 0.5: f"sqrtf({a})"}
+        return powers.get(e, f"powf({a}, {_f(e)})")
+    if b is None:
+        return None
+    alpha = _arg(node, 2, "alpha", 1)
+    scaled = b if alpha == 1 else f"({_f(alpha)} * {b})"
+    binary = {"add": f"({a} + {scaled})", "sub": f"({a} - {scaled})", "rsub": f"({scaled} - {a})" if alpha == 1
+              else f"({b} - {_f(alpha)} * {a})", "mul": f"({a} * {b})", "div": f"({a} / {b})",
+              "maximum": f"fmaxf({a}, {b})", "minimum": f"fminf({a}, {b})", "pow": f"powf({a}, {b})"}
+    if op == "div" and _arg(node, 2, "rounding_mode", None) is not None:
+        return None
+    return binary.get(op)
+
+
+def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """A forward that is a chain (or DAG) of elementwise operations on its one input, each value kept in float: one
+    function body, ``const float t<i> = ...;`` per operation, that a generator calls per element."""
+    if any(not isinstance(i, type(graph.inputs[0])) for i in graph.inputs) or len(graph.inputs) != 1:
+        return None
+    x = graph.inputs[0]
+    if not hasattr(x, "shape") or x.dtype != "torch.float32" or graph.params:
+        return None
+    names: dict[int, str] = {}
+    lines: list[str] = []
+    chain: list[str] = []
+
+    def operand(a: Any) -> str | None:
+        if _is_input(a, 0):
+            return "x"
+        if isinstance(a, Ref) and a.kind == "node" and a.index in names:
+            return names[a.index]
+        if isinstance(a, bool):
+            return None
+        if isinstance(a, int | float):
+            return _f(a)
+        return None
+
+    for node in graph.nodes:
+        if node.op in SHAPE_OPS_KEPT:
+            return None
+        if node.op not in _POINTWISE_SKIP:
+            out = node.out
+            if not hasattr(out, "shape") or out.shape != x.shape or out.dtype != "torch.float32":
+                return None
+        index = graph.nodes.index(node)
+        if node.op in _POINTWISE_SKIP:
+            src = node.args[0] if node.args else None
+            if isinstance(src, Ref) and (src.kind == "input" or src.index in names) and src.info.shape == x.shape:
+                names[index] = operand(src)
+                continue
+            return None
+        a = operand(node.args[0]) if node.args else None
+        b = operand(node.args[1]) if len(node.args) > 1 and isinstance(node.args[1], Ref | int | float) \
+            and not isinstance(node.args[1], bool) else None
+        if a is None or (len(node.args) > 1 and isinstance(node.args[1], Ref) and b is None):
+            return None
+        if a != "x" and not a.startswith("t") and b is not None and (b == "x" or b.startswith("t")):
+            a, b = b, a  # scalar first (rsub, mul by a constant): the expressions take the tensor first
+            if node.op in ("aten.sub", "aten.div", "aten.pow", "aten.rsub"):
+                return None
+        expr = _pointwise_expr(node, a, b if len(node.args) > 1 else None)
+        if expr is None:
+            return None
+        names[index] = f"t{len(lines)}"
+        lines.append(f"const float t{len(lines)} = {expr};")
+        chain.append(node.op.removeprefix("aten."))
+    last = graph.outputs[0] if len(graph.outputs) == 1 else None
+    if not lines or not (isinstance(last, Ref) and last.kind == "node" and last.index in names):
+        return None
+    body = " ".join(lines) + f" return {names[last.index]};"
+    return "pointwise", {"chain": " -> ".join(chain), "body": body}
+
+
+# Views and copies a pointwise chain may pass through unchanged (same shape), and those that move data around.
+_POINTWISE_SKIP = frozenset({"aten.clone", "aten.detach", "aten.alias", "aten.contiguous", "aten.view",
+                             "aten._unsafe_view", "aten.reshape", "aten.lift_fresh_copy", "aten._to_copy"})
+SHAPE_OPS_KEPT = frozenset({"aten.permute", "aten.transpose", "aten.t", "aten.flip", "aten.cat", "aten.slice",
+                            "aten.select", "aten.expand", "aten.roll"})

@@ -60,6 +60,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
 
 
 def _op(spec: OpSpec, f: dict, v: str) -> str:
+    if spec.op == "pointwise":
+        return f"kc_op({v})"
     if spec.op == "relu":
         return f"({v} < 0.f ? 0.f : {v})"  # NaN stays NaN, as torch.relu
     k = "0.70710678118654752f"
@@ -118,6 +120,8 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
             "#include <stdint.h>"]
     if f["nt_store"]:
         head += ["#if defined(__SSE__)", "#include <immintrin.h>", "#endif"]
+    if spec.op == "pointwise":  # the traced graph's operations, one float per step
+        head.append(f"static inline float kc_op(const float x) {{ {spec.body} }}")
     if spec.op == "gelu" and f["gelu"] in ("poly", "poly_exp"):
         if f["gelu"] == "poly_exp":
             head.append(c.EXP_POLY)

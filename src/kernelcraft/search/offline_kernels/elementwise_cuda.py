@@ -1,4 +1,4 @@
-"""CUDA kernels for elementwise ops (ReLU, exact GELU).
+"""CUDA kernels for elementwise ops (ReLU, exact GELU, and any pointwise chain read from a traced graph).
 
 An elementwise op is pure streaming: the kernel is fast when it keeps enough bytes in flight to saturate HBM
 and issues few instructions per byte. The features are the levers for that: vector width (float2/float4
@@ -85,7 +85,10 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
         out.append(cc.NOALLOC_HELPERS)
     if f["l2_prefetch"]:
         out.append(cc.PREFETCH_L2)
-    out.append(f"__device__ __forceinline__ float op(const float v) {{ return {_op_expr(spec, f, 'v')}; }}")
+    if spec.op == "pointwise":  # the traced graph's operations, one float per step
+        out.append(f"__device__ __forceinline__ float op(const float x) {{ {spec.body} }}")
+    else:
+        out.append(f"__device__ __forceinline__ float op(const float v) {{ return {_op_expr(spec, f, 'v')}; }}")
     apply_v = " ".join(f"r{c} = op(r{c});" for c in comps)
     out.append(f"__device__ __forceinline__ {vt} op_v({vt} r) {{ {apply_v} return r; }}")
 

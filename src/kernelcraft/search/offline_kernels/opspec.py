@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ELEMENTWISE_OPS = ("relu", "gelu")
+ELEMENTWISE_OPS = ("relu", "gelu", "pointwise")
 ROWWISE_OPS = ("softmax", "log_softmax", "layernorm", "rmsnorm", "sum_lastdim")
 MATMUL_OPS = ("matmul",)
 CONV_OPS = ("conv2d", "conv2d_relu_maxpool")
@@ -52,6 +52,8 @@ class OpSpec:
     # A convolution's geometry (conv family): cin, cout, r, s, stride, pad, dil, bias, pool_k, pool_s (0: no
     # pool), n, h, w, oh, ow (the convolution's output), ph, pw (the pool's).
     conv: tuple[tuple[str, int], ...] = ()
+    # A pointwise op's per-element function body in C (float x in, ``return`` out), from the traced graph.
+    body: str = ""
 
     @property
     def geometry(self) -> dict[str, int]:
@@ -132,7 +134,7 @@ def describe(problem: Any) -> OpSpec:
 
     if op == "gelu" and params.get("approximate", "none") != "none":
         raise Unsupported("only the exact (erf) GELU is generated; approximate='tanh' is not")
-    if op in ("relu", "gelu", "softmax", "log_softmax", "sum_lastdim") and named:
+    if op in ("relu", "gelu", "pointwise", "softmax", "log_softmax", "sum_lastdim") and named:
         raise Unsupported(f"a {op} reference with parameters ({', '.join(named)}) is not a plain {op}")
     if op in ("softmax", "log_softmax", "sum_lastdim") and params.get("dim", -1) not in (-1, len(shape) - 1):
         raise Unsupported(f"{op} over dim {params.get('dim')} is not over the last dim")
@@ -149,8 +151,9 @@ def describe(problem: Any) -> OpSpec:
     spec = OpSpec(problem_id=str(problem.id), op=op, family=family, input_shape=shape, out_shape=out_shape,
                   row_dims=row_dims, eps=float(eps), keepdim=keepdim,
                   init_signature=_render_signature(module.Model), init_body=tuple(init_body),
-                  weight=weight, bias=bias, input_shapes=(shape,))
-    _probe(spec, model)
+                  weight=weight, bias=bias, input_shapes=(shape,), body=str(params.get("body", "")))
+    if op != "pointwise":  # a pointwise body is the traced graph itself, not a guess the probe should confirm
+        _probe(spec, model)
     return spec
 
 

@@ -99,6 +99,7 @@ def test_the_run_context_uses_the_effective_models_and_keeps_the_requested_ones(
         monkeypatch.delenv(name, raising=False)
     config.update({"backend": "cpu"})
     config["problems"].update({"builtin": ["relu_4096x32768"], "size": "small"})
+    monkeypatch.chdir(tmp_path)  # the recognitions the planner keeps go under ./results
     resolved = resolve(config)
     assert resolved["searched"] == ["relu_4096x32768"]  # the offline proposer can search it
     ctx = RunContext.from_config(merge(config, {RESOLVED_KEY: resolved}), results=tmp_path)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from kernelcraft.config import load_config
+from kernelcraft.context import RECOGNITION_CACHE, resolve
 from kernelcraft.problems import builtin_ids, load_problem
 from kernelcraft.problems.loader import builtin_dir
-from kernelcraft.problems.recognise import recognise_problem
+from kernelcraft.problems.recognise import recognise_cached, recognise_problem
 
 HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
 
@@ -170,3 +172,39 @@ def test_kernelcraft_problems_refuses_a_missing_directory_in_one_line(tmp_path):
     done = _cli(str(tmp_path / "nowhere"))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "does not exist" in done.stderr
+
+
+def test_the_workflow_plans_rounds_for_every_problem_a_family_fits_and_only_a_baseline_for_the_others(
+        tmp_path, monkeypatch):
+    problems = tmp_path / "level1"
+    problems.mkdir()
+    reference(problems, "swish", "pass", "return xs[0] * torch.sigmoid(xs[0])", "[torch.randn(64, 33)]")
+    reference(problems, "symmetric", "pass", "return torch.matmul(xs[0], xs[1])",
+              "[torch.randn(16, 16), torch.randn(16, 16)]")  # no single-op source form the old detector knew
+    reference(problems, "running", "pass", "return torch.cumsum(xs[0], 1)", "[torch.randn(8, 9)]")
+    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    config = load_config()
+    config.update({"backend": "cpu"})
+    config["problems"].update({"builtin": [], "dirs": [str(problems)], "size": "full"})
+    resolved = resolve(config)
+    assert sorted(resolved["problems"]) == ["running", "swish", "symmetric"]
+    assert resolved["searched"] == ["swish", "symmetric"]
+    assert len(list((tmp_path / RECOGNITION_CACHE).glob("*.json"))) == 3
+
+
+def test_a_kept_recognition_is_read_without_torch_and_a_changed_file_is_traced_again(tmp_path):
+    path = reference(tmp_path, "act", "pass", "return torch.tanh(xs[0])", "[torch.randn(5, 6)]")
+    cache = tmp_path / "cache"
+    first = recognise_cached(load_problem(path), cache)
+    assert first.params["chain"] == "tanh"
+    probe = ("import sys; from pathlib import Path; from kernelcraft.problems import load_problem; "
+             "from kernelcraft.problems.recognise import recognise_cached; "
+             f"r = recognise_cached(load_problem(Path({str(path)!r})), Path({str(cache)!r})); "
+             "print(r.params['chain'], 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["tanh", "False"], done.stderr
+    path.write_text(path.read_text().replace("torch.tanh(xs[0])", "torch.sigmoid(xs[0])"))
+    assert recognise_cached(load_problem(path), cache).params["chain"] == "sigmoid"
+    assert len(list(cache.glob("act-*.json"))) == 2

@@ -78,10 +78,16 @@ def resolve_models(config: dict, env: Mapping[str, str] | None = None,
     return {**effective, "requested": requested, "substituted": list(missing.values())}
 
 
+# Where the traced-graph recognitions of problem files are kept, relative to the workflow's working directory (on
+# the shared filesystem under a cluster): tracing imports torch, so the DAG is planned from these after the first run.
+RECOGNITION_CACHE = Path("results") / ".recognition"
+
+
 def resolve(config: dict, env: Mapping[str, str] | None = None) -> dict:
     """The values ``auto`` stands for on this machine, the problem list and the effective model ensembles."""
     from kernelcraft.harness.build.gpu import detect_cuda_arch
     from kernelcraft.problems import discover
+    from kernelcraft.problems.recognise import recognise_cached
     from kernelcraft.search.ensemble import may_propose
 
     backend = resolve_backend(config["backend"])
@@ -97,7 +103,8 @@ def resolve(config: dict, env: Mapping[str, str] | None = None) -> dict:
         "size": size,
         "cuda_arch": arch,
         "problems": {p.id: str(p.path) for p in problems},
-        "searched": [p.id for p in problems if may_propose(models, p.op, backend)],
+        "searched": [p.id for p in problems
+                     if may_propose(models, lambda p=p: recognise_cached(p, RECOGNITION_CACHE).op, backend)],
         "models": models,
     }
 

@@ -9,7 +9,13 @@ dimension other than the last, a convolution with groups) rather than silently s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from kernelcraft.problems.graph import OpGraph, OpNode, Ref, TraceError, trace
@@ -64,6 +70,35 @@ def recognise_problem(problem: Problem) -> Recognition:
     except TraceError as err:
         return Recognition(None, reason=f"the forward could not be traced ({str(err).split(': ', 1)[-1]})")
     return recognise(graph)
+
+
+def recognise_cached(problem: Problem, cache_dir: Path) -> Recognition:
+    """:func:`recognise_problem`, kept in ``cache_dir`` under a key of the problem file, its size, torch's version
+    and this recogniser's own code: the workflow plans its DAG from recognitions on every invocation (and under a
+    cluster executor, in every job), and only the first has to import torch and trace."""
+    digest = hashlib.sha256()
+    for part in (problem.path.read_bytes(), problem.size.encode(), _torch_version().encode(),
+                 Path(__file__).read_bytes(), (Path(__file__).parent / "graph.py").read_bytes()):
+        digest.update(hashlib.sha256(part).digest())
+    path = Path(cache_dir) / f"{problem.id}-{digest.hexdigest()[:20]}.json"
+    try:
+        return Recognition(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    found = recognise_problem(problem)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as out:
+        json.dump(asdict(found), out)
+    os.replace(tmp, path)  # concurrent planners write the same content; the rename keeps each file whole
+    return found
+
+
+def _torch_version() -> str:
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 # ------------------------------------------------------------------------------------------------ patterns

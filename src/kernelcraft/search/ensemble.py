@@ -6,6 +6,7 @@ Shares are split by weight with the largest-remainder rule, so they are determin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 
@@ -25,15 +26,16 @@ def model_label(entry: dict) -> str:
     return f"{entry['provider']}/{entry['model']}"
 
 
-def may_propose(models: dict, op: str | None, backend: str) -> bool:
-    """Whether some configured model might propose kernels for a problem with this op: decided at DAG-build
-    time, without torch, so problems nobody can search cost only their baseline."""
+def may_propose(models: dict, op: Callable[[], str | None], backend: str) -> bool:
+    """Whether some configured model might propose kernels for a problem whose op ``op()`` says: decided at
+    DAG-build time, so problems nobody can search cost only their baseline. ``op`` is called only when every model
+    is the offline proposer (recognising a problem may trace it)."""
     for entry in (*models["ideas"], *models["implement"]):
         if entry["provider"] != "offline":
             return True
     from kernelcraft.search.offline import OfflineProposer
 
-    return OfflineProposer.may_support(op, backend)
+    return OfflineProposer.may_support(op(), backend)
 
 
 def make_proposer(entry: dict, seed: int, *, client: Any = None, settings: Any = None,

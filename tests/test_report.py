@@ -113,6 +113,7 @@ def synthetic_summary() -> dict:
                 "id": "layernorm_16x64x256x256", "op": "layernorm", "size": "full",
                 "eager_ms": 8.15, "eager_iqr_ms": 0.02, "compile_ms": None, "compile_iqr_ms": None,
                 "compile_error": "torch.compile disabled", "supported": False,
+                "unsupported_reason": "no offline family fits: the graph holds cumsum(f32[16,64]) <b>",
                 "rounds": [{"round": 1, "n_candidates": 2, "n_compiled": 1, "n_correct": 0,
                             "best_round_ms": None, "best_so_far_ms": None, "best_so_far_speedup_eager": None,
                             "best_so_far_speedup_compile": None}],
@@ -215,7 +216,8 @@ def test_report_shows_formatted_speedups_and_geomean(report_html):
 
 def test_report_handles_problem_without_correct_candidate_or_compile_time(report_html):
     section = report_html.split('id="p-layernorm_16x64x256x256"')[1]
-    assert "no offline kernels for this op yet" in section.lower()
+    assert "timed but not searched: the offline proposer has no kernels for this problem" in section.lower()
+    assert "no offline family fits: the graph holds cumsum(f32[16,64]) &lt;b&gt;" in section
     assert "torch.compile failed" in section
 
 
@@ -505,6 +507,25 @@ def test_collect_counts_duplicates_apart_from_failures_and_reads_usage_from_the_
     assert "<tfoot><tr><td>Total</td><td class=\"num\">2</td>" in failures
     assert "1 duplicate: the same code as an earlier candidate" in failures and "<td>duplicate" not in failures
     assert "$0.0104 of $5.00" in _usage_card(html)
+
+
+def test_a_problem_the_workflow_did_not_search_says_why_from_its_traced_graph(tmp_path):
+    ref = tmp_path / "running_sum.py"
+    ref.write_text("import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n"
+                   "    def forward(self, x):\n        return torch.cumsum(x, 1)\n\n\n"
+                   "def get_inputs():\n    return [torch.randn(8, 9)]\n\n\ndef get_init_inputs():\n    return []\n")
+    root = tmp_path / "results" / "r"
+    config = {"run": "r", "rounds": 1, "models": {"ideas": [], "implement": []},
+              "tolerance": {"atol": 1e-2, "rtol": 1e-2}, "llm": {"budget_usd": None}}
+    ctx = RunContext(config=config, root=root, backend="cpu", size="full", cuda_arch=None,
+                     problems={"running_sum": str(ref), "other": str(ref)})
+    write_json(layout.stage_file(root, "other", 1, "ideas"),
+               {"supported": False, "unsupported_reason": "the proposer's own reason", "ideas": []})
+    summary, _ = collect(ctx)
+    reasons = {p["id"]: p["unsupported_reason"] for p in summary["problems"]}
+    assert reasons == {"running_sum": "no offline family fits: the graph holds cumsum(f32[8,9])",
+                       "other": "the proposer's own reason"}
+    assert list((tmp_path / "results" / ".recognition").glob("running_sum-*.json"))
 
 
 def test_a_duplicate_is_neither_a_point_nor_a_failure_in_the_chart():

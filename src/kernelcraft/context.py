@@ -80,7 +80,7 @@ def resolve_models(config: dict, env: Mapping[str, str] | None = None,
 
 # Where the traced-graph recognitions of problem files are kept, relative to the workflow's working directory (on
 # the shared filesystem under a cluster): tracing imports torch, so the DAG is planned from these after the first run.
-RECOGNITION_CACHE = Path("results") / ".recognition"
+RECOGNITION_CACHE = layout.recognition_dir("results")
 
 
 def resolve(config: dict, env: Mapping[str, str] | None = None) -> dict:

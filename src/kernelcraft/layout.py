@@ -23,6 +23,11 @@ def run_dir(results: str | Path, run: str) -> Path:
     return Path(results) / run
 
 
+def recognition_dir(results: str | Path) -> Path:
+    """Traced-graph recognitions of problem files (problems/recognise.py), shared by every run under ``results``."""
+    return Path(results) / ".recognition"
+
+
 def problem_dir(run_root: str | Path, problem: str) -> Path:
     return Path(run_root) / problem
 

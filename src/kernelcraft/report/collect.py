@@ -165,6 +165,20 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None, index: dict[s
     }
 
 
+def _why_not_searched(ctx: RunContext, problem: str, ideas: dict) -> str | None:
+    """The proposer's own reason when an ideas job ran; else (the workflow planned no rounds) the recognition the
+    planner made from the problem's traced graph."""
+    if ideas.get("unsupported_reason"):
+        return str(ideas["unsupported_reason"])
+    from kernelcraft.problems.recognise import recognise_cached
+
+    try:
+        found = recognise_cached(ctx.load_problem(problem), layout.recognition_dir(Path(ctx.root).parent))
+    except Exception:  # noqa: BLE001 - a problem file gone since the run: the report still renders
+        return None
+    return found.line() if found.op is None else None
+
+
 def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[dict]]:
     """The report summary and every candidate's table row. Model usage (tokens, cost, calls) comes from the run's
     cost ledger (:func:`kernelcraft.llm.usage_summary`), per problem and for the run, with the budget if set."""
@@ -185,6 +199,7 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
             "compile_ms": compile_ms, "compile_iqr_ms": base.get("compile_iqr_ms"),
             "compile_error": base.get("compile_error") or base.get("error"),
             "supported": bool(ideas.get("supported", False)),
+            "unsupported_reason": None if ideas.get("supported") else _why_not_searched(ctx, problem, ideas),
             "rounds": rounds, "best": _best(ctx, problem, compile_ms, index),
             "candidates": rows, "failures": dict(causes.most_common()), "duplicates": duplicates,
             "usage": usage["per_problem"].get(problem),

@@ -370,6 +370,7 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
         "op": _text(problem.get("op")),
         "size": _text(problem.get("size")),
         "supported": supported is not False,
+        "unsupported_reason": _text(problem.get("unsupported_reason")),
         "eager_ms": eager_ms,
         "eager_iqr_ms": eager_iqr,
         "eager_wide_spread_pct": spread_pct(eager_iqr, eager_ms),

@@ -99,7 +99,10 @@ def propose_ideas(ctx: RunContext, problem: str, round_: int, templates: str | P
         idea["id"] = layout.idea_id(round_, k)
     report(problem, round_, "ideas", f"{len(ideas)} ideas" + ("" if supported else
                                                               " (no proposer supports this problem)"))
-    return {"problem": problem, "round": round_, "supported": supported,
+    why = None
+    if not supported:  # the offline proposer says why (models say nothing: they take any problem)
+        why = next((p.why_unsupported(prob, ctx.backend) for p in proposers if hasattr(p, "why_unsupported")), None)
+    return {"problem": problem, "round": round_, "supported": supported, "unsupported_reason": why,
             "seeds": [{k: s.get(k) for k in ("id", "time_ms", "speedup_eager", "pct_of_floor")} for s in seeds],
             "ideas": ideas}
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
+import browser
 import pytest
 
 from kernelcraft import layout
@@ -326,23 +325,14 @@ def test_trajectory_escapes_idea_text_in_tooltips():
 # ---------------------------------------------------------------------------------------------- browser
 
 
-def _chromium() -> str | None:
-    found = (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
-    return next((p for p in found if p), None)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium not on PATH")
-def test_report_renders_in_headless_chromium(tmp_path):
+@pytest.mark.skipif(browser.chromium() is None, reason="no Chromium on PATH (.ci/run installs Debian's chromium)")
+def test_a_report_with_planted_markup_loads_in_chromium_with_no_error_no_request_and_every_chart_drawn(tmp_path):
     html = tmp_path / "report.html"
     render_report(synthetic_summary(), html, TEMPLATES)
-    png = tmp_path / "shot.png"
-    subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         f"--screenshot={png}", "--window-size=1280,2000", html.as_uri()],
-        check=True, capture_output=True, timeout=60,
-    )
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    page = browser.load(html, tmp_path / "shot.png", browser.CHARTS_JS)
+    assert page.errors == [] and page.requests == [html.resolve().as_uri()]
+    assert len(page.facts) == 2 and all(w > 0 and h > 0 and marks > 0 for w, h, marks in page.facts)
+    assert (tmp_path / "shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------------------------- tokens and cost

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import browser
 import pytest
 import yaml
 
@@ -48,6 +49,18 @@ def test_the_workflow_writes_a_self_contained_report(run_dir):
         assert problem in html
     assert "<svg" in html
     assert 'src="http' not in html and "href=\"http" not in html
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(browser.chromium() is None, reason="no Chromium on PATH (.ci/run installs Debian's chromium)")
+def test_the_report_loads_in_a_real_browser_with_no_error_no_request_and_every_chart_drawn(run_dir):
+    report = run_dir / "report.html"
+    page = browser.load(report, run_dir / "report.png", browser.CHARTS_JS)
+    assert page.errors == []
+    assert page.requests == [report.resolve().as_uri()]  # the page itself, nothing from any network
+    assert len(page.facts) == len(PROBLEMS)
+    assert all(w > 100 and h > 50 and marks > 0 for w, h, marks in page.facts), page.facts
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from kernelcraft.context import RunContext
 from kernelcraft.jsonio import write_json
 from kernelcraft.llm import budget
 from kernelcraft.llm.types import Message, Reply, Request, Usage
+from kernelcraft.report import suite
 from kernelcraft.report.charts import trajectory_svg
 from kernelcraft.report.collect import collect, reason_category
 from kernelcraft.report.render import (
@@ -25,6 +26,7 @@ from kernelcraft.report.render import (
     render_report,
     speedup_class,
 )
+from kernelcraft.report.suite import problem_table
 from kernelcraft.report.table import CANDIDATE_COLUMNS, read_candidates_csv, write_candidates_csv
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "workflow" / "templates"
@@ -325,6 +327,13 @@ def test_trajectory_escapes_idea_text_in_tooltips():
 # ---------------------------------------------------------------------------------------------- browser
 
 
+# Type "not searched" into the per-problem filter: the visible rows' problem ids.
+FILTER_JS = ("(() => { const f = document.getElementById('summary-filter'); f.value = 'not searched'; "
+             "f.dispatchEvent(new Event('input')); "
+             "return Array.from(document.querySelectorAll('#summary-table tbody tr'))"
+             ".filter(r => r.style.display !== 'none').map(r => r.cells[0].getAttribute('data-v')); })()")
+
+
 @pytest.mark.skipif(browser.chromium() is None, reason="no Chromium on PATH (.ci/run installs Debian's chromium)")
 def test_a_report_with_planted_markup_loads_in_chromium_with_no_error_no_request_and_every_chart_drawn(tmp_path):
     html = tmp_path / "report.html"
@@ -332,6 +341,8 @@ def test_a_report_with_planted_markup_loads_in_chromium_with_no_error_no_request
     page = browser.load(html, tmp_path / "shot.png", browser.CHARTS_JS)
     assert page.errors == [] and page.requests == [html.resolve().as_uri()]
     assert len(page.facts) == 2 and all(w > 0 and h > 0 and marks > 0 for w, h, marks in page.facts)
+    filtered = browser.load(html, tmp_path / "filtered.png", FILTER_JS)
+    assert filtered.errors == [] and filtered.facts == ["layernorm_16x64x256x256"]
     assert (tmp_path / "shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -525,3 +536,54 @@ def test_a_duplicate_is_neither_a_point_nor_a_failure_in_the_chart():
     problem["candidates"].append(dup)
     after = trajectory_svg(problem)
     assert after == before and after.count('stroke="#dc2626" stroke-width="1.2"') == 2
+
+
+# ---------------------------------------------------------------------------------------------- suite table
+
+
+def _suite_summary() -> dict:
+    def prob(pid, supported=True, best=None, failures=None, compile_ms=2.0):
+        return {"id": pid, "family": "elementwise/pointwise", "op": None, "supported": supported, "eager_ms": 1.0,
+                "compile_ms": compile_ms, "best": best, "failures": failures or {}, "unsupported_reason":
+                None if supported else "no offline family fits: the graph holds cumsum(f32[8])"}
+    return {"problems": [
+        prob("a", best={"time_ms": 0.5, "speedup_eager": 2.0, "speedup_compile": 4.0, "pct_of_floor": 80.0,
+                        "round": 2}),
+        prob("b", best={"time_ms": 0.8, "speedup_eager": 1.25, "speedup_compile": 2.5, "round": 1}),
+        prob("c", best={"time_ms": 2.0, "speedup_eager": 0.5, "speedup_compile": None, "round": 1},
+             compile_ms=None),
+        prob("d", failures={"compile error": 3, "timeout": 1}),
+        prob("e", supported=False),
+    ]}
+
+
+def test_fast_p_counts_correct_kernels_faster_than_p_over_every_problem_and_the_geomean_only_correct_ones():
+    table = problem_table(_suite_summary())
+    assert list(table.columns) == list(suite.COLUMNS) and list(table["problem"]) == list("abcde")
+    assert [suite.fast_p(table, p) for p in suite.P_VALUES] == [3 / 5, 2 / 5, 1 / 5, 0.0]
+    assert [suite.fast_p(table, p, "compile") for p in suite.P_VALUES] == [3 / 5, 2 / 5, 2 / 5, 2 / 5]
+    assert suite.geomean(table) == pytest.approx((2.0 * 1.25 * 0.5) ** (1 / 3))
+    assert suite.geomean(table, "compile") == pytest.approx((4.0 * 2.5) ** 0.5)
+    assert list(table["cause"]) == ["", "", "", "compile error",
+                                    "not searched: no offline family fits: the graph holds cumsum(f32[8])"]
+    assert suite.fast_p(table.iloc[:0], 1.0) is None and suite.geomean(table.iloc[3:]) is None
+
+
+def test_the_problem_table_is_written_as_csv_and_parquet_that_read_back_the_same(tmp_path):
+    table = problem_table(_suite_summary())
+    csv_path, parquet_path = suite.write_tables(table, tmp_path)
+    import pandas as pd
+
+    back = pd.read_parquet(parquet_path)
+    pd.testing.assert_frame_equal(back, table)
+    assert pd.read_csv(csv_path)["speedup_eager"].tolist()[:3] == [2.0, 1.25, 0.5]
+
+
+def test_the_report_shows_fast_p_and_the_family_and_cause_of_each_problem(tmp_path):
+    html = _render(tmp_path, _suite_summary())
+    metrics = html.split('id="suite-metrics"')[1].split("</table>")[0]
+    eager = metrics.split("eager PyTorch")[1].split("</tr>")[0]
+    assert [c.split(">")[-1] for c in eager.split("</td>")[1:5]] == ["60%", "40%", "20%", "0%"]
+    row_d = html.split('data-v="d"')[1].split("</tr>")[0]
+    assert "elementwise/pointwise" in row_d and "<td>compile error</td>" in row_d
+    assert '<td class="num" data-v="80.0">80%</td>' in html.split('data-v="a"')[1].split("</tr>")[0]

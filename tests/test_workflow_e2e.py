@@ -75,6 +75,15 @@ def test_the_candidates_table_has_the_design_columns_and_one_row_per_candidate(r
 
 
 @pytest.mark.slow
+def test_the_per_problem_table_is_written_beside_the_report_as_csv_and_parquet(run_dir):
+    import pandas as pd
+
+    table = pd.read_parquet(run_dir / "problems.parquet")
+    assert sorted(table["problem"]) == sorted(PROBLEMS) and table["correct"].all()
+    assert list(pd.read_csv(run_dir / "problems.csv")["problem"]) == list(table["problem"])
+
+
+@pytest.mark.slow
 def test_every_problem_has_a_correct_timed_candidate(run_dir):
     with open(run_dir / "candidates.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -114,10 +114,12 @@ def manifest(smk: Any) -> None:
 def report(smk: Any) -> None:
     from kernelcraft.report.collect import collect
     from kernelcraft.report.render import render_report
+    from kernelcraft.report.suite import problem_table, write_tables
     from kernelcraft.report.table import write_candidates_csv
 
     ctx = _ctx(smk)
     summary, rows = collect(ctx, manifest=read_json(smk.input["manifest"]))
     write_candidates_csv(rows, smk.output["csv"])
+    write_tables(problem_table(summary), os.path.dirname(smk.output["problems_csv"]))
     render_report(summary, smk.output["html"], template_dir=os.path.abspath(smk.params.templates))
     progress.report(ctx.config["run"], None, "report", f"wrote {smk.output['html']}")

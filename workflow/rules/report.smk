@@ -28,6 +28,8 @@ rule report:
     output:
         html=f"{RUN}/report.html",
         csv=f"{RUN}/candidates.csv",
+        problems_csv=f"{RUN}/problems.csv",
+        problems_parquet=f"{RUN}/problems.parquet",
     log:
         f"{RUN}/logs/report.log",
     benchmark:

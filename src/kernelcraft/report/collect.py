@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from kernelcraft import layout
 from kernelcraft.context import RunContext
@@ -156,6 +157,7 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None, index: dict[s
         "repaired": bool((index.get(best["id"]) or {}).get("repaired")),
         "speedup_eager": best.get("speedup_eager"),
         "speedup_compile": (compile_ms / best["time_ms"]) if compile_ms else None,
+        "pct_of_floor": best.get("pct_of_floor"),
         "max_rel_err": ver.get("max_rel_err"),
         "source": (ctx.root / best["path"]).read_text(),
         "parent_id": best.get("parent") or "reference",
@@ -165,18 +167,22 @@ def _best(ctx: RunContext, problem: str, compile_ms: float | None, index: dict[s
     }
 
 
-def _why_not_searched(ctx: RunContext, problem: str, ideas: dict) -> str | None:
-    """The proposer's own reason when an ideas job ran; else (the workflow planned no rounds) the recognition the
-    planner made from the problem's traced graph."""
-    if ideas.get("unsupported_reason"):
-        return str(ideas["unsupported_reason"])
+def _recognition(ctx: RunContext, problem: str) -> Any:
+    """The planner's traced-graph recognition of ``problem`` (kept under results/.recognition), or None when the
+    problem file is gone since the run: the report still renders."""
     from kernelcraft.problems.recognise import recognise_cached
 
     try:
-        found = recognise_cached(ctx.load_problem(problem), layout.recognition_dir(Path(ctx.root).parent))
-    except Exception:  # noqa: BLE001 - a problem file gone since the run: the report still renders
+        return recognise_cached(ctx.load_problem(problem), layout.recognition_dir(Path(ctx.root).parent))
+    except Exception:  # noqa: BLE001
         return None
-    return found.line() if found.op is None else None
+
+
+def _why_not_searched(ideas: dict, recognition: Any) -> str | None:
+    """The proposer's own reason when an ideas job ran; else (the workflow planned no rounds) the recognition's."""
+    if ideas.get("unsupported_reason"):
+        return str(ideas["unsupported_reason"])
+    return recognition.line() if recognition is not None and recognition.op is None else None
 
 
 def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[dict]]:
@@ -190,6 +196,7 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
         compile_ms = base.get("compile_ms")
         rows, rounds, index = _problem_rows(ctx, problem, compile_ms)
         ideas = _read(layout.stage_file(ctx.root, problem, 1, "ideas")) or {}
+        recognition = _recognition(ctx, problem)
         all_rows.extend(rows)
         causes = Counter(reason_category(r["reject_reason"]) for r in rows if not r["correct"])
         duplicates = causes.pop(DUPLICATE, 0)
@@ -198,8 +205,9 @@ def collect(ctx: RunContext, manifest: dict | None = None) -> tuple[dict, list[d
             "eager_ms": base.get("eager_ms"), "eager_iqr_ms": base.get("eager_iqr_ms"),
             "compile_ms": compile_ms, "compile_iqr_ms": base.get("compile_iqr_ms"),
             "compile_error": base.get("compile_error") or base.get("error"),
+            "family": f"{recognition.family}/{recognition.op}" if recognition and recognition.op else None,
             "supported": bool(ideas.get("supported", False)),
-            "unsupported_reason": None if ideas.get("supported") else _why_not_searched(ctx, problem, ideas),
+            "unsupported_reason": None if ideas.get("supported") else _why_not_searched(ideas, recognition),
             "rounds": rounds, "best": _best(ctx, problem, compile_ms, index),
             "candidates": rows, "failures": dict(causes.most_common()), "duplicates": duplicates,
             "usage": usage["per_problem"].get(problem),

@@ -26,6 +26,7 @@ import yaml
 from markupsafe import Markup
 
 from kernelcraft.report.charts import trajectory_svg
+from kernelcraft.report.suite import metrics, problem_table
 from kernelcraft.report.table import DUPLICATE_PREFIX, as_bool, as_float, as_int, speedup_text
 
 TEMPLATE_NAME = "report.html.j2"
@@ -147,13 +148,6 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
-def _geomean(values: Sequence[float]) -> float | None:
-    vals = [v for v in values if v is not None and v > 0]
-    if not vals:
-        return None
-    return math.exp(sum(math.log(v) for v in vals) / len(vals))
-
-
 def _dump(obj: Any) -> str:
     """YAML for config/manifest (readable, comment-free); plain JSON-able values only, str() for the rest."""
     if obj is None or obj == {}:
@@ -185,6 +179,16 @@ def _diff_lines(parent_source: str | None, source: str, parent_id: str, candidat
             kind = "ctx"
         lines.append({"kind": kind, "text": line})
     return lines
+
+
+def _cause(problem: Mapping[str, Any]) -> str:
+    """Why a problem has no kernel to show: not searched, or its most common failure cause; "" when it has one."""
+    if problem.get("supported") is False:
+        return "not searched"
+    if isinstance(problem.get("best"), Mapping):
+        return ""
+    failures = problem.get("failures")
+    return next(iter(failures), "no candidate") if isinstance(failures, Mapping) and failures else "no candidate"
 
 
 def _best_view(best: Mapping[str, Any], eager_ms: float | None, compile_ms: float | None) -> dict[str, Any]:
@@ -229,6 +233,7 @@ def _best_view(best: Mapping[str, Any], eager_ms: float | None, compile_ms: floa
         "wide_spread_pct": spread_pct(as_float(best.get("time_iqr_ms")), time_ms),
         "speedup_eager": speedup_eager,
         "speedup_compile": speedup_compile,
+        "pct_of_floor": as_float(best.get("pct_of_floor")),
         "max_rel_err": as_float(best.get("max_rel_err")),
         "source_lines": source.splitlines(),
         "parent_id": parent_id,
@@ -371,6 +376,8 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
         "size": _text(problem.get("size")),
         "supported": supported is not False,
         "unsupported_reason": _text(problem.get("unsupported_reason")),
+        "family": _text(problem.get("family")),
+        "cause": _cause(problem),
         "eager_ms": eager_ms,
         "eager_iqr_ms": eager_iqr,
         "eager_wide_spread_pct": spread_pct(eager_iqr, eager_ms),
@@ -415,6 +422,7 @@ def build_context(summary: Mapping[str, Any]) -> dict[str, Any]:
 
     with_best = [p for p in problems if p["best"] and p["best"]["speedup_eager"]]
     with_compile = [p for p in with_best if p["best"]["speedup_compile"]]
+    suite = metrics(problem_table(summary))
     tolerance = summary.get("tolerance") if isinstance(summary.get("tolerance"), Mapping) else {}
     return {
         "run": _text(summary.get("run")) or "run",
@@ -427,9 +435,10 @@ def build_context(summary: Mapping[str, Any]) -> dict[str, Any]:
         "rounds": as_int(summary.get("rounds")),
         "problems": problems,
         "n_with_best": len(with_best),
-        "geomean_eager": _geomean([p["best"]["speedup_eager"] for p in with_best]),
+        "geomean_eager": suite["geomean"]["eager"],
         "n_with_compile": len(with_compile),
-        "geomean_compile": _geomean([p["best"]["speedup_compile"] for p in with_compile]),
+        "geomean_compile": suite["geomean"]["compile"],
+        "suite": suite,
         "usage": _run_usage_view(summary.get("usage")),
         "config_text": _dump(summary.get("config")),
         "manifest_text": _dump(summary.get("manifest")),

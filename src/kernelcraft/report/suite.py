@@ -79,5 +79,5 @@ def write_tables(table: pd.DataFrame, folder: str | Path) -> tuple[Path, Path]:
     folder = Path(folder)
     csv, parquet = folder / "problems.csv", folder / "problems.parquet"
     table.to_csv(csv, index=False, float_format="%.6g")
-    table.to_parquet(parquet, index=False)
+    table.to_parquet(parquet, index=False, engine="fastparquet")
     return csv, parquet

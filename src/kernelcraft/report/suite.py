@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import fastparquet
 import pandas as pd
 
 COLUMNS = ("problem", "family", "op", "searched", "correct", "eager_ms", "compile_ms", "best_ms", "speedup_eager",
@@ -79,5 +80,5 @@ def write_tables(table: pd.DataFrame, folder: str | Path) -> tuple[Path, Path]:
     folder = Path(folder)
     csv, parquet = folder / "problems.csv", folder / "problems.parquet"
     table.to_csv(csv, index=False, float_format="%.6g")
-    table.to_parquet(parquet, index=False, engine="fastparquet")
+    fastparquet.write(str(parquet), table, write_index=False)  # its own API: pandas is retiring engine="fastparquet"
     return csv, parquet

@@ -127,6 +127,18 @@ def test_an_elementwise_chain_becomes_one_float_function_of_x_in_graph_order(tmp
     assert r.line() == "elementwise/pointwise (chain=sigmoid -> mul -> mul)"
 
 
+def test_a_chain_that_computes_the_same_operation_twice_keeps_both_values(tmp_path):
+    r = recognised(reference(tmp_path, "twice", "pass", "return torch.sigmoid(xs[0]) + torch.sigmoid(xs[0])",
+                             "[torch.randn(6, 7)]"))
+    assert (r.op, r.params["chain"]) == ("pointwise", "sigmoid -> sigmoid -> add")
+    assert r.params["body"].endswith("const float t2 = (t0 + t1); return t2;")
+
+
+def test_a_forward_without_inputs_is_a_reason_not_a_crash(tmp_path):
+    r = recognised(reference(tmp_path, "constant", "pass", "return torch.ones(3) * 2", "[]"))
+    assert r.op is None and r.reason == "the graph holds mul(f32[3])"
+
+
 def test_the_built_in_suite_is_recognised_as_its_metadata_says():
     for pid in builtin_ids():
         problem = load_problem(builtin_dir() / f"{pid}.py", "full")

@@ -10,6 +10,7 @@ nothing the reference allocates is ever materialised.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,7 +156,7 @@ def _to_graph(gm: Any, inputs: list, params: dict, by_id: dict[int, str]) -> OpG
                 index[node.name] = Ref("param", name, info)
         elif node.op == "call_function":
             target = node.target
-            if target is __import__("operator").getitem:
+            if target is operator.getitem:
                 op, overload = "getitem", "getitem"
             else:
                 op = str(getattr(target, "overloadpacket", target))
@@ -167,8 +168,6 @@ def _to_graph(gm: Any, inputs: list, params: dict, by_id: dict[int, str]) -> OpG
                 out = _info(val)
             nodes.append(OpNode(op, overload, conv(tuple(node.args)), conv(dict(node.kwargs)), out))
             info = out if isinstance(out, TensorInfo) else None
-            if op == "getitem" and isinstance(out, TensorInfo | type(None)):
-                info = _info(val)
             if info is not None:
                 index[node.name] = Ref("node", len(nodes) - 1, info)
         elif node.op == "output":

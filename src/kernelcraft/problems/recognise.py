@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kernelcraft.problems.graph import OpGraph, OpNode, Ref, TraceError, trace
+from kernelcraft.problems.graph import OpGraph, OpNode, Ref, TensorInfo, TraceError, trace
 from kernelcraft.problems.loader import Problem
 from kernelcraft.problems.ops import op_family
 
@@ -325,10 +325,10 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
 def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     """A forward that is a chain (or DAG) of elementwise operations on its one input, each value kept in float: one
     function body, ``const float t<i> = ...;`` per operation, that a generator calls per element."""
-    if any(not isinstance(i, type(graph.inputs[0])) for i in graph.inputs) or len(graph.inputs) != 1:
-        return None
+    if len(graph.inputs) != 1 or not isinstance(graph.inputs[0], TensorInfo):
+        return None  # no input, or a scalar one the trace bakes in
     x = graph.inputs[0]
-    if not hasattr(x, "shape") or x.dtype != "torch.float32" or graph.params:
+    if x.dtype != "torch.float32" or graph.params:
         return None
     names: dict[int, str] = {}
     lines: list[str] = []
@@ -345,14 +345,13 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
             return _f(a)
         return None
 
-    for node in graph.nodes:
+    for index, node in enumerate(graph.nodes):
         if node.op in SHAPE_OPS_KEPT:
             return None
         if node.op not in _POINTWISE_SKIP:
             out = node.out
             if not hasattr(out, "shape") or out.shape != x.shape or out.dtype != "torch.float32":
                 return None
-        index = graph.nodes.index(node)
         if node.op in _POINTWISE_SKIP:
             src = node.args[0] if node.args else None
             if isinstance(src, Ref) and (src.kind == "input" or src.index in names) and src.info.shape == x.shape:

@@ -67,6 +67,20 @@ __device__ __forceinline__ void cp_async_wait_all() {
 }
 """
 
+# Pipelined copies for tiled kernels: zero-filling past the edges, one commit group per stage, wait for all but N.
+CP_ASYNC_PIPELINE = r"""
+// 16-byte asynchronous global -> shared copy (sm_80+); a source size of 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+"""
+
 CLUSTER = r"""
 // Thread-block cluster helpers (sm_90): rank in the cluster, a cluster-wide barrier, and loads from a
 // neighbour block's shared memory (distributed shared memory).

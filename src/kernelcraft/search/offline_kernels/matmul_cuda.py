@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kernelcraft.search.offline_kernels import cuda_common as cc
 from kernelcraft.search.offline_kernels import matmul_wgmma as wg
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
@@ -313,18 +314,6 @@ def _simt(f: dict, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-_CP_ASYNC = r"""
-// 16-byte asynchronous global -> shared copy (sm_80+); a source size of 0 fills the 16 bytes with zeros.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
-}
-"""
 
 _MMA = r"""
 // One warp-wide tensor-core product D += A(16x8, row) * B(8x8, col), TF32 inputs, float32 accumulate. Fragment
@@ -408,7 +397,7 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
                if vecfrag else ["#define BS_AT(r, c) ((r) * LDB + (c))"]),
              f"#define LA (BM * BK / ({vec} * NT))", f"#define LB (BK * BN / ({vec} * NT))", "", _raster(f), _MMA]
     if cp:
-        lines.append(_CP_ASYNC)
+        lines.append(cc.CP_ASYNC_PIPELINE)
     if io.helpers:
         lines.append(io.helpers)
     def split(x: str, hi: str, lo: str) -> list[str]:

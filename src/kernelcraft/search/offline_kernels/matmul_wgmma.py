@@ -18,6 +18,8 @@ round-to-nearest float adds.
 
 from __future__ import annotations
 
+from kernelcraft.search.offline_kernels import cuda_common as cc
+
 NS = (64, 128, 256)
 BKS = (32, 64)
 
@@ -60,15 +62,6 @@ def _wgmma_fn(n: int) -> str:
 
 
 _HELPERS = r"""
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
-}
 // Shared-memory matrix descriptor, canonical K-major layout without swizzle: core matrices (8 rows x 16 bytes)
 // are LBO bytes apart along K and SBO bytes apart along M (or N); addresses and offsets are stored >> 4.
 __device__ __forceinline__ unsigned long long smem_desc(const float* p) {
@@ -117,7 +110,7 @@ def source(f: dict, name: str, raster: str) -> str:
              "#define A_TILE (BM * BK)", "#define B_TILE (BN * BK)",
              f"#define PARTS {2 if three else 1}  // hi (and lo) copies of each tile",
              "#define STAGE (PARTS * (A_TILE + B_TILE))", "#define LBO 128", "#define SBO (KQ * 128)",
-             raster, _HELPERS, _wgmma_fn(f["bn"])]
+             raster, cc.CP_ASYNC_PIPELINE, _HELPERS, _wgmma_fn(f["bn"])]
     split = []
     if three:
         split = ["// split the chunks this thread copied: hi = the top 19 bits (what TF32 reads), lo = the rest",

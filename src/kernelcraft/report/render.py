@@ -26,7 +26,7 @@ import yaml
 from markupsafe import Markup
 
 from kernelcraft.report.charts import trajectory_svg
-from kernelcraft.report.suite import metrics, problem_table
+from kernelcraft.report.suite import cause, metrics, problem_table
 from kernelcraft.report.table import DUPLICATE_PREFIX, as_bool, as_float, as_int, speedup_text
 
 TEMPLATE_NAME = "report.html.j2"
@@ -179,16 +179,6 @@ def _diff_lines(parent_source: str | None, source: str, parent_id: str, candidat
             kind = "ctx"
         lines.append({"kind": kind, "text": line})
     return lines
-
-
-def _cause(problem: Mapping[str, Any]) -> str:
-    """Why a problem has no kernel to show: not searched, or its most common failure cause; "" when it has one."""
-    if problem.get("supported") is False:
-        return "not searched"
-    if isinstance(problem.get("best"), Mapping):
-        return ""
-    failures = problem.get("failures")
-    return next(iter(failures), "no candidate") if isinstance(failures, Mapping) and failures else "no candidate"
 
 
 def _best_view(best: Mapping[str, Any], eager_ms: float | None, compile_ms: float | None) -> dict[str, Any]:
@@ -377,7 +367,7 @@ def _problem_view(problem: Mapping[str, Any], taken: set[str]) -> dict[str, Any]
         "supported": supported is not False,
         "unsupported_reason": _text(problem.get("unsupported_reason")),
         "family": _text(problem.get("family")),
-        "cause": _cause(problem),
+        "cause": cause(dict(problem)),
         "eager_ms": eager_ms,
         "eager_iqr_ms": eager_iqr,
         "eager_wide_spread_pct": spread_pct(eager_iqr, eager_ms),

@@ -28,25 +28,32 @@ def problem_table(summary: dict) -> pd.DataFrame:
     rows = []
     for p in summary.get("problems", []):
         best = p.get("best") or {}
-        failures = p.get("failures") or {}
-        if not p.get("supported", True):
-            cause = "not searched: " + (p.get("unsupported_reason") or "no proposer supports it")
-        elif not best:
-            cause = next(iter(failures), "no candidate finished")
-        else:
-            cause = ""
+        why = cause(p)
+        if why == "not searched":
+            why += ": " + (p.get("unsupported_reason") or "no proposer supports it")
         rows.append({
             "problem": p["id"], "family": p.get("family") or "", "op": p.get("op") or "",
             "searched": bool(p.get("supported", True)), "correct": bool(best),
             "eager_ms": p.get("eager_ms"), "compile_ms": p.get("compile_ms"), "best_ms": best.get("time_ms"),
             "speedup_eager": best.get("speedup_eager"), "speedup_compile": best.get("speedup_compile"),
-            "pct_of_floor": best.get("pct_of_floor"), "round": best.get("round"), "cause": cause,
+            "pct_of_floor": best.get("pct_of_floor"), "round": best.get("round"), "cause": why,
         })
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     for col in ("eager_ms", "compile_ms", "best_ms", "speedup_eager", "speedup_compile", "pct_of_floor"):
         table[col] = pd.to_numeric(table[col], errors="coerce").astype("float64")
     table["round"] = pd.to_numeric(table["round"], errors="coerce").astype("Int64")
     return table
+
+
+def cause(problem: dict) -> str:
+    """Why a problem has no kernel to show: "not searched", or its most common failure cause; "" when it has one."""
+    if problem.get("supported") is False:
+        return "not searched"
+    if problem.get("best"):
+        return ""
+    failures = problem.get("failures")
+    return next(iter(failures), "no candidate finished") if isinstance(failures, dict) and failures else \
+        "no candidate finished"
 
 
 def fast_p(table: pd.DataFrame, p: float, against: str = "eager") -> float | None:

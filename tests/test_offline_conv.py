@@ -81,14 +81,18 @@ def test_the_suites_convolutions_are_searched_on_both_backends_with_their_geomet
 
 
 @pytest.mark.parametrize("conv,why", [
-    ("4, 8, 3, groups=2", "kernel [3, 3], groups 2"),
-    ("4, 8, (3, 5)", "kernel [3, 5], groups 1"),
     ("4, 8, 3, padding='same'", "numeric zero padding"),
     ("4, 8, 3, padding=1, padding_mode='reflect'", "the graph holds reflection_pad2d(f32[1,4,9,9]) -> convolution("),
 ])
 def test_convolutions_outside_the_family_are_refused_with_the_reason(tmp_path, conv, why):
     prob = conv_problem(tmp_path, "c", conv, (1, 4, 9, 9))
     assert why in OfflineProposer(0).why_unsupported(prob, "cuda")
+
+
+@pytest.mark.parametrize("conv", ["4, 8, 3, groups=2", "4, 8, (3, 5)", "4, 8, 3, stride=(1, 2)"])
+def test_grouped_and_asymmetric_convolutions_go_to_the_window_family(tmp_path, conv):
+    spec = describe(conv_problem(tmp_path, "c", conv, (1, 4, 9, 9)))
+    assert (spec.family, spec.op) == ("window", "conv")
 
 
 def test_model_new_rebuilds_the_reference_convolution_so_the_same_seed_gives_the_same_weights(tmp_path):

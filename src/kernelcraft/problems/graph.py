@@ -167,7 +167,9 @@ def _to_graph(gm: Any, inputs: list, params: dict, by_id: dict[int, str]) -> OpG
             else:
                 out = _info(val)
             nodes.append(OpNode(op, overload, conv(tuple(node.args)), conv(dict(node.kwargs)), out))
-            info = out if isinstance(out, TensorInfo) else None
+            # a node with several results (max pooling with indices, native_layer_norm, ...) is referred to by its
+            # first one, which is what a getitem(node, 0) reads
+            info = out if isinstance(out, TensorInfo) else (out[0] if out and isinstance(out[0], TensorInfo) else None)
             if info is not None:
                 index[node.name] = Ref("node", len(nodes) - 1, info)
         elif node.op == "output":

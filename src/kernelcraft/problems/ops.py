@@ -30,7 +30,7 @@ OPS: tuple[str, ...] = (
     "conv2d_relu_maxpool",
 )
 
-_FAMILIES: dict[str, str] = {
+FAMILIES: dict[str, str] = {
     "relu": "elementwise",
     "gelu": "elementwise",
     "pointwise": "elementwise",  # graph-only: a chain of elementwise ops (problems/recognise.py), not a source tag
@@ -42,11 +42,13 @@ _FAMILIES: dict[str, str] = {
     "matmul": "matmul",
     "conv2d": "conv",
     "conv2d_relu_maxpool": "conv",
+    "conv": "window",  # graph-only: any N-d, grouped, dilated or transposed convolution the conv family does not take
+    "pool": "window",  # graph-only: N-d max or average pooling
 }
 
 
 def op_family(op: str | None) -> str | None:
-    """The kernel family of an op tag ("elementwise", "rowwise", "matmul", "conv"); None for None or an
+    """The kernel family of an op tag ("elementwise", "rowwise", "matmul", "conv", "window"); None for None or an
     unknown tag.
 
     Families group ops that share a kernel skeleton (one thread per element, one block per row, tiled GEMM,
@@ -54,7 +56,7 @@ def op_family(op: str | None) -> str | None:
     """
     if op is None:
         return None
-    return _FAMILIES.get(op)
+    return FAMILIES.get(op)
 
 
 @dataclass(frozen=True)

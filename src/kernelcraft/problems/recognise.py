@@ -43,7 +43,7 @@ class Recognition:
         return f"no offline family fits: {self.reason}"
 
 
-HIDDEN_PARAMS = ("body",)  # long generated text a listing does not show
+HIDDEN_PARAMS = ("body", "in_shape", "out_shape")  # long generated text a listing does not show
 
 
 class _Miss(Exception):
@@ -161,6 +161,8 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
 
 def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     x = node.args[0] if node.args else None
+    if node.op in POOL_OPS:
+        return _pool(graph, node)
     if node.op not in ("aten.mm", "aten.convolution") and not _is_input(x, 0):
         return None
     _float32(graph, node)
@@ -203,17 +205,90 @@ def _conv(graph: OpGraph, node: OpNode) -> tuple[str, dict]:
     x, w = node.args[0], node.args[1]
     if not _is_input(x, 0) or not (isinstance(w, Ref) and w.kind == "param"):
         raise _Miss("a convolution of a computed input or with weights that are not the model's parameters")
-    stride, padding, dilation = (list(node.args[i]) for i in (3, 4, 5))
-    transposed, groups = node.args[6], node.args[8]
+    stride, padding, dilation, output_padding = (list(node.args[i]) for i in (3, 4, 5, 7))
+    transposed, groups = bool(node.args[6]), int(node.args[8])
     kernel = list(w.info.shape[2:])
-    what = f"{'transposed ' if transposed else ''}{len(kernel)}-D convolution, kernel {kernel}, groups {groups}"
-    if transposed or len(kernel) != 2 or groups != 1 or len(set(kernel)) != 1:
-        raise _Miss(f"a {what} (the conv family takes 2-D, square kernel, groups 1, not transposed)")
-    if len(set(stride)) != 1 or len(set(padding)) != 1 or len(set(dilation)) != 1:
-        raise _Miss(f"a {what} with stride {stride}, padding {padding}, dilation {dilation} (the conv family takes "
-                    "the same value along both axes)")
-    return "conv2d", {"kernel_size": kernel[0], "stride": stride[0], "padding": padding[0],
-                      "dilation": dilation[0], "groups": 1}
+    if not 1 <= len(kernel) <= 3:
+        raise _Miss(f"a {len(kernel)}-D convolution (the window family takes 1-D, 2-D and 3-D)")
+    if (not transposed and len(kernel) == 2 and groups == 1 and len(set(kernel)) == 1 and len(set(stride)) == 1
+            and len(set(padding)) == 1 and len(set(dilation)) == 1):
+        return "conv2d", {"kernel_size": kernel[0], "stride": stride[0], "padding": padding[0],
+                          "dilation": dilation[0], "groups": 1}
+    # every other convolution: the window family's direct (or gathering, when transposed) kernel
+    out = node.out if isinstance(node.out, TensorInfo) else None
+    if out is None:
+        return None
+    return "conv", {"nd": len(kernel), "kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+                    "groups": groups, "transposed": transposed, "output_padding": output_padding,
+                    "in_shape": list(x.info.shape), "out_shape": list(out.shape)}
+
+
+POOL_OPS = ("aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.max_pool2d_with_indices",
+            "aten.max_pool3d_with_indices", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d")
+# Views that only reshape (a contiguous tensor stays contiguous, element order unchanged): a kernel indexing
+# flat memory reads the graph input through them as it is.
+_RESHAPES = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten.unsqueeze", "aten.squeeze",
+                       "aten.clone", "aten.contiguous", "aten.alias", "aten.detach", "aten.flatten",
+                       "aten.unflatten", "aten.lift_fresh_copy"})
+
+
+def _reshaped_input(graph: OpGraph, a: Any) -> bool:
+    """``a`` is the first graph input, possibly through views that only reshape it."""
+    while isinstance(a, Ref) and a.kind == "node":
+        node = graph.nodes[a.index]
+        if node.op not in _RESHAPES or not node.args:
+            return False
+        a = node.args[0]
+    return _is_input(a, 0)
+
+
+def _is_output(graph: OpGraph, node: OpNode) -> bool:
+    """The forward returns ``node``'s (first) result, possibly through views that only reshape it."""
+    if len(graph.outputs) != 1:
+        return False
+    a = graph.outputs[0]
+    while isinstance(a, Ref) and a.kind == "node":
+        current = graph.nodes[a.index]
+        if current is node:
+            return True
+        if current.op == "getitem" and current.args[1] == 0 or current.op in _RESHAPES:
+            a = current.args[0]
+        else:
+            return False
+    return False
+
+
+def _pool(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
+    """Max or average pooling of the input (1-D pooling traces as 2-D on an unsqueezed view): the window family
+    reads the input through the view as it is, so the kernel works on the traced shapes."""
+    x = node.args[0]
+    if not _reshaped_input(graph, x) or not _is_output(graph, node):
+        return None
+    _float32(graph, node)
+    out = node.out[0] if isinstance(node.out, tuple) else node.out
+    nd = len(x.info.shape) - 2
+    kernel = list(_arg(node, 1, "kernel_size", []))
+    kernel = kernel * nd if len(kernel) == 1 else kernel
+    stride = list(_arg(node, 2, "stride", []) or kernel)
+    stride = stride * nd if len(stride) == 1 else stride
+    padding = list(_arg(node, 3, "padding", [0]))
+    padding = padding * nd if len(padding) == 1 else padding
+    params: dict[str, Any] = {"kind": "max" if "max_pool" in node.op else "avg", "nd": nd, "kernel": kernel,
+                              "stride": stride, "padding": padding, "in_shape": list(x.info.shape),
+                              "out_shape": list(out.shape)}
+    if params["kind"] == "max":
+        dilation = list(_arg(node, 4, "dilation", [1]))
+        params["dilation"] = dilation * nd if len(dilation) == 1 else dilation
+        params["ceil_mode"] = bool(_arg(node, 5, "ceil_mode", False))
+    else:
+        params["dilation"] = [1] * nd
+        params["ceil_mode"] = bool(_arg(node, 4, "ceil_mode", False))
+        params["count_include_pad"] = bool(_arg(node, 5, "count_include_pad", True))
+        params["divisor_override"] = _arg(node, 6, "divisor_override", None)
+    if not (len(kernel) == len(stride) == len(padding) == len(params["dilation"]) == nd) or not 1 <= nd <= 3:
+        raise _Miss(f"a {nd}-D pooling with kernel {kernel}, stride {stride}, padding {padding} (the window "
+                    "family takes 1-D to 3-D pooling with one value per spatial dimension)")
+    return "pool", params
 
 
 def _rmsnorm(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:

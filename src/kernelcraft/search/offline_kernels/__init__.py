@@ -19,6 +19,8 @@ from kernelcraft.search.offline_kernels import (
     matmul_cuda,
     rowwise_c,
     rowwise_cuda,
+    window_c,
+    window_cuda,
 )
 from kernelcraft.search.offline_kernels.candidate import assemble
 from kernelcraft.search.offline_kernels.opspec import OpSpec
@@ -34,6 +36,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("matmul", "cpu"): matmul_c,
     ("conv", "cuda"): conv_cuda,
     ("conv", "cpu"): conv_c,
+    ("window", "cuda"): window_cuda,
+    ("window", "cpu"): window_c,
 }
 
 

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kernelcraft.search.offline_kernels import cuda_common, matmul_cuda, matmul_wgmma, rowwise_cuda
+from kernelcraft.search.offline_kernels import (
+    cuda_common,
+    matmul_cuda,
+    matmul_wgmma,
+    rowwise_cuda,
+    window_c,
+    window_cuda,
+)
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 KINDS = ("memory access", "asynchronous work and latency hiding", "data type and precision",
@@ -64,6 +71,10 @@ def context(spec: OpSpec, child: dict) -> dict:
         if child.get("algo") == "mma":
             ctx["T"] = matmul_cuda.mma_threads(child)
             ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
+    if spec.family == "window":
+        g = spec.geometry
+        ctx |= {"kk": window_cuda.kernel_volume(spec), "cing": g["cin"] // g["groups"], "cout": g["cout"],
+                "what": "convolution" if spec.op == "conv" else "pooling"}
     if spec.family == "matmul":
         ctx["M"], ctx["N"], ctx["K"] = spec.mnk
         if child.get("algo") == "mma":
@@ -725,7 +736,152 @@ CONV_C: list[Idea] = [
          when=lambda s, f: f.get("acc") == "double"),
 ]
 
+def _conv_op(spec: OpSpec, f: dict) -> bool:
+    return spec.op == "conv"
+
+
+def _gather(spec: OpSpec, f: dict) -> bool:
+    """A transposed convolution with a stride above one: most taps are of the wrong stride phase."""
+    g = spec.geometry
+    return spec.op == "conv" and bool(g["transposed"]) and max(g["s0"], g["s1"], g["s2"]) > 1
+
+
+def _not_gather(spec: OpSpec, f: dict) -> bool:
+    return not spec.geometry["transposed"]
+
+
+def _cpt(n: int) -> Callable[[OpSpec, dict], bool]:
+    return lambda spec, f: n in window_cuda.cpts(spec) and f.get("cpt", 1) != n
+
+
+def _wsmem_ok(spec: OpSpec, f: dict) -> bool:
+    return window_cuda.wsmem_fits(spec, f.get("cpt", 1))
+
+
+def _channels_in_group(spec: OpSpec, f: dict) -> bool:
+    """Several input channels per group: loop order and prefetching across channels matter."""
+    return spec.op == "conv" and spec.geometry["cin"] // spec.geometry["groups"] > 1
+
+
+WINDOW_CUDA: list[Idea] = [
+    Idea("opt2", COMP, "Let each thread compute two neighbouring outputs along the innermost dimension: every "
+         "weight it loads feeds two multiply-adds and overlapping windows share cached input rows.", {"opt": 2}, 2.5),
+    Idea("opt4", COMP, "Let each thread compute four neighbouring outputs along the innermost dimension, keeping "
+         "four accumulators per channel in registers.", {"opt": 4}, 2.0),
+    Idea("cpt2", COMP, "Register-block two output channels of the same group per thread: each input value loaded "
+         "feeds two multiply-adds.", {"cpt": 2}, 2.0, when=_cpt(2)),
+    Idea("cpt4", COMP, "Register-block four output channels of the same group per thread: each input value loaded "
+         "feeds four multiply-adds, quartering the input traffic through L1.", {"cpt": 4}, 2.5, when=_cpt(4)),
+    Idea("cpt8", COMP, "Register-block eight output channels per thread (32 accumulators with four outputs): the "
+         "{cing}-channel input window is read once for eight channels.", {"cpt": 8}, 1.5, when=_cpt(8)),
+    Idea("wsmem", MEM, "Stage the block's weights ({cing} channels x {kk} taps per output channel) in shared memory "
+         "once, so the inner loop's weight reads are shared-memory broadcasts instead of global loads.",
+         {"wsmem": True}, 2.0, when=_wsmem_ok),
+    Idea("ldg", MEM, "Read the input and weights through the read-only data cache (__ldg): the windows of "
+         "neighbouring threads overlap, and the texture path keeps the reused lines.", {"load": "ldg"}, 1.5),
+    Idea("restrict", MEM, "Declare every pointer __restrict__, so the compiler may keep loaded values in registers "
+         "and reorder loads across the stores.", {"restrict": True}, 1.0),
+    Idea("unroll", CTRL, "Fully unroll the loops over the {kk} kernel taps (their bounds are compile-time "
+         "constants), so the tap offsets become immediates and the loads can be issued back to back.",
+         {"unroll": True}, 2.0),
+    Idea("interior", CTRL, "Split each thread's work into a branch-free path for windows lying wholly inside the "
+         "input (almost all of them) and the bounds-tested path for the borders.", {"interior": True}, 2.0,
+         when=_not_gather),
+    Idea("taps_outer", CTRL, "Loop over the kernel taps outside the {cing} input channels: each tap's bounds (and "
+         "stride phase) are found once and reused by every channel, instead of once per channel.",
+         {"order": "taps"}, 1.8, when=_channels_in_group),
+    Idea("phase", CTRL, "Step over the kernel taps of this output's stride phase only (k = (o + pad) mod stride, then "
+         "every stride-th tap), instead of visiting every tap and testing its divisibility.", {"phase": True}, 2.5,
+         when=_gather),
+    Idea("idx32", COMP, "Index with 32-bit integers (every offset fits): the address arithmetic in the tap loops "
+         "takes half the instructions of 64-bit.", {"idx32": True}, 1.2),
+    Idea("threads128", PAR, "Use 128-thread blocks: twice as many blocks, so the tail of the grid leaves fewer SMs "
+         "idle and more blocks share each SM's latency hiding.", {"threads": 128}, 1.0),
+    Idea("threads512", PAR, "Use 512-thread blocks: one block's threads cover more of an output plane, so "
+         "neighbouring windows hit the same L1 lines.", {"threads": 512}, 0.8),
+    Idea("threads64", PAR, "Use 64-thread blocks, so a plane's few outputs spread over more SMs.", {"threads": 64},
+         0.5),
+    Idea("launch_min2", PAR, "Bound the kernel to two resident 256-thread blocks per SM (__launch_bounds__), so the "
+         "compiler keeps the register-blocked accumulators without spilling.", {"launch_min": 2}, 0.8),
+    Idea("launch_min4", PAR, "Ask __launch_bounds__ for four resident blocks per SM: fewer registers per thread, "
+         "more warps to hide the input loads' latency.", {"launch_min": 4}, 0.7),
+    Idea("raster_channels", PAR, "Order the grid with the channel blocks fastest, so the blocks running at once read "
+         "the same input tile and it is served from L2 instead of HBM.", {"raster": "channels"}, 1.2,
+         when=_conv_op),
+    Idea("l2_prefetch", ASYNC, "Prefetch the next input channel's rows into L2 while this channel's taps are being "
+         "multiplied, so the channel loop does not stall on HBM.", {"l2_prefetch": True}, 1.0,
+         when=_channels_in_group),
+    Idea("acc_double", PREC, "Accumulate each output's {kk}-tap sums in double and round once at the store.",
+         {"acc": "double"}, 0.4),
+    Idea("acc_float", PREC, "Accumulate in float again: the double accumulators cost a 64-bit add per tap.",
+         {"acc": "float"}, 1.0, when=lambda s, f: f.get("acc") == "double"),
+    Idea("blocked_smem", MEM, "Register-block four channels per thread and stage their weights in shared memory: "
+         "one broadcast weight read feeds four outputs' accumulators.", {"cpt": 4, "wsmem": True}, 1.5,
+         when=lambda s, f: 4 in window_cuda.cpts(s) and window_cuda.wsmem_fits(s, 4) and f.get("cpt", 1) < 4),
+    Idea("wide_unrolled", COMP, "Compute four outputs per thread with the tap loops fully unrolled, so every input "
+         "row load is reused across the four outputs from registers.", {"opt": 4, "unroll": True}, 1.5,
+         when=lambda s, f: f.get("opt", 1) < 4),
+]
+
+WINDOW_C: list[Idea] = [
+    Idea("omp_planes", PAR, "Parallelise over output planes (image, block of channels) with OpenMP: each core owns "
+         "whole planes, so no two threads write the same output.", {"par": "omp"}, 4.0),
+    Idea("collapse", PAR, "Collapse the image and channel loops into one parallel loop, so a small batch still "
+         "gives every core planes.", {"par": "omp", "collapse": True}, 1.5),
+    Idea("dynamic", PAR, "Hand planes to cores dynamically, one at a time, so border-heavy planes do not hold up a "
+         "statically scheduled core.", {"par": "omp", "schedule": "dynamic"}, 0.8),
+    Idea("guided", PAR, "Use guided scheduling: large chunks first, smaller ones as the planes run out.",
+         {"par": "omp", "schedule": "guided"}, 0.6),
+    Idea("bind_close", PAR, "Bind OpenMP threads close to their parent (proc_bind(close)), so a thread keeps its "
+         "core's cache across planes.", {"par": "omp", "proc_bind": "close"}, 0.5),
+    Idea("bind_spread", PAR, "Spread OpenMP threads over the cores (proc_bind(spread)), so each gets a core's whole "
+         "cache.", {"par": "omp", "proc_bind": "spread"}, 0.4),
+    Idea("if_parallel", PAR, "Fork threads only when the {what} has enough work to pay for waking them.",
+         {"par": "omp", "if_parallel": True}, 0.4),
+    Idea("rows", MEM, "Accumulate a whole output row at a time in the output itself, tap by tap: the inner loop "
+         "runs over output columns with the input's edges computed once per tap, not tested per element.",
+         {"order": "rows"}, 3.0),
+    Idea("simd", COMP, "Mark the row loop #pragma omp simd so it compiles to vector multiply-adds over output "
+         "columns.", {"order": "rows", "simd": True}, 1.8),
+    Idea("kblock2", COMP, "Compute two output channels of the same group at once: each input value loaded feeds two "
+         "multiply-adds.", {"kblock": 2}, 1.5, when=lambda s, f: 2 in window_c.kblocks(s)),
+    Idea("kblock4", COMP, "Compute four output channels at once: each input value loaded feeds four multiply-adds.",
+         {"kblock": 4}, 2.0, when=lambda s, f: 4 in window_c.kblocks(s)),
+    Idea("kblock8", COMP, "Compute eight output channels at once: the input row is streamed once for eight "
+         "accumulating output rows.", {"kblock": 8}, 1.2, when=lambda s, f: 8 in window_c.kblocks(s)),
+    Idea("interior", CTRL, "Give windows wholly inside the input a loop without bounds tests; only border outputs "
+         "take the tested path.", {"interior": True}, 1.5,
+         when=lambda s, f: f.get("order", "direct") == "direct" and _not_gather(s, f)),
+    Idea("unroll4", CTRL, "Unroll the innermost tap loop by four (#pragma GCC unroll 4).", {"unroll": 4}, 0.8,
+         when=lambda s, f: f.get("order", "direct") == "direct"),
+    Idea("unroll8", CTRL, "Unroll the innermost tap loop by eight, so short kernels run without loop overhead.",
+         {"unroll": 8}, 0.6, when=lambda s, f: f.get("order", "direct") == "direct"),
+    Idea("restrict", MEM, "Declare the input, weight and output pointers restrict, so the compiler may keep loads in "
+         "registers across the stores.", {"restrict": True}, 0.8),
+    Idea("prefetch", ASYNC, "Prefetch the next input channel's row (__builtin_prefetch) while this channel's taps "
+         "accumulate, so the row loop does not wait on memory.", {"order": "rows", "prefetch": True}, 0.8,
+         when=_channels_in_group),
+    Idea("acc_double", PREC, "Accumulate each output's products in double and round once.", {"acc": "double"}, 0.4,
+         when=lambda s, f: f.get("order", "direct") == "direct"),
+    Idea("acc_float", PREC, "Accumulate in float again: double accumulators halve the vector width.",
+         {"acc": "float"}, 1.0, when=lambda s, f: f.get("acc") == "double"),
+    Idea("rows_parallel", PAR, "Accumulate rows tap by tap and spread the planes over every core with OpenMP.",
+         {"order": "rows", "par": "omp"}, 2.0),
+    Idea("rows_blocked", COMP, "Accumulate rows for four output channels at once, so each input row read feeds four "
+         "output rows.", {"order": "rows", "kblock": 4}, 1.5, when=lambda s, f: 4 in window_c.kblocks(s)),
+    Idea("rows_simd_parallel", COMP, "Vectorised row accumulation (#pragma omp simd) on every core.",
+         {"order": "rows", "simd": True, "par": "omp"}, 1.5),
+    Idea("direct_again", CTRL, "Go back to one output at a time with every tap: for tiny rows the per-tap range "
+         "computation costs more than it saves.", {"order": "direct", "simd": False}, 0.3,
+         when=lambda s, f: f.get("order") == "rows" and s.geometry["o2"] < 16),
+    Idea("collapse_dynamic", PAR, "Collapse images and channels into one loop scheduled dynamically, so cores stay "
+         "busy to the last plane.", {"par": "omp", "collapse": True, "schedule": "dynamic"}, 0.6),
+]
+
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("window", "cuda"): WINDOW_CUDA,
+    ("window", "cpu"): WINDOW_C,
     ("conv", "cuda"): CONV_CUDA,
     ("conv", "cpu"): CONV_C,
     ("matmul", "cuda"): MATMUL_CUDA,

@@ -18,12 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ELEMENTWISE_OPS = ("relu", "gelu", "pointwise")
-ROWWISE_OPS = ("softmax", "log_softmax", "layernorm", "rmsnorm", "sum_lastdim")
-MATMUL_OPS = ("matmul",)
-CONV_OPS = ("conv2d", "conv2d_relu_maxpool")
-FAMILIES = {**{op: "elementwise" for op in ELEMENTWISE_OPS}, **{op: "rowwise" for op in ROWWISE_OPS},
-            **{op: "matmul" for op in MATMUL_OPS}, **{op: "conv" for op in CONV_OPS}}
+from kernelcraft.problems.ops import FAMILIES
 
 
 class Unsupported(ValueError):
@@ -108,6 +103,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_matmul(problem, module, init_inputs, inputs)
     if FAMILIES[op] == "conv":
         return _describe_conv(problem, module, init_inputs, inputs, op)
+    if FAMILIES[op] == "window":
+        return _describe_window(problem, module, init_inputs, inputs, op, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
     x = inputs[0]
@@ -284,6 +281,156 @@ def _describe_conv(problem: Any, module: Any, init_inputs: list, inputs: list, o
     torch.manual_seed(0)
     _probe_conv(spec, module.Model(*init_inputs))
     return spec
+
+
+_CONV_MODULES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+
+
+def _padded3(values: list, fill: int) -> list[int]:
+    """Per-dimension values of a 1-D to 3-D window as three (leading dimensions of size one added)."""
+    return [fill] * (3 - len(values)) + [int(v) for v in values]
+
+
+def _describe_window(problem: Any, module: Any, init_inputs: list, inputs: list, op: str, params: dict) -> OpSpec:
+    """A convolution (any of nn.Conv1d/2d/3d and nn.ConvTranspose1d/2d/3d: groups, dilation, asymmetric kernels,
+    output padding) or a max/average pooling, as a window over a 3-D volume: 1-D and 2-D ones get leading
+    dimensions of size one, so one kernel skeleton serves all. The kernel reads the graph's view of the input
+    (1-D pooling traces as 2-D on an unsqueezed view) as flat memory, so the input and output shapes are the
+    traced operation's and the forward only checks the reference's input shape."""
+    import torch
+    import torch.nn as nn
+
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+        raise Unsupported(f"{op}: expected one input tensor")
+    x = inputs[0]
+    if x.dtype != torch.float32:
+        raise Unsupported(f"{op}: input dtype is {x.dtype}; the generators write float32 kernels")
+    in_shape, out_shape = tuple(params["in_shape"]), tuple(params["out_shape"])
+    if math.prod(in_shape) != x.numel():
+        raise Unsupported(f"{op}: the traced operation reads {in_shape}, not a reshaped view of the input")
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    nd = len(in_shape) - 2
+    n, cin = in_shape[:2]
+    cout = out_shape[1]
+    geom = {"nd": nd, "n": n, "cin": cin, "cout": cout, "groups": 1, "transposed": 0, "bias": 0, "pool": 0,
+            "cip": 1, "div": 0}
+    for axis, (i, o, k, s_, p_, d) in enumerate(zip(_padded3(list(in_shape[2:]), 1), _padded3(list(out_shape[2:]), 1),
+                                                    _padded3(params["kernel"], 1), _padded3(params["stride"], 1),
+                                                    _padded3(params["padding"], 0), _padded3(params["dilation"], 1),
+                                                    strict=True)):
+        geom |= {f"i{axis}": i, f"o{axis}": o, f"k{axis}": k, f"s{axis}": s_, f"p{axis}": p_, f"d{axis}": d}
+    init_body: tuple[str, ...] = ()
+    weight = bias = None
+    if op == "conv":
+        convs = [(name, m) for name, m in model.named_modules() if type(m).__name__ in _CONV_MODULES
+                 and type(m) is getattr(nn, type(m).__name__)]
+        if len(convs) != 1 or not convs[0][0] or "." in convs[0][0]:
+            raise Unsupported("conv: expected exactly one torch.nn convolution attribute on the Model")
+        attr, conv = convs[0]
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise Unsupported(f"conv: padding={conv.padding!r}, padding_mode={conv.padding_mode!r}; only numeric "
+                              "zero padding is generated")
+        named = dict(model.named_parameters())
+        expected = {f"{attr}.weight"} | ({f"{attr}.bias"} if conv.bias is not None else set())
+        if set(named) != expected or dict(model.named_buffers()):
+            extra = sorted(set(named) - expected)
+            raise Unsupported(f"conv: the Model holds tensors besides its convolution's ({extra})")
+        geom |= {"groups": int(conv.groups), "transposed": int(bool(conv.transposed)),
+                 "bias": int(conv.bias is not None)}
+        if cin != conv.in_channels or cout != conv.out_channels or cin % conv.groups or cout % conv.groups:
+            raise Unsupported(f"conv: channels {cin}->{cout} do not fit the module's {conv.in_channels}->"
+                              f"{conv.out_channels} in {conv.groups} groups")
+        kwargs = [f"kernel_size={tuple(conv.kernel_size)!r}", f"stride={tuple(conv.stride)!r}",
+                  f"padding={tuple(conv.padding)!r}", f"dilation={tuple(conv.dilation)!r}",
+                  f"groups={conv.groups}", f"bias={conv.bias is not None}"]
+        if conv.transposed:
+            kwargs.insert(3, f"output_padding={tuple(conv.output_padding)!r}")
+        init_body = (f"self.{attr} = nn.{type(conv).__name__}({conv.in_channels}, {conv.out_channels}, "
+                     + ", ".join(kwargs) + ")",)
+        weight = f"self.{attr}.weight"
+        bias = f"self.{attr}.bias" if conv.bias is not None else None
+    else:
+        state = [*model.named_parameters(), *model.named_buffers()]
+        if state:
+            raise Unsupported(f"pool: the reference holds tensors ({', '.join(k for k, _ in state)})")
+        if cin != cout:
+            raise Unsupported(f"pool: {cin} channels in, {cout} out")
+        divisor = params.get("divisor_override")
+        geom |= {"pool": 1 if params["kind"] == "max" else 2, "cip": int(bool(params.get("count_include_pad", True))),
+                 "div": int(divisor or 0)}
+    if geom["cout"] // max(geom["groups"], 1) > 65535 * 8 or n > 1 << 20:
+        raise Unsupported(f"{op}: {cout} output channels of {n} images exceed the launch grid")
+    user_out = out_shape
+    if op == "pool":  # no parameters, so the reference runs on meta tensors: its own output shape (1-D: squeezed)
+        try:
+            with torch.device("meta"):
+                got = model.to("meta")(x)
+            user_out = tuple(int(v) for v in got.shape)
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported("pool: the reference does not run on meta tensors") from exc
+        if math.prod(user_out) != math.prod(out_shape):
+            raise Unsupported(f"pool: the reference returns {user_out}, not a view of the pooled {out_shape}")
+    spec = OpSpec(problem_id=str(problem.id), op=op, family="window", input_shape=in_shape, out_shape=user_out,
+                  row_dims=1, eps=0.0, keepdim=False, init_signature=_render_signature(module.Model),
+                  init_body=init_body, weight=weight, bias=bias, input_shapes=(tuple(int(v) for v in x.shape),),
+                  conv=tuple(geom.items()))
+    torch.manual_seed(0)
+    _probe_window(spec, module.Model(*init_inputs), params)
+    return spec
+
+
+def window_semantics(spec: OpSpec, x: Any, weight: Any, bias: Any, params: dict) -> Any:
+    """What the window kernels compute, in torch (on the traced view's rank)."""
+    import torch.nn.functional as F
+
+    g, nd = spec.geometry, len(params["kernel"])
+    if spec.op == "conv":
+        stride, pad, dil = params["stride"], params["padding"], params["dilation"]
+        if g["transposed"]:
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
+            return fn(x, weight, bias, stride, pad, params["output_padding"], g["groups"], dil)
+        return (F.conv1d, F.conv2d, F.conv3d)[nd - 1](x, weight, bias, stride, pad, dil, g["groups"])
+    if params["kind"] == "max":
+        fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[nd - 1]
+        return fn(x, params["kernel"], params["stride"], params["padding"], params["dilation"], params["ceil_mode"])
+    fn = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[nd - 1]
+    if nd == 1:
+        return fn(x, params["kernel"], params["stride"], params["padding"], params["ceil_mode"],
+                  params["count_include_pad"])
+    return fn(x, params["kernel"], params["stride"], params["padding"], params["ceil_mode"],
+              params["count_include_pad"], params.get("divisor_override"))
+
+
+def _probe_window(spec: OpSpec, model: Any, params: dict) -> None:
+    """The reference on a small real input (its own channels, a few images, short spatial extents that still hold
+    several windows) must equal the window op with its weights."""
+    import torch
+
+    g = spec.geometry
+    spatial = []
+    for axis in range(3 - (len(spec.input_shape) - 2), 3):
+        reach = (g[f"k{axis}"] - 1) * g[f"d{axis}"] + 1
+        spatial.append(min(g[f"i{axis}"], max(reach - 2 * g[f"p{axis}"], 1) + 3 * g[f"s{axis}"]))
+    probe_in = (min(spec.input_shape[0], 2), spec.input_shape[1], *spatial)
+    if math.prod(probe_in) > 1 << 22:
+        raise Unsupported(f"{spec.op}: even a small probe input {probe_in} is too large to check the reference")
+    user_shape = spec.input_shapes[0]
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.randn(probe_in, generator=gen)
+    # the reference takes its own rank (1-D pooling: the view is unsqueezed inside the forward)
+    ref_in = x.reshape(probe_in[:2] + probe_in[len(probe_in) - (len(user_shape) - 2):]) \
+        if len(user_shape) != len(probe_in) else x
+    with torch.no_grad():
+        try:
+            got = model(ref_in.clone())
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"{spec.op}: the reference fails on a probe input of shape {tuple(ref_in.shape)}") \
+                from exc
+        want = window_semantics(spec, x, _resolve(model, spec.weight), _resolve(model, spec.bias), params)
+    if not isinstance(got, torch.Tensor) or got.numel() != want.numel() or not torch.allclose(
+            got.reshape(want.shape), want, atol=1e-4, rtol=1e-4):
+        raise Unsupported(f"{spec.op}: the reference does not compute the plain {spec.op} on a probe input")
 
 
 def _probe_conv(spec: OpSpec, model: Any) -> None:

@@ -44,6 +44,8 @@ FAMILIES: dict[str, str] = {
     "conv2d_relu_maxpool": "conv",
     "conv": "window",  # graph-only: any N-d, grouped, dilated or transposed convolution the conv family does not take
     "pool": "window",  # graph-only: N-d max or average pooling
+    "reduce": "reduce",  # graph-only: sum/mean/max/min/prod/argmax/argmin over any run of dimensions
+    "normalize": "reduce",  # graph-only: x scaled by statistics of itself over dimensions (softmax, norms)
 }
 
 

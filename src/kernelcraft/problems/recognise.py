@@ -142,6 +142,9 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     rms = _rmsnorm(graph, nodes)
     if rms is not None:
         return rms
+    norm = _normalisation(graph, nodes)
+    if norm is not None:
+        return norm
     if [n.op for n in nodes] == ["aten.convolution", "aten.relu", "aten.max_pool2d_with_indices"]:
         conv, relu, pool = nodes
         op, params = _conv(graph, conv)
@@ -174,15 +177,14 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     if node.op in ("aten._softmax", "aten._log_softmax"):
         dim = _arg(node, 1, "dim", -1)
         name = "softmax" if node.op == "aten._softmax" else "log_softmax"
-        if not _last(dim, rank):
-            raise _Miss(f"{name} over dimension {dim} of a rank-{rank} tensor (the rowwise family normalises the "
-                        "last dimension)")
+        if not _last(dim, rank):  # the reduce family normalises over any dimension
+            return "normalize", {"kind": name, "dims": _dims(dim, rank), "in_shape": list(x.info.shape)}
         return name, {"dim": -1}
-    if node.op == "aten.sum" and node.overload.endswith("dim_IntList"):
-        dims = _arg(node, 1, "dim", None)
-        if not _last(dims, rank):
-            raise _Miss(f"a sum over dimension(s) {dims} of a rank-{rank} tensor (the rowwise family sums the last)")
+    if node.op == "aten.sum" and node.overload.endswith("dim_IntList") \
+            and _last(_arg(node, 1, "dim", None), rank):
         return "sum_lastdim", {"dim": -1, "keepdim": bool(_arg(node, 2, "keepdim", False))}
+    if node.op in REDUCTIONS:
+        return _reduce(graph, node)
     if node.op == "aten.native_layer_norm":
         shape = list(_arg(node, 1, "normalized_shape", []))
         weight, bias = _arg(node, 2, "weight", None), _arg(node, 3, "bias", None)
@@ -313,15 +315,141 @@ def _rmsnorm(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     _float32(graph, square)
     rank = len(x.info.shape)
     dims = _arg(mean, 1, "dim", None)
-    if not _last(dims, rank) or not _arg(mean, 2, "keepdim", False):
-        raise _Miss(f"an RMS norm over dimension(s) {dims} of a rank-{rank} tensor (the rowwise family normalises "
-                    "the last dimension)")
+    if not _arg(mean, 2, "keepdim", False):
+        raise _Miss(f"an RMS norm over dimension(s) {dims} without keepdim")
+    if not _last(dims, rank):  # the reduce family normalises over any dimensions
+        if len(nodes) == 6 or root.op != "aten.sqrt":
+            raise _Miss(f"an RMS norm over dimension(s) {dims} of a rank-{rank} tensor with a weight or rsqrt (the "
+                        "reduce family takes x / sqrt(mean(x^2) + eps) over other dimensions)")
+        return "normalize", {"kind": "rms", "dims": _dims(dims, rank), "eps": add.args[1],
+                             "in_shape": list(x.info.shape)}
     if len(nodes) == 6:
         scale = nodes[5]
         if not _is_node(scale.args[0], apply, graph) or not (isinstance(scale.args[1], Ref)
                                                               and scale.args[1].kind == "param"):
             return None
     return "rmsnorm", {"eps": add.args[1]}
+
+
+# ------------------------------------------------------------------------------------------------ reductions
+
+# ATen reductions over dimensions, and what the reduce family calls them
+REDUCTIONS = {"aten.sum": "sum", "aten.mean": "mean", "aten.amax": "max", "aten.amin": "min", "aten.max": "max",
+              "aten.min": "min", "aten.prod": "prod", "aten.argmax": "argmax", "aten.argmin": "argmin"}
+
+
+def _dims(dim: Any, rank: int) -> list[int]:
+    """Reduced dimensions as sorted non-negative ints (None or [] meaning all of them)."""
+    if dim is None or dim == []:
+        return list(range(rank))
+    dims = dim if isinstance(dim, list | tuple) else [dim]
+    return sorted({int(d) % rank for d in dims})
+
+
+def _runs(dims: list[int], rank: int) -> bool:
+    """The reduce family's layout: reduced dimensions are one contiguous run, optionally with dimension 0 too
+    (batch norm's (N, H, W) around the kept channels)."""
+    rest = [d for d in dims if d != 0] if 0 in dims and len(dims) > 1 and 1 not in dims else dims
+    return bool(rest) and rest == list(range(rest[0], rest[-1] + 1)) and rank > 0
+
+
+def _reduce(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
+    x = node.args[0]
+    if not _is_input(x, 0) or not _is_output(graph, node):
+        return None
+    _float32(graph, node)
+    rank = len(x.info.shape)
+    kind = REDUCTIONS[node.op]
+    if node.op in ("aten.max", "aten.min") and not node.overload.endswith(".dim"):
+        dim, keepdim = None, False  # the whole tensor's max
+    elif node.op in ("aten.argmax", "aten.argmin"):
+        dim, keepdim = _arg(node, 1, "dim", None), bool(_arg(node, 2, "keepdim", False))
+    else:
+        dim, keepdim = _arg(node, 1, "dim", None), bool(_arg(node, 2, "keepdim", False))
+    if node.op == "aten.sum" and node.overload.endswith("default") or node.op == "aten.mean" \
+            and node.overload.endswith("default") or node.op == "aten.prod" and node.overload.endswith("default"):
+        dim, keepdim = None, False
+    dims = _dims(dim, rank) if rank else []
+    if kind in ("argmax", "argmin") and dim is None:
+        dims = list(range(rank))  # over the flattened tensor
+    if not dims or not _runs(dims, rank) or (0 in dims and len(dims) > 1 and dims != list(range(dims[0],
+                                                                                             dims[-1] + 1))):
+        raise _Miss(f"a {kind} over dimension(s) {dims} of a rank-{rank} tensor (the reduce family takes one "
+                    "contiguous run of dimensions)")
+    return "reduce", {"kind": kind, "dims": dims, "keepdim": keepdim, "in_shape": list(x.info.shape)}
+
+
+def _norm_input(graph: OpGraph, a: Any) -> bool:
+    return _reshaped_input(graph, a)
+
+
+def _normalisation(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """x divided by a norm of itself over some dimensions (L1 as mean or sum of |x|, L2, Frobenius), or a batch,
+    instance or group norm (training-mode statistics of the input, optional per-channel affine)."""
+    ops = [n.op for n in nodes]
+    if ops in (["aten.abs", "aten.mean", "aten.div"], ["aten.abs", "aten.sum", "aten.div"]):
+        a, red, div = nodes
+        x = a.args[0]
+        if not (_is_input(x, 0) and _is_node(red.args[0], a, graph) and _is_input(div.args[0], 0)
+                and _is_node(div.args[1], red, graph) and _arg(red, 2, "keepdim", False) and _is_output(graph, div)):
+            return None
+        _float32(graph, a)
+        rank = len(x.info.shape)
+        dims = _dims(_arg(red, 1, "dim", None), rank)
+        if not _runs(dims, rank) or 0 in dims and len(dims) > 1 and dims[0] == 0 and 1 not in dims:
+            raise _Miss(f"an L1 norm over dimension(s) {dims} (the reduce family takes one contiguous run)")
+        kind = "l1mean" if red.op == "aten.mean" else "l1sum"
+        return "normalize", {"kind": kind, "dims": dims, "in_shape": list(x.info.shape)}
+    if ops == ["aten.linalg_vector_norm", "aten.div"]:
+        norm, div = nodes
+        x = norm.args[0]
+        order = _arg(norm, 1, "ord", 2)
+        if not (_is_input(x, 0) and _is_input(div.args[0], 0) and _is_node(div.args[1], norm, graph)
+                and _is_output(graph, div)) or order != 2:
+            return None
+        _float32(graph, norm)
+        rank = len(x.info.shape)
+        dims = _dims(_arg(norm, 2, "dim", None), rank)
+        if dims != list(range(rank)) and not _arg(norm, 3, "keepdim", False):
+            return None
+        if not _runs(dims, rank) or 0 in dims and len(dims) > 1 and 1 not in dims:
+            raise _Miss(f"an L2 norm over dimension(s) {dims} (the reduce family takes one contiguous run)")
+        return "normalize", {"kind": "l2", "dims": dims, "in_shape": list(x.info.shape)}
+    # batch norm (its running-statistics counter bumped first), or instance norm (an affine one repeats its
+    # weight and bias per image)
+    if ops[-1:] == ["aten.native_batch_norm"] and ops[:-1] in ([], ["aten.add_"], ["aten.repeat", "aten.repeat"]):
+        bn = nodes[-1]
+        if ops[0] == "aten.repeat" and not all(isinstance(n.args[0], Ref) and n.args[0].kind == "param"
+                                               and _is_node(bn.args[i], n, graph) for i, n in ((1, nodes[0]),
+                                                                                               (2, nodes[1]))):
+            return None
+        x = bn.args[0]
+        if not _reshaped_input(graph, x) or not _is_output(graph, bn):
+            return None
+        _float32(graph, bn)
+        if not bn.args[5]:
+            raise _Miss("a batch norm in eval mode (running statistics): an elementwise affine map, not searched")
+        user = graph.inputs[0]
+        rank = len(user.shape)
+        affine = bn.args[1] is not None and bn.args[2] is not None
+        common = {"kind": "meanvar", "eps": bn.args[7], "in_shape": list(user.shape), "affine": affine}
+        if _is_input(x, 0):  # batch norm: statistics per channel over the batch and the spatial dimensions
+            return "normalize", common | {"norm": "batch", "dims": [0, *range(2, rank)]}
+        # instance norm: batch norm of the (1, N * C, ...) view, so statistics per image and channel
+        if rank >= 3 and x.info.shape[0] == 1 and x.info.shape[1] == user.shape[0] * user.shape[1]:
+            return "normalize", common | {"norm": "instance", "dims": list(range(2, rank))}
+        return None
+    if ops == ["aten.native_group_norm"]:
+        gn = nodes[0]
+        x = gn.args[0]
+        if not _is_input(x, 0) or not _is_output(graph, gn):
+            return None
+        _float32(graph, gn)
+        groups, eps = gn.args[6], gn.args[7]
+        affine = gn.args[1] is not None and gn.args[2] is not None
+        return "normalize", {"kind": "meanvar", "norm": "group", "dims": list(range(1, len(x.info.shape))),
+                             "eps": eps, "in_shape": list(x.info.shape), "groups": groups, "affine": affine}
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ pointwise

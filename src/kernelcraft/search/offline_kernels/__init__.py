@@ -17,6 +17,8 @@ from kernelcraft.search.offline_kernels import (
     elementwise_cuda,
     matmul_c,
     matmul_cuda,
+    reduce_c,
+    reduce_cuda,
     rowwise_c,
     rowwise_cuda,
     window_c,
@@ -38,6 +40,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("conv", "cpu"): conv_c,
     ("window", "cuda"): window_cuda,
     ("window", "cpu"): window_c,
+    ("reduce", "cuda"): reduce_cuda,
+    ("reduce", "cpu"): reduce_c,
 }
 
 

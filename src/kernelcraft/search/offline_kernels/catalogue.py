@@ -19,6 +19,7 @@ from kernelcraft.search.offline_kernels import (
     cuda_common,
     matmul_cuda,
     matmul_wgmma,
+    reduce_cuda,
     rowwise_cuda,
     window_c,
     window_cuda,
@@ -75,6 +76,10 @@ def context(spec: OpSpec, child: dict) -> dict:
         g = spec.geometry
         ctx |= {"kk": window_cuda.kernel_volume(spec), "cing": g["cin"] // g["groups"], "cout": g["cout"],
                 "what": "convolution" if spec.op == "conv" else "pooling"}
+    if spec.family == "reduce":
+        g = spec.geometry
+        ctx |= {"kept": g["a"] * g["b"], "red": g["r0"] * g["r"], "kind": g["kind"],
+                "what": "statistics" if spec.op == "normalize" else "reduction"}
     if spec.family == "matmul":
         ctx["M"], ctx["N"], ctx["K"] = spec.mnk
         if child.get("algo") == "mma":
@@ -879,7 +884,136 @@ WINDOW_C: list[Idea] = [
 ]
 
 
+def _few_kept(spec: OpSpec, f: dict) -> bool:
+    """Fewer kept indices than it takes to fill the GPU twice over: each needs several blocks."""
+    g = spec.geometry
+    blocks = g["a"] * g["b"] if reduce_cuda.row_mapping(spec) else -(-(g["a"] * g["b"]) // f.get("threads", 256))
+    return blocks < 2 * H100_SMS and g["r0"] * g["r"] >= 8192
+
+
+def _normalising(spec: OpSpec, f: dict) -> bool:
+    return spec.op == "normalize"
+
+
+def _sums(spec: OpSpec, f: dict) -> bool:
+    return spec.geometry["kind"] in reduce_cuda.SUMS
+
+
+def _exp_kind(spec: OpSpec, f: dict) -> bool:
+    return spec.geometry["kind"] in ("softmax", "log_softmax")
+
+
+REDUCE_CUDA: list[Idea] = [
+    Idea("vec4", MEM, "Read each kept index's values as 16-byte float4 vectors in the {what} pass (and the "
+         "normalisation's), four values per load instruction; a scalar kernel takes misaligned inputs.",
+         {"vec": 4}, 3.0, when=lambda s, f: reduce_cuda.vec_ok(s)),
+    Idea("split_fill", PAR, "Split each kept index's {red} values over several blocks sized to fill every SM, and "
+         "merge their partial states in a small combine kernel: {kept} kept indices alone leave most SMs idle.",
+         {"split": "fill"}, 3.5, when=_few_kept),
+    Idea("split_wide", PAR, "Split the reduction over sixteen blocks per SM's worth of partial states, so the "
+         "loads of many blocks hide each other's latency.", {"split": "fill", "bps": 16}, 1.2, when=_few_kept),
+    Idea("ilp2", COMP, "Give each thread two independent accumulators, alternating between them, so consecutive "
+         "adds do not wait on each other.", {"ilp": 2}, 2.0),
+    Idea("ilp4", COMP, "Give each thread four independent accumulators over interleaved values: four loads and "
+         "adds in flight per thread.", {"ilp": 4}, 1.8),
+    Idea("unroll", ASYNC, "Unroll the {what} loop four times so each thread issues several loads before the first "
+         "is consumed.", {"unroll": True}, 1.5),
+    Idea("ldg", MEM, "Read the input through the read-only data cache (__ldg) in the {what} pass.",
+         {"load": "ldg"}, 1.0),
+    Idea("ldcs_apply", MEM, "Stream the normalisation pass's reads with evict-first hints (__ldcs): they are the "
+         "last use of the input, so they should not push the statistics out of L2.", {"apply_load": "ldcs"}, 1.0,
+         when=_normalising),
+    Idea("stcs", MEM, "Write the normalised output with streaming stores (__stcs): it is never read again by this "
+         "kernel.", {"store": "stcs"}, 1.0, when=_normalising),
+    Idea("persistent_apply", PAR, "Launch the normalisation pass as a persistent grid of eight blocks per SM that "
+         "loops over the tensor, instead of one block per 256 elements.", {"apply_grid": "persistent"}, 1.0,
+         when=_normalising),
+    Idea("threads128", PAR, "Use 128-thread blocks: more blocks resident per SM, a shorter tail.", {"threads": 128},
+         1.0),
+    Idea("threads512", PAR, "Use 512-thread blocks: each block covers more of a long reduction per step.",
+         {"threads": 512}, 1.0),
+    Idea("threads1024", PAR, "Use 1024-thread blocks, the most values in flight per block.", {"threads": 1024}, 0.6),
+    Idea("launch_min2", PAR, "Ask __launch_bounds__ for two resident blocks per SM so the compiler keeps the "
+         "accumulators in registers without spilling.", {"launch_min": 2}, 0.5),
+    Idea("idx32", COMP, "Index with 32-bit integers (the tensor has fewer than 2^31 elements): the address "
+         "arithmetic per value halves.", {"idx32": True}, 1.0),
+    Idea("acc_double", PREC, "Accumulate the {red}-value sums in double and round once: the float sum's error grows "
+         "with the count.", {"acc": "double"}, 0.5, when=_sums),
+    Idea("acc_float", PREC, "Accumulate in float again: double adds run at a fraction of the float rate.",
+         {"acc": "float"}, 1.0, when=lambda s, f: f.get("acc") == "double"),
+    Idea("fast_exp", PREC, "Use the hardware exponential (__expf) in the online softmax: a few ulp, far inside "
+         "1e-4.", {"fast_exp": True}, 1.5, when=_exp_kind),
+    Idea("vec4_split", MEM, "Read float4 vectors and split the reduction over enough blocks to fill the GPU.",
+         {"vec": 4, "split": "fill"}, 2.0, when=lambda s, f: reduce_cuda.vec_ok(s) and _few_kept(s, f)),
+    Idea("ilp2_unrolled", ASYNC, "Two accumulators per thread with the loop unrolled four times: eight loads in "
+         "flight per thread.", {"ilp": 2, "unroll": True}, 1.2),
+    Idea("split_off", CTRL, "Give every kept index one block again and drop the combine kernel: with {kept} kept "
+         "indices the grid is full without splitting.", {"split": "none"}, 0.5,
+         when=lambda s, f: f.get("split") == "fill" and not _few_kept(s, f)),
+    Idea("ilp_off", CTRL, "Go back to one accumulator per thread: the extra states cost registers and a longer "
+         "merge.", {"ilp": 1}, 0.3, when=lambda s, f: f.get("ilp", 1) > 1),
+    Idea("stream_both", MEM, "Stream the normalisation's reads and writes with evict-first hints (__ldcs, __stcs).",
+         {"apply_load": "ldcs", "store": "stcs"}, 0.8, when=_normalising),
+    Idea("threads128_ilp4", PAR, "Use 128-thread blocks with four accumulators each: more blocks per SM, the same "
+         "loads in flight.", {"threads": 128, "ilp": 4}, 0.8),
+    Idea("unroll_off", CTRL, "Stop unrolling the reduction loop: the unrolled body's bounds tests cost more than the "
+         "loads they overlap.", {"unroll": False}, 0.3, when=lambda s, f: bool(f.get("unroll"))),
+]
+
+REDUCE_C: list[Idea] = [
+    Idea("omp", PAR, "Parallelise over work units (a kept row, a block of kept columns) with OpenMP.",
+         {"par": "omp"}, 4.0),
+    Idea("split_cores", PAR, "Split each kept index's {red} values into chunks so every core has work when the "
+         "{kept} kept indices are fewer than the cores, and merge the partial states afterwards.",
+         {"par": "omp", "split": "cores"}, 2.5, when=lambda s, f: s.geometry["a"] * s.geometry["b"] < 64),
+    Idea("dynamic", PAR, "Hand work units to cores dynamically, one at a time.", {"par": "omp", "schedule": "dynamic"},
+         0.8),
+    Idea("guided", PAR, "Use guided scheduling: large chunks of units first, smaller ones at the end.",
+         {"par": "omp", "schedule": "guided"}, 0.6),
+    Idea("bind_close", PAR, "Bind OpenMP threads close to their parent (proc_bind(close)).",
+         {"par": "omp", "proc_bind": "close"}, 0.4),
+    Idea("bind_spread", PAR, "Spread OpenMP threads over the cores (proc_bind(spread)), a whole cache each.",
+         {"par": "omp", "proc_bind": "spread"}, 0.4),
+    Idea("if_parallel", PAR, "Fork threads only when the tensor is large enough to pay for waking them.",
+         {"par": "omp", "if_parallel": True}, 0.4),
+    Idea("bb16", MEM, "Accumulate sixteen kept columns per unit: the states stay in registers.", {"bb": 16}, 1.0,
+         when=lambda s, f: s.geometry["b"] > 1),
+    Idea("bb256", MEM, "Accumulate 256 kept columns per unit, so each step of the reduced loop reads a whole "
+         "kilobyte in order.", {"bb": 256}, 1.2, when=lambda s, f: s.geometry["b"] > 1),
+    Idea("restrict", MEM, "Declare the input and output pointers restrict, so loads are not re-read after stores.",
+         {"restrict": True}, 0.8),
+    Idea("simd_apply", COMP, "Vectorise the normalisation loop with #pragma omp simd.", {"simd": True}, 1.5,
+         when=_normalising),
+    Idea("unroll4", CTRL, "Unroll the column loop by four (#pragma GCC unroll 4).", {"unroll": 4}, 0.8),
+    Idea("unroll8", CTRL, "Unroll the column loop by eight.", {"unroll": 8}, 0.6),
+    Idea("acc_double", PREC, "Accumulate the sums in double and round once.", {"acc": "double"}, 0.6, when=_sums),
+    Idea("acc_float", PREC, "Accumulate in float again: double halves the vector width.", {"acc": "float"}, 1.0,
+         when=lambda s, f: f.get("acc") == "double"),
+    Idea("omp_simd", COMP, "Run units on every core and vectorise the normalisation loop.",
+         {"par": "omp", "simd": True}, 1.5, when=_normalising),
+    Idea("omp_bb256", MEM, "Every core on units of 256 kept columns each.", {"par": "omp", "bb": 256}, 1.0,
+         when=lambda s, f: s.geometry["b"] > 1),
+    Idea("omp_restrict", MEM, "Every core, restrict pointers.", {"par": "omp", "restrict": True}, 0.8),
+    Idea("split_dynamic", PAR, "Split the reduced range over the cores and hand the chunks out dynamically.",
+         {"par": "omp", "split": "cores", "schedule": "dynamic"}, 0.8,
+         when=lambda s, f: s.geometry["a"] * s.geometry["b"] < 64),
+    Idea("unroll_off", CTRL, "Stop unrolling: the short column blocks run fewer iterations than the unroll.",
+         {"unroll": 0}, 0.3, when=lambda s, f: f.get("unroll", 0) > 0),
+    Idea("split_off", PAR, "Give each kept index one unit again: there are enough of them for the cores.",
+         {"split": "none"}, 0.3, when=lambda s, f: f.get("split") == "cores"),
+    Idea("bb64", MEM, "Use 64-column units: the states of a unit fit in L1 with its input lines.", {"bb": 64}, 0.5,
+         when=lambda s, f: s.geometry["b"] > 1 and f.get("bb", 64) != 64),
+    Idea("collapse_guided_simd", COMP, "Guided scheduling with a vectorised normalisation loop.",
+         {"par": "omp", "schedule": "guided", "simd": True}, 0.6, when=_normalising),
+    Idea("prefetch", ASYNC, "Prefetch the input row eight reduced steps ahead (__builtin_prefetch) while this one "
+         "is accumulated: a reduction over a middle dimension jumps {kept}-value strides the hardware prefetcher "
+         "does not follow.", {"prefetch": 8}, 0.8, when=lambda s, f: s.geometry["b"] > 1),
+]
+
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("reduce", "cuda"): REDUCE_CUDA,
+    ("reduce", "cpu"): REDUCE_C,
     ("window", "cuda"): WINDOW_CUDA,
     ("window", "cpu"): WINDOW_C,
     ("conv", "cuda"): CONV_CUDA,

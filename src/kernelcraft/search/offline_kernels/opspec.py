@@ -105,6 +105,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_conv(problem, module, init_inputs, inputs, op)
     if FAMILIES[op] == "window":
         return _describe_window(problem, module, init_inputs, inputs, op, params)
+    if FAMILIES[op] == "reduce":
+        return _describe_reduce(problem, module, init_inputs, inputs, op, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
     x = inputs[0]
@@ -281,6 +283,151 @@ def _describe_conv(problem: Any, module: Any, init_inputs: list, inputs: list, o
     torch.manual_seed(0)
     _probe_conv(spec, module.Model(*init_inputs))
     return spec
+
+
+_NORM_MODULES = {"batch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
+                 "instance": ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"), "group": ("GroupNorm",)}
+
+
+def reduce_layout(shape: tuple[int, ...], dims: list[int], groups: int = 1) -> tuple[int, int, int, int]:
+    """(R0, A, R, B): the input viewed as [R0, A, R, B] with R0 and R reduced and A, B kept, for a contiguous
+    run of reduced dimensions (R0 = 1) or batch norm's (0, 2, ...) around the kept channels; a group norm's
+    groups split the first reduced dimension into kept groups and reduced channels."""
+    if len(dims) > 1 and dims[0] == 0 and 1 not in dims:
+        rest = dims[1:]
+        return (shape[0], shape[1], math.prod(shape[rest[0]:rest[-1] + 1]), math.prod(shape[rest[-1] + 1:]))
+    a, r, b = (math.prod(shape[:dims[0]]), math.prod(shape[dims[0]:dims[-1] + 1]), math.prod(shape[dims[-1] + 1:]))
+    return (1, a * groups, r // groups, b)
+
+
+def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list, op: str, params: dict) -> OpSpec:
+    """A reduction over a run of dimensions, or x scaled by statistics of itself (softmax or log-softmax over any
+    dimension, RMS/L1/L2/Frobenius norms, batch/instance/group norm with training-mode statistics). A norm
+    module is rebuilt as the reference built it, so the same seed gives the same parameters and buffers."""
+    import torch
+    import torch.nn as nn
+
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
+        raise Unsupported(f"{op}: expected one input tensor")
+    x = inputs[0]
+    if x.dtype != torch.float32:
+        raise Unsupported(f"{op}: input dtype is {x.dtype}; the generators write float32 kernels")
+    shape = tuple(int(v) for v in x.shape)
+    if list(shape) != list(params["in_shape"]):
+        raise Unsupported(f"{op}: the traced input {params['in_shape']} is not the input's shape {shape}")
+    kind, dims = params["kind"], list(params["dims"])
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    init_body: tuple[str, ...] = ()
+    weight = bias = None
+    groups = int(params.get("groups", 1)) if params.get("norm") == "group" else 1
+    chan = (1, 1, 1)  # (CA, CR, CHW): the channel of an element is (a % CA) * CR + r / CHW
+    r0, a, r, b = reduce_layout(shape, dims, groups)
+    state = [*model.named_parameters(), *model.named_buffers()]
+    if kind == "meanvar":
+        norm = params["norm"]
+        mods = [(n, m) for n, m in model.named_modules() if type(m).__name__ in _NORM_MODULES[norm]
+                and type(m) is getattr(nn, type(m).__name__)]
+        if state and (len(mods) != 1 or not mods[0][0] or "." in mods[0][0]):
+            raise Unsupported(f"{norm} norm: expected its parameters in one torch.nn {norm} norm attribute")
+        if mods:
+            attr, m = mods[0]
+            expected = {f"{attr}.{k}" for k, _ in [*m.named_parameters(), *m.named_buffers()]}
+            if {k for k, _ in state} != expected:
+                extra = sorted({k for k, _ in state} - expected)
+                raise Unsupported(f"{norm} norm: the Model holds other tensors ({extra})")
+            if norm == "group":
+                args = f"{m.num_groups}, {m.num_channels}, eps={m.eps!r}, affine={m.affine}"
+            else:
+                args = (f"{m.num_features}, eps={m.eps!r}, momentum={m.momentum!r}, affine={m.affine}, "
+                        f"track_running_stats={m.track_running_stats}")
+            init_body = (f"self.{attr} = nn.{type(m).__name__}({args})",)
+            if m.affine:
+                weight, bias = f"self.{attr}.weight", f"self.{attr}.bias"
+        elif params.get("affine"):
+            raise Unsupported(f"{norm} norm: affine parameters outside a torch.nn norm module")
+        if weight is not None:
+            c = shape[1]
+            chan = {"batch": (a, 1, r), "instance": (c, 1, r), "group": (groups, c // groups, r // (c // groups))}[norm]
+    elif state:
+        raise Unsupported(f"{op}: a {kind} reference with tensors ({', '.join(k for k, _ in state)})")
+    if kind in ("argmax", "argmin") and r0 != 1:
+        raise Unsupported(f"{op}: {kind} over a split run of dimensions")
+    out_shape = shape
+    if op == "reduce":
+        try:
+            with torch.device("meta"):
+                got = model.to("meta")(x)
+            out_shape = tuple(int(v) for v in got.shape)
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"{op}: the reference does not run on meta tensors") from exc
+        if math.prod(out_shape) != a * b:
+            raise Unsupported(f"{op}: the reference returns {out_shape}, not {a * b} reduced values")
+    geom = {"r0": r0, "a": a, "r": r, "b": b, "kind": kind, "ca": chan[0], "cr": chan[1], "chw": chan[2],
+            "affine": int(weight is not None)}
+    spec = OpSpec(problem_id=str(problem.id), op=op, family="reduce", input_shape=shape, out_shape=out_shape,
+                  row_dims=1, eps=float(params.get("eps", 0.0)), keepdim=bool(params.get("keepdim", False)),
+                  init_signature=_render_signature(module.Model), init_body=init_body, weight=weight, bias=bias,
+                  input_shapes=(shape,), conv=tuple(geom.items()))
+    torch.manual_seed(0)
+    _probe_reduce(spec, module.Model(*init_inputs), params)
+    return spec
+
+
+def reduce_semantics(x: Any, params: dict, weight: Any = None, bias: Any = None) -> Any:
+    """What the reduce family computes, in torch, for an input of any shape of the same rank."""
+    import torch
+    import torch.nn.functional as F
+
+    kind, dims = params["kind"], list(params["dims"])
+    keep = bool(params.get("keepdim", False))
+    if kind == "sum":
+        return x.sum(dims, keepdim=keep)
+    if kind == "mean":
+        return x.mean(dims, keepdim=keep)
+    if kind in ("max", "min"):
+        return (x.amax if kind == "max" else x.amin)(dims, keepdim=keep)
+    if kind == "prod":
+        return x.prod(dims[0], keepdim=keep) if len(dims) == 1 else x.flatten(dims[0], dims[-1]).prod(dims[0], keep)
+    if kind in ("argmax", "argmin"):
+        fn = torch.argmax if kind == "argmax" else torch.argmin
+        return fn(x) if len(dims) == x.dim() and len(dims) > 1 else fn(x, dims[0], keepdim=keep)
+    if kind in ("softmax", "log_softmax"):
+        return (torch.softmax if kind == "softmax" else torch.log_softmax)(x, dims[0])
+    if kind == "rms":
+        return x / torch.sqrt((x * x).mean(dims, keepdim=True) + params["eps"])
+    if kind in ("l1mean", "l1sum"):
+        return x / (x.abs().mean(dims, keepdim=True) if kind == "l1mean" else x.abs().sum(dims, keepdim=True))
+    if kind == "l2":
+        return x / torch.linalg.vector_norm(x, 2, dims, keepdim=True)
+    norm, eps = params["norm"], params["eps"]
+    if norm == "batch":
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    if norm == "instance":
+        return F.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
+    return F.group_norm(x, params["groups"], weight, bias, eps)
+
+
+def _probe_reduce(spec: OpSpec, model: Any, params: dict) -> None:
+    """The reference on a small real input (its channels kept where a norm's parameters need them) must equal the
+    reduce family's semantics."""
+    import torch
+
+    shape = spec.input_shape
+    keep_channels = params["kind"] == "meanvar"
+    probe = tuple(s if (i == 1 and keep_channels) else min(s, 2 if i == 0 else 5 + i) for i, s in enumerate(shape))
+    if math.prod(probe) > 1 << 22:
+        raise Unsupported(f"{spec.op}: even a small probe input {probe} is too large to check the reference")
+    x = torch.randn(probe, generator=torch.Generator().manual_seed(1234)) * 2 + 0.5
+    with torch.no_grad():
+        try:
+            got = model(x.clone())
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"{spec.op}: the reference fails on a probe input of shape {probe}") from exc
+        want = reduce_semantics(x, params, _resolve(model, spec.weight), _resolve(model, spec.bias))
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype or not (
+            torch.equal(got, want) if got.dtype == torch.int64 else torch.allclose(got, want, atol=1e-4, rtol=1e-4)):
+        raise Unsupported(f"{spec.op}: the reference does not compute the plain {params['kind']} on a probe input")
 
 
 _CONV_MODULES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")

@@ -1,0 +1,197 @@
+"""The offline proposer's reduce family: reductions (sum, mean, max, min, prod, argmax, argmin) over any run of
+dimensions, and inputs scaled by statistics of themselves (softmax and log-softmax over any dimension; RMS, L1,
+L2 and Frobenius norms; batch, instance and group norm with training-mode statistics and their affine maps),
+recognised from the traced graph and computed by kernels at small odd shapes other than KernelBench's, including
+inputs with a large mean (the variance must not cancel).
+
+C kernels are built and run here; CUDA kernels are compiled with NVRTC for sm_90a (no GPU needed) and, where a GPU
+is visible, run against the reference.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from offline_support import (  # noqa: F401 - build_env: autouse
+    GPU,
+    build_env,
+    check_candidate,
+    import_source,
+    odd_inputs,
+    one_thread,
+    reachable,
+)
+
+from kernelcraft.problems import load_problem
+from kernelcraft.problems.recognise import recognise_problem
+from kernelcraft.search.offline import OfflineProposer
+from kernelcraft.search.offline_kernels import candidate_source
+from kernelcraft.search.offline_kernels.opspec import describe
+
+# name: (__init__ body, forward body over xs, input shape); none of them is a KernelBench shape
+REDUCTIONS = {
+    "sum_middle": ("pass", "return xs[0].sum(1, keepdim=True)", (3, 37, 5)),
+    "mean_middle": ("pass", "return xs[0].mean(1)", (3, 37, 5)),
+    "max_last": ("pass", "return torch.max(xs[0], dim=2)[0]", (3, 4, 37)),
+    "amin_two_dims": ("pass", "return torch.amin(xs[0], dim=(1, 2))", (3, 4, 37)),
+    "argmax_middle": ("pass", "return torch.argmax(xs[0], dim=1)", (3, 37, 5)),
+    "argmin_first": ("pass", "return torch.argmin(xs[0], dim=0)", (37, 6)),
+    "prod_middle": ("pass", "return torch.prod(xs[0], dim=1)", (3, 9, 5)),
+    "softmax_middle": ("pass", "return torch.softmax(xs[0], dim=1)", (3, 37, 5)),
+    "log_softmax_first": ("pass", "return torch.log_softmax(xs[0], dim=0)", (37, 6)),
+    "rms_channels": ("pass", "x = xs[0]\n        return x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + 1e-5)",
+                     (2, 6, 5, 7)),
+    "l1_rows": ("pass", "x = xs[0]\n        return x / torch.mean(torch.abs(x), dim=1, keepdim=True)", (6, 41)),
+    "l2_rows": ("pass", "x = xs[0]\n        return x / torch.norm(x, p=2, dim=1, keepdim=True)", (6, 44)),
+    "frobenius": ("pass", "x = xs[0]\n        return x / torch.norm(x, p='fro')", (2, 3, 5, 8)),
+    "batch_norm": ("self.bn = nn.BatchNorm2d(6)", "return self.bn(xs[0])", (3, 6, 5, 8)),
+    "instance_norm_affine": ("self.n = nn.InstanceNorm2d(6, affine=True)", "return self.n(xs[0])", (3, 6, 5, 8)),
+    "group_norm": ("self.n = nn.GroupNorm(3, 6)", "return self.n(xs[0])", (2, 6, 5, 4)),
+}
+
+
+def reference(folder: Path, name: str, init: str, forward: str, shape: tuple[int, ...]):
+    path = folder / f"{name}.py"
+    path.write_text("import torch\nimport torch.nn as nn\n\nclass Model(nn.Module):\n    def __init__(self):\n"
+                    f"        super().__init__()\n        {init}\n\n    def forward(self, *xs):\n        {forward}\n\n"
+                    f"def get_inputs():\n    return [torch.randn{shape}]\n\ndef get_init_inputs():\n    return []\n")
+    return load_problem(path)
+
+
+@pytest.fixture(scope="module")
+def problems(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reduce_problems")
+    return {name: reference(folder, name, *REDUCTIONS[name]) for name in REDUCTIONS}
+
+
+# ------------------------------------------------------------------------------------------------ recognition
+
+
+def test_every_reduction_and_normalisation_is_recognised_with_its_dimensions(problems):
+    found = {name: recognise_problem(p) for name, p in problems.items()}
+    assert all(r.family == "reduce" for r in found.values()), {n: r.line() for n, r in found.items()}
+    assert {n for n, r in found.items() if r.op == "reduce"} == {
+        "sum_middle", "mean_middle", "max_last", "amin_two_dims", "argmax_middle", "argmin_first", "prod_middle"}
+    assert (found["amin_two_dims"].params["kind"], found["amin_two_dims"].params["dims"]) == ("min", [1, 2])
+    assert (found["softmax_middle"].params["kind"], found["softmax_middle"].params["dims"]) == ("softmax", [1])
+    assert (found["batch_norm"].params["norm"], found["batch_norm"].params["dims"]) == ("batch", [0, 2, 3])
+    assert (found["instance_norm_affine"].params["norm"], found["instance_norm_affine"].params["affine"]) == \
+        ("instance", True)
+    assert (found["group_norm"].params["norm"], found["group_norm"].params["groups"]) == ("group", 3)
+    assert (found["frobenius"].params["kind"], found["frobenius"].params["dims"]) == ("l2", [0, 1, 2, 3])
+
+
+def test_the_layout_views_the_input_as_kept_and_reduced_blocks(problems):
+    geo = {name: describe(problems[name]).geometry for name in ("sum_middle", "batch_norm", "group_norm", "max_last")}
+    assert [geo["sum_middle"][k] for k in ("r0", "a", "r", "b")] == [1, 3, 37, 5]
+    assert [geo["batch_norm"][k] for k in ("r0", "a", "r", "b")] == [3, 6, 40, 1]
+    assert [geo["group_norm"][k] for k in ("r0", "a", "r", "b", "ca", "cr", "chw")] == [1, 6, 40, 1, 3, 2, 20]
+    assert [geo["max_last"][k] for k in ("r0", "a", "r", "b")] == [1, 12, 37, 1]
+
+
+def test_a_softmax_over_the_last_dimension_stays_with_the_rowwise_family(tmp_path):
+    r = recognise_problem(reference(tmp_path, "last", "pass", "return torch.softmax(xs[0], -1)", (4, 9)))
+    assert (r.family, r.op) == ("rowwise", "softmax")
+
+
+def test_model_new_rebuilds_the_norm_module_with_its_buffers(problems, tmp_path):
+    prob = problems["batch_norm"]
+    src = OfflineProposer(0).implement(prob, "cpu", {"text": "", "parent": "reference"}, {"id": "reference"},
+                                       1, 1)[0]["source"]
+    assert "nn.BatchNorm2d(6, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)" in src
+    module = import_source(src, tmp_path)
+    assert set(module.ModelNew().state_dict()) == set(prob.load_module().Model().state_dict())
+
+
+# ------------------------------------------------------------------------------------------------ ideas
+
+
+@pytest.mark.parametrize("backend", ["cuda", "cpu"])
+@pytest.mark.parametrize("name", ["group_norm", "argmax_middle"])
+def test_five_reduce_rounds_never_repeat_an_idea_and_the_same_seed_writes_the_same_files(problems, backend, name):
+    prob = problems[name]
+    runs = []
+    for _ in range(2):
+        p = OfflineProposer(4)
+        seeds = [{"id": "reference", "source": None, "features": None}]
+        tried, sources, seen = [], [], set()
+        for round_ in range(1, 6):
+            ideas = p.ideas(prob, backend, seeds, tried, 4, round_)
+            assert len(ideas) == 4
+            for idea in ideas:
+                pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
+                assert pair not in seen
+                seen.add(pair)
+            impls = [p.implement(prob, backend, i, seeds[0], 2, round_) for i in ideas]
+            sources += [x["source"] for impl in impls for x in impl]
+            tried += ideas
+            seeds = [{"id": f"r{round_}", "source": impls[0][0]["source"], "features": impls[0][0]["features"]}]
+        runs.append(sources)
+    assert runs[0] == runs[1]
+
+
+# ------------------------------------------------------------------------------------------------ kernels run
+
+C_PARENTS = [{}, {"par": "omp", "split": "cores", "bb": 16}, {"acc": "double", "simd": True, "prefetch": 8}]
+CUDA_PARENTS = [{}, {"vec": 4, "split": "fill", "ilp": 2}, {"threads": 128, "acc": "double", "unroll": True,
+                                                            "split": "fill"}]
+
+
+def _check_all(jobs, modules, device):
+    failures = []
+    for (prob, spec, f), module in zip(jobs, modules, strict=True):
+        try:  # indices are compared exactly: ties (the offset input has some) go to the first, as PyTorch's
+            check_candidate(module, prob, odd_inputs(spec.input_shapes[0], device), device)
+        except AssertionError as err:
+            failures.append(f"{prob.id} {f}: {err}")
+    return failures
+
+
+def test_every_reachable_c_reduce_kernel_computes_the_op_at_odd_shapes(problems, tmp_path):
+    jobs = []
+    for prob in problems.values():
+        spec = describe(prob)
+        jobs += [(prob, spec, f) for f in reachable(spec, "cpu", C_PARENTS)[::3]]
+    assert len(jobs) > 100
+    with ThreadPoolExecutor(2) as pool:
+        modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
+                                                        tmp_path), jobs))
+    with one_thread():
+        failures = _check_all(jobs, modules, "cpu")
+    assert not failures, "\n".join(failures[:5])
+
+
+def _cuda_jobs(problems):
+    jobs = []
+    for prob in problems.values():
+        spec = describe(prob)
+        jobs += [(prob, spec, f) for f in reachable(spec, "cuda", CUDA_PARENTS)[::4]]
+    return jobs
+
+
+def test_every_reachable_cuda_reduce_kernel_compiles_with_nvrtc(problems, tmp_path):
+    jobs = _cuda_jobs(problems)
+    assert len(jobs) > 80
+
+    def build(job):
+        try:
+            import_source(candidate_source(job[1], "cuda", job[2], "t", "reference"), tmp_path)
+            return None
+        except Exception as exc:  # noqa: BLE001 - every failing combination is reported at once
+            return f"{job[0].id} {job[2]}: {str(exc)[:400]}"
+
+    with ThreadPoolExecutor(2) as pool:  # NVRTC releases the GIL
+        failures = [r for r in pool.map(build, jobs) if r]
+    assert not failures, "\n".join(failures[:5])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_every_reachable_cuda_reduce_kernel_computes_the_op_on_the_gpu(problems, tmp_path):
+    jobs = _cuda_jobs(problems)
+    modules = [import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"), tmp_path) for j in jobs]
+    failures = _check_all(jobs, modules, "cuda")
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA reduce kernels match the reference")
+    assert not failures, "\n".join(failures[:10])

@@ -186,11 +186,14 @@ def test_reference_on_other_dim_is_unsupported_and_tanh_gelu_is_a_pointwise_chai
     assert (spec.family, spec.op) == ("elementwise", "pointwise") and "tanhf(" in spec.body
 
 
-def test_catalogue_holds_at_least_24_ideas_per_family_and_backend_over_all_six_kinds():
+def test_catalogue_holds_enough_ideas_per_family_and_backend_over_all_six_kinds():
+    """At least 16 per (family, backend), so the default five rounds of four ideas on changing parents never run
+    dry; the first four families, with more levers, at least 24."""
     for (family, backend), ideas in CATALOGUE.items():
-        assert len(ideas) >= 24, (family, backend, len(ideas))
+        floor = 24 if family in ("elementwise", "rowwise", "matmul", "conv") else 16
+        assert len(ideas) >= floor, (family, backend, len(ideas))
         assert {i.kind for i in ideas} == set(KINDS), (family, backend)
-    assert sum(len(v) for v in CATALOGUE.values()) >= 4 * 24
+    assert sum(len(v) for v in CATALOGUE.values()) >= 8 * 24
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cpu"])

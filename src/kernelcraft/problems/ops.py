@@ -46,6 +46,7 @@ FAMILIES: dict[str, str] = {
     "pool": "window",  # graph-only: N-d max or average pooling
     "reduce": "reduce",  # graph-only: sum/mean/max/min/prod/argmax/argmin over any run of dimensions
     "normalize": "reduce",  # graph-only: x scaled by statistics of itself over dimensions (softmax, norms)
+    "scan": "scan",  # graph-only: cumulative sum or product along a dimension (reversed, exclusive, masked)
 }
 
 

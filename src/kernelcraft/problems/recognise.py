@@ -145,6 +145,9 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     norm = _normalisation(graph, nodes)
     if norm is not None:
         return norm
+    scan = _scan(graph, nodes)
+    if scan is not None:
+        return scan
     if [n.op for n in nodes] == ["aten.convolution", "aten.relu", "aten.max_pool2d_with_indices"]:
         conv, relu, pool = nodes
         op, params = _conv(graph, conv)
@@ -450,6 +453,41 @@ def _normalisation(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | No
         return "normalize", {"kind": "meanvar", "norm": "group", "dims": list(range(1, len(x.info.shape))),
                              "eps": eps, "in_shape": list(x.info.shape), "groups": groups, "affine": affine}
     return None
+
+
+def _scan(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """A cumulative sum or product along one dimension of the input: plain, reversed (flip, scan, flip), exclusive
+    (a zero, then the scan of all but the last value), or of the input times a boolean mask (the second input)."""
+    ops = [n.op.removeprefix("aten.") for n in nodes]
+    scans = [n for n in nodes if n.op in ("aten.cumsum", "aten.cumprod")]
+    if len(scans) != 1:
+        return None
+    node = scans[0]
+    x = graph.inputs[0]
+    if not isinstance(x, TensorInfo) or x.dtype != "torch.float32":
+        return None
+    rank = len(x.shape)
+    dim = int(node.args[1]) % rank if rank else 0
+    params: dict[str, Any] = {"kind": "sum" if node.op == "aten.cumsum" else "prod", "dim": dim, "reverse": False,
+                              "exclusive": False, "masked": False, "in_shape": list(x.shape)}
+    src = node.args[0]
+    if ops in (["cumsum"], ["cumprod"]) and _reshaped_input(graph, src) and _is_output(graph, node):
+        pass
+    elif ops == ["flip", ops[1], "flip"] and _is_node(src, nodes[0], graph) and _is_input(nodes[0].args[0], 0) \
+            and list(nodes[0].args[1]) == list(nodes[2].args[1]) == [dim] and _is_node(nodes[2].args[0], node, graph):
+        params["reverse"] = True
+    elif ops == ["cumsum", "cat"] and _is_output(graph, nodes[1]) and any(
+            _is_node(t, node, graph) for t in nodes[1].args[0]) and len(graph.inputs) == 1:
+        params["exclusive"] = True  # the probe confirms the zero goes first and the last value is dropped
+    elif ops == ["mul", ops[1]] and _is_node(src, nodes[0], graph) and _is_input(nodes[0].args[0], 0) \
+            and _is_input(nodes[0].args[1], 1) and nodes[0].args[1].info.dtype == "torch.bool" \
+            and nodes[0].args[1].info.shape == x.shape and _is_output(graph, node):
+        params["masked"] = True
+    else:
+        return None
+    if len(graph.inputs) != (2 if params["masked"] else 1):
+        return None
+    return "scan", params
 
 
 # ------------------------------------------------------------------------------------------------ pointwise

@@ -21,6 +21,8 @@ from kernelcraft.search.offline_kernels import (
     reduce_cuda,
     rowwise_c,
     rowwise_cuda,
+    scan_c,
+    scan_cuda,
     window_c,
     window_cuda,
 )
@@ -42,6 +44,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("window", "cpu"): window_c,
     ("reduce", "cuda"): reduce_cuda,
     ("reduce", "cpu"): reduce_c,
+    ("scan", "cuda"): scan_cuda,
+    ("scan", "cpu"): scan_c,
 }
 
 

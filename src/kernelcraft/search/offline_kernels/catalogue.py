@@ -21,6 +21,7 @@ from kernelcraft.search.offline_kernels import (
     matmul_wgmma,
     reduce_cuda,
     rowwise_cuda,
+    scan_cuda,
     window_c,
     window_cuda,
 )
@@ -80,6 +81,10 @@ def context(spec: OpSpec, child: dict) -> dict:
         g = spec.geometry
         ctx |= {"kept": g["a"] * g["b"], "red": g["r0"] * g["r"], "kind": g["kind"],
                 "what": "statistics" if spec.op == "normalize" else "reduction"}
+    if spec.family == "scan":
+        g = spec.geometry
+        ctx |= {"L": g["l"], "rows": g["a"] * g["b"], "tile": scan_cuda.tile(spec, child) if child.get("gen") ==
+                scan_cuda.GEN else 0, "sop": "sum" if g["kind"] == "sum" else "product"}
     if spec.family == "matmul":
         ctx["M"], ctx["N"], ctx["K"] = spec.mnk
         if child.get("algo") == "mma":
@@ -1011,7 +1016,82 @@ REDUCE_C: list[Idea] = [
 ]
 
 
+def _scan_rows(spec: OpSpec, f: dict) -> bool:
+    """The scanned values of a row are consecutive (B == 1), so blocks or warps walk rows in tiles."""
+    return spec.geometry["b"] == 1
+
+
+SCAN_CUDA: list[Idea] = [
+    Idea("vec4", MEM, "Load and store each thread's values as float4 vectors: four consecutive values per memory "
+         "instruction, scanned in registers.", {"vec": 4}, 3.0, when=lambda s, f: scan_cuda.vec_ok(s)),
+    Idea("ipt2", COMP, "Let each thread scan two vectors' worth of consecutive values per tile, halving the "
+         "cross-thread shuffle scans per value.", {"ipt": 2}, 2.0, when=_scan_rows),
+    Idea("ipt4", COMP, "Let each thread scan four vectors' worth of consecutive values per tile: the serial part "
+         "in registers grows, the block-wide scan runs a quarter as often.", {"ipt": 4}, 1.5, when=_scan_rows),
+    Idea("warp_rows", PAR, "Give each row one warp instead of a block: the tile's scan is shuffles only, with no "
+         "shared memory and no block barrier, and a block runs several rows at once.", {"mapping": "warp"}, 2.0,
+         when=_scan_rows),
+    Idea("warp_vec", PAR, "One warp per row, each lane scanning eight consecutive values held as two float4 "
+         "loads.", {"mapping": "warp", "vec": 4, "ipt": 2}, 1.5, when=lambda s, f: scan_cuda.vec_ok(s)),
+    Idea("ldcs", MEM, "Read the input with evict-first streaming loads (__ldcs): each value is read once.",
+         {"load": "ldcs"}, 1.2),
+    Idea("ldg", MEM, "Read the input through the read-only data cache (__ldg).", {"load": "ldg"}, 0.6),
+    Idea("stcs", MEM, "Write the scanned output with streaming stores (__stcs), keeping L2 for the input.",
+         {"store": "stcs"}, 1.2),
+    Idea("full_tiles", CTRL, "Drop the bounds tests: the row of {L} values is a whole number of {tile}-value "
+         "tiles.", {"full_tiles": True}, 1.5, when=_scan_rows),
+    Idea("threads128", PAR, "Use 128-thread blocks: a shorter block-wide scan per tile and more blocks per SM.",
+         {"threads": 128}, 1.0),
+    Idea("threads512", PAR, "Use 512-thread blocks: longer tiles, fewer carries between them.", {"threads": 512},
+         0.8),
+    Idea("threads1024", PAR, "Use 1024-thread blocks: one tile covers {tile} values.", {"threads": 1024}, 0.5),
+    Idea("launch_min2", PAR, "Ask __launch_bounds__ for two resident blocks per SM.", {"launch_min": 2}, 0.5),
+    Idea("acc_double", PREC, "Carry the running {sop} in double, so its rounding error no longer grows with the "
+         "{L}-value row.", {"acc": "double"}, 0.6),
+    Idea("acc_float", PREC, "Carry the running {sop} in float again: double shuffles and adds cost twice.",
+         {"acc": "float"}, 1.0, when=lambda s, f: f.get("acc") == "double"),
+    Idea("idx32", COMP, "Index with 32-bit integers (the tensor has fewer than 2^31 values).", {"idx32": True}, 0.8),
+    Idea("stream_both", ASYNC, "Stream loads and stores (__ldcs/__stcs) so the next tile's loads are not queued "
+         "behind write-allocations of this one.", {"load": "ldcs", "store": "stcs"}, 1.0),
+    Idea("vec4_ipt4", ASYNC, "Issue four float4 loads per thread before scanning any of them: sixteen values in "
+         "flight per thread hide the memory latency.", {"vec": 4, "ipt": 4}, 1.5,
+         when=lambda s, f: scan_cuda.vec_ok(s)),
+]
+
+SCAN_C: list[Idea] = [
+    Idea("omp", PAR, "Scan the {rows} independent rows in parallel with OpenMP, each thread owning whole rows.",
+         {"par": "omp"}, 4.0),
+    Idea("dynamic", PAR, "Hand rows to cores dynamically.", {"par": "omp", "schedule": "dynamic"}, 0.6),
+    Idea("guided", PAR, "Guided scheduling of the rows.", {"par": "omp", "schedule": "guided"}, 0.5),
+    Idea("bind_close", PAR, "Bind OpenMP threads close to their parent.", {"par": "omp", "proc_bind": "close"}, 0.4),
+    Idea("bind_spread", PAR, "Spread OpenMP threads over the cores.", {"par": "omp", "proc_bind": "spread"}, 0.4),
+    Idea("if_parallel", PAR, "Fork threads only for scans large enough to pay for it.",
+         {"par": "omp", "if_parallel": True}, 0.3),
+    Idea("blocked", ASYNC, "Scan each row in {L}-value chunks in two passes (chunk totals, then each chunk from its "
+         "carried prefix): the totals pass is a plain reduction the core pipelines.", {"order": "blocked"}, 1.0,
+         when=_scan_rows),
+    Idea("blocked_small", ASYNC, "Two-pass blocked scan with 1024-value chunks that stay in L1 between passes.",
+         {"order": "blocked", "chunk": 1024}, 0.8, when=_scan_rows),
+    Idea("simd", COMP, "Vectorise the loop over columns that advance together (#pragma omp simd).",
+         {"simd": True}, 2.0, when=lambda s, f: not _scan_rows(s, f)),
+    Idea("prefetch", ASYNC, "Prefetch the row four steps ahead while this one is scanned.", {"prefetch": True}, 0.6,
+         when=lambda s, f: not _scan_rows(s, f)),
+    Idea("restrict", MEM, "Declare the pointers restrict so the compiler need not reload after each store.",
+         {"restrict": True}, 1.0),
+    Idea("unroll4", CTRL, "Unroll the scan loop by four.", {"unroll": 4}, 0.8),
+    Idea("unroll8", CTRL, "Unroll the scan loop by eight.", {"unroll": 8}, 0.6),
+    Idea("acc_double", PREC, "Carry the running {sop} in double.", {"acc": "double"}, 0.5),
+    Idea("acc_float", PREC, "Carry the running {sop} in float again.", {"acc": "float"}, 1.0,
+         when=lambda s, f: f.get("acc") == "double"),
+    Idea("omp_restrict", MEM, "Rows on every core, restrict pointers.", {"par": "omp", "restrict": True}, 1.0),
+    Idea("direct_again", CTRL, "Scan each row in one pass again: the second pass re-reads the row.",
+         {"order": "direct"}, 0.3, when=lambda s, f: f.get("order") == "blocked"),
+]
+
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("scan", "cuda"): SCAN_CUDA,
+    ("scan", "cpu"): SCAN_C,
     ("reduce", "cuda"): REDUCE_CUDA,
     ("reduce", "cpu"): REDUCE_C,
     ("window", "cuda"): WINDOW_CUDA,

@@ -107,6 +107,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_window(problem, module, init_inputs, inputs, op, params)
     if FAMILIES[op] == "reduce":
         return _describe_reduce(problem, module, init_inputs, inputs, op, params)
+    if FAMILIES[op] == "scan":
+        return _describe_scan(problem, module, init_inputs, inputs, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
     x = inputs[0]
@@ -428,6 +430,69 @@ def _probe_reduce(spec: OpSpec, model: Any, params: dict) -> None:
     if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype or not (
             torch.equal(got, want) if got.dtype == torch.int64 else torch.allclose(got, want, atol=1e-4, rtol=1e-4)):
         raise Unsupported(f"{spec.op}: the reference does not compute the plain {params['kind']} on a probe input")
+
+
+def _describe_scan(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:
+    """A cumulative sum or product along one dimension, viewed as [A, L, B] (scanned along L)."""
+    import torch
+
+    masked = bool(params["masked"])
+    if len(inputs) != (2 if masked else 1) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise Unsupported("scan: expected the input tensor" + (" and its mask" if masked else ""))
+    x = inputs[0]
+    if x.dtype != torch.float32 or (masked and inputs[1].dtype != torch.bool):
+        raise Unsupported("scan: the generators take a float32 input (and a bool mask)")
+    shape = tuple(int(v) for v in x.shape)
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    if [*model.named_parameters(), *model.named_buffers()]:
+        raise Unsupported("scan: the reference holds tensors")
+    dim = int(params["dim"])
+    geom = {"a": math.prod(shape[:dim]), "l": shape[dim], "b": math.prod(shape[dim + 1:]),
+            "kind": params["kind"], "reverse": int(params["reverse"]), "exclusive": int(params["exclusive"]),
+            "masked": int(masked)}
+    spec = OpSpec(problem_id=str(problem.id), op="scan", family="scan", input_shape=shape, out_shape=shape,
+                  row_dims=1, eps=0.0, keepdim=False, init_signature=_render_signature(module.Model), init_body=(),
+                  weight=None, bias=None, args=("x", "mask") if masked else ("x",),
+                  input_shapes=tuple(tuple(int(v) for v in t.shape) for t in inputs), conv=tuple(geom.items()))
+    _probe_scan(spec, model, params)
+    return spec
+
+
+def scan_semantics(x: Any, params: dict, mask: Any = None) -> Any:
+    import torch
+
+    dim = int(params["dim"])
+    fn = torch.cumsum if params["kind"] == "sum" else torch.cumprod
+    if params["masked"]:
+        x = x * mask
+    if params["reverse"]:
+        return fn(x.flip(dim), dim).flip(dim)
+    if params["exclusive"]:
+        ident = torch.zeros_like(x.narrow(dim, 0, 1)) if params["kind"] == "sum" else torch.ones_like(
+            x.narrow(dim, 0, 1))
+        return torch.cat((ident, fn(x.narrow(dim, 0, x.shape[dim] - 1), dim)), dim)
+    return fn(x, dim)
+
+
+def _probe_scan(spec: OpSpec, model: Any, params: dict) -> None:
+    import torch
+
+    probe = tuple(min(s, 9 + i) for i, s in enumerate(spec.input_shape))
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.rand(probe, generator=gen) + 0.5
+    mask = torch.rand(probe, generator=gen) > 0.5
+    args = (x, mask) if params["masked"] else (x,)
+    with torch.no_grad():
+        try:
+            got = model(*[a.clone() for a in args])
+        except Exception as exc:  # noqa: BLE001
+            raise Unsupported(f"scan: the reference fails on a probe input of shape {probe}") from exc
+        want = scan_semantics(x, params, mask)
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or not torch.allclose(got, want, atol=1e-5,
+                                                                                          rtol=1e-5):
+        raise Unsupported("scan: the reference does not compute the plain cumulative "
+                          f"{params['kind']} on a probe input")
 
 
 _CONV_MODULES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")

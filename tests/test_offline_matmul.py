@@ -56,8 +56,10 @@ def test_a_plain_two_dimensional_matmul_is_searched_on_both_backends():
 
 
 @pytest.mark.parametrize("forward,inputs,why", [
-    ("torch.matmul(A, B)", "[torch.randn(4, 8, 16), torch.randn(4, 16, 8)]", "the graph holds bmm(f32[4,8,16]"),
-    ("torch.matmul(A.T, B)", "[torch.randn(16, 16), torch.randn(16, 8)]", "transposed, reshaped or computed operands"),
+    ("torch.matmul(A.exp(), B)", "[torch.randn(8, 16), torch.randn(16, 8)]", "exp(f32[8,16]) -> mm(f32[8,16]"),
+    ("torch.matmul(A, A)", "[torch.randn(8, 8), torch.randn(8, 8)]", "operands other than the two inputs"),
+    ("torch.matmul(A.permute(2, 0, 1), B)", "[torch.randn(8, 16, 4), torch.randn(16, 8)]",
+     "operands permuted beyond a transpose"),
     ("torch.matmul(A, B) + 1", "[torch.randn(8, 16), torch.randn(16, 8)]", "mm(f32[8,16], f32[16,8]) -> add("),
     ("torch.matmul(A, B)", "[torch.randn(8, 16), torch.randn(8, 16)]", "the forward could not be traced"),
     ("torch.matmul(A, B)", "[torch.randn(8, 16).double(), torch.randn(16, 8).double()]", "float32"),
@@ -202,4 +204,102 @@ def test_every_reachable_cuda_matmul_kernel_computes_a_at_b_on_the_gpu(tmp_path)
                 failures.append(f"{f} on {tuple(a.shape)}@{tuple(b.shape)}")
                 break
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA matmul kernels compute A @ B")
+    assert not failures, "\n".join(failures[:10])
+
+
+# ------------------------------------------------------------------------------------------------ layouts
+
+# forward, inputs: products of the inputs read transposed, batched, through views, or kept triangular
+LAYOUTS = {
+    "transposed_a": ("A.T @ B", "[torch.randn(13, 7), torch.randn(13, 9)]"),
+    "transposed_b": ("torch.matmul(A, B.T)", "[torch.randn(7, 13), torch.randn(9, 13)]"),
+    "transposed_both": ("A.T @ B.T", "[torch.randn(13, 7), torch.randn(9, 13)]"),
+    "batched": ("torch.bmm(A, B)", "[torch.randn(3, 7, 13), torch.randn(3, 13, 9)]"),
+    "batched_transposed_a": ("torch.bmm(A.transpose(1, 2), B)", "[torch.randn(3, 13, 7), torch.randn(3, 13, 9)]"),
+    "batch_times_matrix": ("torch.matmul(A, B)", "[torch.randn(3, 7, 13), torch.randn(13, 9)]"),
+    "tensor_3d_matrix": ("torch.matmul(A, B)", "[torch.randn(2, 5, 13), torch.randn(13, 9)]"),
+    "einsum_4d": ("torch.einsum('bijl,lk->bijk', A, B)", "[torch.randn(2, 3, 5, 13), torch.randn(13, 9)]"),
+    "upper": ("torch.triu(torch.matmul(A, B))", "[torch.randn(11, 13), torch.randn(13, 11)]"),
+    "lower_below_diagonal": ("torch.tril(A @ B, diagonal=-1)", "[torch.randn(11, 13), torch.randn(13, 11)]"),
+}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("layouts")
+    return {name: kb_problem(folder, forward, inputs, name) for name, (forward, inputs) in LAYOUTS.items()}
+
+
+def test_products_of_viewed_transposed_or_batched_inputs_are_matmuls_with_their_layout(layouts):
+    geo = {name: describe(p).geometry for name, p in layouts.items()}
+    assert all(describe(p).family == "matmul" for p in layouts.values())
+    assert [(geo[n]["ta"], geo[n]["tb"]) for n in ("transposed_a", "transposed_b", "transposed_both")] == \
+        [(1, 0), (0, 1), (1, 1)]
+    assert (geo["batched"]["batch"], geo["batched"]["a_batched"], geo["batched"]["b_batched"]) == (3, 1, 1)
+    assert (geo["batch_times_matrix"]["m"], geo["batch_times_matrix"]["batch"]) == (21, 1)  # viewed as one matrix
+    assert (geo["einsum_4d"]["m"], geo["einsum_4d"]["k"], geo["einsum_4d"]["n"]) == (30, 13, 9)
+    assert (geo["upper"]["tri"], geo["lower_below_diagonal"]["tri"], geo["lower_below_diagonal"]["diagonal"]) == \
+        (1, 2, -1)
+    assert describe(layouts["einsum_4d"]).out_shape == (2, 3, 5, 9)
+
+
+def _layout_jobs(layouts, backend, parents):
+    jobs = []
+    for prob in layouts.values():
+        spec = describe(prob)
+        jobs += [(prob, spec, f) for f in reachable(spec, backend, parents)[::7]]
+    return jobs
+
+
+def _check_layouts(jobs, modules, device):
+    failures = []
+    gen = torch.Generator().manual_seed(11)
+    for (prob, spec, f), module in zip(jobs, modules, strict=True):
+        args = [torch.randn(s, generator=gen).to(device) for s in spec.input_shapes]
+        with torch.no_grad():
+            want, got = prob.load_module().Model()(*args), module.ModelNew()(*args)
+        tol = 1e-2 if f.get("precision") == "tf32" or f.get("algo") == "wgmma" and f.get("precision") != "3xtf32" \
+            else 1e-4
+        if got.shape != want.shape or not torch.allclose(got, want, atol=tol, rtol=tol):
+            failures.append(f"{prob.id} {f}: {got.shape} {want.shape}")
+    return failures
+
+
+def test_every_c_matmul_layout_computes_the_product(layouts, tmp_path):
+    jobs = _layout_jobs(layouts, "cpu", C_PARENTS)
+    assert len(jobs) > 40
+    with ThreadPoolExecutor(2) as pool:
+        modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
+                                                        tmp_path), jobs))
+    failures = _check_layouts(jobs, modules, "cpu")
+    assert not failures, "\n".join(failures[:5])
+
+
+def test_every_cuda_matmul_layout_compiles_with_nvrtc_and_transposes_with_its_own_kernel(layouts, tmp_path):
+    jobs = _layout_jobs(layouts, "cuda", CUDA_PARENTS)
+    assert len(jobs) > 40
+    sources = [candidate_source(j[1], "cuda", j[2], "t", "reference") for j in jobs]
+    assert all("transpose_b" in src for (prob, _, _), src in zip(jobs, sources, strict=True)
+               if prob.id.startswith("transposed"))
+    assert not any("torch.matmul" in src or ".t()" in src for src in sources)
+    with ThreadPoolExecutor(2) as pool:
+        failures = [r for r in pool.map(lambda src: _build_error(src, tmp_path), sources) if r]
+    assert not failures, "\n".join(failures[:5])
+
+
+def _build_error(src: str, folder: Path) -> str | None:
+    try:
+        import_source(src, folder)
+        return None
+    except Exception as exc:  # noqa: BLE001 - every failing combination is reported at once
+        return str(exc)[:400]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_every_cuda_matmul_layout_computes_the_product_on_the_gpu(layouts, tmp_path):
+    jobs = _layout_jobs(layouts, "cuda", CUDA_PARENTS)
+    modules = [import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"), tmp_path) for j in jobs]
+    failures = _check_layouts(jobs, modules, "cuda")
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA matmul layouts match the reference")
     assert not failures, "\n".join(failures[:10])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,8 @@ class Recognition:
         return f"no offline family fits: {self.reason}"
 
 
-HIDDEN_PARAMS = ("body", "in_shape", "out_shape")  # long generated text a listing does not show
+# long generated text and shapes a listing does not show
+HIDDEN_PARAMS = ("body", "in_shape", "out_shape", "a_batched", "b_batched", "diagonal")
 
 
 class _Miss(Exception):
@@ -136,6 +138,9 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         single = _single(graph, nodes[0])
         if single is not None:
             return single
+    if [n.op for n in nodes] in (["aten.mm", "aten.triu"], ["aten.mm", "aten.tril"], ["aten.bmm", "aten.triu"],
+                                 ["aten.bmm", "aten.tril"]):
+        return _matmul(graph, nodes)
     point = _pointwise(graph, nodes)
     if point is not None:
         return point
@@ -169,7 +174,7 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     x = node.args[0] if node.args else None
     if node.op in POOL_OPS:
         return _pool(graph, node)
-    if node.op not in ("aten.mm", "aten.convolution") and not _is_input(x, 0):
+    if node.op not in ("aten.mm", "aten.bmm", "aten.convolution") and not _is_input(x, 0):
         return None
     _float32(graph, node)
     rank = len(x.info.shape) if isinstance(x, Ref) else 0
@@ -194,15 +199,155 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         if weight is None or bias is None:
             raise _Miss("a layer norm without an affine weight and bias (the rowwise family applies both)")
         return "layernorm", {"normalized_dims": len(shape), "eps": _arg(node, 4, "eps", 1e-5)}
-    if node.op == "aten.mm":
-        a, b = node.args[0], node.args[1]
-        if not (_is_input(a, 0) and _is_input(b, 1)):
-            raise _Miss("a matrix product of transposed, reshaped or computed operands (the matmul family takes "
-                        "A @ B of the two inputs as given)")
-        return "matmul", {}
+    if node.op in ("aten.mm", "aten.bmm"):
+        return _matmul(graph, [node])
     if node.op == "aten.convolution":
         return _conv(graph, node)
     return None
+
+
+# Operations a matrix operand may pass through between a graph input and the product: they move no data (views,
+# dimension permutations), so the operand is the input read in some order.
+_LAYOUT_OPS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten.unsqueeze",
+                                           "aten.squeeze", "aten.clone", "aten.contiguous", "aten.alias",
+                                           "aten.detach", "aten.lift_fresh_copy", "aten.flatten", "aten.unflatten",
+                                           "aten.permute", "aten.transpose", "aten.t", "aten.expand"})
+
+
+def _chain(graph: OpGraph, a: Any) -> tuple[Any, list[OpNode]] | None:
+    """The graph input ``a`` reads and the layout operations in between, first applied first."""
+    ops: list[OpNode] = []
+    while isinstance(a, Ref) and a.kind == "node":
+        node = graph.nodes[a.index]
+        if node.op not in _LAYOUT_OPS:
+            return None
+        ops.append(node)
+        a = node.args[0]
+    return (a, ops[::-1]) if isinstance(a, Ref) and a.kind == "input" else None
+
+
+def _order(start: tuple[int, ...], ops: list[OpNode]) -> tuple[bool, bool] | None:
+    """Follow a tensor's element order through layout operations: each dimension of size above one is tagged with
+    the axis of the contiguous tensor it walks (size-one dimensions carry none). A reshape is taken only of a
+    tensor read in order, or with its last two axes swapped and kept; a permutation reorders the tags. The answer
+    is (swapped, broadcast): the result is the start read in order, or with its last two axes swapped, and whether
+    an expand repeats it over a batch; None for any other order."""
+    tags: list[int | None] = [i if n > 1 else None for i, n in enumerate(start)]
+    shape = list(start)
+    broadcast = False
+
+    def state() -> str | None:
+        ids = [t for t in tags if t is not None]
+        if ids == sorted(ids):
+            return "in order"
+        if len(ids) >= 2 and ids[:-2] + [ids[-1], ids[-2]] == sorted(ids):
+            return "swapped"
+        return None
+
+    for node in ops:
+        out = node.out if isinstance(node.out, TensorInfo) else None
+        if out is None:
+            return None
+        new = list(out.shape)
+        if node.op in ("aten.permute", "aten.transpose", "aten.t"):
+            rank = len(shape)
+            if node.op == "aten.permute":
+                perm = [int(d) % rank for d in node.args[1]]
+            else:
+                d0, d1 = (int(node.args[1]) % rank, int(node.args[2]) % rank) if node.op == "aten.transpose" \
+                    else (0, 1)
+                perm = list(range(rank))
+                perm[d0], perm[d1] = perm[d1], perm[d0]
+            tags = [tags[i] for i in perm]
+        elif node.op == "aten.expand":
+            if len(new) < len(shape) or any(o != n and o != 1 for o, n in zip(shape, new[len(new) - len(shape):],
+                                                                              strict=True)):
+                return None
+            broadcast = broadcast or new != shape
+            tags = [None] * (len(new) - len(shape)) + [t if o == n else None for t, o, n in
+                                                       zip(tags, shape, new[len(new) - len(shape):], strict=True)]
+        elif node.op in ("aten.unsqueeze", "aten.squeeze") or new == shape:
+            kept = [t for t in tags if t is not None]
+            tags = [kept.pop(0) if n > 1 else None for n in new] if len(kept) == sum(n > 1 for n in new) else None
+            if tags is None:
+                return None
+        else:  # a reshape: in order, or swapped with the last two axes kept whole
+            st = state()
+            if st is None or broadcast:
+                return None
+            big = [n for n in new if n > 1]
+            if st == "in order":
+                fresh = iter(range(len(big)))
+                tags = [next(fresh) if n > 1 else None for n in new]
+            else:
+                old_big = [n for t, n in zip(tags, shape, strict=True) if t is not None]
+                if len(big) < 2 or big[-2:] != old_big[-2:]:
+                    return None
+                ids = list(range(len(big)))
+                ids[-2], ids[-1] = ids[-1], ids[-2]
+                fresh = iter(ids)
+                tags = [next(fresh) if n > 1 else None for n in new]
+        shape = new
+    st = state()
+    return None if st is None else (st == "swapped", broadcast)
+
+
+def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """A (batched) product of the two inputs, each read in order or transposed (any views in between), optionally
+    kept upper or lower triangular. The plain 2-D A @ B of the inputs as given has no layout parameters."""
+    mm = nodes[0]
+    _float32(graph, mm)
+    a_shape, b_shape = mm.args[0].info.shape, mm.args[1].info.shape
+    found = [_chain(graph, x) for x in mm.args[:2]]
+    if any(f is None for f in found) or [f[0].index for f in found] != [0, 1]:
+        raise _Miss("a matrix product of operands other than the two inputs (the matmul family takes the first "
+                    "input times the second, viewed or transposed)")
+    orders = [_order(f[0].info.shape, f[1]) for f in found]
+    if any(o is None for o in orders):
+        raise _Miss("a matrix product of operands permuted beyond a transpose (the matmul family takes the two "
+                    "inputs read in order or transposed)")
+    last = nodes[-1]
+    tri, diagonal = 0, 0
+    if last is not mm:
+        if not _is_node(last.args[0], mm, graph):
+            return None
+        tri = 1 if last.op == "aten.triu" else 2
+        diagonal = int(_arg(last, 1, "diagonal", 0))
+    if not _is_output_view(graph, last):
+        return None
+    batch = a_shape[0] if len(a_shape) == 3 else 1
+    m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
+    (ta, a_bcast), (tb, b_bcast) = orders
+    plain = len(a_shape) == 2 and not (ta or tb or tri) and not found[0][1] and not found[1][1]
+    if plain:
+        return "matmul", {}
+    # each input holds one matrix (repeated over the batch) or one per batch entry
+    sizes = [math.prod(f[0].info.shape) for f in found]
+    if sizes[0] not in (m * k, batch * m * k) or sizes[1] not in (k * n, batch * k * n) \
+            or (a_bcast and sizes[0] != m * k) or (b_bcast and sizes[1] != k * n):
+        return None
+    return "matmul", {"m": m, "n": n, "k": k, "batch": batch, "ta": ta, "tb": tb,
+                      "a_batched": batch > 1 and sizes[0] == batch * m * k,
+                      "b_batched": batch > 1 and sizes[1] == batch * k * n, "tri": tri, "diagonal": diagonal,
+                      "out_shape": list(graph.outputs[0].info.shape)}
+
+
+def _is_output_view(graph: OpGraph, node: OpNode) -> bool:
+    """The forward returns ``node``'s result read in order (through views and size-one permutations)."""
+    if len(graph.outputs) != 1 or not isinstance(graph.outputs[0], Ref):
+        return False
+    chain: list[OpNode] = []
+    a = graph.outputs[0]
+    while isinstance(a, Ref) and a.kind == "node" and graph.nodes[a.index] is not node:
+        current = graph.nodes[a.index]
+        if current.op not in _LAYOUT_OPS or current.op == "aten.expand":
+            return False
+        chain.append(current)
+        a = current.args[0]
+    if not (isinstance(a, Ref) and a.kind == "node" and graph.nodes[a.index] is node):
+        return False
+    order = _order(node.out.shape, chain[::-1])
+    return order == (False, False)
 
 
 def _conv(graph: OpGraph, node: OpNode) -> tuple[str, dict]:

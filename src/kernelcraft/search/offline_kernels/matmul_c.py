@@ -11,6 +11,7 @@ sums its products in ascending k.
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
+from kernelcraft.search.offline_kernels import matmul_layout
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "matmul"
@@ -144,7 +145,4 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
 def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     src = render_source(spec, f, "matmul_c")
     mod = f"SRC = r'''\n{src}'''\n\n_kernel = c_kernel(SRC, \"matmul_c\")\n"
-    fwd = ["a = a.contiguous()", "b = b.contiguous()", "M, K = a.shape", "N = b.shape[1]",
-           "out = torch.empty((M, N), device=a.device, dtype=a.dtype)", "if M and N:",
-           "    _kernel(a, b, out, M, N, K)", "return out"]
-    return mod, fwd
+    return matmul_layout.wrap(spec, BACKEND, mod, ["_kernel(a, b, out, M, N, K)"])

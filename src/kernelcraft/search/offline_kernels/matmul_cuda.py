@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kernelcraft.search.offline_kernels import cuda_common as cc
+from kernelcraft.search.offline_kernels import matmul_layout
 from kernelcraft.search.offline_kernels import matmul_wgmma as wg
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
@@ -577,14 +578,12 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
         mod += ["", "# Scalar-load fallback for operands the vector path cannot take (see forward).",
                 f"SRC_SAFE = r'''\n{render_source(spec, safe, 'matmul_safe', fast=False)}'''", "",
                 _kernel_line(spec, safe, "_safe", "matmul_safe", "SRC_SAFE")]
-    fwd = ["a = a.contiguous()", "b = b.contiguous()", "M, K = a.shape", "N = b.shape[1]",
-           "out = torch.empty((M, N), device=a.device, dtype=a.dtype)", "if M == 0 or N == 0:", "    return out"]
+    product = []
     if conds:
-        fwd.append("if " + " and ".join(conds) + ":")
-        fwd += ["    " + ln for ln in _launch(f, "_fast")]
-        fwd.append("else:")
-        fwd += ["    " + ln for ln in _launch(safe, "_safe")]
+        product.append("if " + " and ".join(conds) + ":")
+        product += ["    " + ln for ln in _launch(f, "_fast")]
+        product.append("else:")
+        product += ["    " + ln for ln in _launch(safe, "_safe")]
     else:
-        fwd += _launch(f, "_fast")
-    fwd.append("return out")
-    return "\n".join(mod), fwd
+        product += _launch(f, "_fast")
+    return matmul_layout.wrap(spec, BACKEND, "\n".join(mod), product)

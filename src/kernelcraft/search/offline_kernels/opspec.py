@@ -56,7 +56,10 @@ class OpSpec:
 
     @property
     def mnk(self) -> tuple[int, int, int]:
-        """A matmul's (M, N, K): C[M, N] = A[M, K] @ B[K, N]."""
+        """A matmul's (M, N, K): C[M, N] = A[M, K] @ B[K, N] (per batch entry when batched)."""
+        g = self.geometry
+        if "m" in g:
+            return g["m"], g["n"], g["k"]
         (m, k), (_, n) = self.input_shapes
         return m, n, k
 
@@ -99,6 +102,8 @@ def describe(problem: Any) -> OpSpec:
             inputs = list(module.get_inputs())
         except Exception as exc:  # noqa: BLE001 - any failure just means we cannot see the shapes cheaply
             raise Unsupported(f"get_inputs() does not run on the meta device ({type(exc).__name__})") from exc
+    if FAMILIES[op] == "matmul" and "m" in params:
+        return _describe_matmul_layout(problem, module, init_inputs, inputs, params)
     if FAMILIES[op] == "matmul":
         return _describe_matmul(problem, module, init_inputs, inputs)
     if FAMILIES[op] == "conv":
@@ -193,6 +198,28 @@ def _describe_matmul(problem: Any, module: Any, init_inputs: list, inputs: list)
                   init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
                   args=("a", "b"), input_shapes=shapes)
     _probe_matmul(model)
+    return spec
+
+
+def _describe_matmul_layout(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:
+    """A product of the two inputs read in order or transposed, batched or not, optionally triangular: the graph's
+    layout analysis (problems.recognise) says how each input is read; the kernels transpose an operand into a
+    scratch buffer with their own kernel, run the 2-D product per batch entry and mask the triangle."""
+    import torch
+
+    if len(inputs) != 2 or not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in inputs):
+        raise Unsupported("matmul: expected two float32 tensor inputs")
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    if [*model.named_parameters(), *model.named_buffers()]:
+        raise Unsupported("matmul: the reference holds tensors; a product of the inputs has none")
+    keys = ("m", "n", "k", "batch", "ta", "tb", "a_batched", "b_batched", "tri", "diagonal")
+    geom = {key: int(params[key]) for key in keys}
+    shapes = tuple(tuple(int(v) for v in t.shape) for t in inputs)
+    spec = OpSpec(problem_id=str(problem.id), op="matmul", family="matmul", input_shape=shapes[0],
+                  out_shape=tuple(int(v) for v in params["out_shape"]), row_dims=1, eps=0.0, keepdim=False,
+                  init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
+                  args=("a", "b"), input_shapes=shapes, conv=tuple(geom.items()))
     return spec
 
 

@@ -14,10 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from offline_support import (  # noqa: F401 - build_env: autouse
     GPU,
     build_env,
     check_candidate,
+    close,
     import_source,
     odd_inputs,
     one_thread,
@@ -195,3 +197,26 @@ def test_every_reachable_cuda_reduce_kernel_computes_the_op_on_the_gpu(problems,
     failures = _check_all(jobs, modules, "cuda")
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA reduce kernels match the reference")
     assert not failures, "\n".join(failures[:10])
+
+
+def test_a_batch_norm_in_eval_mode_uses_its_running_statistics_as_the_module_does(problems, tmp_path):
+    """The evaluator runs both models in eval mode, where nn.BatchNorm2d normalises with its running statistics;
+    in training mode with the batch's."""
+    prob = problems["batch_norm"]
+    spec = describe(prob)
+    gen = torch.Generator().manual_seed(2)
+    running = (torch.randn(6, generator=gen), torch.rand(6, generator=gen) + 0.5)
+    for backend in ("cpu",) + (("cuda",) if GPU else ()):
+        module = import_source(candidate_source(spec, backend, {}, "t", "reference"), tmp_path)
+        ref, new = prob.load_module().Model(), module.ModelNew()
+        for m in (ref, new):
+            norm = next(x for x in m.modules() if hasattr(x, "running_mean"))
+            norm.running_mean.copy_(running[0])
+            norm.running_var.copy_(running[1])
+            m.to(backend).eval()
+        x = torch.randn(spec.input_shape, generator=gen).to(backend) * 3 + 1
+        with torch.no_grad():
+            assert close(new(x), ref(x)), backend
+        ref.train(), new.train()
+        with torch.no_grad():
+            assert close(new(x), ref(x)), backend

@@ -350,6 +350,7 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
     init_body: tuple[str, ...] = ()
     weight = bias = None
     groups = int(params.get("groups", 1)) if params.get("norm") == "group" else 1
+    running: dict[str, Any] = {"running": "", "rc": 0}
     chan = (1, 1, 1)  # (CA, CR, CHW): the channel of an element is (a % CA) * CR + r / CHW
     r0, a, r, b = reduce_layout(shape, dims, groups)
     state = [*model.named_parameters(), *model.named_buffers()]
@@ -373,6 +374,9 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
             init_body = (f"self.{attr} = nn.{type(m).__name__}({args})",)
             if m.affine:
                 weight, bias = f"self.{attr}.weight", f"self.{attr}.bias"
+            if getattr(m, "track_running_stats", False):
+                # in eval mode the module normalises with its running statistics, per channel
+                running = {"running": f"self.{attr}", "rc": int(m.num_features)}
         elif params.get("affine"):
             raise Unsupported(f"{norm} norm: affine parameters outside a torch.nn norm module")
         if weight is not None:
@@ -393,7 +397,7 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
         if math.prod(out_shape) != a * b:
             raise Unsupported(f"{op}: the reference returns {out_shape}, not {a * b} reduced values")
     geom = {"r0": r0, "a": a, "r": r, "b": b, "kind": kind, "ca": chan[0], "cr": chan[1], "chw": chan[2],
-            "affine": int(weight is not None)}
+            "affine": int(weight is not None)} | running
     spec = OpSpec(problem_id=str(problem.id), op=op, family="reduce", input_shape=shape, out_shape=out_shape,
                   row_dims=1, eps=float(params.get("eps", 0.0)), keepdim=bool(params.get("keepdim", False)),
                   init_signature=_render_signature(module.Model), init_body=init_body, weight=weight, bias=bias,

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
 from kernelcraft.search.offline_kernels.opspec import OpSpec
-from kernelcraft.search.offline_kernels.reduce_cuda import ARG_KINDS, SUMS, apply_expr, defines, final_code, state_code
+from kernelcraft.search.offline_kernels.reduce_cuda import (
+    ARG_KINDS,
+    SUMS,
+    apply_expr,
+    defines,
+    final_code,
+    has_running,
+    running_code,
+    state_code,
+)
 
 FAMILY = "reduce"
 BACKEND = "cpu"
@@ -113,6 +122,8 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
             app.append("      { const int64_t ch = (a % CA) * CR + (e / B_) / CHW; v = v * w[ch] + bb[ch]; }")
         app += ["      yr[e] = v;", "    }", "  }", "}"]
         out.append("\n".join(app))
+    if has_running(spec):
+        out.append(running_code(spec, False))
     return "\n\n".join(out) + "\n"
 
 
@@ -122,6 +133,8 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     src = render_source(spec, f, "reduce_c")
     names = ("reduce_c_stats", "reduce_c_apply") if spec.op == "normalize" else ("reduce_c_stats",)
     mod = f"SRC = r'''\n{src}'''\n\n" + "".join(f'_{n.rsplit("_", 1)[1]} = c_kernel(SRC, "{n}")\n' for n in names)
+    if has_running(spec):
+        mod += '_running = c_kernel(SRC, "running")\n'
     kept, red = g["a"] * g["b"], g["r0"] * g["r"]
     units = g["a"] * (1 if g["b"] == 1 else -(-g["b"] // f["bb"]))
     shape = tuple(spec.input_shapes[0])
@@ -138,9 +151,15 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     else:
         fwd += ["y = torch.empty_like(x)", "if y.numel() == 0:", "    return y",
                 f"fin = torch.empty({2 * kept}, dtype=torch.float32)", "fin_i = fin"]
-    fwd += [f"part = torch.empty(2 * {kept} * splits if splits > 1 else 2, dtype=torch.float32)",
-            f"part_i = torch.empty({kept} * splits if splits > 1 else 1, dtype=torch.int64)",
-            "_stats(x, fin, fin_i, part, part_i, splits)"]
+    stats = [f"part = torch.empty(2 * {kept} * splits if splits > 1 else 2, dtype=torch.float32)",
+             f"part_i = torch.empty({kept} * splits if splits > 1 else 1, dtype=torch.int64)",
+             "_stats(x, fin, fin_i, part, part_i, splits)"]
+    if has_running(spec):  # eval mode: the module's running statistics, as the reference's module uses them
+        attr = g["running"]
+        fwd += ["if not self.training:", f"    _running({attr}.running_mean, {attr}.running_var, fin)", "else:",
+                *["    " + ln for ln in stats]]
+    else:
+        fwd += stats
     if spec.op == "reduce":
         fwd.append("return out")
     else:

@@ -272,6 +272,26 @@ def _apply_kernel(spec: OpSpec, f: dict, name: str, vec: int) -> str:
             "float* __restrict__ y) {\n" + "\n".join("  " + ln for ln in body) + "\n}")
 
 
+def running_code(spec: OpSpec, cuda: bool) -> str:
+    """A batch or instance norm module's running statistics as the apply pass's two numbers per kept index (what
+    the module normalises with in eval mode): the mean, and 1 / sqrt(var + eps)."""
+    eps = f"{float(spec.eps)!r}f"
+    rc = spec.geometry["rc"]
+    if cuda:
+        return ('extern "C" __global__ void running(const float* __restrict__ rm, const float* __restrict__ rv, '
+                "float* __restrict__ fin) {\n"
+                "  const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;\n"
+                f"  if (k >= KEPT) return;\n  const long long c = k % {rc};\n"
+                f"  fin[2 * k] = rm[c];\n  fin[2 * k + 1] = 1.0f / sqrtf(rv[c] + {eps});\n}}")
+    return (f"void running(const float* rm, const float* rv, float* fin) {{\n"
+            f"  for (int64_t k = 0; k < KEPT; ++k) {{\n    const int64_t c = k % {rc};\n"
+            f"    fin[2 * k] = rm[c];\n    fin[2 * k + 1] = 1.0f / sqrtf(rv[c] + {eps});\n  }}\n}}")
+
+
+def has_running(spec: OpSpec) -> bool:
+    return bool(spec.geometry.get("running"))
+
+
 def render_source(spec: OpSpec, f: dict, vec: int) -> str:
     f = normalise(spec, f)
     idx = "int" if f["idx32"] else "long long"
@@ -280,6 +300,8 @@ def render_source(spec: OpSpec, f: dict, vec: int) -> str:
     out += [_stats_kernel(spec, f, "stats", vec), _combine_kernel(spec, f)]
     if spec.op == "normalize":
         out.append(_apply_kernel(spec, f, "apply", vec))
+    if has_running(spec):
+        out.append(running_code(spec, True))
     return "\n\n".join(out) + "\n"
 
 
@@ -287,13 +309,14 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     f = normalise(spec, f)
     g = spec.geometry
     T = f["threads"]
-    mod = [f"SRC = r'''\n{render_source(spec, f, f['vec'])}'''", "", "_mod = {n: cuda_kernel(SRC, n) for n in "
-           + ('("stats", "combine", "apply")' if spec.op == "normalize" else '("stats", "combine")') + "}"]
+    names = ("stats", "combine") + (("apply",) if spec.op == "normalize" else ()) \
+        + (("running",) if has_running(spec) else ())
+    mod = [f"SRC = r'''\n{render_source(spec, f, f['vec'])}'''", "",
+           f"_mod = {{n: cuda_kernel(SRC, n) for n in {names!r}}}"]
     if f["vec"] > 1:
         mod += ["", "# Scalar kernels for inputs not 16-byte aligned (see forward).",
                 f"SRC_SAFE = r'''\n{render_source(spec, f, 1)}'''", "",
-                "_safe = {n: cuda_kernel(SRC_SAFE, n) for n in "
-                + ('("stats", "combine", "apply")' if spec.op == "normalize" else '("stats", "combine")') + "}"]
+                f"_safe = {{n: cuda_kernel(SRC_SAFE, n) for n in {names!r}}}"]
     mod.append(cc.SM_COUNT_PY)
     kept, red = g["a"] * g["b"], g["r0"] * g["r"]
     shape = tuple(spec.input_shapes[0])
@@ -314,11 +337,18 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     else:
         fwd += ["y = torch.empty_like(x)", "if y.numel() == 0:", "    return y",
                 f"fin = torch.empty({2 * kept}, device=x.device, dtype=torch.float32)", "fin_i = fin"]
-    fwd += [f"part = torch.empty(2 * {kept} * splits if splits > 1 else 2, device=x.device, dtype=torch.float32)",
-            f"part_i = torch.empty({kept} * splits if splits > 1 else 1, device=x.device, dtype=torch.int64)",
-            f"k['stats'](grid=({blocks}, splits), block=({T},), args=(x, fin, fin_i, part, part_i, splits))",
-            "if splits > 1:",
-            f"    k['combine'](grid=({-(-kept // 256)},), block=(256,), args=(x, part, part_i, fin, fin_i, splits))"]
+    stats = [f"part = torch.empty(2 * {kept} * splits if splits > 1 else 2, device=x.device, dtype=torch.float32)",
+             f"part_i = torch.empty({kept} * splits if splits > 1 else 1, device=x.device, dtype=torch.int64)",
+             f"k['stats'](grid=({blocks}, splits), block=({T},), args=(x, fin, fin_i, part, part_i, splits))",
+             "if splits > 1:",
+             f"    k['combine'](grid=({-(-kept // 256)},), block=(256,), args=(x, part, part_i, fin, fin_i, splits))"]
+    if has_running(spec):  # eval mode: the module's running statistics, as the reference's module uses them
+        mod_attr = g["running"]
+        fwd += ["if not self.training:",
+                f"    k['running'](grid=({-(-kept // 256)},), block=(256,), args=({mod_attr}.running_mean, "
+                f"{mod_attr}.running_var, fin))", "else:", *["    " + ln for ln in stats]]
+    else:
+        fwd += stats
     if spec.op == "reduce":
         fwd.append("return out")
         return "\n".join(mod), fwd

@@ -220,3 +220,72 @@ def test_a_batch_norm_in_eval_mode_uses_its_running_statistics_as_the_module_doe
         ref.train(), new.train()
         with torch.no_grad():
             assert close(new(x), ref(x)), backend
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+# name: (forward over x, y; the inputs): an elementwise term of the two inputs, summed or averaged
+LOSSES = {
+    "mse": ("return torch.mean((x - y) ** 2)", "torch.randn(7, 33), torch.randn(7, 33)"),
+    "mse_loss_sum": ("return F.mse_loss(x, y, reduction='sum')", "torch.randn(7, 33), torch.randn(7, 33)"),
+    "smooth_l1": ("return F.smooth_l1_loss(x, y, beta=0.5)", "torch.randn(5, 41), torch.randn(5, 41)"),
+    "huber": ("return F.huber_loss(x, y, delta=2.0)", "torch.randn(5, 41), torch.randn(5, 41)"),
+    "l1": ("return F.l1_loss(x, y)", "torch.randn(3, 50), torch.randn(3, 50)"),
+    "kl_batchmean": ("return F.kl_div(torch.log(x), y, reduction='batchmean')",
+                     "torch.rand(6, 20).softmax(-1), torch.rand(6, 20).softmax(-1)"),
+    "hinge_broadcast": ("return torch.mean(torch.clamp(1 - x * y, min=0))",
+                        "torch.randn(9, 16), torch.randint(0, 2, (16,)).float() * 2 - 1"),
+}
+
+
+def loss_problem(folder: Path, name: str, forward: str, inputs: str):
+    path = folder / f"{name}.py"
+    path.write_text("import torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n"
+                    "class Model(nn.Module):\n    def forward(self, x, y):\n"
+                    f"        {forward}\n\ndef get_inputs():\n    return [{inputs}]\n\n"
+                    "def get_init_inputs():\n    return []\n")
+    return load_problem(path)
+
+
+@pytest.fixture(scope="module")
+def losses(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("losses")
+    return {name: loss_problem(folder, name, *LOSSES[name]) for name in LOSSES}
+
+
+def test_every_loss_is_a_reduction_of_an_elementwise_term_of_its_two_inputs(losses):
+    found = {name: recognise_problem(p) for name, p in losses.items()}
+    assert all((r.family, r.op) == ("reduce", "reduce") for r in found.values()), \
+        {n: r.line() for n, r in found.items()}
+    assert {n: r.params["kind"] for n, r in found.items()} == {
+        "mse": "mean", "mse_loss_sum": "sum", "smooth_l1": "mean", "huber": "mean", "l1": "mean",
+        "kl_batchmean": "sum", "hinge_broadcast": "mean"}
+    assert found["kl_batchmean"].params["scale"] == 1 / 6 and found["hinge_broadcast"].params["y_shape"] == [16]
+    assert describe(losses["hinge_broadcast"]).args == ("x", "y")
+
+
+def _loss_inputs(prob, device):
+    torch.manual_seed(3)
+    return [t.to(device) for t in prob.load_module().get_inputs()]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_every_reachable_loss_kernel_computes_the_loss(losses, tmp_path, backend):
+    jobs = []
+    for prob in losses.values():
+        spec = describe(prob)
+        jobs += [(prob, spec, f) for f in reachable(spec, backend, C_PARENTS if backend == "cpu" else
+                                                    CUDA_PARENTS)[::5]]
+    assert len(jobs) > 25
+    modules = [import_source(candidate_source(j[1], backend, j[2], "t", "reference"), tmp_path) for j in jobs]
+    if backend == "cuda" and not GPU:
+        return  # built with NVRTC above; running needs a GPU
+    failures = []
+    with one_thread():
+        for (prob, _, f), module in zip(jobs, modules, strict=True):
+            args = _loss_inputs(prob, backend)
+            with torch.no_grad():
+                want, got = prob.load_module().Model()(*args), module.ModelNew()(*args)
+            if got.shape != want.shape or not torch.allclose(got, want, atol=1e-5, rtol=1e-4):
+                failures.append(f"{prob.id} {f}: {got} vs {want}")
+    assert not failures, "\n".join(failures[:5])

@@ -144,6 +144,9 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     point = _pointwise(graph, nodes)
     if point is not None:
         return point
+    loss = _loss(graph, nodes)
+    if loss is not None:
+        return loss
     rms = _rmsnorm(graph, nodes)
     if rms is not None:
         return rms
@@ -702,7 +705,9 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
     scaled = b if alpha == 1 else f"({_f(alpha)} * {b})"
     binary = {"add": f"({a} + {scaled})", "sub": f"({a} - {scaled})", "rsub": f"({scaled} - {a})" if alpha == 1
               else f"({b} - {_f(alpha)} * {a})", "mul": f"({a} * {b})", "div": f"({a} / {b})",
-              "maximum": f"fmaxf({a}, {b})", "minimum": f"fminf({a}, {b})", "pow": f"powf({a}, {b})"}
+              "maximum": f"fmaxf({a}, {b})", "minimum": f"fminf({a}, {b})", "pow": f"powf({a}, {b})",
+              # xlogy(0, y) is 0 unless y is NaN, as PyTorch's
+              "xlogy": f"({b} != {b} ? {b} : ({a} == 0.f ? 0.f : {a} * logf({b})))"}
     if op == "div" and _arg(node, 2, "rounding_mode", None) is not None:
         return None
     return binary.get(op)
@@ -716,13 +721,28 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     x = graph.inputs[0]
     if x.dtype != "torch.float32" or graph.params:
         return None
+    found = _elementwise_body(graph, len(graph.nodes), {0: "x"}, x.shape)
+    last = graph.outputs[0] if len(graph.outputs) == 1 else None
+    if found is None or not (isinstance(last, Ref) and last.kind == "node" and last.index in found[2]):
+        return None
+    lines, chain, names = found
+    return "pointwise", {"chain": " -> ".join(chain), "body": " ".join(lines) + f" return {names[last.index]};"}
+
+
+def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: tuple[int, ...]) \
+        -> tuple[list[str], list[str], dict[int, str]] | None:
+    """The graph's first ``stop`` nodes as float statements over the named inputs (``inputs``: graph input index
+    to its name; the first has ``shape``, which every computed value must have, the others that shape or a
+    trailing part of it): (statements, operation names, node index to its value's name), or None when a node is
+    not elementwise."""
     names: dict[int, str] = {}
     lines: list[str] = []
     chain: list[str] = []
+    tensors = set(inputs.values())
 
     def operand(a: Any) -> str | None:
-        if _is_input(a, 0):
-            return "x"
+        if isinstance(a, Ref) and a.kind == "input" and a.index in inputs:
+            return inputs[a.index]
         if isinstance(a, Ref) and a.kind == "node" and a.index in names:
             return names[a.index]
         if isinstance(a, bool):
@@ -731,27 +751,27 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
             return _f(a)
         return None
 
-    for index, node in enumerate(graph.nodes):
+    for index, node in enumerate(graph.nodes[:stop]):
         if node.op in SHAPE_OPS_KEPT:
             return None
-        if node.op not in _POINTWISE_SKIP:
-            out = node.out
-            if not hasattr(out, "shape") or out.shape != x.shape or out.dtype != "torch.float32":
-                return None
         if node.op in _POINTWISE_SKIP:
             src = node.args[0] if node.args else None
-            if isinstance(src, Ref) and (src.kind == "input" or src.index in names) and src.info.shape == x.shape:
+            if isinstance(src, Ref) and (src.kind == "input" and src.index in inputs or src.index in names) \
+                    and src.info.shape == shape:
                 names[index] = operand(src)
                 continue
+            return None
+        out = node.out
+        if not hasattr(out, "shape") or out.shape != shape or out.dtype != "torch.float32":
             return None
         a = operand(node.args[0]) if node.args else None
         b = operand(node.args[1]) if len(node.args) > 1 and isinstance(node.args[1], Ref | int | float) \
             and not isinstance(node.args[1], bool) else None
         if a is None or (len(node.args) > 1 and isinstance(node.args[1], Ref) and b is None):
             return None
-        if a != "x" and not a.startswith("t") and b is not None and (b == "x" or b.startswith("t")):
+        if a not in tensors and not a.startswith("t") and b is not None and (b in tensors or b.startswith("t")):
             a, b = b, a  # scalar first (rsub, mul by a constant): the expressions take the tensor first
-            if node.op in ("aten.sub", "aten.div", "aten.pow", "aten.rsub"):
+            if node.op in ("aten.sub", "aten.div", "aten.pow", "aten.rsub", "aten.xlogy"):
                 return None
         expr = _pointwise_expr(node, a, b if len(node.args) > 1 else None)
         if expr is None:
@@ -759,11 +779,69 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         names[index] = f"t{len(lines)}"
         lines.append(f"const float t{len(lines)} = {expr};")
         chain.append(node.op.removeprefix("aten."))
-    last = graph.outputs[0] if len(graph.outputs) == 1 else None
-    if not lines or not (isinstance(last, Ref) and last.kind == "node" and last.index in names):
+    return (lines, chain, names) if lines else None
+
+
+# Losses that are one ATen node: their elementwise term of (x, y), and PyTorch's reduction codes (1 mean, 2 sum)
+def _loss_term(node: OpNode) -> str | None:
+    op = node.op.removeprefix("aten.")
+    if op == "mse_loss":
+        return "const float t0 = (x - y) * (x - y);"
+    if op == "l1_loss":
+        return "const float t0 = fabsf(x - y);"
+    if op in ("smooth_l1_loss", "huber_loss"):
+        beta = float(_arg(node, 3, "beta" if op == "smooth_l1_loss" else "delta", 1.0))
+        if beta <= 0:
+            return None
+        b = _f(beta)
+        quad = f"0.5f * d * d / {b}" if op == "smooth_l1_loss" else "0.5f * d * d"
+        lin = f"ad - 0.5f * {b}" if op == "smooth_l1_loss" else f"{b} * (ad - 0.5f * {b})"
+        return f"const float d = x - y; const float ad = fabsf(d); const float t0 = ad < {b} ? {quad} : {lin};"
+    return None
+
+
+def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """A loss of the two inputs: an elementwise term (a chain of elementwise operations, or one ATen loss) summed or
+    averaged over every element, optionally divided by a constant (KL divergence's batchmean). The second input
+    may broadcast over the first's leading dimensions."""
+    if len(graph.inputs) != 2 or not all(isinstance(t, TensorInfo) for t in graph.inputs) or graph.params:
         return None
-    body = " ".join(lines) + f" return {names[last.index]};"
-    return "pointwise", {"chain": " -> ".join(chain), "body": body}
+    x, y = graph.inputs
+    if x.dtype != "torch.float32" or y.dtype != "torch.float32" or \
+            tuple(x.shape[len(x.shape) - len(y.shape):]) != tuple(y.shape) or len(y.shape) > len(x.shape):
+        return None
+    if len(graph.outputs) != 1 or not isinstance(graph.outputs[0], Ref) or graph.outputs[0].kind != "node":
+        return None
+    last = graph.outputs[0].index
+    scale = 1.0
+    node = graph.nodes[last]
+    if node.op in ("aten.div", "aten.mul") and isinstance(node.args[1], int | float) \
+            and not isinstance(node.args[1], bool) and isinstance(node.args[0], Ref) and node.args[0].kind == "node":
+        scale = 1.0 / float(node.args[1]) if node.op == "aten.div" else float(node.args[1])
+        last = node.args[0].index
+        node = graph.nodes[last]
+    if node.op in ("aten.mse_loss", "aten.l1_loss", "aten.smooth_l1_loss", "aten.huber_loss"):
+        reduction = int(_arg(node, 2, "reduction", 1))
+        term = _loss_term(node)
+        if term is None or reduction not in (1, 2) or not (_is_input(node.args[0], 0) and _is_input(node.args[1], 1)) \
+                or x.shape != y.shape:
+            return None
+        return "reduce", {"kind": "mean" if reduction == 1 else "sum", "dims": list(range(len(x.shape))),
+                          "keepdim": False, "in_shape": list(x.shape), "body": term + " return t0;",
+                          "chain": node.op.removeprefix("aten."), "scale": scale, "y_shape": list(y.shape)}
+    if node.op not in ("aten.mean", "aten.sum") or not node.overload.endswith("default") \
+            or not isinstance(node.args[0], Ref) or node.args[0].kind != "node":
+        return None
+    found = _elementwise_body(graph, last, {0: "x", 1: "y"}, tuple(x.shape))
+    if found is None or node.args[0].index not in found[2]:
+        return None
+    lines, chain, names = found
+    if any(i not in names for i in range(last) if graph.nodes[i].op not in _POINTWISE_SKIP):
+        return None
+    body = " ".join(lines) + f" return {names[node.args[0].index]};"
+    return "reduce", {"kind": "mean" if node.op == "aten.mean" else "sum", "dims": list(range(len(x.shape))),
+                      "keepdim": False, "in_shape": list(x.shape), "body": body, "chain": " -> ".join(chain),
+                      "scale": scale, "y_shape": list(y.shape)}
 
 
 # Views and copies a pointwise chain may pass through unchanged (same shape), and those that move data around.

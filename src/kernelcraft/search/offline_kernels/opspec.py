@@ -336,10 +336,11 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
     import torch
     import torch.nn as nn
 
-    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
-        raise Unsupported(f"{op}: expected one input tensor")
+    loss = "body" in params  # an elementwise term of two inputs, reduced (a loss)
+    if len(inputs) != (2 if loss else 1) or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise Unsupported(f"{op}: expected {'two input tensors' if loss else 'one input tensor'}")
     x = inputs[0]
-    if x.dtype != torch.float32:
+    if any(t.dtype != torch.float32 for t in inputs):
         raise Unsupported(f"{op}: input dtype is {x.dtype}; the generators write float32 kernels")
     shape = tuple(int(v) for v in x.shape)
     if list(shape) != list(params["in_shape"]):
@@ -390,7 +391,7 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
     if op == "reduce":
         try:
             with torch.device("meta"):
-                got = model.to("meta")(x)
+                got = model.to("meta")(*inputs)
             out_shape = tuple(int(v) for v in got.shape)
         except Exception as exc:  # noqa: BLE001
             raise Unsupported(f"{op}: the reference does not run on meta tensors") from exc
@@ -398,12 +399,17 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
             raise Unsupported(f"{op}: the reference returns {out_shape}, not {a * b} reduced values")
     geom = {"r0": r0, "a": a, "r": r, "b": b, "kind": kind, "ca": chan[0], "cr": chan[1], "chw": chan[2],
             "affine": int(weight is not None)} | running
+    if loss:
+        geom |= {"pro": 1, "yn": int(inputs[1].numel()), "scale": float(params.get("scale", 1.0))}
     spec = OpSpec(problem_id=str(problem.id), op=op, family="reduce", input_shape=shape, out_shape=out_shape,
                   row_dims=1, eps=float(params.get("eps", 0.0)), keepdim=bool(params.get("keepdim", False)),
                   init_signature=_render_signature(module.Model), init_body=init_body, weight=weight, bias=bias,
-                  input_shapes=(shape,), conv=tuple(geom.items()))
-    torch.manual_seed(0)
-    _probe_reduce(spec, module.Model(*init_inputs), params)
+                  args=("x", "y") if loss else ("x",),
+                  input_shapes=tuple(tuple(int(v) for v in t.shape) for t in inputs), conv=tuple(geom.items()),
+                  body=str(params.get("body", "")))
+    if not loss:  # a loss's term is the traced graph itself, not a guess the probe should confirm
+        torch.manual_seed(0)
+        _probe_reduce(spec, module.Model(*init_inputs), params)
     return spec
 
 

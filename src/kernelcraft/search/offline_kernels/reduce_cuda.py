@@ -46,7 +46,8 @@ def row_mapping(spec: OpSpec) -> bool:
 def vec_ok(spec: OpSpec) -> bool:
     """float4 steps stay inside one kept index's slice (and one channel's run of its affine map)."""
     g = spec.geometry
-    return g["b"] == 1 and g["r"] % 4 == 0 and (not g["affine"] or g["chw"] % 4 == 0)
+    return g["b"] == 1 and g["r"] % 4 == 0 and (not g["affine"] or g["chw"] % 4 == 0) and (
+        not g.get("pro") or g["yn"] == g["r0"] * g["a"] * g["r"] * g["b"])
 
 
 def normalise(spec: OpSpec, f: dict) -> dict:
@@ -135,6 +136,9 @@ def final_code(spec: OpSpec, cuda: bool) -> str:
     eps = f"{float(spec.eps)!r}f"
     if spec.op == "reduce":
         value = {"sum": "s.v", "mean": "s.v / (ACC)RED", "max": "s.v", "min": "s.v", "prod": "s.v"}.get(kind)
+        scale = float(spec.geometry.get("scale", 1.0))
+        if scale != 1.0:  # a loss divided by a constant (KL divergence's batchmean)
+            value = f"({value}) * (ACC){scale!r}"
         if kind in ARG_KINDS:
             return f"{fn} void st_final(St s, ACC c, float* out, long long* out_i, long long k) " \
                    "{ (void)c; (void)out; out_i[k] = s.i; }"
@@ -167,7 +171,16 @@ def defines(spec: OpSpec, acc: str, idx: str) -> list[str]:
             "#define AR (A_ * R_ * B_)", f"#define CA {g['ca']}LL", f"#define CR {g['cr']}LL",
             f"#define CHW {g['chw']}LL", f"#define AFFINE {g['affine']}",
             "/* flat address of kept index (a, b) at reduced index j = r0 * R + r */",
-            "#define ADDR(a, b, j) (((IDX)((j) / R_)) * AR + ((IDX)(a) * R_ + (IDX)((j) % R_)) * B_ + (IDX)(b))"]
+            "#define ADDR(a, b, j) (((IDX)((j) / R_)) * AR + ((IDX)(a) * R_ + (IDX)((j) % R_)) * B_ + (IDX)(b))",
+            f"#define YN {g.get('yn', 1)}LL"]
+
+
+def prologue_code(spec: OpSpec, cuda: bool) -> str:
+    """A loss's elementwise term of (x, y), from the traced graph; empty for a plain reduction."""
+    if not spec.geometry.get("pro"):
+        return ""
+    fn = "__device__ __forceinline__" if cuda else "static inline"
+    return f"{fn} float pro(const float x, const float y) {{ {spec.body} }}"
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -191,6 +204,15 @@ def _stats_kernel(spec: OpSpec, f: dict, name: str, vec: int) -> str:
     lb = f"__launch_bounds__({T}, {f['launch_min']})" if f["launch_min"] else f"__launch_bounds__({T})"
     ld = (lambda p: cc.load("ldg", p)) if f["load"] == "ldg" else (lambda p: f"*({p})")
     unroll = "#pragma unroll 4" if f["unroll"] else "#pragma unroll 1"
+    pro = bool(spec.geometry.get("pro"))
+
+    def val(offset: str) -> str:
+        """The reduced value at a flat offset: x, or the loss's elementwise term of x and y (y broadcast over x's
+        leading dimensions: offset modulo its size)."""
+        if not pro:
+            return ld(f"x + {offset}")
+        return f"pro({ld(f'x + {offset}')}, {ld(f'y + ({offset}) % YN')})"
+
     shift = "const ACC c = " + ("(ACC)" + ld("x + ADDR(a, b, 0)") if spec.geometry["kind"] == "meanvar" else "0") + ";"
     head = ["const long long chunk = ((RED + splits - 1) / splits + 3) / 4 * 4;",
             "const long long j0 = (long long)blockIdx.y * chunk;",
@@ -206,22 +228,27 @@ def _stats_kernel(spec: OpSpec, f: dict, name: str, vec: int) -> str:
             body += [unroll, f"for (long long j = j0 + 4LL * threadIdx.x; j < j1; j += 4LL * {T * ilp}) {{",
                      "  #pragma unroll", f"  for (int u = 0; u < {ilp}; ++u) {{",
                      f"    const long long jj = j + 4LL * {T} * u;", "    if (jj < j1) {",
-                     "      const float4 v = " + ld("reinterpret_cast<const float4*>(x + ADDR(a, b, jj))") + ";",
+                     "      float4 v = " + ld("reinterpret_cast<const float4*>(x + ADDR(a, b, jj))") + ";",
+                     *([  # the loss's elementwise term of x and y (same shape: the same offsets)
+                         "      const float4 w4 = " + ld("reinterpret_cast<const float4*>(y + ADDR(a, b, jj))") + ";",
+                         "      v.x = pro(v.x, w4.x); v.y = pro(v.y, w4.y); v.z = pro(v.z, w4.z); "
+                         "v.w = pro(v.w, w4.w);"] if pro else []),
                      "      st_add(&sts[u], v.x, jj, c); st_add(&sts[u], v.y, jj + 1, c);",
                      "      st_add(&sts[u], v.z, jj + 2, c); st_add(&sts[u], v.w, jj + 3, c);", "    }", "  }", "}"]
         else:
             body += [unroll, f"for (long long j = j0 + threadIdx.x; j < j1; j += {T * ilp}) {{", "  #pragma unroll",
                      f"  for (int u = 0; u < {ilp}; ++u) {{", f"    const long long jj = j + {T}LL * u;",
-                     "    if (jj < j1) st_add(&sts[u], " + ld("x + ADDR(a, b, jj)") + ", jj, c);", "  }", "}"]
+                     "    if (jj < j1) st_add(&sts[u], " + val("ADDR(a, b, jj)") + ", jj, c);", "  }", "}"]
         body += merge + _block_reduce(T) + ["if (threadIdx.x == 0) {"] + ["  " + ln for ln in write] + ["}"]
     else:  # one thread per kept index; a warp reads 32 consecutive b at each j
         body = [f"const long long k = (long long)blockIdx.x * {T} + threadIdx.x;", "if (k >= KEPT) return;",
                 "const long long a = k / B_, b = k % B_;", shift, *head,
                 unroll, f"for (long long j = j0; j < j1; j += {ilp}) {{", "  #pragma unroll",
                 f"  for (int u = 0; u < {ilp}; ++u)",
-                "    if (j + u < j1) st_add(&sts[u], " + ld("x + ADDR(a, b, j + u)") + ", j + u, c);", "}",
+                "    if (j + u < j1) st_add(&sts[u], " + val("ADDR(a, b, j + u)") + ", j + u, c);", "}",
                 *merge, *write]
-    return (f'extern "C" __global__ void {lb} {name}(const float* __restrict__ x, float* out, long long* out_i, '
+    return (f'extern "C" __global__ void {lb} {name}(const float* __restrict__ x, const float* __restrict__ y, '
+            'float* out, long long* out_i, '
             "float* part, long long* part_i, long long splits) {\n" + "\n".join("  " + ln for ln in body) + "\n}")
 
 
@@ -296,7 +323,8 @@ def render_source(spec: OpSpec, f: dict, vec: int) -> str:
     f = normalise(spec, f)
     idx = "int" if f["idx32"] else "long long"
     out = ["// generated by kernelcraft's offline proposer (reduce_cuda)", *defines(spec, f["acc"], idx),
-           state_code(spec.geometry["kind"], f["acc"], True, f["fast_exp"]), final_code(spec, True)]
+           state_code(spec.geometry["kind"], f["acc"], True, f["fast_exp"]), final_code(spec, True),
+           prologue_code(spec, True)]
     out += [_stats_kernel(spec, f, "stats", vec), _combine_kernel(spec, f)]
     if spec.op == "normalize":
         out.append(_apply_kernel(spec, f, "apply", vec))
@@ -322,7 +350,12 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     shape = tuple(spec.input_shapes[0])
     fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
            f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
-    fwd.append("k = _mod" if f["vec"] == 1 else "k = _mod if x.data_ptr() % 16 == 0 else _safe")
+    if g.get("pro"):  # a loss: its second input
+        y_shape = tuple(spec.input_shapes[1])
+        fwd += ["y = y.contiguous()", f"if tuple(y.shape) != {y_shape!r}:",
+                f"    raise ValueError(f'expected a second input of shape {y_shape}, got {{tuple(y.shape)}}')"]
+    aligned = "x.data_ptr() % 16 == 0" + (" and y.data_ptr() % 16 == 0" if g.get("pro") else "")
+    fwd.append("k = _mod" if f["vec"] == 1 else f"k = _mod if {aligned} else _safe")
     blocks = kept if row_mapping(spec) else -(-kept // T)
     if f["split"] == "fill":
         fwd += [f"splits = max(1, min(65535, -(-_sm_count(x.device.index) * {f['bps']} // {blocks}), "
@@ -339,7 +372,8 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
                 f"fin = torch.empty({2 * kept}, device=x.device, dtype=torch.float32)", "fin_i = fin"]
     stats = [f"part = torch.empty(2 * {kept} * splits if splits > 1 else 2, device=x.device, dtype=torch.float32)",
              f"part_i = torch.empty({kept} * splits if splits > 1 else 1, device=x.device, dtype=torch.int64)",
-             f"k['stats'](grid=({blocks}, splits), block=({T},), args=(x, fin, fin_i, part, part_i, splits))",
+             f"k['stats'](grid=({blocks}, splits), block=({T},), args=(x, {'y' if g.get('pro') else 'x'}, fin, fin_i, "
+             "part, part_i, splits))",
              "if splits > 1:",
              f"    k['combine'](grid=({-(-kept // 256)},), block=(256,), args=(x, part, part_i, fin, fin_i, splits))"]
     if has_running(spec):  # eval mode: the module's running statistics, as the reference's module uses them

@@ -170,13 +170,14 @@ def test_supports_every_suite_problem_on_both_backends_and_no_other_backend():
     assert not p.supports(suite("relu_4096x32768"), "rocm")
 
 
-def test_reference_on_other_dim_is_unsupported_and_tanh_gelu_is_a_pointwise_chain(tmp_path):
-    p = OfflineProposer(0)
+def test_softmax_over_another_dim_goes_to_the_reduce_family_and_tanh_gelu_is_a_pointwise_chain(tmp_path):
     path = tmp_path / "softmax_dim0.py"
     path.write_text(FIXTURE_HEAD + "class Model(nn.Module):\n    def forward(self, x):\n"
                     "        return torch.softmax(x, dim=0)\n\ndef get_inputs():\n    return [torch.randn(4, 5)]\n\n"
                     "def get_init_inputs():\n    return []\n")
-    assert "softmax over dimension 0 of a rank-2 tensor" in p.why_unsupported(load_problem(path), "cpu")
+    spec = describe(load_problem(path))
+    assert (spec.family, spec.op, spec.geometry["kind"], spec.geometry["r"], spec.geometry["b"]) == \
+        ("reduce", "normalize", "softmax", 4, 5)
     path = tmp_path / "gelu_tanh.py"
     path.write_text(FIXTURE_HEAD + "class Model(nn.Module):\n    def forward(self, x):\n"
                     "        return F.gelu(x, approximate='tanh')\n\n"

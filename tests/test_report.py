@@ -513,7 +513,7 @@ def test_collect_counts_duplicates_apart_from_failures_and_reads_usage_from_the_
 def test_a_problem_the_workflow_did_not_search_says_why_from_its_traced_graph(tmp_path):
     ref = tmp_path / "running_sum.py"
     ref.write_text("import torch\nimport torch.nn as nn\n\n\nclass Model(nn.Module):\n"
-                   "    def forward(self, x):\n        return torch.cumsum(x, 1)\n\n\n"
+                   "    def forward(self, x):\n        return torch.cumsum(torch.exp(x), 1)\n\n\n"
                    "def get_inputs():\n    return [torch.randn(8, 9)]\n\n\ndef get_init_inputs():\n    return []\n")
     root = tmp_path / "results" / "r"
     config = {"run": "r", "rounds": 1, "models": {"ideas": [], "implement": []},
@@ -524,7 +524,7 @@ def test_a_problem_the_workflow_did_not_search_says_why_from_its_traced_graph(tm
                {"supported": False, "unsupported_reason": "the proposer's own reason", "ideas": []})
     summary, _ = collect(ctx)
     reasons = {p["id"]: p["unsupported_reason"] for p in summary["problems"]}
-    assert reasons == {"running_sum": "no offline family fits: the graph holds cumsum(f32[8,9])",
+    assert reasons == {"running_sum": "no offline family fits: the graph holds exp(f32[8,9]) -> cumsum(f32[8,9])",
                        "other": "the proposer's own reason"}
     assert list((tmp_path / "results" / ".recognition").glob("running_sum-*.json"))
 

@@ -896,6 +896,11 @@ def _few_kept(spec: OpSpec, f: dict) -> bool:
     return blocks < 2 * H100_SMS and g["r0"] * g["r"] >= 8192
 
 
+def _columns(spec: OpSpec, f: dict) -> bool:
+    """One thread per kept index walking its reduced values: the loads in flight per thread set the bandwidth."""
+    return not reduce_cuda.row_mapping(spec)
+
+
 def _normalising(spec: OpSpec, f: dict) -> bool:
     return spec.op == "normalize"
 
@@ -918,11 +923,11 @@ REDUCE_CUDA: list[Idea] = [
     Idea("split_wide", PAR, "Split the reduction over sixteen blocks per SM's worth of partial states, so the "
          "loads of many blocks hide each other's latency.", {"split": "fill", "bps": 16}, 1.2, when=_few_kept),
     Idea("ilp2", COMP, "Give each thread two independent accumulators, alternating between them, so consecutive "
-         "adds do not wait on each other.", {"ilp": 2}, 2.0),
+         "adds do not wait on each other.", {"ilp": 2}, 2.0, boost=_boost_if(_columns, 2.0)),
     Idea("ilp4", COMP, "Give each thread four independent accumulators over interleaved values: four loads and "
-         "adds in flight per thread.", {"ilp": 4}, 1.8),
+         "adds in flight per thread.", {"ilp": 4}, 1.8, boost=_boost_if(_columns, 2.5)),
     Idea("unroll", ASYNC, "Unroll the {what} loop four times so each thread issues several loads before the first "
-         "is consumed.", {"unroll": True}, 1.5),
+         "is consumed.", {"unroll": True}, 1.5, boost=_boost_if(_columns, 2.5)),
     Idea("ldg", MEM, "Read the input through the read-only data cache (__ldg) in the {what} pass.",
          {"load": "ldg"}, 1.0),
     Idea("ldcs_apply", MEM, "Stream the normalisation pass's reads with evict-first hints (__ldcs): they are the "

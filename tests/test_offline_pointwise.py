@@ -42,6 +42,9 @@ CHAINS = {
     "mish_by_hand": ("", "return x * torch.tanh(F.softplus(x))", "[]"),
     "polynomial": ("", "return (x ** 3 - 2 * x) / (1 + x.abs()) + torch.clamp(x, min=-0.5)", "[]"),
     "scalar_first": ("", "return 1 - torch.exp(-x.abs())", "[]"),
+    "shrinks": ("", "return F.hardshrink(x, 0.3) + F.softshrink(x, 0.7) * torch.sign(x)", "[]"),
+    "celu_logsigmoid": ("", "return F.celu(x, alpha=0.7) - F.logsigmoid(x)", "[]"),
+    "rounding": ("", "return torch.floor(x * 3) + torch.ceil(x) - torch.trunc(x * 2) + torch.round(x * 5)", "[]"),
 }
 SHAPES = [(3, 1001), (5, 7, 9), (4099,)]
 

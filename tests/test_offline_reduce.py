@@ -51,6 +51,14 @@ REDUCTIONS = {
     "batch_norm": ("self.bn = nn.BatchNorm2d(6)", "return self.bn(xs[0])", (3, 6, 5, 8)),
     "instance_norm_affine": ("self.n = nn.InstanceNorm2d(6, affine=True)", "return self.n(xs[0])", (3, 6, 5, 8)),
     "group_norm": ("self.n = nn.GroupNorm(3, 6)", "return self.n(xs[0])", (2, 6, 5, 4)),
+    "var_middle": ("pass", "return torch.var(xs[0], dim=1)", (3, 37, 5)),
+    "std_biased_last": ("pass", "return xs[0].std(dim=-1, correction=0, keepdim=True)", (4, 29)),
+    "logsumexp_middle": ("pass", "return torch.logsumexp(xs[0], dim=1)", (3, 37, 5)),
+    "norm2_rows": ("pass", "return torch.norm(xs[0], dim=1)", (6, 44)),
+    "norm1_middle": ("pass", "return torch.linalg.vector_norm(xs[0], 1, dim=1)", (3, 37, 5)),
+    "normalize": ("pass", "return torch.nn.functional.normalize(xs[0], p=2, dim=1)", (3, 37, 5)),
+    "pool_of_a_view": ("pass", "return torch.nn.functional.adaptive_avg_pool2d(xs[0].view(4, 3, 5, 7), 1)"
+                       ".view(4, 3)", (4, 105)),
 }
 
 
@@ -75,7 +83,10 @@ def test_every_reduction_and_normalisation_is_recognised_with_its_dimensions(pro
     found = {name: recognise_problem(p) for name, p in problems.items()}
     assert all(r.family == "reduce" for r in found.values()), {n: r.line() for n, r in found.items()}
     assert {n for n, r in found.items() if r.op == "reduce"} == {
-        "sum_middle", "mean_middle", "max_last", "amin_two_dims", "argmax_middle", "argmin_first", "prod_middle"}
+        "sum_middle", "mean_middle", "max_last", "amin_two_dims", "argmax_middle", "argmin_first", "prod_middle",
+        "var_middle", "std_biased_last", "logsumexp_middle", "norm2_rows", "norm1_middle", "pool_of_a_view"}
+    assert (found["std_biased_last"].params["kind"], found["std_biased_last"].params["correction"]) == ("std", 0.0)
+    assert found["pool_of_a_view"].params["in_shape"] == [4, 3, 5, 7]
     assert (found["amin_two_dims"].params["kind"], found["amin_two_dims"].params["dims"]) == ("min", [1, 2])
     assert (found["softmax_middle"].params["kind"], found["softmax_middle"].params["dims"]) == ("softmax", [1])
     assert (found["batch_norm"].params["norm"], found["batch_norm"].params["dims"]) == ("batch", [0, 2, 3])

@@ -177,6 +177,8 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     x = node.args[0] if node.args else None
     if node.op in POOL_OPS:
         return _pool(graph, node)
+    if node.op in REDUCTIONS and not _is_input(x, 0):
+        return _reduce(graph, node)  # of a view of the input
     if node.op not in ("aten.mm", "aten.bmm", "aten.convolution") and not _is_input(x, 0):
         return None
     _float32(graph, node)
@@ -486,7 +488,9 @@ def _rmsnorm(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
 
 # ATen reductions over dimensions, and what the reduce family calls them
 REDUCTIONS = {"aten.sum": "sum", "aten.mean": "mean", "aten.amax": "max", "aten.amin": "min", "aten.max": "max",
-              "aten.min": "min", "aten.prod": "prod", "aten.argmax": "argmax", "aten.argmin": "argmin"}
+              "aten.min": "min", "aten.prod": "prod", "aten.argmax": "argmax", "aten.argmin": "argmin",
+              "aten.var": "var", "aten.std": "std", "aten.logsumexp": "logsumexp",
+              "aten.linalg_vector_norm": "norm"}
 
 
 def _dims(dim: Any, rank: int) -> list[int]:
@@ -505,29 +509,35 @@ def _runs(dims: list[int], rank: int) -> bool:
 
 
 def _reduce(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
+    """A reduction of the input (read through views that only reshape it) over a run of its dimensions."""
     x = node.args[0]
-    if not _is_input(x, 0) or not _is_output(graph, node):
+    if not _reshaped_input(graph, x) or not _is_output(graph, node):
         return None
     _float32(graph, node)
     rank = len(x.info.shape)
     kind = REDUCTIONS[node.op]
-    if node.op in ("aten.max", "aten.min") and not node.overload.endswith(".dim"):
-        dim, keepdim = None, False  # the whole tensor's max
-    elif node.op in ("aten.argmax", "aten.argmin"):
-        dim, keepdim = _arg(node, 1, "dim", None), bool(_arg(node, 2, "keepdim", False))
+    params: dict[str, Any] = {}
+    full = node.overload.endswith(".default") and node.op in ("aten.sum", "aten.mean", "aten.prod", "aten.max",
+                                                              "aten.min")
+    if full:
+        dim, keepdim = None, False  # the whole tensor
+    elif node.op == "aten.linalg_vector_norm":
+        order = _arg(node, 1, "ord", 2)
+        if order not in (1, 2) or _arg(node, 4, "dtype", None) is not None:
+            raise _Miss(f"a vector norm of order {order} (the reduce family takes orders 1 and 2)")
+        kind = f"norm{int(order)}"
+        dim, keepdim = _arg(node, 2, "dim", None), bool(_arg(node, 3, "keepdim", False))
     else:
         dim, keepdim = _arg(node, 1, "dim", None), bool(_arg(node, 2, "keepdim", False))
-    if node.op == "aten.sum" and node.overload.endswith("default") or node.op == "aten.mean" \
-            and node.overload.endswith("default") or node.op == "aten.prod" and node.overload.endswith("default"):
-        dim, keepdim = None, False
+    if kind in ("var", "std"):
+        correction = node.kwargs.get("correction", 1)
+        params["correction"] = 1.0 if correction is None else float(correction)
     dims = _dims(dim, rank) if rank else []
-    if kind in ("argmax", "argmin") and dim is None:
-        dims = list(range(rank))  # over the flattened tensor
     if not dims or not _runs(dims, rank) or (0 in dims and len(dims) > 1 and dims != list(range(dims[0],
                                                                                              dims[-1] + 1))):
         raise _Miss(f"a {kind} over dimension(s) {dims} of a rank-{rank} tensor (the reduce family takes one "
                     "contiguous run of dimensions)")
-    return "reduce", {"kind": kind, "dims": dims, "keepdim": keepdim, "in_shape": list(x.info.shape)}
+    return "reduce", {"kind": kind, "dims": dims, "keepdim": keepdim, "in_shape": list(x.info.shape)} | params
 
 
 def _norm_input(graph: OpGraph, a: Any) -> bool:
@@ -551,12 +561,25 @@ def _normalisation(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | No
             raise _Miss(f"an L1 norm over dimension(s) {dims} (the reduce family takes one contiguous run)")
         kind = "l1mean" if red.op == "aten.mean" else "l1sum"
         return "normalize", {"kind": kind, "dims": dims, "in_shape": list(x.info.shape)}
-    if ops == ["aten.linalg_vector_norm", "aten.div"]:
-        norm, div = nodes
+    if ops in (["aten.linalg_vector_norm", "aten.div"], ["aten.linalg_vector_norm", "aten.clamp_min", "aten.div"]):
+        norm, div = nodes[0], nodes[-1]
         x = norm.args[0]
         order = _arg(norm, 1, "ord", 2)
-        if not (_is_input(x, 0) and _is_input(div.args[0], 0) and _is_node(div.args[1], norm, graph)
-                and _is_output(graph, div)) or order != 2:
+        denominator = div.args[1]
+        floor = 0.0
+        if len(nodes) == 3:  # F.normalize: the norm clamped below by eps, broadcast back
+            clamp = nodes[1]
+            if not _is_node(clamp.args[0], norm, graph) or not isinstance(clamp.args[1], int | float):
+                return None
+            floor = float(clamp.args[1])
+            while isinstance(denominator, Ref) and denominator.kind == "node" \
+                    and graph.nodes[denominator.index].op in ("aten.expand", "aten.expand_as"):
+                denominator = graph.nodes[denominator.index].args[0]
+            if not _is_node(denominator, clamp, graph):
+                return None
+        elif not _is_node(denominator, norm, graph):
+            return None
+        if not (_is_input(x, 0) and _is_input(div.args[0], 0) and _is_output(graph, div)) or order != 2:
             return None
         _float32(graph, norm)
         rank = len(x.info.shape)
@@ -565,7 +588,7 @@ def _normalisation(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | No
             return None
         if not _runs(dims, rank) or 0 in dims and len(dims) > 1 and 1 not in dims:
             raise _Miss(f"an L2 norm over dimension(s) {dims} (the reduce family takes one contiguous run)")
-        return "normalize", {"kind": "l2", "dims": dims, "in_shape": list(x.info.shape)}
+        return "normalize", {"kind": "l2", "dims": dims, "in_shape": list(x.info.shape), "eps": floor}
     # batch norm (its running-statistics counter bumped first), or instance norm (an affine one repeats its
     # weight and bias per image)
     if ops[-1:] == ["aten.native_batch_norm"] and ops[:-1] in ([], ["aten.add_"], ["aten.repeat", "aten.repeat"]):
@@ -666,6 +689,12 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
         "hardsigmoid": f"(fminf(fmaxf({a} + 3.f, 0.f), 6.f) / 6.f)",
         "hardswish": f"({a} * fminf(fmaxf({a} + 3.f, 0.f), 6.f) / 6.f)",
         "mish": f"({a} * tanhf({a} > 20.f ? {a} : log1pf(expf({a}))))",
+        "sign": f"({a} > 0.f ? 1.f : ({a} < 0.f ? -1.f : 0.f))",  # NaN and -0 give 0, as PyTorch's
+        "log_sigmoid_forward": f"({a} < 0.f ? {a} - log1pf(expf({a})) : -log1pf(expf(-{a})))",
+        "floor": f"floorf({a})", "ceil": f"ceilf({a})", "trunc": f"truncf({a})", "round": f"rintf({a})",
+        "sinh": f"sinhf({a})", "cosh": f"coshf({a})", "tan": f"tanf({a})", "atan": f"atanf({a})",
+        "asin": f"asinf({a})", "acos": f"acosf({a})", "log2": f"log2f({a})", "log10": f"log10f({a})",
+        "exp2": f"exp2f({a})", "erfc": f"erfcf({a})", "square": f"({a} * {a})",
     }
     if op in unary:
         return unary[op]
@@ -673,6 +702,15 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
         if _arg(node, 1, "approximate", "none") == "tanh":
             return f"(0.5f * {a} * (1.f + tanhf(0.7978845608028654f * ({a} + 0.044715f * {a} * {a} * {a}))))"
         return f"(0.5f * {a} * (1.f + erff({a} * 0.7071067811865476f)))"
+    if op == "celu":
+        alpha = _scalar(node, 1, "alpha", 1.0)
+        return f"({a} > 0.f ? {a} : {alpha} * expm1f({a} / {alpha}))"
+    if op == "hardshrink":
+        lambd = _scalar(node, 1, "lambd", 0.5)
+        return f"(({a} >= -{lambd} && {a} <= {lambd}) ? 0.f : {a})"
+    if op == "softshrink":
+        lambd = _scalar(node, 1, "lambd", 0.5)
+        return f"({a} > {lambd} ? {a} - {lambd} : ({a} < -{lambd} ? {a} + {lambd} : {a} * 0.f))"
     if op == "leaky_relu":
         return f"({a} > 0.f ? {a} : {a} * {_scalar(node, 1, 'negative_slope', 0.01)})"
     if op == "elu":
@@ -754,6 +792,11 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
     for index, node in enumerate(graph.nodes[:stop]):
         if node.op in SHAPE_OPS_KEPT:
             return None
+        if node.op == "getitem":  # a multi-result node's first result is its value; the others go unused
+            src = node.args[0]
+            if isinstance(src, Ref) and src.kind == "node" and src.index in names and node.args[1] == 0:
+                names[index] = names[src.index]
+            continue
         if node.op in _POINTWISE_SKIP:
             src = node.args[0] if node.args else None
             if isinstance(src, Ref) and (src.kind == "input" and src.index in inputs or src.index in names) \
@@ -761,7 +804,7 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
                 names[index] = operand(src)
                 continue
             return None
-        out = node.out
+        out = node.out[0] if isinstance(node.out, tuple) and node.op == "aten.log_sigmoid_forward" else node.out
         if not hasattr(out, "shape") or out.shape != shape or out.dtype != "torch.float32":
             return None
         a = operand(node.args[0]) if node.args else None

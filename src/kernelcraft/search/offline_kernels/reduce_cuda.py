@@ -28,7 +28,9 @@ TUNABLES: dict[str, tuple] = {
 }
 
 ARG_KINDS = ("argmax", "argmin")
-SUMS = ("sum", "mean", "rms", "l1mean", "l1sum", "l2", "meanvar")
+SUMS = ("sum", "mean", "rms", "l1mean", "l1sum", "l2", "meanvar", "var", "std", "norm1", "norm2")
+# kinds whose state is the shifted first and second moments (the slice's first value subtracted)
+SHIFTED = ("meanvar", "var", "std")
 
 
 def baseline(spec: OpSpec) -> dict:
@@ -91,14 +93,14 @@ def state_code(kind: str, acc: str, cuda: bool, fast_exp: bool = False) -> str:
     inf = "__int_as_float(0x7f800000)" if cuda else "INFINITY"
     exp = "__expf" if fast_exp else "expf"
     init = {"max": f"-{inf}", "min": inf, "argmax": f"-{inf}", "argmin": inf, "prod": "1", "softmax": f"-{inf}",
-            "log_softmax": f"-{inf}"}.get(kind, "0")
+            "log_softmax": f"-{inf}", "logsumexp": f"-{inf}"}.get(kind, "0")
     lines = ["typedef struct { ACC v; ACC w; long long i; } St;",
              f"{fn} St st_init(void) {{ St s; s.v = {init}; s.w = 0; s.i = 0x7fffffffffffffffLL; return s; }}"]
     if kind in ("sum", "mean"):
         add, merge = "s->v += x;", "a.v += b.v;"
-    elif kind in ("rms", "l2"):
+    elif kind in ("rms", "l2", "norm2"):
         add, merge = "s->v += (ACC)x * x;", "a.v += b.v;"
-    elif kind in ("l1mean", "l1sum"):
+    elif kind in ("l1mean", "l1sum", "norm1"):
         add, merge = "s->v += fabsf(x);", "a.v += b.v;"
     elif kind == "prod":
         add, merge = "s->v *= x;", "a.v *= b.v;"
@@ -113,13 +115,13 @@ def state_code(kind: str, acc: str, cuda: bool, fast_exp: bool = False) -> str:
             + " { s->v = x; s->i = j; }"
         merge = "if " + better.replace("X", "b.v").replace("V", "a.v").replace("J", "b.i").replace("I", "a.i") \
             + " { a = b; }"
-    elif kind in ("softmax", "log_softmax"):  # online: (running max, sum of exp(x - max))
+    elif kind in ("softmax", "log_softmax", "logsumexp"):  # online: (running max, sum of exp(x - max))
         add = (f"if (x > s->v) {{ s->w = s->w * {exp}(s->v - x) + 1; s->v = x; }} "
                f"else if (x > -{inf} || x != x) s->w += {exp}(x - s->v);")
         merge = (f"{{ const ACC m = (b.v > a.v || b.v != b.v) ? b.v : a.v; "
                  f"if (m == -{inf}) return a; "
                  f"a.w = a.w * {exp}(a.v - m) + b.w * {exp}(b.v - m); a.v = m; }}")
-    elif kind == "meanvar":  # moments of x - c, c the slice's first value: no cancellation for large means
+    elif kind in SHIFTED:  # moments of x - c, c the slice's first value: no cancellation for large means
         add, merge = "{ const ACC d = (ACC)x - c; s->v += d; s->w += d * d; }", "a.v += b.v; a.w += b.w;"
     else:
         raise ValueError(f"no reduce state for kind {kind!r}")
@@ -135,7 +137,14 @@ def final_code(spec: OpSpec, cuda: bool) -> str:
     kind = spec.geometry["kind"]
     eps = f"{float(spec.eps)!r}f"
     if spec.op == "reduce":
-        value = {"sum": "s.v", "mean": "s.v / (ACC)RED", "max": "s.v", "min": "s.v", "prod": "s.v"}.get(kind)
+        corr = float(spec.geometry.get("corr", 1.0))
+        g = spec.geometry
+        red = g["r0"] * g["r"]
+        denom = max(red - corr, 0.0)  # PyTorch divides by N - correction (nan or inf when that is not positive)
+        var = f"fmax((double)((s.w - s.v * s.v / (ACC)RED) / (ACC){denom!r}), 0.0)"
+        value = {"sum": "s.v", "mean": "s.v / (ACC)RED", "max": "s.v", "min": "s.v", "prod": "s.v",
+                 "var": var, "std": f"sqrt({var})", "logsumexp": "s.v + log((double)s.w)", "norm1": "s.v",
+                 "norm2": "sqrt((double)s.v)"}.get(kind)
         scale = float(spec.geometry.get("scale", 1.0))
         if scale != 1.0:  # a loss divided by a constant (KL divergence's batchmean)
             value = f"({value}) * (ACC){scale!r}"
@@ -150,7 +159,7 @@ def final_code(spec: OpSpec, cuda: bool) -> str:
         "rms": (f"1.0f / sqrtf((float)(s.v / (ACC)RED) + {eps})", "0.f"),
         "l1mean": ("(float)((ACC)RED / s.v)", "0.f"),
         "l1sum": ("(float)(1 / s.v)", "0.f"),
-        "l2": ("1.0f / sqrtf((float)s.v)", "0.f"),
+        "l2": (f"1.0f / fmaxf(sqrtf((float)s.v), {eps})", "0.f"),
         "meanvar": ("(float)(c + s.v / (ACC)RED)",
                     f"1.0f / sqrtf(fmaxf((float)(s.w / (ACC)RED - (s.v / (ACC)RED) * (s.v / (ACC)RED)), 0.f) + {eps})"),
     }[kind]
@@ -213,7 +222,7 @@ def _stats_kernel(spec: OpSpec, f: dict, name: str, vec: int) -> str:
             return ld(f"x + {offset}")
         return f"pro({ld(f'x + {offset}')}, {ld(f'y + ({offset}) % YN')})"
 
-    shift = "const ACC c = " + ("(ACC)" + ld("x + ADDR(a, b, 0)") if spec.geometry["kind"] == "meanvar" else "0") + ";"
+    shift = "const ACC c = " + ("(ACC)" + ld("x + ADDR(a, b, 0)") if spec.geometry["kind"] in SHIFTED else "0") + ";"
     head = ["const long long chunk = ((RED + splits - 1) / splits + 3) / 4 * 4;",
             "const long long j0 = (long long)blockIdx.y * chunk;",
             "const long long j1 = j0 + chunk < RED ? j0 + chunk : RED;",
@@ -253,7 +262,7 @@ def _stats_kernel(spec: OpSpec, f: dict, name: str, vec: int) -> str:
 
 
 def _combine_kernel(spec: OpSpec, f: dict) -> str:
-    shift = "const ACC c = " + ("(ACC)x[ADDR(k / B_, k % B_, 0)]" if spec.geometry["kind"] == "meanvar"
+    shift = "const ACC c = " + ("(ACC)x[ADDR(k / B_, k % B_, 0)]" if spec.geometry["kind"] in SHIFTED
                                 else "0") + ";"
     body = ["const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;", "if (k >= KEPT) return;",
             shift, "St st = st_init();", "for (int s = 0; s < splits; ++s) {",

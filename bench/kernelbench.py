@@ -55,8 +55,8 @@ def main() -> int:
     done = subprocess.run(cmd)
     table_path = Path("results") / args.run / "problems.parquet"
     if done.returncode != 0 or not table_path.is_file():
-        print(f"kernelbench: the workflow did not finish (exit {done.returncode}); rerun the same command to resume",
-              file=sys.stderr)
+        print(f"kernelbench: the workflow did not finish (exit {done.returncode}); rerun the same command to resume "
+              f"(after a kill, first: snakemake -s {SNAKEFILE} --configfile {config} --unlock)", file=sys.stderr)
         return done.returncode or 1
 
     import pandas as pd

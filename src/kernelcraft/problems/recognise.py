@@ -540,10 +540,6 @@ def _reduce(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     return "reduce", {"kind": kind, "dims": dims, "keepdim": keepdim, "in_shape": list(x.info.shape)} | params
 
 
-def _norm_input(graph: OpGraph, a: Any) -> bool:
-    return _reshaped_input(graph, a)
-
-
 def _normalisation(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     """x divided by a norm of itself over some dimensions (L1 as mean or sum of |x|, L2, Frobenius), or a batch,
     instance or group norm (training-mode statistics of the input, optional per-channel affine)."""

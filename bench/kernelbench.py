@@ -7,7 +7,8 @@ problems, rounds and any --config overrides given here; the table printed is the
 the report is built from.
 
 Usage: python bench/kernelbench.py PATH/TO/KernelBench/level1 [--problems REGEX] [--rounds N] [--run NAME]
-                                   [--cores N] [--gpus N] [--size auto|full|small] [--config KEY=VALUE ...]
+                                   [--cores N] [--gpus N] [--size auto|full|small] [--no-torch-compile]
+                                   [--config KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=8)
     parser.add_argument("--gpus", type=int, default=1)
     parser.add_argument("--size", choices=("auto", "full", "small"), default="auto")
+    parser.add_argument("--no-torch-compile", action="store_true",
+                        help="time the references in eager mode only (a torch.compile takes tens of seconds each)")
     parser.add_argument("--config", nargs="*", default=[], help="further config overrides, KEY=VALUE")
     args = parser.parse_args()
 
@@ -46,8 +49,11 @@ def main() -> int:
     import yaml
 
     config = Path(f"kernelbench-{args.run}.yaml")  # kept beside results/: the exact experiment, for a rerun
-    config.write_text(yaml.safe_dump({"run": args.run, "rounds": args.rounds, "problems": {
-        "builtin": [], "dirs": [str(level)], "include": args.problems, "exclude": None, "size": args.size}}))
+    experiment = {"run": args.run, "rounds": args.rounds, "problems": {
+        "builtin": [], "dirs": [str(level)], "include": args.problems, "exclude": None, "size": args.size}}
+    if args.no_torch_compile:
+        experiment["benchmark"] = {"torch_compile": False}
+    config.write_text(yaml.safe_dump(experiment))
     cmd = [snakemake, "-s", str(SNAKEFILE), "--configfile", str(config), "--cores", str(args.cores),
            "--resources", f"gpu={args.gpus}", "--rerun-incomplete"]
     if args.config:

@@ -9,6 +9,7 @@ import importlib.util
 import itertools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,41 @@ def check_candidate(module, problem, inputs: list[torch.Tensor], device: str) ->
             got = new(x.clone())
             err = (got - want).abs().max().item() if want.numel() else 0.0
             assert close(got, want), f"{tuple(x.shape)}: max abs err {err:.3g}"
+
+
+def five_round_sources(problem, backend: str) -> list[str]:
+    """The candidate files of five offline rounds (seed 4, four ideas of two implementations each, every round
+    seeded by the previous round's first candidate), asserting that no idea is proposed twice for one parent."""
+    from kernelcraft.search.offline import OfflineProposer
+
+    p = OfflineProposer(4)
+    seeds = [{"id": "reference", "source": None, "features": None}]
+    tried, sources, seen = [], [], set()
+    for round_ in range(1, 6):
+        ideas = p.ideas(problem, backend, seeds, tried, 4, round_)
+        assert len(ideas) == 4
+        for idea in ideas:
+            pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
+            assert pair not in seen
+            seen.add(pair)
+        impls = [p.implement(problem, backend, i, seeds[0], 2, round_) for i in ideas]
+        sources += [x["source"] for impl in impls for x in impl]
+        tried += ideas
+        seeds = [{"id": f"r{round_}", "source": impls[0][0]["source"], "features": impls[0][0]["features"]}]
+    return sources
+
+
+def build_failures(jobs, folder: Path) -> list[str]:
+    """Build every (problem, spec, features) job's CUDA candidate (NVRTC releases the GIL: two at a time); one line
+    per candidate that does not build, so every failing combination is reported at once."""
+    from kernelcraft.search.offline_kernels import candidate_source
+
+    def build(job) -> str | None:
+        try:
+            import_source(candidate_source(job[1], "cuda", job[2], "t", "reference"), folder)
+            return None
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return f"{job[0].id} {job[2]}: {str(exc)[:400]}"
+
+    with ThreadPoolExecutor(2) as pool:
+        return [r for r in pool.map(build, jobs) if r]

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from offline_support import GPU, build_env, import_source, reachable, suite  # noqa: F401 - build_env: autouse
+from offline_support import (  # noqa: F401 - build_env: autouse
+    GPU,
+    build_env,
+    build_failures,
+    import_source,
+    reachable,
+    suite,
+)
 
 from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import OfflineProposer
@@ -282,17 +289,8 @@ def test_every_cuda_matmul_layout_compiles_with_nvrtc_and_transposes_with_its_ow
     assert all("transpose_b" in src for (prob, _, _), src in zip(jobs, sources, strict=True)
                if prob.id.startswith("transposed"))
     assert not any("torch.matmul" in src or ".t()" in src for src in sources)
-    with ThreadPoolExecutor(2) as pool:
-        failures = [r for r in pool.map(lambda src: _build_error(src, tmp_path), sources) if r]
+    failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
-
-
-def _build_error(src: str, folder: Path) -> str | None:
-    try:
-        import_source(src, folder)
-        return None
-    except Exception as exc:  # noqa: BLE001 - every failing combination is reported at once
-        return str(exc)[:400]
 
 
 @pytest.mark.gpu

@@ -18,8 +18,10 @@ import torch
 from offline_support import (  # noqa: F401 - build_env: autouse
     GPU,
     build_env,
+    build_failures,
     check_candidate,
     close,
+    five_round_sources,
     import_source,
     odd_inputs,
     one_thread,
@@ -125,24 +127,7 @@ def test_model_new_rebuilds_the_norm_module_with_its_buffers(problems, tmp_path)
 @pytest.mark.parametrize("name", ["group_norm", "argmax_middle"])
 def test_five_reduce_rounds_never_repeat_an_idea_and_the_same_seed_writes_the_same_files(problems, backend, name):
     prob = problems[name]
-    runs = []
-    for _ in range(2):
-        p = OfflineProposer(4)
-        seeds = [{"id": "reference", "source": None, "features": None}]
-        tried, sources, seen = [], [], set()
-        for round_ in range(1, 6):
-            ideas = p.ideas(prob, backend, seeds, tried, 4, round_)
-            assert len(ideas) == 4
-            for idea in ideas:
-                pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
-                assert pair not in seen
-                seen.add(pair)
-            impls = [p.implement(prob, backend, i, seeds[0], 2, round_) for i in ideas]
-            sources += [x["source"] for impl in impls for x in impl]
-            tried += ideas
-            seeds = [{"id": f"r{round_}", "source": impls[0][0]["source"], "features": impls[0][0]["features"]}]
-        runs.append(sources)
-    assert runs[0] == runs[1]
+    assert five_round_sources(prob, backend) == five_round_sources(prob, backend)
 
 
 # ------------------------------------------------------------------------------------------------ kernels run
@@ -188,15 +173,7 @@ def test_every_reachable_cuda_reduce_kernel_compiles_with_nvrtc(problems, tmp_pa
     jobs = _cuda_jobs(problems)
     assert len(jobs) > 80
 
-    def build(job):
-        try:
-            import_source(candidate_source(job[1], "cuda", job[2], "t", "reference"), tmp_path)
-            return None
-        except Exception as exc:  # noqa: BLE001 - every failing combination is reported at once
-            return f"{job[0].id} {job[2]}: {str(exc)[:400]}"
-
-    with ThreadPoolExecutor(2) as pool:  # NVRTC releases the GIL
-        failures = [r for r in pool.map(build, jobs) if r]
+    failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
 
 

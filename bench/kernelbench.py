@@ -58,12 +58,12 @@ def main() -> int:
            "--resources", f"gpu={args.gpus}", "--rerun-incomplete"]
     if args.config:
         cmd += ["--config", *args.config]
-    done = subprocess.run(cmd)
+    returncode = _wait(subprocess.Popen(cmd))
     table_path = Path("results") / args.run / "problems.parquet"
-    if done.returncode != 0 or not table_path.is_file():
-        print(f"kernelbench: the workflow did not finish (exit {done.returncode}); rerun the same command to resume "
+    if returncode != 0 or not table_path.is_file():
+        print(f"kernelbench: the workflow did not finish (exit {returncode}); rerun the same command to resume "
               f"(after a kill, first: snakemake -s {SNAKEFILE} --configfile {config} --unlock)", file=sys.stderr)
-        return done.returncode or 1
+        return returncode or 1
 
     import pandas as pd
 
@@ -84,6 +84,16 @@ def main() -> int:
         print(f"vs {against:7s}  {shares}  geomean {'-' if g is None else f'{g:.2f}x'}")
     print(f"\ntables: {table_path} and {table_path.with_suffix('.csv')}; report: {table_path.parent / 'report.html'}")
     return 0
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    """Snakemake's exit status. An interrupt (Ctrl-C, or timeout -s INT) reaches snakemake too, in the same process
+    group, and it then stops its jobs and releases its lock: this waits for that rather than kill it mid-way."""
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":

@@ -28,11 +28,11 @@ def _instrumented_candidates(monkeypatch):
     monkeypatch.setattr("kernelcraft.harness.verify.verify_round.check_source", lambda source: [])
 
 
-def _evaluate(tmp_path: Path, sources: dict[str, str], **kw) -> tuple[dict, dict]:
+def _evaluate(tmp_path: Path, sources: dict[str, str], benchmark: dict | None = None, **kw) -> tuple[dict, dict]:
     ref = tmp_path / "softmax_ref.py"
     ref.write_text(REFERENCE)
     config = load_config(overrides={"run": "evaluate", "backend": "cpu", "verify": {"trials": 3},
-                                    "benchmark": {"timeout_s": BENCH_TIMEOUT_S, "min_time_ms": 20}})
+                                    "benchmark": {"timeout_s": BENCH_TIMEOUT_S, "min_time_ms": 20} | (benchmark or {})})
     resolved = {"backend": "cpu", "size": "full", "cuda_arch": None, "problems": {"softmax_ref": str(ref)}}
     ctx = RunContext.from_config(merge(config, {"_resolved": resolved}), results=tmp_path / "results")
     entries = []
@@ -94,6 +94,35 @@ def test_a_candidate_that_hangs_while_timed_keeps_its_verdict_and_stops_at_the_b
     assert timed["hangs"]["timed"] is False
     assert timed["hangs"]["reason"] == f"timeout after {BENCH_TIMEOUT_S:g} s"
     assert time.perf_counter() - start < 60
+
+
+SLOW = '''
+import time
+
+class ModelNew(nn.Module):
+    def forward(self, x):
+        time.sleep(0.05)  # correct, and hundreds of times slower than the reference's 16x4096 softmax
+        return kernel_softmax(x)
+'''
+
+
+def test_a_correct_candidate_far_slower_than_the_reference_is_timed_only_until_that_is_clear(tmp_path):
+    verified, timed = _evaluate(tmp_path, {"slow": SLOW})
+    assert verified["slow"]["correct"] is True, verified["slow"]["reasons"]
+    record = timed["slow"]
+    assert record["timed"] is True, record["reason"]
+    assert 3 <= record["samples"] < 20  # benchmark.iters is 20: stopped after at least STOP_AFTER_CALLS calls
+    assert record["time_ms"] >= 50
+    assert record["speedup_eager"] < 0.1
+    assert record["stopped"].startswith(f"timing stopped after {record['samples']} calls: ")
+    assert record["stopped"].endswith("x slower than eager (benchmark.stop_slower_than)")
+
+
+def test_with_stop_slower_than_zero_a_slow_candidate_is_timed_in_full(tmp_path):
+    _, timed = _evaluate(tmp_path, {"slow": SLOW}, benchmark={"stop_slower_than": 0})
+    assert timed["slow"]["timed"] is True, timed["slow"]["reason"]
+    assert timed["slow"]["samples"] >= 20
+    assert "stopped" not in timed["slow"]
 
 
 def test_verification_alone_times_nothing(tmp_path):

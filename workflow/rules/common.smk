@@ -3,7 +3,7 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from kernelcraft import layout
+from kernelcraft import layout, threads
 from kernelcraft.context import RESOLVED_KEY, resolve_or_exit
 
 config[RESOLVED_KEY] = resolve_or_exit(config)
@@ -24,8 +24,9 @@ def node_cores():
 
 
 CORES = node_cores()
-# Candidate processes on the CPU backend compute with every core; on cuda, the GPU does the work.
-EVAL_THREADS = CORES if BACKEND == "cpu" else 2
+# GPU jobs and build jobs share the cores so that the GPU never waits on a build (kernelcraft.threads).
+EVAL_THREADS = threads.eval_threads(BACKEND, CORES)
+BUILD_THREADS = threads.build_threads(BACKEND, CORES, int(config["build"]["workers"]))
 # GPU rules take one GPU on the cuda backend (locally a unit of --resources gpu=N, under Slurm --gpus=1); on the
 # CPU backend they take none, and EVAL_THREADS keeps two timing jobs off the same cores.
 GPU_PER_JOB = 1 if BACKEND == "cuda" else 0

@@ -15,7 +15,7 @@ rule compile:
         job_log("compile"),
     benchmark:
         job_benchmark("compile")
-    threads: config["build"]["workers"] or CORES
+    threads: BUILD_THREADS
     params:
         templates=f"{workflow.basedir}/templates",
     message:

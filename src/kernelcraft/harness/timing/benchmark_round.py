@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import secrets
+import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,6 +163,11 @@ class Timer:
         st["first"] += n
         st["eager"] += s
         st["eager_walls"] += w
+        slower = _hopeless(st["samples"], st["eager"], float(self.ctx.config["benchmark"]["stop_slower_than"]))
+        if slower:
+            st["stopped"] = (f"timing stopped after {len(st['samples'])} calls: {slower:.1f}x slower than eager "
+                             "(benchmark.stop_slower_than)")
+            return {"stop": True}
         st["keep"] = self.pick()
         return {"keep": st["keep"]}
 
@@ -177,7 +183,10 @@ class Timer:
             return {"timed": False, "reason": reason or "no timing was handed over"}
         result = result | {"eager": summarize(st["eager"]), "wall": result.get("wall", {}) | {
             "eager": summarize(st["eager_walls"])}}
-        return judge_timing(result, self.floor)
+        record = judge_timing(result, self.floor)
+        if st.get("stopped"):
+            record["stopped"] = st["stopped"]
+        return record
 
     def doc(self, results: dict[str, dict]) -> dict:
         timed = [r for r in results.values() if r.get("timed")]
@@ -185,6 +194,20 @@ class Timer:
         msg = f"{len(timed)} timed" + (f", best {best:.2f}x vs eager" if best else "")
         report(self.problem, self.round, "benchmark", msg)
         return {"device": self.ctx.device, "floor": self.floor, "results": results}
+
+
+# Timed calls of a candidate, at least, before it may be stopped as hopeless: one call can be a cold outlier.
+STOP_AFTER_CALLS = 3
+
+
+def _hopeless(samples: list[float], eager: list[float], factor: float) -> float | None:
+    """How many times slower than the reference a candidate is, when that is more than ``factor`` (0: never) over
+    at least STOP_AFTER_CALLS of its timed calls; else None. The candidate's samples are its process's claim: a
+    claim of slowness only ends its own timing, and a claim of speed is what the rest of the protocol checks."""
+    if not factor or len(samples) < STOP_AFTER_CALLS or not eager:
+        return None
+    ratio = statistics.median(samples) / max(statistics.median(eager), 1e-9)
+    return ratio if ratio > factor else None
 
 
 def baseline(ctx: RunContext, problem: str, timeout: float, threads: int = 1) -> dict:

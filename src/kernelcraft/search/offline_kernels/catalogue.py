@@ -891,9 +891,11 @@ WINDOW_C: list[Idea] = [
 
 def _few_kept(spec: OpSpec, f: dict) -> bool:
     """Fewer kept indices than it takes to fill the GPU twice over: each needs several blocks."""
-    g = spec.geometry
-    blocks = g["a"] * g["b"] if reduce_cuda.row_mapping(spec) else -(-(g["a"] * g["b"]) // f.get("threads", 256))
-    return blocks < 2 * H100_SMS and g["r0"] * g["r"] >= 8192
+    return reduce_cuda.kept_blocks(spec, f.get("threads", 256)) < 2 * H100_SMS and reduce_cuda.splittable(spec)
+
+
+def _few_kept_unsplit(spec: OpSpec, f: dict) -> bool:
+    return _few_kept(spec, f) and f.get("split") != "fill"
 
 
 def _columns(spec: OpSpec, f: dict) -> bool:
@@ -919,7 +921,7 @@ REDUCE_CUDA: list[Idea] = [
          {"vec": 4}, 3.0, when=lambda s, f: reduce_cuda.vec_ok(s)),
     Idea("split_fill", PAR, "Split each kept index's {red} values over several blocks sized to fill every SM, and "
          "merge their partial states in a small combine kernel: {kept} kept indices alone leave most SMs idle.",
-         {"split": "fill"}, 3.5, when=_few_kept),
+         {"split": "fill"}, 3.5, when=_few_kept_unsplit),
     Idea("split_wide", PAR, "Split the reduction over sixteen blocks per SM's worth of partial states, so the "
          "loads of many blocks hide each other's latency.", {"split": "fill", "bps": 16}, 1.2, when=_few_kept),
     Idea("ilp2", COMP, "Give each thread two independent accumulators, alternating between them, so consecutive "
@@ -954,7 +956,7 @@ REDUCE_CUDA: list[Idea] = [
     Idea("fast_exp", PREC, "Use the hardware exponential (__expf) in the online softmax: a few ulp, far inside "
          "1e-4.", {"fast_exp": True}, 1.5, when=_exp_kind),
     Idea("vec4_split", MEM, "Read float4 vectors and split the reduction over enough blocks to fill the GPU.",
-         {"vec": 4, "split": "fill"}, 2.0, when=lambda s, f: reduce_cuda.vec_ok(s) and _few_kept(s, f)),
+         {"vec": 4, "split": "fill"}, 2.0, when=lambda s, f: reduce_cuda.vec_ok(s) and _few_kept_unsplit(s, f)),
     Idea("ilp2_unrolled", ASYNC, "Two accumulators per thread with the loop unrolled four times: eight loads in "
          "flight per thread.", {"ilp": 2, "unroll": True}, 1.2),
     Idea("split_off", CTRL, "Give every kept index one block again and drop the combine kernel: with {kept} kept "

@@ -33,16 +33,40 @@ SUMS = ("sum", "mean", "rms", "l1mean", "l1sum", "l2", "meanvar", "var", "std", 
 SHIFTED = ("meanvar", "var", "std")
 
 
+# Fewer blocks than this (an H100's or H200's SMs) with one block per kept index cannot cover the GPU even once.
+SPLIT_BELOW_BLOCKS = 132
+# Reduced values per kept index from which a split pays for its combine kernel.
+SPLIT_FROM_VALUES = 8192
+
+
 def baseline(spec: OpSpec) -> dict:
-    """Scalar loads, one accumulator per thread, no split: the kernel a first port would have."""
-    return {"gen": GEN, "threads": 256, "vec": 1, "ilp": 1, "split": "none", "bps": 8, "load": "plain",
-            "apply_load": "plain", "store": "plain", "unroll": False, "acc": "float", "fast_exp": False,
-            "idx32": False, "launch_min": 0, "apply_grid": "exact"}
+    """Scalar loads, one accumulator per thread: the kernel a first port would have. It splits the reduction over
+    blocks only where one block per kept index could not cover the GPU once, as any port of a sum to a scalar
+    does: unsplit, MSELoss's 2 x 4 GB went through one SM, about 2.5 s a call, and each such candidate's timing
+    took minutes of the H200."""
+    f = {"gen": GEN, "threads": 256, "vec": 1, "ilp": 1, "split": "none", "bps": 8, "load": "plain",
+         "apply_load": "plain", "store": "plain", "unroll": False, "acc": "float", "fast_exp": False,
+         "idx32": False, "launch_min": 0, "apply_grid": "exact"}
+    if kept_blocks(spec, f["threads"]) < SPLIT_BELOW_BLOCKS and splittable(spec):
+        f["split"] = "fill"
+    return f
 
 
 def row_mapping(spec: OpSpec) -> bool:
     """B == 1: a kept index's values are consecutive, so a block reads them together."""
     return spec.geometry["b"] == 1
+
+
+def kept_blocks(spec: OpSpec, threads: int) -> int:
+    """Blocks of the statistics kernel without a split: one per kept index (rows), or one per ``threads`` kept
+    indices (columns)."""
+    g = spec.geometry
+    return g["a"] * g["b"] if row_mapping(spec) else -(-(g["a"] * g["b"]) // threads)
+
+
+def splittable(spec: OpSpec) -> bool:
+    """Enough reduced values per kept index that splitting them pays for the combine kernel."""
+    return spec.geometry["r0"] * spec.geometry["r"] >= SPLIT_FROM_VALUES
 
 
 def vec_ok(spec: OpSpec) -> bool:

@@ -36,6 +36,7 @@ from kernelcraft.search.offline_kernels.opspec import describe
 WINDOWS = {
     "conv1d_dilated_strided": ("nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2)", (2, 4, 19)),
     "conv3d_asymmetric": ("nn.Conv3d(3, 4, (3, 2, 3), stride=(1, 2, 1), padding=(1, 0, 2))", (2, 3, 7, 6, 9)),
+    "conv2d_asymmetric": ("nn.Conv2d(5, 7, (2, 5), stride=(2, 1), padding=(0, 2), dilation=(2, 1))", (2, 5, 11, 13)),
     "conv2d_depthwise": ("nn.Conv2d(6, 6, (3, 1), groups=6, padding=(1, 0), bias=False)", (2, 6, 9, 11)),
     "conv2d_grouped": ("nn.Conv2d(8, 4, (3, 5), groups=2, stride=(2, 1), dilation=(1, 2))", (1, 8, 12, 17)),
     "conv_t1d": ("nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, dilation=2, output_padding=1)", (2, 4, 13)),
@@ -139,7 +140,8 @@ def test_five_window_rounds_never_repeat_an_idea_and_the_same_seed_writes_the_sa
 
 C_PARENTS = [{}, {"order": "rows", "par": "omp", "kblock": 2}, {"interior": True, "kblock": 2, "acc": "double"}]
 CUDA_PARENTS = [{}, {"opt": 4, "cpt": 2, "wsmem": True, "unroll": True},
-                {"order": "taps", "opt": 2, "phase": True, "interior": True, "raster": "channels"}]
+                {"order": "taps", "opt": 2, "phase": True, "interior": True, "raster": "channels"},
+                {"algo": "mma", "cp_async": True, "stages": 2, "pad": 4}]  # the implicit GEMM (standard convs)
 
 
 def test_every_reachable_c_window_kernel_computes_the_op_at_odd_shapes(problems, tmp_path):
@@ -176,6 +178,55 @@ def test_every_reachable_cuda_window_kernel_compiles_with_nvrtc(problems, tmp_pa
 
     failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
+
+
+STANDARD = ("conv1d_dilated_strided", "conv2d_asymmetric", "conv3d_asymmetric")  # not transposed, one group
+
+
+def _gemm_jobs(problems):
+    """Every implicit GEMM a search reaches from the first one, for each standard convolution."""
+    jobs = []
+    for name in STANDARD:
+        spec = describe(problems[name])
+        feats = [f for f in reachable(spec, "cuda", [{"algo": "mma"}, {"algo": "mma", "cp_async": True, "stages": 2}])
+                 if f["algo"] == "mma"]
+        jobs += [(problems[name], spec, f) for f in feats]
+    return jobs
+
+
+def test_standard_convolutions_in_1d_2d_and_3d_reach_implicit_gemms_and_the_others_never_do(problems):
+    for name, prob in problems.items():
+        spec = describe(prob)
+        gemms = {f["algo"] for f in reachable(spec, "cuda", CUDA_PARENTS)}
+        assert ("mma" in gemms) == (name in STANDARD), name
+    jobs = _gemm_jobs(problems)
+    variants = {(j[2]["precision"], j[2]["stages"], j[2]["cp_async"], j[2]["bm"], j[2]["bn"]) for j in jobs}
+    assert len(jobs) >= 30 and len(variants) >= 8
+
+
+def test_every_reachable_implicit_gemm_window_kernel_compiles_with_nvrtc(problems, tmp_path):
+    failures = build_failures(_gemm_jobs(problems), tmp_path)
+    assert not failures, "\n".join(failures[:5])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_every_reachable_implicit_gemm_window_kernel_computes_the_convolution_on_the_gpu(problems, tmp_path):
+    jobs = _gemm_jobs(problems)
+    failures = []
+    torch.backends.cudnn.allow_tf32 = False  # the reference in full float32
+    try:
+        for prob, spec, f in jobs:
+            module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
+            tol = 1e-4 if f["precision"] == "3xtf32" else 1e-2  # TF32: the search's default tolerance
+            try:
+                check_candidate(module, prob, odd_inputs(spec.input_shapes[0], "cuda")[:2], "cuda", tol)
+            except AssertionError as err:
+                failures.append(f"{prob.id} {f}: {err}")
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} implicit GEMM window kernels match the reference")
+    assert not failures, "\n".join(failures[:10])
 
 
 @pytest.mark.gpu

@@ -12,6 +12,7 @@ features, so the sentence a report shows says what this kernel actually does.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,8 +76,12 @@ def context(spec: OpSpec, child: dict) -> dict:
             ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
     if spec.family == "window":
         g = spec.geometry
-        ctx |= {"kk": window_cuda.kernel_volume(spec), "cing": g["cin"] // g["groups"], "cout": g["cout"],
-                "what": "convolution" if spec.op == "conv" else "pooling"}
+        kk, cing = window_cuda.kernel_volume(spec), g["cin"] // g["groups"]
+        ctx |= {"kk": kk, "cing": cing, "cout": g["cout"], "what": "convolution" if spec.op == "conv" else "pooling",
+                "M": g["n"] * g["o0"] * g["o1"] * g["o2"], "kd": cing * kk}
+        if child.get("algo") == "mma":
+            ctx["T"] = matmul_cuda.mma_threads(window_cuda.gemm_features(child))
+            ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
     if spec.family == "reduce":
         g = spec.geometry
         ctx |= {"kept": g["a"] * g["b"], "red": g["r0"] * g["r"], "kind": g["kind"],
@@ -773,7 +778,7 @@ def _channels_in_group(spec: OpSpec, f: dict) -> bool:
     return spec.op == "conv" and spec.geometry["cin"] // spec.geometry["groups"] > 1
 
 
-WINDOW_CUDA: list[Idea] = [
+_WINDOW_DIRECT: list[Idea] = [
     Idea("opt2", COMP, "Let each thread compute two neighbouring outputs along the innermost dimension: every "
          "weight it loads feeds two multiply-adds and overlapping windows share cached input rows.", {"opt": 2}, 2.5),
     Idea("opt4", COMP, "Let each thread compute four neighbouring outputs along the innermost dimension, keeping "
@@ -832,6 +837,52 @@ WINDOW_CUDA: list[Idea] = [
          "row load is reused across the four outputs from registers.", {"opt": 4, "unroll": True}, 1.5,
          when=lambda s, f: f.get("opt", 1) < 4),
 ]
+
+
+def _window_direct(idea: Idea) -> Idea:
+    """A direct-kernel idea, offered only while the parent is the direct kernel (an implicit GEMM ignores it)."""
+    when = idea.when
+    return dataclasses.replace(idea, when=lambda s, f: f.get("algo", "direct") == "direct" and (
+        when is None or bool(when(s, f))))
+
+
+def _window_gemm(spec: OpSpec, f: dict) -> bool:
+    return f.get("algo") == "mma"
+
+
+def _gemm_shaped(spec: OpSpec, f: dict) -> bool:
+    """Enough taps and output channels that the convolution is a GEMM worth tensor cores (as cuDNN decides): the
+    direct kernel then re-reads every input value once per tap and channel block."""
+    g = spec.geometry
+    return g["cin"] * window_cuda.kernel_volume(spec) >= 32 and g["cout"] >= 16
+
+
+_WINDOW_GEMM: list[Idea] = [
+    Idea("implicit_gemm", COMP, "Recast the convolution as an implicit GEMM on tensor cores: rows are the {M} output "
+         "positions, columns the {cout} output channels, depth the {kd} (channel, kernel tap) pairs; each block "
+         "gathers its A tile from the input on the fly (taps outside the input read as zero, im2col never written) "
+         "and reads its B tile from the weights, multiplying with mma.sync in the 3xTF32 scheme so the result "
+         "keeps float32 accuracy; the bias is added as the accumulators are stored.",
+         _IMPLICIT_GEMM | {"precision": "3xtf32"}, 4.0,
+         when=lambda s, f: window_cuda.gemm_ok(s) and f.get("algo", "direct") == "direct",
+         boost=_boost_if(_gemm_shaped, 8.0)),
+    Idea("implicit_gemm_tf32", PREC, "Recast the convolution as an implicit GEMM ({M} x {cout} x {kd}) on TF32 "
+         "tensor cores, one product per fragment pair: three times the 3xTF32 throughput, with errors near 1e-3 "
+         "of the outputs' scale.", _IMPLICIT_GEMM | {"precision": "tf32"}, 1.2,
+         when=lambda s, f: window_cuda.gemm_ok(s) and f.get("algo", "direct") == "direct",
+         boost=_boost_if(_gemm_shaped, 4.0)),
+    Idea("tile_sums", PREC, "Accumulate each K tile's products in fresh registers and add them to the running sums "
+         "with round-to-nearest float adds, instead of letting the tensor core's truncating accumulation run over "
+         "all {kd} taps.", {"gacc": "tile"}, 0.8, when=lambda s, f: _window_gemm(s, f) and f.get("gacc") != "tile"),
+    Idea("raster8", PAR, "Launch the blocks in groups of 8 block-rows, so blocks running together share the "
+         "weights' tiles and neighbouring input rows in L2.", {"graster": 8}, 0.6,
+         when=lambda s, f: _window_gemm(s, f) and not f.get("graster")),
+]
+# The conv family's refinements of a tensor-core kernel apply to the window family's as they are.
+_WINDOW_GEMM += [i for i in CONV_CUDA if i.key in ("drop_to_tf32", "cp_async", "stages3", "pad_smem", "bn128",
+                                                     "bm256", "bm64", "warps_2x4", "bk16", "one_stage")]
+
+WINDOW_CUDA: list[Idea] = [_window_direct(i) for i in _WINDOW_DIRECT] + _WINDOW_GEMM
 
 WINDOW_C: list[Idea] = [
     Idea("omp_planes", PAR, "Parallelise over output planes (image, block of channels) with OpenMP: each core owns "

@@ -42,6 +42,8 @@ WINDOWS = {
     "conv_t1d": ("nn.ConvTranspose1d(4, 6, 3, stride=2, padding=1, dilation=2, output_padding=1)", (2, 4, 13)),
     "conv_t2d_grouped": ("nn.ConvTranspose2d(4, 6, (3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), "
                          "groups=2, bias=False)", (2, 4, 7, 9)),
+    "conv_t3d": ("nn.ConvTranspose3d(3, 5, (2, 3, 2), stride=(2, 1, 2), padding=(0, 1, 1), output_padding=(1, 0, 1))",
+                 (1, 3, 4, 5, 3)),
     "conv_t3d_depthwise": ("nn.ConvTranspose3d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=4)",
                            (1, 4, 4, 5, 6)),
     "maxpool1d": ("nn.MaxPool1d(4, stride=2, padding=2, dilation=2)", (2, 3, 21)),
@@ -180,13 +182,14 @@ def test_every_reachable_cuda_window_kernel_compiles_with_nvrtc(problems, tmp_pa
     assert not failures, "\n".join(failures[:5])
 
 
-STANDARD = ("conv1d_dilated_strided", "conv2d_asymmetric", "conv3d_asymmetric")  # not transposed, one group
+# one group: standard and transposed
+GEMM_CONVS = ("conv1d_dilated_strided", "conv2d_asymmetric", "conv3d_asymmetric", "conv_t1d", "conv_t3d")
 
 
 def _gemm_jobs(problems):
     """Every implicit GEMM a search reaches from the first one, for each standard convolution."""
     jobs = []
-    for name in STANDARD:
+    for name in GEMM_CONVS:
         spec = describe(problems[name])
         feats = [f for f in reachable(spec, "cuda", [{"algo": "mma"}, {"algo": "mma", "cp_async": True, "stages": 2}])
                  if f["algo"] == "mma"]
@@ -194,14 +197,14 @@ def _gemm_jobs(problems):
     return jobs
 
 
-def test_standard_convolutions_in_1d_2d_and_3d_reach_implicit_gemms_and_the_others_never_do(problems):
+def test_convolutions_of_one_group_in_1d_2d_and_3d_reach_implicit_gemms_and_the_others_never_do(problems):
     for name, prob in problems.items():
         spec = describe(prob)
         gemms = {f["algo"] for f in reachable(spec, "cuda", CUDA_PARENTS)}
-        assert ("mma" in gemms) == (name in STANDARD), name
+        assert ("mma" in gemms) == (name in GEMM_CONVS), name
     jobs = _gemm_jobs(problems)
     variants = {(j[2]["precision"], j[2]["stages"], j[2]["cp_async"], j[2]["bm"], j[2]["bn"]) for j in jobs}
-    assert len(jobs) >= 30 and len(variants) >= 8
+    assert len(jobs) >= 50 and len(variants) >= 8
 
 
 def test_every_reachable_implicit_gemm_window_kernel_compiles_with_nvrtc(problems, tmp_path):

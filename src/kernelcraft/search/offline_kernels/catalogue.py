@@ -851,16 +851,19 @@ def _window_gemm(spec: OpSpec, f: dict) -> bool:
 
 
 def _gemm_shaped(spec: OpSpec, f: dict) -> bool:
-    """Enough taps and output channels that the convolution is a GEMM worth tensor cores (as cuDNN decides): the
-    direct kernel then re-reads every input value once per tap and channel block."""
+    """Enough useful taps and output channels that the convolution is a GEMM worth tensor cores (as cuDNN decides):
+    the direct kernel then re-reads every input value once per tap and channel block. A transposed convolution's
+    gather wastes all taps but one stride phase in each dimension."""
     g = spec.geometry
-    return g["cin"] * window_cuda.kernel_volume(spec) >= 32 and g["cout"] >= 16
+    waste = g["s0"] * g["s1"] * g["s2"] if g["transposed"] else 1
+    return g["cin"] * window_cuda.kernel_volume(spec) >= 32 * waste and g["cout"] >= 16
 
 
 _WINDOW_GEMM: list[Idea] = [
     Idea("implicit_gemm", COMP, "Recast the convolution as an implicit GEMM on tensor cores: rows are the {M} output "
          "positions, columns the {cout} output channels, depth the {kd} (channel, kernel tap) pairs; each block "
-         "gathers its A tile from the input on the fly (taps outside the input read as zero, im2col never written) "
+         "gathers its A tile from the input on the fly (taps outside the input, or of another stride phase of a "
+         "transposed convolution, read as zero; im2col never written) "
          "and reads its B tile from the weights, multiplying with mma.sync in the 3xTF32 scheme so the result "
          "keeps float32 accuracy; the bias is added as the accumulators are stored.",
          _IMPLICIT_GEMM | {"precision": "3xtf32"}, 4.0,

@@ -11,12 +11,13 @@ register blocking, weights in shared memory, the loop order (taps outside the ch
 tests out of it), a branch-free path for windows wholly inside the input, read-only loads, 32-bit indexing,
 launch bounds and the raster order of blocks.
 
-A standard convolution (not transposed, one group) can instead be an implicit GEMM on tensor cores (``algo:
-mma``), the conv family's scheme in three dimensions: the GEMM's rows are the output voxels (N * O0 * O1 * O2), its
-columns the output channels, its depth the CIN * K0 * K1 * K2 taps; each block gathers its A tile from the input
-on the fly (taps outside the volume read as zero) and reads its B tile from the weights, with the matmul family's
-``mma.sync`` kernel (3xTF32 keeps float32 accuracy). The direct kernel re-reads every input value once per tap and
-output channel block: on the H200 a 1-D convolution ran at 0.14x cuDNN and a 3-D one at 0.64x.
+A convolution of one group, transposed or not, can instead be an implicit GEMM on tensor cores (``algo: mma``),
+the conv family's scheme in three dimensions: the GEMM's rows are the output voxels (N * O0 * O1 * O2), its columns
+the output channels, its depth the CIN * K0 * K1 * K2 taps; each block gathers its A tile from the input on the
+fly (taps outside the volume, or of another stride phase when transposed, read as zero) and reads its B tile from
+the weights, with the matmul family's ``mma.sync`` kernel (3xTF32 keeps float32 accuracy). The direct kernel
+re-reads every input value once per tap and output channel block: on the H200 a 1-D convolution ran at 0.14x cuDNN
+and a 3-D one at 0.64x.
 """
 
 from __future__ import annotations
@@ -58,10 +59,11 @@ def baseline(spec: OpSpec) -> dict:
 
 
 def gemm_ok(spec: OpSpec) -> bool:
-    """A standard convolution the implicit GEMM takes: not transposed, one group, and input and output below 2**31
-    elements (its offsets are 32-bit)."""
+    """A convolution the implicit GEMM takes: one group, input and output below 2**31 elements (its offsets are
+    32-bit). A transposed one gathers too: output o takes tap k from input (o + pad - k * dil) / stride where that
+    divides, the other taps read as zero (a stride s wastes all but 1/s of them per dimension)."""
     g = spec.geometry
-    return (spec.op == "conv" and not g["transposed"] and g["groups"] == 1
+    return (spec.op == "conv" and g["groups"] == 1
             and max(math.prod(spec.input_shape), math.prod(spec.out_shape)) < 2**31 - 2**20)
 
 
@@ -357,17 +359,29 @@ def _gemm_io(spec: OpSpec, f: dict) -> mm.GemmIO:
     """The implicit GEMM's operands: A[m, kd] is output voxel m's input tap kd = (channel, k0, k1, k2), gathered
     through a per-block table of each row's image offset and window corner; B[kd, k] = weight[k, kd]."""
     g = spec.geometry
+    tr = bool(g["transposed"])
     put_a = "cp_async4(as + AS_AT(r, c), src, ok);" if f["cp_async"] else "as[AS_AT(r, c)] = ok ? *src : 0.f;"
     put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if f["cp_async"] else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
-    a_ld = ("const int v = tid + l * NT, r = v / BK, c = v % BK, kd = k0 + c;",
-            "const int ci = kd / KK, t = kd - ci * KK, t0 = t / (K1 * K2), t1 = (t / K2) % K1, t2 = t % K2;",
-            "const int i0 = row_i0[r] + t0 * D0, i1 = row_i1[r] + t1 * D1, i2 = row_i2[r] + t2 * D2;",
-            "const bool ok = kd < KD && (unsigned)i0 < (unsigned)I0 && (unsigned)i1 < (unsigned)I1 "
-            "&& (unsigned)i2 < (unsigned)I2;",
-            "const float* src = ok ? X + row_off[r] + ((ci * I0 + i0) * I1 + i1) * I2 + i2 : X;", put_a)
-    b_ld = ("// B[kd, k] = weight[k, kd]: consecutive threads read consecutive taps of one filter",
-            "const int v = tid + l * NT, r = v % BK, c = v / BK, kd = k0 + r, k = bn0 + c;",
-            "const bool ok = kd < KD && k < COUT;", "const float* src = ok ? Wt + k * KD + kd : Wt;", put_b)
+    a_ld = ["const int v = tid + l * NT, r = v / BK, c = v % BK, kd = k0 + c;",
+            "const int ci = kd / KK, t = kd - ci * KK, t0 = t / (K1 * K2), t1 = (t / K2) % K1, t2 = t % K2;"]
+    if tr:  # the row table holds o + pad: tap k reads input (o + pad - k * dil) / stride where that divides
+        a_ld += ["const int u0 = row_i0[r] - t0 * D0, u1 = row_i1[r] - t1 * D1, u2 = row_i2[r] - t2 * D2;",
+                 "const int i0 = u0 / S0, i1 = u1 / S1, i2 = u2 / S2;",
+                 "const bool ok = kd < KD && u0 >= 0 && u1 >= 0 && u2 >= 0 && i0 * S0 == u0 && i1 * S1 == u1 "
+                 "&& i2 * S2 == u2 && i0 < I0 && i1 < I1 && i2 < I2;"]
+    else:
+        a_ld += ["const int i0 = row_i0[r] + t0 * D0, i1 = row_i1[r] + t1 * D1, i2 = row_i2[r] + t2 * D2;",
+                 "const bool ok = kd < KD && (unsigned)i0 < (unsigned)I0 && (unsigned)i1 < (unsigned)I1 "
+                 "&& (unsigned)i2 < (unsigned)I2;"]
+    a_ld.append("const float* src = ok ? X + row_off[r] + ((ci * I0 + i0) * I1 + i1) * I2 + i2 : X;")
+    a_ld.append(put_a)
+    # B[kd, k]: weight[k, kd] (a transposed convolution's weight is [CIN, COUT, taps]: weight[ci, k, tap]);
+    # consecutive threads read consecutive taps of one filter
+    w_at = "Wt + ((kd / KK) * COUT + k) * KK + kd % KK" if tr else "Wt + k * KD + kd"
+    b_ld = ("const int v = tid + l * NT, r = v % BK, c = v / BK, kd = k0 + r, k = bn0 + c;",
+            "const bool ok = kd < KD && k < COUT;", f"const float* src = ok ? {w_at} : Wt;", put_b)
+    corner = ("    row_i0[i] = o0 + P0;", "    row_i1[i] = o1 + P1;", "    row_i2[i] = o2 + P2;") if tr else (
+        "    row_i0[i] = o0 * S0 - P0;", "    row_i1[i] = o1 * S1 - P1;", "    row_i2[i] = o2 * S2 - P2;")
     prelude = ("// per output voxel of this block: its image's offset and the corner of its window (in the dynamic",
                "// shared memory after the pipeline's stages)",
                "int* const row_off = reinterpret_cast<int*>(smem + STAGES * (A_STAGE + B_STAGE));",
@@ -375,8 +389,7 @@ def _gemm_io(spec: OpSpec, f: dict) -> mm.GemmIO:
                "int* const row_i2 = row_i1 + BM;",
                "for (int i = tid; i < BM; i += NT) {", "  const int m = bm0 + i;", "  if (m < M) {",
                "    const int n = m / P, p = m - n * P, o0 = p / (O1 * O2), o1 = (p / O2) % O1, o2 = p % O2;",
-               "    row_off[i] = n * (CIN * I0 * I1 * I2);", "    row_i0[i] = o0 * S0 - P0;",
-               "    row_i1[i] = o1 * S1 - P1;", "    row_i2[i] = o2 * S2 - P2;",
+               "    row_off[i] = n * (CIN * I0 * I1 * I2);", *corner,
                "  } else {", "    row_off[i] = 0;", "    row_i0[i] = -(1 << 28);  // never inside the volume",
                "    row_i1[i] = 0;", "    row_i2[i] = 0;", "  }", "}", "__syncthreads();")
     store = ("const int n = r / P, p = r - n * P;", "const float o = HAS_BIAS ? v + Bias[col] : v;",
@@ -386,8 +399,9 @@ def _gemm_io(spec: OpSpec, f: dict) -> mm.GemmIO:
     for key in ("i", "o", "k", "s", "p", "d"):
         consts += [f"#define {key.upper()}{a} {g[f'{key}{a}']}" for a in range(3)]
     helpers = "\n".join(consts) + "\n" + (conv_cuda._CP_ASYNC4 if f["cp_async"] else "")
-    return mm.GemmIO(args=_GEMM_ARGS, ints="const int P = O0 * O1 * O2, M = NB * P, N = COUT, K = KD;", a_ld=a_ld,
-                     b_ld=b_ld, store=store, prelude=prelude, helpers=helpers, title="window_cuda, implicit GEMM")
+    return mm.GemmIO(args=_GEMM_ARGS, ints="const int P = O0 * O1 * O2, M = NB * P, N = COUT, K = KD;",
+                     a_ld=tuple(a_ld), b_ld=b_ld, store=store, prelude=prelude, helpers=helpers,
+                     title="window_cuda, implicit GEMM")
 
 
 def gemm_tiles(spec: OpSpec, f: dict) -> int:

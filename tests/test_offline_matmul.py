@@ -214,6 +214,62 @@ def test_every_reachable_cuda_matmul_kernel_computes_a_at_b_on_the_gpu(tmp_path)
     assert not failures, "\n".join(failures[:10])
 
 
+# ------------------------------------------------------------------------------------------------ matrix-vector
+
+@pytest.fixture(scope="module")
+def matvec(tmp_path_factory):
+    return kb_problem(tmp_path_factory.mktemp("matvec"), "torch.matmul(A, B)",
+                      "[torch.randn(37, 1004), torch.randn(1004, 1)]", "matvec")
+
+
+def _gemv_sources(matvec) -> list[tuple[dict, str]]:
+    spec = describe(matvec)
+    feats = [f for f in reachable(spec, "cuda", [{"algo": "gemv"}, {"algo": "gemv", "vec": 4, "gthreads": 512}])
+             if f["algo"] == "gemv"]
+    return [(f, candidate_source(spec, "cuda", f, "t", "reference")) for f in feats]
+
+
+def test_a_matrix_vector_product_gets_the_gemv_idea_and_a_matrix_product_never_does(matvec):
+    gemv = [i for i in catalogue("matmul", "cuda") if i.key == "gemv"][0]
+    assert gemv.applies(describe(matvec), generator("matmul", "cuda").baseline(describe(matvec)))
+    assert not gemv.applies(describe(matmul_problem()), {})
+    assert generator("matmul", "cuda").normalise(describe(matmul_problem()), {"algo": "gemv"})["algo"] == "naive"
+    jobs = _gemv_sources(matvec)
+    assert {(f["vec"], f["gthreads"]) for f, _ in jobs} >= {(1, 256), (4, 512), (4, 128), (4, 1024)}
+    # the vector kernel only where K and both operands allow 16-byte loads; a scalar one otherwise
+    assert all("K % 4 == 0" in src and "matmul_safe" in src for f, src in jobs if f["vec"] == 4)
+
+
+def test_every_gemv_kernel_compiles_with_nvrtc(matvec, tmp_path):
+    failures = []
+    for f, src in _gemv_sources(matvec):
+        try:
+            import_source(src, tmp_path)
+        except Exception as exc:  # noqa: BLE001 - every failing combination is reported at once
+            failures.append(f"{f}: {str(exc)[:400]}")
+    assert not failures, "\n".join(failures[:5])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_every_gemv_kernel_computes_a_matrix_vector_product_on_the_gpu(matvec, tmp_path):
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    flat = torch.randn(37 * 1004 + 1, device="cuda", generator=gen)
+    operands = [(torch.randn(37, 1004, device="cuda", generator=gen), torch.randn(1004, 1, device="cuda",
+                                                                                  generator=gen)),
+                (flat[1:].view(37, 1004), torch.randn(1004, 1, device="cuda", generator=gen))]  # misaligned A
+    failures = []
+    for f, src in _gemv_sources(matvec):
+        model = import_source(src, tmp_path).ModelNew()
+        with pytest.raises(ValueError, match="must be"):
+            model(operands[0][0], torch.randn(1004, 2, device="cuda"))
+        for a, b in operands:
+            got, want = model(a, b), (a.double() @ b.double()).float()
+            if got.shape != want.shape or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+                failures.append(f"{f} on {tuple(a.shape)}, A at {a.data_ptr() % 16}")
+    assert not failures, "\n".join(failures[:10])
+
+
 # ------------------------------------------------------------------------------------------------ layouts
 
 # forward, inputs: products of the inputs read transposed, batched, through views, or kept triangular

@@ -99,6 +99,8 @@ def context(spec: OpSpec, child: dict) -> dict:
             ctx["T"] = matmul_cuda.simt_threads(child)
         elif child.get("algo") == "wgmma":
             ctx["T"] = matmul_wgmma.threads(child)
+        elif child.get("algo") == "gemv":
+            ctx["T"] = child["gthreads"]
     return ctx
 
 
@@ -460,7 +462,22 @@ def _algo(*algos: str) -> Callable[[OpSpec, dict], bool]:
 _TENSOR_CORES = {"algo": "mma", "bm": 128, "bn": 128, "bk": 32, "wm": 2, "wn": 4, "vec": 4, "cp_async": True,
                  "stages": 2, "pad": 4}
 
+def _gemv_parent(spec: OpSpec, f: dict) -> bool:
+    return f.get("algo") == "gemv"
+
+
 MATMUL_CUDA: list[Idea] = [
+    Idea("gemv", MEM, "Compute the product as the matrix-vector product it is (N = 1): one block of {T} threads per "
+         "row of A streams the row once with float4 loads (evict-first, it is never reused) while the vector stays "
+         "in cache, and reduces the row's dot product with warp shuffles; GEMM tiles would compute 63 wasted "
+         "columns of every 64.", {"algo": "gemv", "gthreads": 256, "vec": 4}, 6.0,
+         when=lambda s, f: matmul_cuda.gemv_ok(s) and f.get("algo") != "gemv"),
+    Idea("gemv_threads512", PAR, "Give each row of A 512 threads: twice the loads in flight per row, for rows of "
+         "{K} values.", {"gthreads": 512}, 1.2, when=lambda s, f: _gemv_parent(s, f) and f.get("gthreads") != 512),
+    Idea("gemv_threads1024", PAR, "Give each row of A 1024 threads, the most a block holds.", {"gthreads": 1024},
+         0.8, when=lambda s, f: _gemv_parent(s, f) and f.get("gthreads") != 1024),
+    Idea("gemv_threads128", PAR, "Give each row of A 128 threads, so more rows' blocks are resident per SM.",
+         {"gthreads": 128}, 0.8, when=lambda s, f: _gemv_parent(s, f) and f.get("gthreads") != 128),
     Idea("smem_tiles", MEM, "Stage {tile}x{tile} tiles of A and B in shared memory, one output per thread, so each "
          "value read from HBM serves {tile} multiply-adds instead of one.", {"algo": "smem", "tile": 32}, 3.0,
          when=_algo("naive")),

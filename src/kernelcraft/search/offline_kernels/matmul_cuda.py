@@ -11,7 +11,9 @@ part and a TF32 remainder and sums three products (hi*hi + hi*lo + lo*hi), which
 The algorithms, by ``algo``: ``naive`` (one thread per output, operands from global memory), ``smem`` (square
 shared-memory tiles, one output per thread), ``simt`` (block tile BM x BN x BK, thread tile TM x TN in
 registers), ``mma`` (tensor cores through PTX ``mma.sync`` m16n8k8, TF32 or 3xTF32; inline PTX rather than
-``<mma.h>``, whose headers NVRTC does not always have). Every kernel takes any M, N, K: loads
+``<mma.h>``, whose headers NVRTC does not always have), ``gemv`` (N = 1 only: a matrix-vector product is
+memory-bound, so one block per row of A streams it once and reduces its dot product with warp shuffles; tiles
+would compute 63 wasted columns of every 64). Every kernel takes any M, N, K: loads
 past an edge read zeros and stores past it are skipped. The vectorised path needs K and N multiples of 4 and
 aligned pointers, which the launcher checks, falling back to a scalar-load kernel.
 """
@@ -29,7 +31,8 @@ FAMILY = "matmul"
 BACKEND = "cuda"
 GEN = "matmul_cuda"
 
-ALGOS = ("naive", "smem", "simt", "mma", "wgmma")
+ALGOS = ("naive", "smem", "simt", "mma", "wgmma", "gemv")
+GEMV_THREADS = (128, 256, 512, 1024)
 TUNABLES: dict[str, tuple] = {
     "bm": (64, 128, 256),
     "bn": (64, 128, 256),
@@ -52,7 +55,7 @@ def baseline(spec: OpSpec) -> dict:
     return {"gen": GEN, "algo": "naive", "tile": 16, "bm": 64, "bn": 64, "bk": 8, "tm": 4, "tn": 4, "wm": 2,
             "wn": 2, "vec": 1, "buffer": 1, "stages": 1, "cp_async": False, "pad": 0, "precision": "fp32",
             "raster": 0, "launch_min": 0, "acc": "direct", "frag": "scalar", "split": "rna",
-            "overlap": False}
+            "overlap": False, "gthreads": 256}
 
 
 def simt_threads(f: dict) -> int:
@@ -103,14 +106,15 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     base = baseline(spec)
     g = base | {k: v for k, v in f.items() if k in base}
     g["gen"] = GEN
-    if g["algo"] not in ALGOS:
+    if g["algo"] not in ALGOS or g["algo"] == "gemv" and not gemv_ok(spec):
         g["algo"] = "naive"
     algo = g["algo"]
     keep = {"naive": (), "smem": ("tile",), "simt": ("bm", "bn", "bk", "tm", "tn", "vec", "buffer", "pad", "raster",
                                                      "launch_min"),
             "mma": ("bm", "bn", "bk", "wm", "wn", "vec", "stages", "cp_async", "pad", "precision", "raster",
                     "acc", "frag", "split"),
-            "wgmma": ("bm", "bn", "bk", "stages", "precision", "raster", "acc", "overlap")}[algo]
+            "wgmma": ("bm", "bn", "bk", "stages", "precision", "raster", "acc", "overlap"),
+            "gemv": ("vec", "gthreads")}[algo]
     for k in base:
         if k not in keep and k not in ("gen", "algo"):
             g[k] = base[k]
@@ -152,11 +156,19 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             g["stages"] -= 1  # fewer stages before giving up the tile shape
         if not wg.ok(g, SMEM_DYNAMIC_MAX):
             g |= _WGMMA_DEFAULT | {"overlap": g["overlap"] and g["acc"] == "direct"}
+    if algo == "gemv":
+        g["vec"] = 4 if g["vec"] == 4 else 1
+        g["gthreads"] = g["gthreads"] if g["gthreads"] in GEMV_THREADS else 256
     if algo not in ("simt", "mma", "wgmma"):
         g["raster"] = 0
     elif g["raster"] not in TUNABLES["raster"]:
         g["raster"] = 0
     return g
+
+
+def gemv_ok(spec: OpSpec | None) -> bool:
+    """A matrix-vector product: B has one column."""
+    return spec is not None and spec.family == "matmul" and spec.mnk[1] == 1
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -513,8 +525,33 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gemv(f: dict, name: str) -> str:
+    T, vec = f["gthreads"], f["vec"]
+    if vec == 4:  # the launcher checks K % 4 == 0 and 16-byte aligned A and B
+        loop = ["const float4* a4 = reinterpret_cast<const float4*>(a);",
+                "const float4* b4 = reinterpret_cast<const float4*>(B);",
+                f"for (long long i = threadIdx.x; i < K / 4; i += {T}) {{",
+                "  const float4 x = __ldcs(a4 + i), y = __ldg(b4 + i);  // A streamed once; the vector stays cached",
+                "  acc = fmaf(x.x, y.x, acc); acc = fmaf(x.y, y.y, acc);",
+                "  acc = fmaf(x.z, y.z, acc); acc = fmaf(x.w, y.w, acc);", "}"]
+    else:
+        loop = [f"for (long long i = threadIdx.x; i < K; i += {T}) acc = fmaf(__ldcs(a + i), __ldg(B + i), acc);"]
+    body = ["const long long K = K_;", "const float* a = A + (long long)blockIdx.x * K;", "float acc = 0.f;", *loop,
+            "#pragma unroll", "for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);",
+            f"__shared__ float part[{T // 32}];", "if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;",
+            "__syncthreads();", "if (threadIdx.x < 32) {",
+            f"  float v = threadIdx.x < {T // 32} ? part[threadIdx.x] : 0.f;", "  #pragma unroll",
+            "  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);",
+            "  if (threadIdx.x == 0) C[blockIdx.x] = v;", "}"]
+    return (f"// generated by kernelcraft's offline proposer (matmul_cuda, gemv: one block of {T} per row)\n"
+            f'extern "C" __global__ void __launch_bounds__({T}) {name}({_ARGS}) {{\n'
+            + "\n".join("  " + ln for ln in body) + "\n}\n")
+
+
 def render_source(spec: OpSpec, f: dict, name: str, fast: bool = True) -> str:
     f = normalise(spec, f)
+    if f["algo"] == "gemv":
+        return _gemv(f, name)
     if f["algo"] == "naive":
         return _naive(name)
     if f["algo"] == "smem":
@@ -540,6 +577,8 @@ def _safe_features(spec: OpSpec, f: dict) -> dict:
 
 
 def fast_conditions(f: dict) -> list[str]:
+    if f["algo"] == "gemv":
+        return ["K % 4 == 0", "a.data_ptr() % 16 == 0", "b.data_ptr() % 16 == 0"] if f["vec"] == 4 else []
     if f["algo"] in ("mma", "wgmma") or (f["algo"] == "simt" and f["vec"] == 4):
         return ["K % 4 == 0", "N % 4 == 0", "a.data_ptr() % 16 == 0", "b.data_ptr() % 16 == 0",
                 "out.data_ptr() % 16 == 0"]
@@ -547,6 +586,8 @@ def fast_conditions(f: dict) -> list[str]:
 
 
 def _launch(f: dict, var: str) -> list[str]:
+    if f["algo"] == "gemv":
+        return [f"{var}(grid=(M,), block=({f['gthreads']},), args=(a, b, out, M, N, K))"]
     if f["algo"] == "naive":
         return [f"{var}(grid=(-(-N // 16), -(-M // 16)), block=(16, 16), args=(a, b, out, M, N, K))"]
     if f["algo"] == "smem":
@@ -579,6 +620,9 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
                 f"SRC_SAFE = r'''\n{render_source(spec, safe, 'matmul_safe', fast=False)}'''", "",
                 _kernel_line(spec, safe, "_safe", "matmul_safe", "SRC_SAFE")]
     product = []
+    if f["algo"] == "gemv":
+        product += ["if N != 1:", "    raise ValueError(f'this kernel multiplies by a vector: B must be (K, 1), got "
+                    "{tuple(b.shape)}')"]
     if conds:
         product.append("if " + " and ".join(conds) + ":")
         product += ["    " + ln for ln in _launch(f, "_fast")]

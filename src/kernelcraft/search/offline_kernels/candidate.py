@@ -26,6 +26,13 @@ _IMPORTS = {
 FEATURES_LINE = re.compile(r"^# features: (\{.*\})\s*$", re.MULTILINE)
 
 
+def input_guard(shape: tuple[int, ...]) -> list[str]:
+    """ModelNew's first forward lines for kernels whose sizes are compiled in: the one input made contiguous, and
+    refused with its shape when it is not the shape those constants describe (a kernel would read out of bounds)."""
+    return ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
+            f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+
+
 def _comment(label: str, text: str) -> list[str]:
     wrapped = textwrap.wrap(" ".join(text.split()), width=104) or [""]
     return [f"# {label}: {wrapped[0]}"] + [f"#   {line}" for line in wrapped[1:]]

@@ -12,6 +12,7 @@ fewer than cores, the column block, double accumulators, restrict, ``omp simd`` 
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
+from kernelcraft.search.offline_kernels.candidate import input_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 from kernelcraft.search.offline_kernels.reduce_cuda import (
     ARG_KINDS,
@@ -144,8 +145,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     kept, red = g["a"] * g["b"], g["r0"] * g["r"]
     units = g["a"] * (1 if g["b"] == 1 else -(-g["b"] // f["bb"]))
     shape = tuple(spec.input_shapes[0])
-    fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
-           f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+    fwd = input_guard(shape)
     if g.get("pro"):  # a loss: its second input
         y_shape = tuple(spec.input_shapes[1])
         fwd += ["y = y.contiguous()", f"if tuple(y.shape) != {y_shape!r}:",

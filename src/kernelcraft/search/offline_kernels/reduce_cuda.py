@@ -15,6 +15,7 @@ through an elementwise apply kernel.
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import cuda_common as cc
+from kernelcraft.search.offline_kernels.candidate import input_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "reduce"
@@ -381,8 +382,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     mod.append(cc.SM_COUNT_PY)
     kept, red = g["a"] * g["b"], g["r0"] * g["r"]
     shape = tuple(spec.input_shapes[0])
-    fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
-           f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+    fwd = input_guard(shape)
     if g.get("pro"):  # a loss: its second input
         y_shape = tuple(spec.input_shapes[1])
         fwd += ["y = y.contiguous()", f"if tuple(y.shape) != {y_shape!r}:",

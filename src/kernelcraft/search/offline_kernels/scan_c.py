@@ -10,6 +10,7 @@ the chunk scanned from its carried prefix), which lets the carries be computed w
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
+from kernelcraft.search.offline_kernels.candidate import input_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "scan"
@@ -118,8 +119,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     src = render_source(spec, f, "scan_c")
     mod = f"SRC = r'''\n{src}'''\n\n_kernel = c_kernel(SRC, \"scan_c\")\n"
     shape = tuple(spec.input_shape)
-    fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
-           f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+    fwd = input_guard(shape)
     if g["masked"]:
         fwd += ["mask = mask.contiguous()", f"if tuple(mask.shape) != {shape!r} or mask.dtype != torch.bool:",
                 f"    raise ValueError('expected a bool mask of shape {shape}')", "m = mask"]

@@ -11,6 +11,7 @@ step. A reversed scan walks the row from its end; an exclusive one writes each p
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import cuda_common as cc
+from kernelcraft.search.offline_kernels.candidate import input_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "scan"
@@ -178,8 +179,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
                 f"SRC_SAFE = r'''\n{render_source(spec, f | {'vec': 1}, 'scan')}'''", "",
                 '_safe = cuda_kernel(SRC_SAFE, "scan")']
     shape = tuple(spec.input_shape)
-    fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
-           f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+    fwd = input_guard(shape)
     if g["masked"]:
         fwd += ["mask = mask.contiguous()", f"if tuple(mask.shape) != {shape!r} or mask.dtype != torch.bool:",
                 f"    raise ValueError('expected a bool mask of shape {shape}')", "m = mask"]

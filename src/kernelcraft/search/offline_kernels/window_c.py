@@ -13,6 +13,7 @@ pad + k * dil``) and gathers in direct order (taps of the wrong stride phase ski
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
+from kernelcraft.search.offline_kernels.candidate import input_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 from kernelcraft.search.offline_kernels.window_cuda import kernel_volume
 
@@ -263,8 +264,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     src = render_source(spec, f, "window_c")
     mod = f"SRC = r'''\n{src}'''\n\n_kernel = c_kernel(SRC, \"window_c\")\n"
     shape = tuple(spec.input_shapes[0])
-    fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
-           f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+    fwd = input_guard(shape)
     fwd.append(f"w = {spec.weight}.contiguous()" if spec.weight else "w = x  # pooling: no weights")
     fwd.append(f"b = {spec.bias}.contiguous()" if spec.bias else "b = w  # no bias: the kernel never reads it")
     fwd += [f"y = torch.empty({tuple(spec.out_shape)!r}, device=x.device, dtype=x.dtype)",

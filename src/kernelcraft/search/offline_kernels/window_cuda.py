@@ -27,6 +27,7 @@ import math
 from kernelcraft.search.offline_kernels import conv_cuda
 from kernelcraft.search.offline_kernels import cuda_common as cc
 from kernelcraft.search.offline_kernels import matmul_cuda as mm
+from kernelcraft.search.offline_kernels.candidate import input_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "window"
@@ -429,8 +430,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
                '_kernel = cuda_kernel(SRC, "window")']
         launch = f"grid={grid(spec, f)!r}, block=({f['threads']},), args=(x, w, b, y)"
     shape = tuple(spec.input_shapes[0])
-    fwd = ["x = x.contiguous()", f"if tuple(x.shape) != {shape!r}:",
-           f"    raise ValueError(f'expected an input of shape {shape}, got {{tuple(x.shape)}}')"]
+    fwd = input_guard(shape)
     if spec.weight:
         fwd.append(f"w = {spec.weight}.contiguous()")
     else:

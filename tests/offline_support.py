@@ -138,17 +138,18 @@ def check_candidate(module, problem, inputs: list[torch.Tensor], device: str, to
             assert close(got, want, tol), f"{tuple(x.shape)}: max abs err {err:.3g}"
 
 
-def five_round_sources(problem, backend: str) -> list[str]:
-    """The candidate files of five offline rounds (seed 4, four ideas of two implementations each, every round
-    seeded by the previous round's first candidate), asserting that no idea is proposed twice for one parent."""
+def five_round_sources(problem, backend: str, seed: int = 4, min_kinds: int = 1) -> list[str]:
+    """The candidate files of five offline rounds (four ideas of two implementations each, every round seeded by the
+    previous round's first candidate), asserting that no idea is proposed twice for one parent and that each round's
+    ideas span at least ``min_kinds`` kinds."""
     from kernelcraft.search.offline import OfflineProposer
 
-    p = OfflineProposer(4)
+    p = OfflineProposer(seed)
     seeds = [{"id": "reference", "source": None, "features": None}]
     tried, sources, seen = [], [], set()
     for round_ in range(1, 6):
         ideas = p.ideas(problem, backend, seeds, tried, 4, round_)
-        assert len(ideas) == 4
+        assert len(ideas) == 4 and len({i["kind"] for i in ideas}) >= min_kinds
         for idea in ideas:
             pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
             assert pair not in seen

@@ -18,6 +18,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     GPU,
     build_env,
     build_failures,
+    five_round_sources,
     import_source,
     reachable,
     suite,
@@ -84,23 +85,7 @@ def test_references_that_are_not_a_plain_float32_matmul_are_refused_with_the_rea
 @pytest.mark.parametrize("backend", ["cuda", "cpu"])
 def test_five_matmul_rounds_never_repeat_an_idea_and_the_same_seed_writes_the_same_files(backend):
     prob = matmul_problem("full")
-    runs = []
-    for _ in range(2):
-        p = OfflineProposer(3)
-        seeds = [{"id": "reference", "source": None, "features": None}]
-        tried, sources, seen = [], [], set()
-        for round_ in range(1, 6):
-            ideas = p.ideas(prob, backend, seeds, tried, 4, round_)
-            assert len(ideas) == 4 and len({i["kind"] for i in ideas}) >= 2
-            for idea in ideas:
-                pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
-                assert pair not in seen
-                seen.add(pair)
-            impls = [p.implement(prob, backend, i, seeds[0], 2, round_) for i in ideas]
-            sources += [x["source"] for impl in impls for x in impl]
-            tried += ideas
-            seeds = [{"id": f"r{round_}", "source": impls[0][0]["source"], "features": impls[0][0]["features"]}]
-        runs.append(sources)
+    runs = [five_round_sources(prob, backend, seed=3, min_kinds=2) for _ in range(2)]
     assert runs[0] == runs[1]
 
 

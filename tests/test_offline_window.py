@@ -216,36 +216,32 @@ def test_every_reachable_implicit_gemm_window_kernel_compiles_with_nvrtc(problem
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_implicit_gemm_window_kernel_computes_the_convolution_on_the_gpu(problems, tmp_path):
     jobs = _gemm_jobs(problems)
+    # TF32: the search's default tolerance; 3xTF32 keeps float32 accuracy
+    failures = _gpu_failures(jobs, tmp_path, lambda f: 1e-4 if f["precision"] == "3xtf32" else 1e-2)
+    print(f"{len(jobs) - len(failures)} of {len(jobs)} implicit GEMM window kernels match the reference")
+    assert not failures, "\n".join(failures[:10])
+
+
+def _gpu_failures(jobs, folder, tol=lambda f: 1e-4) -> list[str]:
+    """One line per job whose CUDA candidate differs from its reference (run in full float32) on two odd inputs."""
+    modules = [import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"), folder) for j in jobs]
     failures = []
-    torch.backends.cudnn.allow_tf32 = False  # the reference in full float32
+    torch.backends.cudnn.allow_tf32 = False
     try:
-        for prob, spec, f in jobs:
-            module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
-            tol = 1e-4 if f["precision"] == "3xtf32" else 1e-2  # TF32: the search's default tolerance
+        for (prob, spec, f), module in zip(jobs, modules, strict=True):
             try:
-                check_candidate(module, prob, odd_inputs(spec.input_shapes[0], "cuda")[:2], "cuda", tol)
+                check_candidate(module, prob, odd_inputs(spec.input_shapes[0], "cuda")[:2], "cuda", tol(f))
             except AssertionError as err:
                 failures.append(f"{prob.id} {f}: {err}")
     finally:
         torch.backends.cudnn.allow_tf32 = True
-    print(f"{len(jobs) - len(failures)} of {len(jobs)} implicit GEMM window kernels match the reference")
-    assert not failures, "\n".join(failures[:10])
+    return failures
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_window_kernel_computes_the_op_on_the_gpu(problems, tmp_path):
     jobs = _cuda_jobs(problems)
-    modules = [import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"), tmp_path) for j in jobs]
-    failures = []
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        for (prob, spec, f), module in zip(jobs, modules, strict=True):
-            try:
-                check_candidate(module, prob, odd_inputs(spec.input_shapes[0], "cuda")[:2], "cuda")
-            except AssertionError as err:
-                failures.append(f"{prob.id} {f}: {err}")
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
+    failures = _gpu_failures(jobs, tmp_path)
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA window kernels match the reference")
     assert not failures, "\n".join(failures[:10])

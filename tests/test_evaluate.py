@@ -89,7 +89,8 @@ class ModelNew(nn.Module):
 @pytest.mark.slow
 def test_a_candidate_that_hangs_while_timed_keeps_its_verdict_and_stops_at_the_benchmark_limit(tmp_path):
     start = time.perf_counter()
-    verified, timed = _evaluate(tmp_path, {"hangs": HANGS_WHEN_TIMED})
+    # no early stop: on a loaded machine the C kernel can be 10x slower than eager and stop before it hangs
+    verified, timed = _evaluate(tmp_path, {"hangs": HANGS_WHEN_TIMED}, benchmark={"stop_slower_than": 0})
     assert verified["hangs"]["correct"] is True, verified["hangs"]["reasons"]
     assert timed["hangs"]["timed"] is False
     assert timed["hangs"]["reason"] == f"timeout after {BENCH_TIMEOUT_S:g} s"

@@ -64,8 +64,10 @@ class ModelNew(nn.Module):
 
 
 def _benchmark(tmp_path, sources: dict[str, str]) -> dict[str, dict]:
-    """Verify and time candidates through the evaluate stage on the CPU backend (each builds as it loads)."""
-    ctx, problem = _context(tmp_path, "reject")
+    """Verify and time candidates through the evaluate stage on the CPU backend (each builds as it loads). Timing
+    runs in full: the C softmax here is near 10x slower than eager on a CPU, and benchmark.stop_slower_than could
+    stop it before a cheat's switch (after 60 calls) is reached."""
+    ctx, problem = _context(tmp_path, "reject", benchmark={"stop_slower_than": 0})
     entries = []
     for name, src in sources.items():
         path = tmp_path / f"{name}.py"

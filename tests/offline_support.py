@@ -112,9 +112,9 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def check_candidate(module, problem, inputs: list[torch.Tensor], device: str, tol: float = 1e-4) -> None:
+def check_candidate(module, problem, inputs: list, device: str, tol: float = 1e-4) -> None:
     """ModelNew and Model built from the same seed agree on every input (to ``tol``); weights made non-trivial
-    first."""
+    first. An input is a tensor, or a tuple of forward arguments."""
     init = list(problem.init_inputs())
     mod = problem.load_module()
     torch.manual_seed(0)
@@ -132,10 +132,12 @@ def check_candidate(module, problem, inputs: list[torch.Tensor], device: str, to
     ref, new = ref.to(device), new.to(device)
     with torch.no_grad():
         for x in inputs:
-            want = ref(x.clone())
-            got = new(x.clone())
+            args = x if isinstance(x, tuple) else (x,)
+            want = ref(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+            got = new(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
             err = (got - want).abs().max().item() if want.numel() else 0.0
-            assert close(got, want, tol), f"{tuple(x.shape)}: max abs err {err:.3g}"
+            shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+            assert close(got, want, tol), f"{shapes[0] if len(shapes) == 1 else shapes}: max abs err {err:.3g}"
 
 
 def five_round_sources(problem, backend: str, seed: int = 4, min_kinds: int = 1) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 from offline_support import (  # noqa: F401 - build_env: autouse
     GPU,
     build_env,
+    build_failures,
     check_candidate,
     import_source,
     odd_inputs,
@@ -122,6 +123,125 @@ def test_every_sampled_pointwise_cuda_candidate_compiles_with_nvrtc(tmp_path):
         for (prob, _spec, f, shape), module, _ in built:
             try:
                 check_candidate(module, prob, odd_inputs(shape, "cuda"), "cuda")
+            except AssertionError as exc:
+                wrong.append(f"{prob.id} {f}: {exc}")
+        assert not wrong, "\n".join(wrong[:10])
+
+
+# ------------------------------------------------------------------------------------------------ several operands
+
+# Level-1-like references of more than one forward argument, written for these tests: (forward signature, body,
+# the inputs as Python source over sizes A, B, C). The second tensor broadcasts over the first along one run of its
+# dimensions (diagonal scaling is level 1's 12, a Python number level 1's 5).
+OPERANDS = {
+    "diag_scale": ("a, b", "return a.unsqueeze(1) * b", "[torch.randn(A), torch.randn(A, B)]"),
+    "channel_bias": ("x, bias", "return torch.relu(x + bias.view(1, -1, 1))", "[torch.randn(A, B, C), torch.randn(B)]"),
+    "row_vector": ("x, v", "return x * torch.sigmoid(x) - v", "[torch.randn(A, B), torch.randn(B)]"),
+    "expanded": ("a, b", "return b * a[:, None].expand(-1, b.shape[1]) + b", "[torch.randn(A), torch.randn(A, B)]"),
+    "same_shape": ("x, y", "return torch.maximum(x, y) * 0.5", "[torch.randn(A, B, C), torch.randn(A, B, C)]"),
+    "one_value": ("x, y", "return x - y", "[torch.randn(A, B), torch.randn(1, 1)]"),
+    "scalar_arg": ("m, s", "return m * s", "[torch.randn(A, B), 2.5]"),
+    "scalar_first": ("s, m", "return torch.tanh(m) * s + m", "[0.75, torch.randn(A, C)]"),
+}
+SIZES = [(5, 7, 3), (33, 129, 2)]
+
+
+def operand_problem(folder: Path, name: str, sizes: tuple[int, int, int]):
+    sig, forward, inputs = OPERANDS[name]
+    path = folder / f"{name}_{'x'.join(map(str, sizes))}.py"
+    path.write_text(HEAD + f"A, B, C = {sizes}\n\n\nclass Model(nn.Module):\n    def forward(self, {sig}):\n"
+                    f"        {forward}\n\n\ndef get_inputs():\n    return {inputs}\n\n\n"
+                    "def get_init_inputs():\n    return []\n")
+    return load_problem(path)
+
+
+def _random_inputs(prob, device: str) -> list[tuple]:
+    """Two draws of the reference's own get_inputs (tensors moved to ``device``), as forward argument tuples."""
+    module = prob.load_module()
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        draws.append(tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in module.get_inputs()))
+    return draws
+
+
+def test_several_operands_are_one_pointwise_function_with_the_broadcast_map_and_numbers_named(tmp_path):
+    specs = {name: describe(operand_problem(tmp_path, name, (5, 7, 3))) for name in OPERANDS}
+    assert all((s.family, s.op) == ("elementwise", "pointwise") for s in specs.values())
+    # element e of the output reads the second operand at (e / inner) % size
+    assert specs["diag_scale"].broadcast == (7, 5) and specs["diag_scale"].args == ("y", "x")
+    assert specs["channel_bias"].broadcast == (3, 7) and specs["channel_bias"].args == ("x", "y")
+    assert specs["row_vector"].broadcast == (1, 7)
+    assert specs["expanded"].broadcast == (7, 5)
+    assert specs["same_shape"].broadcast == (1, 105)
+    assert specs["one_value"].broadcast == (1, 1)
+    assert specs["scalar_arg"].scalars == (("s1", 2.5),) and specs["scalar_arg"].args == ("x", "s1")
+    assert specs["scalar_first"].scalars == (("s0", 0.75),) and not specs["scalar_first"].broadcast
+    p = OfflineProposer(0)
+    assert all(p.supports(operand_problem(tmp_path, n, (5, 7, 3)), b) for n in OPERANDS for b in ("cpu", "cuda"))
+
+
+def test_a_broadcast_over_more_than_one_run_of_dimensions_is_not_taken_by_the_pointwise_family(tmp_path):
+    from kernelcraft.problems.recognise import recognise_problem
+
+    path = tmp_path / "split_broadcast.py"
+    path.write_text(HEAD + "class Model(nn.Module):\n    def forward(self, x, y):\n        return x * y\n\n\n"
+                    "def get_inputs():\n    return [torch.randn(4, 5, 6), torch.randn(4, 1, 6)]\n\n\n"
+                    "def get_init_inputs():\n    return []\n")
+    found = recognise_problem(load_problem(path))
+    assert found.op is None and found.reason == "the graph holds mul(f32[4,5,6], f32[4,1,6])"
+
+
+def _operand_jobs(tmp_path: Path, backend: str) -> list:
+    jobs = []
+    for name in sorted(OPERANDS):
+        for sizes in SIZES:
+            prob = operand_problem(tmp_path, name, sizes)
+            spec = describe(prob)
+            kids = reachable(spec, backend, [{}])
+            jobs += [(prob, spec, f) for f in (kids[:1] + kids[1::6] if backend == "cpu" else kids[::6])]
+    return jobs
+
+
+def test_every_sampled_c_candidate_of_several_operands_matches_its_reference(tmp_path):
+    jobs = _operand_jobs(tmp_path, "cpu")
+    assert len(jobs) >= 3 * len(OPERANDS) * len(SIZES)
+    with ThreadPoolExecutor(2) as pool:
+        modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
+                                                        tmp_path), jobs))
+    failures = []
+    with one_thread():
+        for (prob, _spec, f), module in zip(jobs, modules, strict=True):
+            try:
+                check_candidate(module, prob, _random_inputs(prob, "cpu"), "cpu")
+            except AssertionError as exc:
+                failures.append(f"{prob.id} {f}: {exc}")
+    assert not failures, "\n".join(failures[:10])
+
+
+def test_a_candidate_refuses_a_number_other_than_the_one_it_compiled_in(tmp_path):
+    prob = operand_problem(tmp_path, "scalar_arg", (5, 7, 3))
+    module = import_source(candidate_source(describe(prob), "cpu", {}, "t", "reference"), tmp_path)
+    model = module.ModelNew()
+    assert torch.equal(model(torch.ones(5, 7), 2.5), torch.full((5, 7), 2.5))
+    with pytest.raises(ValueError, match="compiled for s1 = 2.5, got 3.0"):
+        model(torch.ones(5, 7), 3.0)
+    with pytest.raises(ValueError, match="expected inputs of shapes"):
+        diag = operand_problem(tmp_path, "diag_scale", (5, 7, 3))
+        import_source(candidate_source(describe(diag), "cpu", {}, "t", "reference"), tmp_path).ModelNew()(
+            torch.ones(6), torch.ones(6, 7))
+
+
+def test_every_sampled_cuda_candidate_of_several_operands_compiles_with_nvrtc(tmp_path):
+    jobs = _operand_jobs(tmp_path, "cuda")
+    failures = build_failures(jobs, tmp_path)
+    assert not failures, "\n".join(failures[:5])
+    if GPU:
+        wrong = []
+        for prob, spec, f in jobs:
+            module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
+            try:
+                check_candidate(module, prob, _random_inputs(prob, "cuda"), "cuda")
             except AssertionError as exc:
                 wrong.append(f"{prob.id} {f}: {exc}")
         assert not wrong, "\n".join(wrong[:10])

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -748,28 +749,103 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
 
 
 def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
-    """A forward that is a chain (or DAG) of elementwise operations on its one input, each value kept in float: one
-    function body, ``const float t<i> = ...;`` per operation, that a generator calls per element."""
-    if len(graph.inputs) != 1 or not isinstance(graph.inputs[0], TensorInfo):
-        return None  # no input, or a scalar one the trace bakes in
-    x = graph.inputs[0]
-    if x.dtype != "torch.float32" or graph.params:
+    """A forward that is a chain (or DAG) of elementwise operations, each value kept in float: one function body,
+    ``const float t<i> = ...;`` per operation, that a generator calls per element. Its operands are one float32
+    input of the output's shape (``x``), optionally a second one broadcast over it (``y``, see _broadcast), and
+    constants, including Python numbers passed to forward (the trace bakes them in: ``scalars`` records them, and
+    the candidate refuses any other value)."""
+    tensors = [i for i, t in enumerate(graph.inputs) if isinstance(t, TensorInfo)]
+    scalars = [[i, v] for i, v in enumerate(graph.inputs) if not isinstance(v, TensorInfo)]
+    if not tensors or len(tensors) > 2 or graph.params or any(
+            isinstance(v, bool) or not isinstance(v, int | float) for _, v in scalars):
         return None
-    found = _elementwise_body(graph, len(graph.nodes), {0: "x"}, x.shape)
+    if any(graph.inputs[i].dtype != "torch.float32" for i in tensors):
+        return None
     last = graph.outputs[0] if len(graph.outputs) == 1 else None
-    if found is None or not (isinstance(last, Ref) and last.kind == "node" and last.index in found[2]):
+    if not (isinstance(last, Ref) and last.kind == "node"):
+        return None
+    shape = tuple(last.info.shape)
+    main = next((i for i in tensors if tuple(graph.inputs[i].shape) == shape), None)
+    if main is None:
+        return None
+    inputs, aliases, params = {main: "x"}, {}, {}
+    if len(tensors) == 2:
+        other = tensors[0] if tensors[1] == main else tensors[1]
+        found_y = _broadcast(graph, other, shape)
+        if found_y is None:
+            return None
+        aliases, (inner, size) = found_y
+        inputs[other] = "y"
+        params = {"y_input": other, "y_inner": inner, "y_size": size}
+    found = _elementwise_body(graph, len(graph.nodes), inputs, shape, aliases)
+    if found is None or last.index not in found[2]:
         return None
     lines, chain, names = found
-    return "pointwise", {"chain": " -> ".join(chain), "body": " ".join(lines) + f" return {names[last.index]};"}
+    if len(tensors) > 1 and not re.search(r"\by\b", " ".join(lines)):
+        return None  # the second input goes unused: not a function of both
+    if len(graph.inputs) > 1:
+        params |= {"x_input": main} | ({"scalars": scalars} if scalars else {})
+    return "pointwise", params | {"chain": " -> ".join(chain),
+                                  "body": " ".join(lines) + f" return {names[last.index]};"}
 
 
-def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: tuple[int, ...]) \
-        -> tuple[list[str], list[str], dict[int, str]] | None:
+# Views of an input that keep its elements in order (a broadcast operand may reach its operation through them).
+_BROADCAST_VIEWS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten.unsqueeze", "aten.squeeze",
+                              "aten.expand", "aten.alias", "aten.detach", "aten.clone", "aten.contiguous"})
+
+
+def _broadcast_map(view: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """Where a tensor of shape ``view``, broadcast against ``shape`` (aligned on the right), finds element e of
+    the result: (inner, size) such that it reads element (e / inner) % size, when its dimensions above one are one
+    run of the result's dimensions; None for any other broadcast."""
+    if len(view) > len(shape):
+        return None
+    padded = (1,) * (len(shape) - len(view)) + tuple(view)
+    if any(v != 1 and v != n for v, n in zip(padded, shape, strict=True)):
+        return None
+    varying = [p for p, v in enumerate(padded) if v > 1]
+    if not varying:
+        return 1, 1
+    lo, hi = varying[0], varying[-1]
+    if any(padded[p] != shape[p] for p in range(lo, hi + 1)):
+        return None
+    return math.prod(shape[hi + 1:]), math.prod(shape[lo:hi + 1])
+
+
+def _broadcast(graph: OpGraph, index: int, shape: tuple[int, ...]) -> tuple[dict[int, str], tuple[int, int]] | None:
+    """Input ``index`` as a broadcast operand of a result of ``shape``: the view nodes it passes through (named
+    ``y``, as the input itself) and the one (inner, size) map every use shares; None if the uses disagree or any
+    broadcast is not one run of dimensions. An expand keeps its source's map (it only repeats it)."""
+    maps: dict[int, tuple[int, int] | None] = {}
+    direct = _broadcast_map(tuple(graph.inputs[index].shape), shape)
+    aliases: dict[int, str] = {}
+    used: set[tuple[int, int] | None] = set()
+    for i, node in enumerate(graph.nodes):
+        src = node.args[0] if node.args else None
+        from_input = _is_input(src, index)
+        from_alias = isinstance(src, Ref) and src.kind == "node" and src.index in aliases
+        if node.op in _BROADCAST_VIEWS and (from_input or from_alias):
+            before = direct if from_input else maps[src.index]
+            maps[i] = before if node.op == "aten.expand" else _broadcast_map(tuple(node.out.shape), shape)
+            aliases[i] = "y"
+            continue
+        for a in [*node.args, *node.kwargs.values()]:
+            if _is_input(a, index):
+                used.add(direct)
+            elif isinstance(a, Ref) and a.kind == "node" and a.index in aliases:
+                used.add(maps[a.index])
+    if len(used) != 1 or None in used:
+        return None
+    return aliases, used.pop()
+
+
+def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: tuple[int, ...],
+                      aliases: dict[int, str] | None = None) -> tuple[list[str], list[str], dict[int, str]] | None:
     """The graph's first ``stop`` nodes as float statements over the named inputs (``inputs``: graph input index
-    to its name; the first has ``shape``, which every computed value must have, the others that shape or a
-    trailing part of it): (statements, operation names, node index to its value's name), or None when a node is
-    not elementwise."""
-    names: dict[int, str] = {}
+    to its name; the first has ``shape``, which every computed value must have, the others that shape or a part of
+    it the caller maps; ``aliases``: view nodes that stand for an input): (statements, operation names, node index
+    to its value's name), or None when a node is not elementwise."""
+    names: dict[int, str] = dict(aliases or {})
     lines: list[str] = []
     chain: list[str] = []
     tensors = set(inputs.values())
@@ -786,6 +862,8 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
         return None
 
     for index, node in enumerate(graph.nodes[:stop]):
+        if index in names:
+            continue
         if node.op in SHAPE_OPS_KEPT:
             return None
         if node.op == "getitem":  # a multi-result node's first result is its value; the others go unused

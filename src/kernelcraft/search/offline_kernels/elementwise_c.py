@@ -10,6 +10,7 @@ output, and not going parallel at all for tiny inputs.
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import c_common as c
+from kernelcraft.search.offline_kernels.candidate import broadcast_index, operand_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "elementwise"
@@ -59,9 +60,10 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     return g
 
 
-def _op(spec: OpSpec, f: dict, v: str) -> str:
+def _op(spec: OpSpec, f: dict, v: str, i: str = "i") -> str:
+    """The output's element ``i``, whose input value is ``v``."""
     if spec.op == "pointwise":
-        return f"kc_op({v})"
+        return f"kc_op({v}, KC_Y({i}))" if spec.broadcast else f"kc_op({v})"
     if spec.op == "relu":
         return f"({v} < 0.f ? 0.f : {v})"  # NaN stays NaN, as torch.relu
     k = "0.70710678118654752f"
@@ -83,7 +85,7 @@ def _range_loop(spec: OpSpec, f: dict, lo: str, hi: str, xs: str, ys: str) -> li
         if not f["batch"]:
             return pragma + [f"for (int64_t i = {a}; i < {b}; ++i) {ys}[i] = {expr};"]
         n = f["batch"]
-        inner = _op(spec, f, "t_[q]")
+        inner = _op(spec, f, "t_[q]", "i + q")
         return (["{", f"  int64_t i = {a};", f"  for (; i + {n} <= {b}; i += {n}) {{", f"    float t_[{n}];",
                  f"    for (int q = 0; q < {n}; ++q) t_[q] = {xs}[i + q];"]
                 + ["    " + p for p in pragma]
@@ -99,7 +101,7 @@ def _range_loop(spec: OpSpec, f: dict, lo: str, hi: str, xs: str, ys: str) -> li
                 f"  for (; i + 4 <= {b}; i += 4) {{",
                 "    float t_[4];",
                 "    for (int q_ = 0; q_ < 4; ++q_) { const int64_t ii_ = i + q_; "
-                f"t_[q_] = {expr.replace('[i]', '[ii_]')}; }}",
+                f"t_[q_] = {_op(spec, f, f'{xs}[ii_]', 'ii_')}; }}",
                 f"    _mm_stream_ps({ys} + i, _mm_loadu_ps(t_));", "  }",
                 f"  for (; i < {b}; ++i) {ys}[i] = {expr};", "}", "#else"] + plain(a, b) + ["#endif"]
 
@@ -120,7 +122,10 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
             "#include <stdint.h>"]
     if f["nt_store"]:
         head += ["#if defined(__SSE__)", "#include <immintrin.h>", "#endif"]
-    if spec.op == "pointwise":  # the traced graph's operations, one float per step
+    if spec.op == "pointwise" and spec.broadcast:  # a second operand: element i reads b[(i / inner) % size]
+        head.append(f"#define KC_Y(i) b[{broadcast_index(spec, 'i')}]")
+        head.append(f"static inline float kc_op(const float x, const float y) {{ {spec.body} }}")
+    elif spec.op == "pointwise":  # the traced graph's operations, one float per step
         head.append(f"static inline float kc_op(const float x) {{ {spec.body} }}")
     if spec.op == "gelu" and f["gelu"] in ("poly", "poly_exp"):
         if f["gelu"] == "poly_exp":
@@ -178,7 +183,8 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
 
     if f["par"] == "manual":
         head.append("#include <omp.h>")
-    body = [f"void {name}(const float* {rs}x, float* {rs}y, int64_t n) {{"]
+    extra = f", const float* {rs}b" if spec.broadcast else ""
+    body = [f"void {name}(const float* {rs}x, float* {rs}y, int64_t n{extra}) {{"]
     if f["aligned"]:
         body += ["  if ((((uintptr_t)x | (uintptr_t)y) & 63) == 0) {",
                  "    /* both 64-byte aligned (torch's allocations are): let the compiler use aligned vector moves */",
@@ -194,6 +200,6 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
 def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     src = render_source(spec, f, "elementwise_c")
     mod = f"SRC = r'''\n{src}'''\n\n_kernel = c_kernel(SRC, \"elementwise_c\")\n"
-    fwd = ["x = x.contiguous()", "out = torch.empty_like(x)", "n = x.numel()", "if n:",
-           "    _kernel(x, out, n)", "return out"]
+    fwd = operand_guard(spec) + ["x = x.contiguous()", "out = torch.empty_like(x)", "n = x.numel()", "if n:",
+                                 f"    _kernel(x, out, n{', y' if spec.broadcast else ''})", "return out"]
     return mod, fwd

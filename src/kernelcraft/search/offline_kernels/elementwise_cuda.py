@@ -14,6 +14,7 @@ launcher checks, falling back to a scalar kernel; the last ``n % vec`` elements 
 from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import cuda_common as cc
+from kernelcraft.search.offline_kernels.candidate import broadcast_index, operand_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
 FAMILY = "elementwise"
@@ -85,12 +86,22 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
         out.append(cc.NOALLOC_HELPERS)
     if f["l2_prefetch"]:
         out.append(cc.PREFETCH_L2)
-    if spec.op == "pointwise":  # the traced graph's operations, one float per step
-        out.append(f"__device__ __forceinline__ float op(const float x) {{ {spec.body} }}")
+    two = bool(spec.broadcast)
+    if two:  # the second operand: output element e reads y[(e / inner) % size] (cached: neighbours share it)
+        out.append("typedef unsigned int uint32_t; typedef long long int64_t;")
+        out.append(f"__device__ __forceinline__ float y_at(const float* b, long long e) {{ "
+                   f"return __ldg(b + {broadcast_index(spec, 'e')}); }}")
+        out.append(f"__device__ __forceinline__ float op(const float x, const float y) {{ {spec.body} }}")
+        apply_v = " ".join(f"r{c} = op(r{c}, y_at(b, i * {vw} + {k}));" for k, c in enumerate(comps))
+        out.append(f"__device__ __forceinline__ {vt} op_v({vt} r, long long i, const float* b) {{ {apply_v} "
+                   "return r; }")
     else:
-        out.append(f"__device__ __forceinline__ float op(const float v) {{ return {_op_expr(spec, f, 'v')}; }}")
-    apply_v = " ".join(f"r{c} = op(r{c});" for c in comps)
-    out.append(f"__device__ __forceinline__ {vt} op_v({vt} r) {{ {apply_v} return r; }}")
+        if spec.op == "pointwise":  # the traced graph's operations, one float per step
+            out.append(f"__device__ __forceinline__ float op(const float x) {{ {spec.body} }}")
+        else:
+            out.append(f"__device__ __forceinline__ float op(const float v) {{ return {_op_expr(spec, f, 'v')}; }}")
+        apply_v = " ".join(f"r{c} = op(r{c});" for c in comps)
+        out.append(f"__device__ __forceinline__ {vt} op_v({vt} r) {{ {apply_v} return r; }}")
 
     def loads(dst: str, t0: str, guarded: bool) -> list[str]:
         lines = ["#pragma unroll", f"for (int e = 0; e < {ept}; ++e) {{",
@@ -103,7 +114,7 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
     def stores(src: str, t0: str, guarded: bool) -> list[str]:
         lines = ["#pragma unroll", f"for (int e = 0; e < {ept}; ++e) {{",
                  f"  const {idx} i = {t0} + threadIdx.x + ({idx})e * {T};"]
-        st = cc.store(f["store"], "yv + i", f"op_v({src}[e])")
+        st = cc.store(f["store"], "yv + i", f"op_v({src}[e], i, b)" if two else f"op_v({src}[e])")
         lines.append(f"  if (i < nv) {st}" if guarded else f"  {st}")
         lines.append("}")
         return lines
@@ -152,8 +163,10 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
         body += ["// the n % vec elements a vector cannot cover",
                  f"const {idx} rem = ({idx})(n - (long long)nv * {vw});",
                  f"const {idx} g = ({idx})blockIdx.x * {T} + threadIdx.x;",
-                 f"if (g < rem) y[(long long)nv * {vw} + g] = op(x[(long long)nv * {vw} + g]);"]
-    out.append(f'extern "C" __global__ void {lb} {name}(const float* {rs}x, float* {rs}y, long long n) {{\n'
+                 f"const long long j = (long long)nv * {vw} + g;",
+                 "if (g < rem) y[j] = op(x[j]" + (", y_at(b, j));" if two else ");")]
+    extra = f", const float* {rs}b" if two else ""
+    out.append(f'extern "C" __global__ void {lb} {name}(const float* {rs}x, float* {rs}y, long long n{extra}) {{\n'
                + "\n".join("  " + ln for ln in body) + "\n}")
     return "\n\n".join(out) + "\n"
 
@@ -168,12 +181,12 @@ def fast_conditions(f: dict) -> list[str]:
     return conds
 
 
-def _launch(f: dict, var: str) -> list[str]:
+def _launch(spec: OpSpec, f: dict, var: str) -> list[str]:
     tile = f["threads"] * f["ept"]
     lines = [f"grid = min(max(1, -(-(n // {f['vec']}) // {tile})), 2**31 - 1)"]
     if f["grid"] == "persistent":
         lines.append(f"grid = min(grid, _sm_count(x.device.index) * {f['bps']})")
-    lines.append(f"{var}(grid=(grid,), block=({f['threads']},), args=(x, out, n))")
+    lines.append(f"{var}(grid=(grid,), block=({f['threads']},), args=(x, out, n{', y' if spec.broadcast else ''}))")
     return lines
 
 
@@ -189,13 +202,14 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
                 f"SRC_SAFE = r'''\n{render_source(spec, safe, 'elementwise_safe')}'''", "",
                 f'_safe = cuda_kernel(SRC_SAFE, "elementwise_safe", options={opts})']
     mod.append(cc.SM_COUNT_PY)
-    fwd = ["x = x.contiguous()", "out = torch.empty_like(x)", "n = x.numel()", "if n == 0:", "    return out"]
+    fwd = operand_guard(spec) + ["x = x.contiguous()", "out = torch.empty_like(x)", "n = x.numel()", "if n == 0:",
+                                 "    return out"]
     if conds:
         fwd.append("if " + " and ".join(conds) + ":")
-        fwd += ["    " + ln for ln in _launch(f, "_fast")]
+        fwd += ["    " + ln for ln in _launch(spec, f, "_fast")]
         fwd.append("else:")
-        fwd += ["    " + ln for ln in _launch(safe, "_safe")]
+        fwd += ["    " + ln for ln in _launch(spec, safe, "_safe")]
     else:
-        fwd += _launch(f, "_fast")
+        fwd += _launch(spec, f, "_fast")
     fwd.append("return out")
     return "\n".join(mod), fwd

@@ -49,6 +49,12 @@ class OpSpec:
     conv: tuple[tuple[str, int], ...] = ()
     # A pointwise op's per-element function body in C (float x in, ``return`` out), from the traced graph.
     body: str = ""
+    # A pointwise op's second tensor operand ``y`` (its body then takes float x and y): element e of the output reads
+    # y's element (e / inner) % size, as (inner, size); empty without one.
+    broadcast: tuple[int, ...] = ()
+    # Python numbers the reference's forward takes (name, value): the trace compiled them in, so the candidate
+    # refuses other values.
+    scalars: tuple[tuple[str, float], ...] = ()
 
     @property
     def geometry(self) -> dict[str, int]:
@@ -114,6 +120,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_reduce(problem, module, init_inputs, inputs, op, params)
     if FAMILIES[op] == "scan":
         return _describe_scan(problem, module, init_inputs, inputs, params)
+    if op == "pointwise" and "x_input" in params:
+        return _describe_pointwise(problem, module, init_inputs, inputs, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
     x = inputs[0]
@@ -161,6 +169,32 @@ def describe(problem: Any) -> OpSpec:
     if op != "pointwise":  # a pointwise body is the traced graph itself, not a guess the probe should confirm
         _probe(spec, model)
     return spec
+
+
+def _describe_pointwise(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:
+    """A pointwise op of several forward arguments (recognise._pointwise): ``x`` the input of the output's shape,
+    ``y`` a broadcast one, ``s<i>`` the Python numbers, named in the reference's order."""
+    import torch
+
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    state = [*model.named_parameters(), *model.named_buffers()]
+    if state:
+        raise Unsupported(f"a pointwise reference holding tensors ({', '.join(n for n, _ in state)}) is not plain")
+    names = [f"s{i}" for i in range(len(inputs))]
+    names[params["x_input"]] = "x"
+    shapes = [tuple(int(d) for d in inputs[params["x_input"]].shape)]
+    broadcast: tuple[int, ...] = ()
+    if "y_input" in params:
+        names[params["y_input"]] = "y"
+        shapes.append(tuple(int(d) for d in inputs[params["y_input"]].shape))
+        broadcast = (int(params["y_inner"]), int(params["y_size"]))
+    scalars = tuple((f"s{i}", float(v)) for i, v in params.get("scalars", []))
+    return OpSpec(problem_id=str(problem.id), op="pointwise", family="elementwise", input_shape=shapes[0],
+                  out_shape=shapes[0], row_dims=1, eps=0.0, keepdim=False,
+                  init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
+                  args=tuple(names), input_shapes=tuple(shapes), body=str(params["body"]), broadcast=broadcast,
+                  scalars=scalars)
 
 
 def _describe_matmul(problem: Any, module: Any, init_inputs: list, inputs: list) -> OpSpec:

@@ -47,6 +47,7 @@ FAMILIES: dict[str, str] = {
     "reduce": "reduce",  # graph-only: sum/mean/max/min/prod/argmax/argmin over any run of dimensions
     "normalize": "reduce",  # graph-only: x scaled by statistics of itself over dimensions (softmax, norms)
     "scan": "scan",  # graph-only: cumulative sum or product along a dimension (reversed, exclusive, masked)
+    "cross_entropy": "xent",  # graph-only: log-softmax over classes and the target's negative log-likelihood
 }
 
 

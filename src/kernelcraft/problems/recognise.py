@@ -145,6 +145,8 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     point = _pointwise(graph, nodes)
     if point is not None:
         return point
+    if [n.op for n in nodes] == ["aten._log_softmax", "aten.nll_loss_forward"]:
+        return _cross_entropy(graph, nodes)
     loss = _loss(graph, nodes)
     if loss is not None:
         return loss
@@ -959,6 +961,32 @@ def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     return "reduce", {"kind": "mean" if node.op == "aten.mean" else "sum", "dims": list(range(len(x.shape))),
                       "keepdim": False, "in_shape": list(x.shape), "body": body, "chain": " -> ".join(chain),
                       "scale": scale, "y_shape": list(y.shape)}
+
+
+def _cross_entropy(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """Cross-entropy of class scores x [N, C] against class indices t [N]: a log-softmax over the classes and the
+    negative log-likelihood of the target (cross_entropy, or nll_loss of log_softmax), averaged over the targets
+    not ignored, or summed. Class weights and label smoothing change the sum, and are named."""
+    lsm, nll = nodes
+    if len(graph.inputs) != 2 or not all(isinstance(t, TensorInfo) for t in graph.inputs) or graph.params:
+        return None
+    x, t = graph.inputs
+    if not (_is_input(lsm.args[0], 0) and _is_node(nll.args[0], lsm, graph) and _is_input(nll.args[1], 1)):
+        return None
+    if x.dtype != "torch.float32" or t.dtype != "torch.int64" or len(x.shape) != 2 or tuple(t.shape) != x.shape[:1]:
+        raise _Miss("the cross-entropy family takes float32 scores [N, C] and int64 class indices [N]")
+    if int(_arg(lsm, 1, "dim", -1)) % 2 != 1:
+        raise _Miss("a log-softmax over the batch dimension (the cross-entropy family normalises over classes)")
+    if _arg(nll, 2, "weight", None) is not None:
+        raise _Miss("a cross-entropy with class weights (the family's sum is unweighted)")
+    reduction, ignore = int(_arg(nll, 3, "reduction", 1)), int(_arg(nll, 4, "ignore_index", -100))
+    if reduction not in (1, 2):
+        raise _Miss("a cross-entropy without reduction (the family averages or sums the losses)")
+    out = graph.outputs[0] if len(graph.outputs) == 1 else None
+    if not (isinstance(out, Ref) and out.kind == "node" and graph.nodes[out.index].op == "getitem"
+            and _is_node(graph.nodes[out.index].args[0], nll, graph) and graph.nodes[out.index].args[1] == 0):
+        return None
+    return "cross_entropy", {"reduction": "mean" if reduction == 1 else "sum", "ignore_index": ignore}
 
 
 # Views and copies a pointwise chain may pass through unchanged (same shape), and those that move data around.

@@ -25,6 +25,8 @@ from kernelcraft.search.offline_kernels import (
     scan_cuda,
     window_c,
     window_cuda,
+    xent_c,
+    xent_cuda,
 )
 from kernelcraft.search.offline_kernels.candidate import assemble
 from kernelcraft.search.offline_kernels.opspec import OpSpec
@@ -46,6 +48,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("reduce", "cpu"): reduce_c,
     ("scan", "cuda"): scan_cuda,
     ("scan", "cpu"): scan_c,
+    ("xent", "cuda"): xent_cuda,
+    ("xent", "cpu"): xent_c,
 }
 
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 EXP_POLY = r"""
 /* expf to ~1 ulp without libm, so loops that call it still vectorise (Cephes' minimax polynomial on
-   [-ln2/2, ln2/2] after k*ln2 range reduction, the scale 2^k built in the exponent bits). */
+   [-ln2/2, ln2/2] after k*ln2 range reduction, the scale 2^k built in the exponent bits). No fminf, floorf or
+   float-to-int conversion: GCC keeps those scalar under its default -ftrapping-math, which made the "vectorised"
+   loop 18x slower than this one. k is rounded by adding 1.5 * 2^23, which leaves it in the low mantissa bits;
+   NaN stays NaN. */
 static inline float kc_expf(float x) {
-  x = fminf(fmaxf(x, -87.3f), 88.7f);
-  const float k = floorf(fmaf(x, 1.44269504088896341f, 0.5f));
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
+  const float kb = fmaf(x, 1.44269504088896341f, 12582912.0f);
+  const float k = kb - 12582912.0f;
   float r = fmaf(k, -0.693359375f, x);
   r = fmaf(k, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
@@ -24,9 +29,12 @@ static inline float kc_expf(float x) {
   p = fmaf(p, r, 1.6666665459e-1f);
   p = fmaf(p, r, 5.0000001201e-1f);
   p = fmaf(p, r * r, r) + 1.0f;
-  union { int32_t i; float f; } s;
-  s.i = ((int32_t)k + 127) << 23;
-  return p * s.f;
+  int32_t bits;
+  __builtin_memcpy(&bits, &kb, 4);
+  bits = (bits - 0x4B400000 + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, 4);
+  return p * scale;
 }
 """
 

@@ -46,6 +46,16 @@ def broadcast_index(spec: OpSpec, e: str) -> str:
     return q if inner * size == numel else f"({q}) % {size}u" if numel < 2**32 else f"({q}) % {size}"
 
 
+def scores_guard(spec: OpSpec) -> list[str]:
+    """ModelNew's first forward lines for cross-entropy: scores and int64 targets contiguous, and refused unless of
+    the sizes the kernels compiled in."""
+    (n, c), _ = spec.input_shapes
+    return ["x = x.contiguous()", "t = t.contiguous()",
+            f"if tuple(x.shape) != {(n, c)!r} or tuple(t.shape) != {(n,)!r} or t.dtype != torch.int64:",
+            f"    raise ValueError(f'expected scores of shape {(n, c)} and int64 targets of shape {(n,)}, got "
+            "{tuple(x.shape)} and {t.dtype} {tuple(t.shape)}')"]
+
+
 def operand_guard(spec: OpSpec) -> list[str]:
     """ModelNew's first forward lines for a pointwise op of several arguments: the numbers the kernel has compiled
     in refused when they differ, the broadcast operand made contiguous and refused when its shape is not the one the

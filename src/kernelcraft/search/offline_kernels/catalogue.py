@@ -25,6 +25,7 @@ from kernelcraft.search.offline_kernels import (
     scan_cuda,
     window_c,
     window_cuda,
+    xent_cuda,
 )
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
@@ -90,6 +91,8 @@ def context(spec: OpSpec, child: dict) -> dict:
         g = spec.geometry
         ctx |= {"L": g["l"], "rows": g["a"] * g["b"], "tile": scan_cuda.tile(spec, child) if child.get("gen") ==
                 scan_cuda.GEN else 0, "sop": "sum" if g["kind"] == "sum" else "product"}
+    if spec.family == "xent":
+        ctx |= {"rows": spec.geometry["n"], "C": spec.geometry["c"]}
     if spec.family == "matmul":
         ctx["M"], ctx["N"], ctx["K"] = spec.mnk
         if child.get("algo") == "mma":
@@ -1167,7 +1170,90 @@ SCAN_C: list[Idea] = [
 ]
 
 
+# ------------------------------------------------------------------------------------------------ cross-entropy
+
+XENT_CUDA: list[Idea] = [
+    Idea("online", COMP, "Compute each row's maximum and sum of exponentials in one pass, rescaling the running sum "
+         "whenever the maximum grows, and merge the threads' (max, sum) pairs the same way: the {C} scores of a row "
+         "are read once instead of twice.", {"stats": "online"}, 2.5, when=lambda s, f: f.get("stats") != "online"),
+    Idea("vec4", MEM, "Read the scores as float4 vectors: a quarter of the load instructions, 16 bytes in flight "
+         "per load.", {"vec": 4}, 3.0, when=lambda s, f: xent_cuda.vec_ok(s) and f.get("vec") != 4),
+    Idea("warp_rows", PAR, "Give each row one warp instead of a block: the reductions are shuffles only, with no "
+         "shared memory or barrier, and the {rows} rows still fill every SM.", {"mapping": "warp"}, 2.0,
+         when=lambda s, f: f.get("mapping") != "warp" and s.geometry["c"] <= 16384),
+    Idea("threads512", PAR, "Use 512 threads per row's block: more loads in flight per row.",
+         {"threads": 512, "mapping": "block"}, 1.0, when=lambda s, f: f.get("threads") != 512),
+    Idea("threads128", PAR, "Use 128-thread blocks: shorter block reductions and more rows resident per SM.",
+         {"threads": 128}, 1.0, when=lambda s, f: f.get("threads") != 128),
+    Idea("threads1024", PAR, "Use 1024-thread blocks, the most loads in flight per row.",
+         {"threads": 1024, "mapping": "block"}, 0.6, when=lambda s, f: f.get("threads") != 1024),
+    Idea("fast_exp", PREC, "Use the __expf intrinsic (the special-function unit's exp2 with a multiply): a few ulp "
+         "off expf, far inside the tolerance of a mean over {rows} rows.", {"exp": "fast"}, 1.5,
+         when=lambda s, f: f.get("exp") != "fast"),
+    Idea("ldg", MEM, "Load the scores through the read-only data cache (__ldg): the second pass over a row then "
+         "finds it in L1.", {"load": "ldg"}, 1.0, when=lambda s, f: f.get("load") != "ldg"),
+    Idea("ldcs", MEM, "Stream the scores with evict-first loads (__ldcs): read once in the online pass, they "
+         "should not displace anything in L2.", {"load": "ldcs"}, 0.8,
+         when=lambda s, f: f.get("stats") == "online" and f.get("load") != "ldcs"),
+    Idea("warp_vec", MEM, "One warp per row reading float4 vectors: each lane has four scores per load and no "
+         "barrier stands between rows.", {"mapping": "warp", "vec": 4}, 1.5,
+         when=lambda s, f: xent_cuda.vec_ok(s) and (f.get("mapping"), f.get("vec")) != ("warp", 4)),
+    Idea("ilp2", ASYNC, "Give each thread two independent accumulators fed by alternate loads: two loads and two "
+         "dependency chains in flight per thread.", {"ilp": 2}, 2.0, when=lambda s, f: f.get("ilp", 1) != 2),
+    Idea("unroll", CTRL, "Unroll each thread's loop over its scores by four, so its loads issue back to back.",
+         {"unroll": True}, 1.0, when=lambda s, f: not f.get("unroll")),
+    Idea("launch_min2", CTRL, "Ask __launch_bounds__ for two resident blocks per SM: the compiler caps registers "
+         "so more rows are in flight.", {"launch_min": 2}, 0.6, when=lambda s, f: not f.get("launch_min")),
+    Idea("persistent", PAR, "Launch a persistent grid of four blocks per SM that walk the {rows} rows, instead of "
+         "one short-lived block per row.", {"grid": "persistent", "bps": 4}, 1.0,
+         when=lambda s, f: f.get("grid") != "persistent"),
+    Idea("exp2", PREC, "Compute the exponentials as exp2f of the score times log2(e): the hardware's exp2 with "
+         "one multiply folded in.", {"exp": "exp2"}, 1.0, when=lambda s, f: f.get("exp") not in ("exp2", "fast")),
+    Idea("threads256", PAR, "Go back to 256-thread blocks, the middle ground between loads in flight and "
+         "reduction cost.", {"threads": 256}, 0.6, when=lambda s, f: f.get("threads", 256) != 256),
+]
+
+XENT_C: list[Idea] = [
+    Idea("omp_rows", PAR, "Split the {rows} rows over all cores with OpenMP: each thread owns whole rows.",
+         {"par": "omp"}, 3.0, when=lambda s, f: f.get("par") != "omp"),
+    Idea("simd", COMP, "Vectorise both passes over a row as SIMD reductions (max, then sum): eight scores per "
+         "instruction.", {"simd": True, "stats": "two_pass"}, 2.0, when=lambda s, f: not f.get("simd")),
+    Idea("poly_exp", COMP, "Replace libm's expf with an inlined polynomial exp that the compiler vectorises.",
+         {"exp": "poly"}, 2.0, when=lambda s, f: f.get("exp") != "poly"),
+    Idea("online", ASYNC, "One online pass per row (running maximum, rescaled sum): the row is read once.",
+         {"stats": "online"}, 1.0, when=lambda s, f: f.get("stats") != "online"),
+    Idea("unroll4", CTRL, "Unroll the row loops by four.", {"unroll": 4}, 0.8,
+         when=lambda s, f: not f.get("simd") and f.get("unroll") != 4),
+    Idea("restrict", MEM, "Declare the pointers restrict: the compiler may keep values in registers across "
+         "stores.", {"restrict": True}, 0.6, when=lambda s, f: not f.get("restrict")),
+    Idea("dynamic", PAR, "Hand out rows dynamically, so a thread slowed by the machine does not hold the others "
+         "up.", {"par": "omp", "schedule": "dynamic"}, 0.6, when=lambda s, f: f.get("schedule") != "dynamic"),
+    Idea("guided", PAR, "Hand out rows in shrinking chunks (guided schedule): few scheduling events, a balanced "
+         "end.", {"par": "omp", "schedule": "guided"}, 0.5, when=lambda s, f: f.get("schedule") != "guided"),
+    Idea("static1", PAR, "Deal the rows out round-robin (schedule(static, 1)), so neighbouring rows run on "
+         "different cores at once.", {"par": "omp", "schedule": "static1"}, 0.4,
+         when=lambda s, f: f.get("schedule") != "static1"),
+    Idea("bind_close", PAR, "Pin the OpenMP threads to neighbouring cores (proc_bind(close)): each keeps its "
+         "cache.", {"par": "omp", "proc_bind": "close"}, 0.5, when=lambda s, f: f.get("proc_bind") != "close"),
+    Idea("bind_spread", PAR, "Spread the OpenMP threads over the sockets (proc_bind(spread)): every memory "
+         "controller streams rows.", {"par": "omp", "proc_bind": "spread"}, 0.4,
+         when=lambda s, f: f.get("proc_bind") != "spread"),
+    Idea("if_parallel", PAR, "Fork threads only when the scores are many enough to pay for it.",
+         {"par": "omp", "if_parallel": True}, 0.4, when=lambda s, f: not f.get("if_parallel")),
+    Idea("double_sum", PREC, "Sum each row's exponentials in double: no float rounding over {C} terms, the "
+         "conversions vectorised with the rest.", {"acc": "double"}, 0.8, when=lambda s, f: f.get("acc") != "double"),
+    Idea("prefetch", ASYNC, "Prefetch the next row's cache lines while this one is reduced, so its first pass "
+         "does not wait on memory.", {"prefetch": True}, 0.8, when=lambda s, f: not f.get("prefetch")),
+    Idea("unroll8", CTRL, "Unroll the row loops by eight.", {"unroll": 8}, 0.6,
+         when=lambda s, f: not f.get("simd") and f.get("unroll") != 8),
+    Idea("two_pass", COMP, "Go back to two passes per row (maximum, then shifted exponentials): each is a "
+         "vectorisable reduction, the second reading the row from cache.", {"stats": "two_pass"}, 0.8,
+         when=lambda s, f: f.get("stats") == "online"),
+]
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("xent", "cuda"): XENT_CUDA,
+    ("xent", "cpu"): XENT_C,
     ("scan", "cuda"): SCAN_CUDA,
     ("scan", "cpu"): SCAN_C,
     ("reduce", "cuda"): REDUCE_CUDA,

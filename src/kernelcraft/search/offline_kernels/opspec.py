@@ -120,6 +120,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_reduce(problem, module, init_inputs, inputs, op, params)
     if FAMILIES[op] == "scan":
         return _describe_scan(problem, module, init_inputs, inputs, params)
+    if FAMILIES[op] == "xent":
+        return _describe_xent(problem, module, init_inputs, inputs, params)
     if op == "pointwise" and "x_input" in params:
         return _describe_pointwise(problem, module, init_inputs, inputs, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
@@ -523,6 +525,23 @@ def _probe_reduce(spec: OpSpec, model: Any, params: dict) -> None:
     if not (torch.equal(got, want) if got.dtype == torch.int64 else
             torch.allclose(got, want, atol=1e-4, rtol=1e-4, equal_nan=True)):
         raise Unsupported(f"{spec.op}: the reference does not compute the plain {params['kind']} on a probe input")
+
+
+def _describe_xent(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:
+    """Cross-entropy of scores x [N, C] against int64 targets t [N] (recognise._cross_entropy), averaged over the
+    targets that are not ``ignore_index`` or summed: geometry n, c, mean (1 or 0), ignore."""
+    import torch
+
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    if [*model.named_parameters(), *model.named_buffers()]:
+        raise Unsupported("cross_entropy: the reference holds tensors")
+    x, t = inputs
+    n, c = (int(v) for v in x.shape)
+    geom = {"n": n, "c": c, "mean": int(params["reduction"] == "mean"), "ignore": int(params["ignore_index"])}
+    return OpSpec(problem_id=str(problem.id), op="cross_entropy", family="xent", input_shape=(n, c), out_shape=(),
+                  row_dims=1, eps=0.0, keepdim=False, init_signature=_render_signature(module.Model), init_body=(),
+                  weight=None, bias=None, args=("x", "t"), input_shapes=((n, c), (n,)), conv=tuple(geom.items()))
 
 
 def _describe_scan(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:

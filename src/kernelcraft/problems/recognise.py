@@ -46,7 +46,8 @@ class Recognition:
 
 
 # long generated text and shapes a listing does not show
-HIDDEN_PARAMS = ("body", "in_shape", "out_shape", "a_batched", "b_batched", "diagonal")
+HIDDEN_PARAMS = ("body", "in_shape", "out_shape", "a_batched", "b_batched", "diagonal", "elem", "terms", "rows",
+                 "out")
 
 
 class _Miss(Exception):
@@ -147,6 +148,9 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         return point
     if [n.op for n in nodes] == ["aten._log_softmax", "aten.nll_loss_forward"]:
         return _cross_entropy(graph, nodes)
+    row = _row_loss(graph)
+    if row is not None:
+        return row
     loss = _loss(graph, nodes)
     if loss is not None:
         return loss
@@ -961,6 +965,106 @@ def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     return "reduce", {"kind": "mean" if node.op == "aten.mean" else "sum", "dims": list(range(len(x.shape))),
                       "keepdim": False, "in_shape": list(x.shape), "body": body, "chain": " -> ".join(chain),
                       "scale": scale, "y_shape": list(y.shape)}
+
+
+_ROW_REDUCTIONS = frozenset({"aten.norm", "aten.linalg_vector_norm", "aten.sum", "aten.mean"})
+
+
+def _row_stat(node: OpNode, last: int) -> tuple[str, str] | None:
+    """A reduction of a row's values over the last dimension as (the per-element term added to a sum of ``{v}``,
+    the row's value from that sum ``{s}``): sums, means and p-norms; None for anything else."""
+    dims = _arg(node, 2 if node.op in ("aten.norm", "aten.linalg_vector_norm") else 1, "dim", None)
+    keep = _arg(node, 3 if node.op in ("aten.norm", "aten.linalg_vector_norm") else 2, "keepdim", False)
+    if keep or not isinstance(dims, list | tuple) or len(dims) != 1 or int(dims[0]) % (last + 1) != last:
+        return None
+    if node.op == "aten.sum":
+        return "{v}", "{s}"
+    if node.op == "aten.mean":
+        return "{v}", "{s} / (float)D_"
+    p = _arg(node, 1, "p" if node.op == "aten.norm" else "ord", 2)
+    if not isinstance(p, int | float) or isinstance(p, bool) or not 0 < float(p) < math.inf:
+        return None
+    if float(p) == 2.0:
+        return "{v} * {v}", "sqrtf({s})"
+    if float(p) == 1.0:
+        return "fabsf({v})", "{s}"
+    return f"powf(fabsf({{v}}), {_f(p)})", f"powf({{s}}, {_f(1.0 / float(p))})"
+
+
+def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
+    """A loss over rows of same-shaped inputs: elementwise values of the inputs, reduced over the last dimension
+    (sums, means, p-norms: one pass over a row gives them all), elementwise operations on those row values, and the
+    rows' results averaged or summed (the triplet margin loss, a sum of pairwise distances). Each element value is
+    ``const float e<i>``, each row value ``r<i>``, the inputs ``x0`` ... in the generators' per-element code."""
+    ins = graph.inputs
+    if not 1 <= len(ins) <= 4 or graph.params or not all(
+            isinstance(t, TensorInfo) and t.dtype == "torch.float32" for t in ins):
+        return None
+    shape = tuple(ins[0].shape)
+    if len(shape) < 2 or any(tuple(t.shape) != shape for t in ins):
+        return None
+    out = graph.outputs[0] if len(graph.outputs) == 1 else None
+    if not (isinstance(out, Ref) and out.kind == "node"):
+        return None
+    final = graph.nodes[out.index]
+    if final.op not in ("aten.mean", "aten.sum") or not final.overload.endswith("default"):
+        return None
+    last = len(shape) - 1
+    kinds: dict[int, tuple[str, str]] = {}  # node index: ("e" or "r", its value's name)
+    elem: list[str] = []
+    rows: list[str] = []
+    terms: list[str] = []
+
+    def operand(a: Any) -> tuple[str | None, str] | None:
+        if isinstance(a, Ref) and a.kind == "input":
+            return "e", f"x{a.index}"
+        if isinstance(a, Ref) and a.kind == "node":
+            return kinds.get(a.index)
+        if isinstance(a, int | float) and not isinstance(a, bool):
+            return None, _f(a)
+        return None
+
+    for index, node in enumerate(graph.nodes[:out.index]):
+        if node.op in _POINTWISE_SKIP or node.op == "getitem":
+            src = operand(node.args[0]) if node.args else None
+            if src is None or src[0] is None or not hasattr(node.out, "shape") or \
+                    tuple(node.out.shape) != (shape if src[0] == "e" else shape[:-1]):
+                return None
+            kinds[index] = src
+            continue
+        if node.op in _ROW_REDUCTIONS:
+            src = operand(node.args[0])
+            stat = _row_stat(node, last)
+            if src is None or src[0] != "e" or stat is None:
+                return None
+            kinds[index] = ("r", f"r{len(rows)}")
+            rows.append(f"const float r{len(rows)} = {stat[1].replace('{s}', f'(float)S{len(terms)}')};")
+            terms.append(stat[0].replace("{v}", src[1]))
+            continue
+        opnds = [operand(a) for a in node.args[:2] if isinstance(a, Ref | int | float) and not isinstance(a, bool)]
+        if not opnds or any(o is None for o in opnds) or opnds[0][0] is None and (len(opnds) < 2 or
+                                                                                 opnds[1][0] is None):
+            return None
+        kind = {o[0] for o in opnds} - {None}
+        want = shape if kind == {"e"} else shape[:-1]
+        if len(kind) != 1 or not hasattr(node.out, "shape") or tuple(node.out.shape) != want:
+            return None
+        expr = _pointwise_expr(node, opnds[0][1], opnds[1][1] if len(opnds) > 1 else None)
+        if expr is None:
+            return None
+        if kind == {"e"}:
+            kinds[index] = ("e", f"e{len(elem)}")
+            elem.append(f"const float e{len(elem)} = {expr};")
+        else:
+            kinds[index] = ("r", f"r{len(rows)}")
+            rows.append(f"const float r{len(rows)} = {expr};")
+    result = operand(final.args[0])
+    if not terms or result is None or result[0] != "r" or len(terms) > 4:
+        return None
+    return "row_loss", {"kind": "mean" if final.op == "aten.mean" else "sum", "inputs": len(ins),
+                        "elem": " ".join(elem), "terms": terms, "rows": " ".join(rows), "out": result[1],
+                        "chain": " -> ".join(graph.nodes[i].op.removeprefix("aten.") for i in sorted(kinds)
+                                             if graph.nodes[i].op not in _POINTWISE_SKIP)}
 
 
 def _cross_entropy(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:

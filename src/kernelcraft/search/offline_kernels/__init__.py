@@ -19,6 +19,8 @@ from kernelcraft.search.offline_kernels import (
     matmul_cuda,
     reduce_c,
     reduce_cuda,
+    rowloss_c,
+    rowloss_cuda,
     rowwise_c,
     rowwise_cuda,
     scan_c,
@@ -50,6 +52,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("scan", "cpu"): scan_c,
     ("xent", "cuda"): xent_cuda,
     ("xent", "cpu"): xent_c,
+    ("rowloss", "cuda"): rowloss_cuda,
+    ("rowloss", "cpu"): rowloss_c,
 }
 
 

@@ -56,6 +56,15 @@ def scores_guard(spec: OpSpec) -> list[str]:
             "{tuple(x.shape)} and {t.dtype} {tuple(t.shape)}')"]
 
 
+def rows_guard(spec: OpSpec) -> list[str]:
+    """ModelNew's first forward lines for a row loss: every input contiguous and refused unless of the shape the
+    kernels compiled in."""
+    lines = [f"{a} = {a}.contiguous()" for a in spec.args]
+    shapes = " or ".join(f"tuple({a}.shape) != {spec.input_shape!r}" for a in spec.args)
+    return lines + [f"if {shapes}:", f"    raise ValueError('expected {len(spec.args)} inputs of shape "
+                                     f"{spec.input_shape}')"]
+
+
 def operand_guard(spec: OpSpec) -> list[str]:
     """ModelNew's first forward lines for a pointwise op of several arguments: the numbers the kernel has compiled
     in refused when they differ, the broadcast operand made contiguous and refused when its shape is not the one the

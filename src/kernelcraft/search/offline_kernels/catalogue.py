@@ -21,6 +21,7 @@ from kernelcraft.search.offline_kernels import (
     matmul_cuda,
     matmul_wgmma,
     reduce_cuda,
+    rowloss_cuda,
     rowwise_cuda,
     scan_cuda,
     window_c,
@@ -93,6 +94,8 @@ def context(spec: OpSpec, child: dict) -> dict:
                 scan_cuda.GEN else 0, "sop": "sum" if g["kind"] == "sum" else "product"}
     if spec.family == "xent":
         ctx |= {"rows": spec.geometry["n"], "C": spec.geometry["c"]}
+    if spec.family == "rowloss":
+        ctx |= {"rows": spec.geometry["rows"], "D": spec.geometry["d"]}
     if spec.family == "matmul":
         ctx["M"], ctx["N"], ctx["K"] = spec.mnk
         if child.get("algo") == "mma":
@@ -1251,7 +1254,85 @@ XENT_C: list[Idea] = [
          when=lambda s, f: f.get("stats") == "online"),
 ]
 
+# ------------------------------------------------------------------------------------------------ row losses
+
+ROWLOSS_CUDA: list[Idea] = [
+    Idea("vec4", MEM, "Read every input as float4 vectors: a quarter of the load instructions, 16 bytes in flight "
+         "per load and input.", {"vec": 4}, 3.0, when=lambda s, f: rowloss_cuda.vec_ok(s) and f.get("vec") != 4),
+    Idea("warp_rows", PAR, "Give each row one warp instead of a block: the row sums are shuffles only, with no "
+         "shared memory or barrier, and the {rows} rows still fill every SM.", {"mapping": "warp"}, 2.0,
+         when=lambda s, f: f.get("mapping") != "warp" and s.geometry["d"] <= 16384),
+    Idea("warp_vec", MEM, "One warp per row reading float4 vectors of every input.", {"mapping": "warp", "vec": 4},
+         1.5, when=lambda s, f: rowloss_cuda.vec_ok(s) and (f.get("mapping"), f.get("vec")) != ("warp", 4)),
+    Idea("ldcs", MEM, "Stream the inputs with evict-first loads (__ldcs): each value is read once.",
+         {"load": "ldcs"}, 1.0, when=lambda s, f: f.get("load") != "ldcs"),
+    Idea("ldg", MEM, "Load the inputs through the read-only data cache (__ldg).", {"load": "ldg"}, 0.6,
+         when=lambda s, f: f.get("load") != "ldg"),
+    Idea("unroll", ASYNC, "Unroll each thread's loop over its values by four, so the loads of four steps issue "
+         "before the first sum needs them.", {"unroll": True}, 1.5, when=lambda s, f: not f.get("unroll")),
+    Idea("double_acc", PREC, "Keep each thread's partial sums in double: no float rounding over the {D} terms of "
+         "a row.", {"acc": "double"}, 0.8, when=lambda s, f: f.get("acc") != "double"),
+    Idea("float_acc", PREC, "Go back to float partial sums: half the registers and shuffles of double.",
+         {"acc": "float"}, 0.5, when=lambda s, f: f.get("acc") == "double"),
+    Idea("threads512", PAR, "Use 512 threads per row's block: more loads in flight per row.",
+         {"threads": 512, "mapping": "block"}, 1.0, when=lambda s, f: f.get("threads") != 512),
+    Idea("threads128", PAR, "Use 128-thread blocks: shorter block reductions and more rows resident per SM.",
+         {"threads": 128}, 1.0, when=lambda s, f: f.get("threads") != 128),
+    Idea("threads1024", PAR, "Use 1024-thread blocks, the most loads in flight per row.",
+         {"threads": 1024, "mapping": "block"}, 0.6, when=lambda s, f: f.get("threads") != 1024),
+    Idea("threads256", PAR, "Go back to 256-thread blocks.", {"threads": 256}, 0.5,
+         when=lambda s, f: f.get("threads", 256) != 256),
+    Idea("persistent", PAR, "Launch a persistent grid of four blocks per SM that walk the {rows} rows.",
+         {"grid": "persistent", "bps": 4}, 1.0, when=lambda s, f: f.get("grid") != "persistent"),
+    Idea("launch_min2", CTRL, "Ask __launch_bounds__ for two resident blocks per SM: the compiler caps registers "
+         "so more rows are in flight.", {"launch_min": 2}, 0.6, when=lambda s, f: not f.get("launch_min")),
+    Idea("launch_min4", CTRL, "Ask __launch_bounds__ for four resident blocks per SM.", {"launch_min": 4}, 0.4,
+         when=lambda s, f: f.get("launch_min") != 4),
+    Idea("fewer_blocks", COMP, "Persistent blocks of 128 threads, eight per SM: each block's rows are summed by "
+         "fewer threads with fewer barriers.", {"grid": "persistent", "bps": 8, "threads": 128}, 0.6,
+         when=lambda s, f: (f.get("grid"), f.get("bps")) != ("persistent", 8)),
+]
+
+ROWLOSS_C: list[Idea] = [
+    Idea("omp_rows", PAR, "Split the {rows} rows over all cores with OpenMP: each thread owns whole rows.",
+         {"par": "omp"}, 3.0, when=lambda s, f: f.get("par") != "omp"),
+    Idea("simd", COMP, "Vectorise the pass over a row as SIMD reductions of all its sums at once.", {"simd": True},
+         2.5, when=lambda s, f: not f.get("simd")),
+    Idea("double_acc", PREC, "Sum each row in double: no float rounding over the {D} terms.", {"acc": "double"}, 0.8,
+         when=lambda s, f: f.get("acc") != "double"),
+    Idea("float_acc", PREC, "Go back to float sums: twice the SIMD lanes of double.", {"acc": "float"}, 0.5,
+         when=lambda s, f: f.get("acc") == "double"),
+    Idea("prefetch", ASYNC, "Prefetch the next row of every input while this one is summed.", {"prefetch": True},
+         0.8, when=lambda s, f: not f.get("prefetch")),
+    Idea("unroll4", CTRL, "Unroll the row loop by four.", {"unroll": 4}, 0.8,
+         when=lambda s, f: not f.get("simd") and f.get("unroll") != 4),
+    Idea("unroll8", CTRL, "Unroll the row loop by eight.", {"unroll": 8}, 0.6,
+         when=lambda s, f: not f.get("simd") and f.get("unroll") != 8),
+    Idea("restrict", MEM, "Declare the pointers restrict: the compiler may keep values in registers across "
+         "stores.", {"restrict": True}, 0.6, when=lambda s, f: not f.get("restrict")),
+    Idea("dynamic", PAR, "Hand out rows dynamically, so a thread slowed by the machine does not hold the others "
+         "up.", {"par": "omp", "schedule": "dynamic"}, 0.6, when=lambda s, f: f.get("schedule") != "dynamic"),
+    Idea("guided", PAR, "Hand out rows in shrinking chunks (guided schedule).", {"par": "omp", "schedule": "guided"},
+         0.5, when=lambda s, f: f.get("schedule") != "guided"),
+    Idea("static1", PAR, "Deal the rows out round-robin (schedule(static, 1)).", {"par": "omp", "schedule": "static1"},
+         0.4, when=lambda s, f: f.get("schedule") != "static1"),
+    Idea("bind_close", PAR, "Pin the OpenMP threads to neighbouring cores (proc_bind(close)).",
+         {"par": "omp", "proc_bind": "close"}, 0.5, when=lambda s, f: f.get("proc_bind") != "close"),
+    Idea("bind_spread", PAR, "Spread the OpenMP threads over the sockets (proc_bind(spread)): every memory "
+         "controller streams rows.", {"par": "omp", "proc_bind": "spread"}, 0.4,
+         when=lambda s, f: f.get("proc_bind") != "spread"),
+    Idea("if_parallel", PAR, "Fork threads only when the rows are many enough to pay for it.",
+         {"par": "omp", "if_parallel": True}, 0.4, when=lambda s, f: not f.get("if_parallel")),
+    Idea("simd_double", COMP, "SIMD reductions in double: exact enough for long rows, still vectorised.",
+         {"simd": True, "acc": "double"}, 0.6, when=lambda s, f: (f.get("simd"), f.get("acc")) != (True, "double")),
+    Idea("serial", MEM, "Stay on one core for few short rows: no fork, and each row streams through one cache.",
+         {"par": "serial"}, 0.3, when=lambda s, f: f.get("par") == "omp" and s.geometry["rows"] * s.geometry["d"]
+         < 1 << 16),
+]
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("rowloss", "cuda"): ROWLOSS_CUDA,
+    ("rowloss", "cpu"): ROWLOSS_C,
     ("xent", "cuda"): XENT_CUDA,
     ("xent", "cpu"): XENT_C,
     ("scan", "cuda"): SCAN_CUDA,

@@ -55,6 +55,11 @@ class OpSpec:
     # Python numbers the reference's forward takes (name, value): the trace compiled them in, so the candidate
     # refuses other values.
     scalars: tuple[tuple[str, float], ...] = ()
+    # A row loss (rowloss family): per element of a row, ``body`` defines e<i> from x0, x1, ...; ``terms`` are added
+    # up over the row into S0, S1, ...; ``row_body`` then defines r<i> from them, and ``row_out`` is the row's loss.
+    terms: tuple[str, ...] = ()
+    row_body: str = ""
+    row_out: str = ""
 
     @property
     def geometry(self) -> dict[str, int]:
@@ -122,6 +127,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_scan(problem, module, init_inputs, inputs, params)
     if FAMILIES[op] == "xent":
         return _describe_xent(problem, module, init_inputs, inputs, params)
+    if FAMILIES[op] == "rowloss":
+        return _describe_rowloss(problem, module, init_inputs, inputs, params)
     if op == "pointwise" and "x_input" in params:
         return _describe_pointwise(problem, module, init_inputs, inputs, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
@@ -525,6 +532,23 @@ def _probe_reduce(spec: OpSpec, model: Any, params: dict) -> None:
     if not (torch.equal(got, want) if got.dtype == torch.int64 else
             torch.allclose(got, want, atol=1e-4, rtol=1e-4, equal_nan=True)):
         raise Unsupported(f"{spec.op}: the reference does not compute the plain {params['kind']} on a probe input")
+
+
+def _describe_rowloss(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:
+    """A loss over the rows of same-shaped inputs (recognise._row_loss): geometry rows, d (the row length), mean."""
+    import torch
+
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    if [*model.named_parameters(), *model.named_buffers()]:
+        raise Unsupported("row_loss: the reference holds tensors")
+    shape = tuple(int(v) for v in inputs[0].shape)
+    geom = {"rows": math.prod(shape[:-1]), "d": shape[-1], "mean": int(params["kind"] == "mean")}
+    return OpSpec(problem_id=str(problem.id), op="row_loss", family="rowloss", input_shape=shape, out_shape=(),
+                  row_dims=1, eps=0.0, keepdim=False, init_signature=_render_signature(module.Model), init_body=(),
+                  weight=None, bias=None, args=tuple(f"x{i}" for i in range(len(inputs))),
+                  input_shapes=(shape,) * len(inputs), conv=tuple(geom.items()), body=str(params["elem"]),
+                  terms=tuple(params["terms"]), row_body=str(params["rows"]), row_out=str(params["out"]))
 
 
 def _describe_xent(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:

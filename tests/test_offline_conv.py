@@ -131,7 +131,10 @@ def test_five_conv_rounds_never_repeat_an_idea_and_the_same_seed_writes_the_same
 def test_the_implicit_gemm_idea_says_what_the_gemm_is_and_reuses_the_tensor_core_kernel():
     prob = suite("conv2d_alexnet", "full")
     spec = describe(prob)
-    idea = next(i for i in catalogue("conv", "cuda") if i.key == "implicit_gemm")
+    ideas = {i.key: i for i in catalogue("conv", "cuda") if i.applies(spec, {"algo": "direct"})}
+    assert {"implicit_gemm_wide", "implicit_gemm_tf32_wide"} <= set(ideas) and "implicit_gemm" not in ideas
+    idea = ideas["implicit_gemm_wide"]  # 96 channels: one 128-wide tile instead of two 64-wide ones
+    assert generator("conv", "cuda").normalise(spec, idea.delta)["bn"] == 128
     text = OfflineProposer(0)._text(idea, spec, generator("conv", "cuda").normalise(spec, idea.delta))
     assert "302500 output pixels" in text and "96 output channels" in text and "363" in text
     src = OfflineProposer(0).implement(prob, "cuda", {"text": text, "parent": "reference"}, {"id": "reference"},

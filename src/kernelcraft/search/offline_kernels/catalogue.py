@@ -908,6 +908,30 @@ _WINDOW_GEMM: list[Idea] = [
 _WINDOW_GEMM += [i for i in CONV_CUDA if i.key in ("drop_to_tf32", "cp_async", "stages3", "pad_smem", "bn128",
                                                      "bm256", "bm64", "warps_2x4", "bk16", "one_stage")]
 
+
+def _wide_gemm(ideas: list[Idea]) -> list[Idea]:
+    """The implicit GEMM ideas split by layer width: up to 64 output channels as they are, wider layers with
+    128-channel block tiles. A convolution's GEMM waits on its gathers, not its tensor cores, and a 128-wide tile
+    feeds each gathered input tile to twice the channels (measured on the H200 at 63, 67, AlexNet's conv1 and
+    conv+ReLU+pool: 1.25-1.45x over 64-wide tiles, TF32 and 3xTF32 alike)."""
+    out = []
+    for i in ideas:
+        if not i.key.startswith("implicit_gemm"):
+            out.append(i)
+            continue
+        base = i.when
+        out.append(dataclasses.replace(i, when=lambda s, f, base=base: base(s, f) and s.geometry["cout"] <= 64))
+        out.append(dataclasses.replace(
+            i, key=i.key + "_wide", delta=i.delta | {"bn": 128, "wn": 2},
+            text=i.text + " Each block's tile is 128 outputs by 128 channels, so every gathered input tile feeds "
+                          "128 channels' products.",
+            when=lambda s, f, base=base: base(s, f) and s.geometry["cout"] > 64))
+    return out
+
+
+CONV_CUDA = _wide_gemm(CONV_CUDA)
+_WINDOW_GEMM = _wide_gemm(_WINDOW_GEMM)
+
 WINDOW_CUDA: list[Idea] = [_window_direct(i) for i in _WINDOW_DIRECT] + _WINDOW_GEMM
 
 WINDOW_C: list[Idea] = [

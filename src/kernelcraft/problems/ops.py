@@ -48,6 +48,7 @@ FAMILIES: dict[str, str] = {
     "normalize": "reduce",  # graph-only: x scaled by statistics of itself over dimensions (softmax, norms)
     "scan": "scan",  # graph-only: cumulative sum or product along a dimension (reversed, exclusive, masked)
     "cross_entropy": "xent",  # graph-only: log-softmax over classes and the target's negative log-likelihood
+    "attention": "attn",  # graph-only: scaled dot-product attention, causal or not
     "row_loss": "rowloss",  # graph-only: sums and norms over rows of elementwise values, combined, then averaged
 }
 

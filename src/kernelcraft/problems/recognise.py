@@ -148,6 +148,10 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         return point
     if [n.op for n in nodes] == ["aten._log_softmax", "aten.nll_loss_forward"]:
         return _cross_entropy(graph, nodes)
+    if len(nodes) == 1 and nodes[0].op in _ATTENTION:
+        return _attention(graph, nodes[0])
+    if [n.op for n in nodes] in (_SDPA_MATH, _SDPA_MATH_CAUSAL):
+        return _attention_math(graph, nodes)
     row = _row_loss(graph)
     if row is not None:
         return row
@@ -965,6 +969,95 @@ def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     return "reduce", {"kind": "mean" if node.op == "aten.mean" else "sum", "dims": list(range(len(x.shape))),
                       "keepdim": False, "in_shape": list(x.shape), "body": body, "chain": " -> ".join(chain),
                       "scale": scale, "y_shape": list(y.shape)}
+
+
+# Scaled dot-product attention as the trace spells it (the CPU kernel under fake tensors, or the composite op):
+# the argument positions of dropout_p, is_causal and attn_mask; scale is keyword-only.
+_ATTENTION = {"aten._scaled_dot_product_flash_attention_for_cpu": (3, 4, None),
+              "aten.scaled_dot_product_attention": (4, 5, 3)}
+ATTENTION_MAX_D = 2048  # head dimensions the attention kernels stage in shared memory
+
+
+# The math path PyTorch's scaled_dot_product_attention traces to where its CPU kernel does not apply (a value
+# head dimension other than the query's, a causal mask): q and k^T each scaled by sqrt(scale), a batched product,
+# (a causal mask built with tril and added), a softmax, a product with v.
+_SDPA_MATH = ["aten.mul", "aten.mul", "aten.bmm", "aten._safe_softmax", "aten.bmm"]
+_SDPA_MATH_CAUSAL = ["aten.mul", "aten.tril", "aten.where", "aten.mul", "aten.bmm", "aten.add", "aten._safe_softmax",
+                     "aten.bmm"]
+
+
+def _attention_shapes(graph: OpGraph, q: Ref, k: Ref, v: Ref) -> None:
+    qs, ks, vs = (tuple(a.info.shape) for a in (q, k, v))
+    if any(graph.inputs[a.index].dtype != "torch.float32" for a in (q, k, v)):
+        raise _Miss("the offline families take float32 tensors")
+    if len(qs) < 2 or not (len(qs) == len(ks) == len(vs)) or qs[:-2] != ks[:-2] or ks[:-2] != vs[:-2] \
+            or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
+        raise _Miss("an attention whose query, key and value do not share batch dimensions and sizes (no "
+                    "broadcasting or grouped heads in the attention family)")
+    if max(qs[-1], vs[-1]) > ATTENTION_MAX_D:
+        raise _Miss(f"an attention head dimension above {ATTENTION_MAX_D} (the kernels stage a row in shared memory)")
+
+
+def _attention_math(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    causal = nodes[1].op == "aten.tril"
+    muls = [n for n in nodes if n.op == "aten.mul"]
+    bmm1, soft, bmm2 = [n for n in nodes if n.op in ("aten.bmm", "aten._safe_softmax")]
+    if len(graph.inputs) != 3 or not all(isinstance(t, TensorInfo) for t in graph.inputs) or graph.params:
+        return None
+    found = [_chain(graph, m.args[0]) for m in muls] + [_chain(graph, bmm2.args[1])]
+    consts = [m.args[1] for m in muls]
+    if any(f is None for f in found) or not all(isinstance(c, int | float) and not isinstance(c, bool)
+                                                 for c in consts):
+        return None
+    q, k, v = (f[0] for f in found)
+    if causal and int(_arg(nodes[1], 1, "diagonal", 0)) != 0:
+        return None
+    if int(_arg(soft, 1, "dim", -1)) % 3 != 2 or len({q.index, k.index, v.index}) != 3:
+        return None
+    if not (_is_node(bmm1.args[0], muls[0], graph) or _chain_to(graph, bmm1.args[0], muls[0])) or \
+            not _chain_to(graph, bmm2.args[0], soft):
+        return None
+    _attention_shapes(graph, q, k, v)
+    out = graph.outputs[0] if len(graph.outputs) == 1 else None
+    if not _chain_to(graph, out, bmm2):
+        return None
+    return "attention", {"q": q.index, "k": k.index, "v": v.index, "causal": causal,
+                         "scale": float(consts[0]) * float(consts[1])}
+
+
+def _chain_to(graph: OpGraph, a: Any, node: OpNode) -> bool:
+    """``a`` is ``node``'s value, read through layout operations only."""
+    while isinstance(a, Ref) and a.kind == "node":
+        if graph.nodes[a.index] is node:
+            return True
+        if graph.nodes[a.index].op not in _LAYOUT_OPS:
+            return False
+        a = graph.nodes[a.index].args[0]
+    return False
+
+
+def _attention(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
+    """softmax(Q K^T * scale [+ causal mask]) V over the last two dimensions of the three inputs (any batch and head
+    dimensions in front, the same for all three), without dropout or an explicit mask."""
+    drop_at, causal_at, mask_at = _ATTENTION[node.op]
+    q, k, v = node.args[:3]
+    if not (_is_input(q) and _is_input(k) and _is_input(v)) or len(graph.inputs) != 3:
+        return None
+    _attention_shapes(graph, q, k, v)
+    if float(_arg(node, drop_at, "dropout_p", 0.0)) != 0.0 or (mask_at is not None and
+                                                               _arg(node, mask_at, "attn_mask", None) is not None) \
+            or node.kwargs.get("attn_mask") is not None or node.kwargs.get("enable_gqa"):
+        raise _Miss("an attention with dropout, an explicit mask or grouped heads (the family computes causal or "
+                    "unmasked attention)")
+    out = graph.outputs[0] if len(graph.outputs) == 1 else None
+    first = out is not None and isinstance(out, Ref) and out.kind == "node" and \
+        graph.nodes[out.index].op == "getitem" and graph.nodes[out.index].args[1] == 0
+    if not (first or _is_node(out, node, graph)):
+        return None
+    scale = node.kwargs.get("scale")
+    return "attention", {"q": q.index, "k": k.index, "v": v.index,
+                         "causal": bool(_arg(node, causal_at, "is_causal", False)),
+                         "scale": float(scale) if scale is not None else 1.0 / math.sqrt(q.info.shape[-1])}
 
 
 _ROW_REDUCTIONS = frozenset({"aten.norm", "aten.linalg_vector_norm", "aten.sum", "aten.mean"})

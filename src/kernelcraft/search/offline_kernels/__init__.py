@@ -11,6 +11,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from kernelcraft.search.offline_kernels import (
+    attn_c,
+    attn_cuda,
     conv_c,
     conv_cuda,
     elementwise_c,
@@ -54,6 +56,8 @@ _GENERATORS: dict[tuple[str, str], ModuleType] = {
     ("xent", "cpu"): xent_c,
     ("rowloss", "cuda"): rowloss_cuda,
     ("rowloss", "cpu"): rowloss_c,
+    ("attn", "cuda"): attn_cuda,
+    ("attn", "cpu"): attn_c,
 }
 
 

@@ -56,6 +56,16 @@ def scores_guard(spec: OpSpec) -> list[str]:
             "{tuple(x.shape)} and {t.dtype} {tuple(t.shape)}')"]
 
 
+def attention_guard(spec: OpSpec) -> list[str]:
+    """ModelNew's first forward lines for attention: q, k and v contiguous and refused unless of the shapes the
+    kernels compiled in."""
+    shapes = dict(zip(spec.args, spec.input_shapes, strict=True))
+    lines = [f"{a} = {a}.contiguous()" for a in ("q", "k", "v")]
+    test = " or ".join(f"tuple({a}.shape) != {shapes[a]!r}" for a in ("q", "k", "v"))
+    return lines + [f"if {test}:", f"    raise ValueError('expected q, k, v of shapes {shapes['q']}, {shapes['k']}, "
+                                   f"{shapes['v']}')"]
+
+
 def rows_guard(spec: OpSpec) -> list[str]:
     """ModelNew's first forward lines for a row loss: every input contiguous and refused unless of the shape the
     kernels compiled in."""

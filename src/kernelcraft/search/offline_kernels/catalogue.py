@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kernelcraft.search.offline_kernels import (
+    attn_cuda,
     cuda_common,
     matmul_cuda,
     matmul_wgmma,
@@ -1354,7 +1355,86 @@ ROWLOSS_C: list[Idea] = [
          < 1 << 16),
 ]
 
+# ------------------------------------------------------------------------------------------------ attention
+
+ATTN_CUDA: list[Idea] = [
+    Idea("bq8", PAR, "Give each block eight query rows: every key tile staged in shared memory serves twice the "
+         "queries.", {"bq": 8}, 2.5, when=lambda s, f: f.get("bq", 4) != 8),
+    Idea("bq16", PAR, "Give each block sixteen query rows: each key tile serves sixteen queries (more output "
+         "registers per thread).", {"bq": 16}, 1.2, when=lambda s, f: f.get("bq", 4) != 16),
+    Idea("bq4", PAR, "Go back to four query rows per block: more blocks in flight and fewer output registers.",
+         {"bq": 4}, 0.5, when=lambda s, f: f.get("bq", 4) != 4),
+    Idea("bk16", CTRL, "Stage sixteen keys per tile: half the barriers and running-softmax updates per key.",
+         {"bk": 16}, 1.5, when=lambda s, f: f.get("bk", 8) != 16),
+    Idea("bk32", CTRL, "Stage thirty-two keys per tile: a quarter of the barriers per key of eight-key tiles.",
+         {"bk": 32}, 1.0, when=lambda s, f: f.get("bk", 8) != 32),
+    Idea("bk8", CTRL, "Go back to eight keys per tile: less shared memory per block, more blocks per SM.",
+         {"bk": 8}, 0.5, when=lambda s, f: f.get("bk", 8) != 8),
+    Idea("vec4", MEM, "Stage the query and key tiles with float4 loads: a quarter of the load instructions.",
+         {"vec": 4}, 2.0, when=lambda s, f: attn_cuda.vec_ok(s) and f.get("vec") != 4),
+    Idea("vldg", MEM, "Read the value rows through the read-only data cache (__ldg): the blocks of one head read "
+         "the same rows.", {"vload": "ldg"}, 1.0, when=lambda s, f: f.get("vload") != "ldg"),
+    Idea("fast_exp", PREC, "Use the __expf intrinsic for the softmax's exponentials: a few ulp off expf, inside the "
+         "tolerance.", {"exp": "fast"}, 1.2, when=lambda s, f: f.get("exp") != "fast"),
+    Idea("exact_exp", PREC, "Go back to expf for the exponentials.", {"exp": "expf"}, 0.3,
+         when=lambda s, f: f.get("exp") == "fast"),
+    Idea("threads128", PAR, "Use 128-thread blocks: each thread owns more output columns, more blocks fit per SM.",
+         {"threads": 128}, 0.8, when=lambda s, f: f.get("threads", 256) != 128),
+    Idea("threads512", PAR, "Use 512-thread blocks: more warps score the tile's pairs at once.", {"threads": 512},
+         0.8, when=lambda s, f: f.get("threads", 256) != 512),
+    Idea("threads256", PAR, "Go back to 256-thread blocks.", {"threads": 256}, 0.4,
+         when=lambda s, f: f.get("threads", 256) != 256),
+    Idea("unroll", ASYNC, "Unroll the loop over key tiles by four, so one tile's loads are issued while the "
+         "previous tile's scores are folded in.", {"unroll": True}, 0.8, when=lambda s, f: not f.get("unroll")),
+    Idea("launch_min2", CTRL, "Ask __launch_bounds__ for two resident blocks per SM.", {"launch_min": 2}, 0.5,
+         when=lambda s, f: not f.get("launch_min")),
+    Idea("square_tiles", COMP, "Square tiles of sixteen queries by sixteen keys: as many scores per staged byte as "
+         "the registers allow.", {"bq": 16, "bk": 16}, 0.8,
+         when=lambda s, f: (f.get("bq"), f.get("bk")) != (16, 16)),
+]
+
+ATTN_C: list[Idea] = [
+    Idea("omp_rows", PAR, "Split the query rows of every batch and head over all cores with OpenMP.",
+         {"par": "omp"}, 3.0, when=lambda s, f: f.get("par") != "omp"),
+    Idea("simd", COMP, "Vectorise the dot products and the value-row updates as SIMD loops.", {"simd": True}, 2.5,
+         when=lambda s, f: not f.get("simd")),
+    Idea("online", ASYNC, "One online pass over the keys per query (running maximum, rescaled output): no buffer of "
+         "scores.", {"stats": "online"}, 1.0, when=lambda s, f: f.get("stats") != "online"),
+    Idea("two_pass", COMP, "Two passes per query: all scores into a buffer, then their softmax and the weighted "
+         "sum of value rows (no rescaling of the output).", {"stats": "two_pass"}, 0.8,
+         when=lambda s, f: f.get("stats") == "online"),
+    Idea("poly_exp", COMP, "Replace libm's expf with an inlined polynomial exp that the compiler vectorises.",
+         {"exp": "poly"}, 1.0, when=lambda s, f: f.get("exp") != "poly"),
+    Idea("double_dot", PREC, "Accumulate the dot products in double.", {"dot": "double"}, 0.6,
+         when=lambda s, f: f.get("dot") != "double"),
+    Idea("float_dot", PREC, "Go back to float dot products: twice the SIMD lanes.", {"dot": "float"}, 0.4,
+         when=lambda s, f: f.get("dot") == "double"),
+    Idea("prefetch", MEM, "Prefetch the next key row while this one is scored.", {"prefetch": True}, 0.8,
+         when=lambda s, f: not f.get("prefetch")),
+    Idea("restrict", MEM, "Declare the pointers restrict.", {"restrict": True}, 0.6,
+         when=lambda s, f: not f.get("restrict")),
+    Idea("unroll4", CTRL, "Unroll the inner loops by four.", {"unroll": 4}, 0.8,
+         when=lambda s, f: not f.get("simd") and f.get("unroll") != 4),
+    Idea("unroll8", CTRL, "Unroll the inner loops by eight.", {"unroll": 8}, 0.6,
+         when=lambda s, f: not f.get("simd") and f.get("unroll") != 8),
+    Idea("dynamic", PAR, "Hand out query rows dynamically: causal rows grow in cost, and a slowed thread does not "
+         "hold the others up.", {"par": "omp", "schedule": "dynamic"}, 0.8,
+         when=lambda s, f: f.get("schedule") != "dynamic"),
+    Idea("guided", PAR, "Hand out query rows in shrinking chunks (guided schedule).",
+         {"par": "omp", "schedule": "guided"}, 0.5, when=lambda s, f: f.get("schedule") != "guided"),
+    Idea("static1", PAR, "Deal the query rows out round-robin (schedule(static, 1)): causal rows of every length "
+         "on every core.", {"par": "omp", "schedule": "static1"}, 0.5,
+         when=lambda s, f: f.get("schedule") != "static1"),
+    Idea("bind_close", PAR, "Pin the OpenMP threads to neighbouring cores (proc_bind(close)): the threads of one "
+         "head share its keys in cache.", {"par": "omp", "proc_bind": "close"}, 0.5,
+         when=lambda s, f: f.get("proc_bind") != "close"),
+    Idea("if_parallel", PAR, "Fork threads only when the attention is large enough to pay for it.",
+         {"par": "omp", "if_parallel": True}, 0.4, when=lambda s, f: not f.get("if_parallel")),
+]
+
 CATALOGUE: dict[tuple[str, str], list[Idea]] = {
+    ("attn", "cuda"): ATTN_CUDA,
+    ("attn", "cpu"): ATTN_C,
     ("rowloss", "cuda"): ROWLOSS_CUDA,
     ("rowloss", "cpu"): ROWLOSS_C,
     ("xent", "cuda"): XENT_CUDA,

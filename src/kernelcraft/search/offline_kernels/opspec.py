@@ -60,6 +60,8 @@ class OpSpec:
     terms: tuple[str, ...] = ()
     row_body: str = ""
     row_out: str = ""
+    # Attention's softmax scale (attn family).
+    scale: float = 0.0
 
     @property
     def geometry(self) -> dict[str, int]:
@@ -129,6 +131,8 @@ def describe(problem: Any) -> OpSpec:
         return _describe_xent(problem, module, init_inputs, inputs, params)
     if FAMILIES[op] == "rowloss":
         return _describe_rowloss(problem, module, init_inputs, inputs, params)
+    if FAMILIES[op] == "attn":
+        return _describe_attn(problem, module, init_inputs, inputs, params)
     if op == "pointwise" and "x_input" in params:
         return _describe_pointwise(problem, module, init_inputs, inputs, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
@@ -532,6 +536,31 @@ def _probe_reduce(spec: OpSpec, model: Any, params: dict) -> None:
     if not (torch.equal(got, want) if got.dtype == torch.int64 else
             torch.allclose(got, want, atol=1e-4, rtol=1e-4, equal_nan=True)):
         raise Unsupported(f"{spec.op}: the reference does not compute the plain {params['kind']} on a probe input")
+
+
+def _describe_attn(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:
+    """Scaled dot-product attention (recognise._attention): geometry bh (batch and head entries), lq, lk, d, dv,
+    causal; the inputs named q, k, v in the reference's order."""
+    import torch
+
+    torch.manual_seed(0)
+    model = module.Model(*init_inputs)
+    if [*model.named_parameters(), *model.named_buffers()]:
+        raise Unsupported("attention: the reference holds tensors")
+    names = ["", "", ""]
+    for role in ("q", "k", "v"):
+        names[int(params[role])] = role
+    qs = tuple(int(d) for d in inputs[int(params["q"])].shape)
+    ks = tuple(int(d) for d in inputs[int(params["k"])].shape)
+    vs = tuple(int(d) for d in inputs[int(params["v"])].shape)
+    geom = {"bh": math.prod(qs[:-2]), "lq": qs[-2], "lk": ks[-2], "d": qs[-1], "dv": vs[-1],
+            "causal": int(bool(params["causal"]))}
+    shapes = {"q": qs, "k": ks, "v": vs}
+    return OpSpec(problem_id=str(problem.id), op="attention", family="attn", input_shape=qs,
+                  out_shape=qs[:-1] + vs[-1:], row_dims=1, eps=0.0, keepdim=False,
+                  init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
+                  args=tuple(names), input_shapes=tuple(shapes[n] for n in names), conv=tuple(geom.items()),
+                  scale=float(params["scale"]))
 
 
 def _describe_rowloss(problem: Any, module: Any, init_inputs: list, inputs: list, params: dict) -> OpSpec:

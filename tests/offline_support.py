@@ -140,6 +140,14 @@ def check_candidate(module, problem, inputs: list, device: str, tol: float = 1e-
             assert close(got, want, tol), f"{shapes[0] if len(shapes) == 1 else shapes}: max abs err {err:.3g}"
 
 
+def sampled_jobs(problems: dict, backend: str, parents: list[dict], every: int = 1) -> list[tuple]:
+    """(problem, spec, features) for every ``every``-th kernel a search reaches from ``parents``, per problem."""
+    from kernelcraft.search.offline_kernels.opspec import describe
+
+    return [(p, s, f) for p in problems.values() for s in [describe(p)]
+            for f in reachable(s, backend, parents)[::every]]
+
+
 def five_round_sources(problem, backend: str, seed: int = 4, min_kinds: int = 1) -> list[str]:
     """The candidate files of five offline rounds (four ideas of two implementations each, every round seeded by the
     previous round's first candidate), asserting that no idea is proposed twice for one parent and that each round's

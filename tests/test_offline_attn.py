@@ -23,7 +23,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     five_round_sources,
     import_source,
     one_thread,
-    reachable,
+    sampled_jobs,
 )
 
 from kernelcraft.problems import load_problem
@@ -97,13 +97,8 @@ C_PARENTS = [{}, {"par": "omp", "simd": True, "stats": "online"}, {"dot": "doubl
 CUDA_PARENTS = [{}, {"bq": 8, "bk": 16, "vec": 4}, {"threads": 128, "exp": "fast", "unroll": True}]
 
 
-def _jobs(problems, backend: str, parents: list[dict], every: int) -> list:
-    return [(p, s, f) for p in problems.values() for s in [describe(p)]
-            for f in reachable(s, backend, parents)[::every]]
-
-
 def test_every_reachable_c_attention_kernel_computes_the_attention_at_odd_shapes(problems, tmp_path):
-    jobs = _jobs(problems, "cpu", C_PARENTS, 2)
+    jobs = sampled_jobs(problems, "cpu", C_PARENTS, 2)
     assert len(jobs) > 50
     with ThreadPoolExecutor(2) as pool:
         modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
@@ -126,7 +121,7 @@ def test_an_attention_candidate_refuses_inputs_of_other_shapes(problems, tmp_pat
 
 
 def test_every_reachable_cuda_attention_kernel_compiles_with_nvrtc(problems, tmp_path):
-    jobs = _jobs(problems, "cuda", CUDA_PARENTS, 3)
+    jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS, 3)
     assert len(jobs) > 40
     failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
@@ -135,7 +130,7 @@ def test_every_reachable_cuda_attention_kernel_compiles_with_nvrtc(problems, tmp
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_attention_kernel_computes_the_attention_on_the_gpu(problems, tmp_path):
-    jobs = _jobs(problems, "cuda", CUDA_PARENTS, 1)
+    jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS, 1)
     failures = []
     torch.backends.cuda.matmul.allow_tf32 = False
     try:

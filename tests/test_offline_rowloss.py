@@ -22,7 +22,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     five_round_sources,
     import_source,
     one_thread,
-    reachable,
+    sampled_jobs,
 )
 
 from kernelcraft.problems import load_problem
@@ -96,13 +96,8 @@ C_PARENTS = [{}, {"par": "omp", "simd": True}, {"acc": "double", "prefetch": Tru
 CUDA_PARENTS = [{}, {"mapping": "warp", "vec": 4}, {"grid": "persistent", "acc": "double", "unroll": True}]
 
 
-def _jobs(problems, backend: str, parents: list[dict], every: int) -> list:
-    return [(p, s, f) for p in problems.values() for s in [describe(p)]
-            for f in reachable(s, backend, parents)[::every]]
-
-
 def test_every_reachable_c_row_loss_kernel_computes_the_loss_at_odd_shapes(problems, tmp_path):
-    jobs = _jobs(problems, "cpu", C_PARENTS, 2)
+    jobs = sampled_jobs(problems, "cpu", C_PARENTS, 2)
     assert len(jobs) > 60
     with ThreadPoolExecutor(2) as pool:
         modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
@@ -125,7 +120,7 @@ def test_a_row_loss_candidate_refuses_inputs_of_another_shape(problems, tmp_path
 
 
 def test_every_reachable_cuda_row_loss_kernel_compiles_with_nvrtc(problems, tmp_path):
-    jobs = _jobs(problems, "cuda", CUDA_PARENTS, 3)
+    jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS, 3)
     assert len(jobs) > 40
     failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
@@ -134,7 +129,7 @@ def test_every_reachable_cuda_row_loss_kernel_compiles_with_nvrtc(problems, tmp_
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_row_loss_kernel_computes_the_loss_on_the_gpu(problems, tmp_path):
-    jobs = _jobs(problems, "cuda", CUDA_PARENTS, 1)
+    jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS, 1)
     failures = []
     for prob, spec, f in jobs:
         module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)

@@ -21,7 +21,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     five_round_sources,
     import_source,
     one_thread,
-    reachable,
+    sampled_jobs,
 )
 
 from kernelcraft.problems import load_problem
@@ -109,7 +109,7 @@ CUDA_PARENTS = [{}, {"mapping": "warp", "vec": 4, "stats": "online"}, {"grid": "
 
 
 def test_every_reachable_c_cross_entropy_kernel_computes_the_loss_at_odd_shapes(problems, tmp_path):
-    jobs = [(p, s, f) for p in problems.values() for s in [describe(p)] for f in reachable(s, "cpu", C_PARENTS)]
+    jobs = sampled_jobs(problems, "cpu", C_PARENTS)
     assert len(jobs) > 60
     with ThreadPoolExecutor(2) as pool:
         modules = list(pool.map(lambda j: import_source(candidate_source(j[1], "cpu", j[2], "t", "reference"),
@@ -134,7 +134,7 @@ def test_a_cross_entropy_candidate_refuses_targets_of_another_shape_or_dtype(pro
 
 
 def test_every_reachable_cuda_cross_entropy_kernel_compiles_with_nvrtc(problems, tmp_path):
-    jobs = [(p, s, f) for p in problems.values() for s in [describe(p)] for f in reachable(s, "cuda", CUDA_PARENTS)]
+    jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS)
     assert len(jobs) > 60
     failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
@@ -143,7 +143,7 @@ def test_every_reachable_cuda_cross_entropy_kernel_compiles_with_nvrtc(problems,
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_cross_entropy_kernel_computes_the_loss_on_the_gpu(problems, tmp_path):
-    jobs = [(p, s, f) for p in problems.values() for s in [describe(p)] for f in reachable(s, "cuda", CUDA_PARENTS)]
+    jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS)
     failures = []
     for prob, spec, f in jobs:
         module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)

@@ -33,11 +33,7 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     base = baseline(spec)
     g = base | {k: v for k, v in f.items() if k in base}
     g["gen"] = GEN
-    g["par"] = "omp" if g["par"] == "omp" else "serial"
-    g["schedule"] = g["schedule"] if g["schedule"] in ("static", "static1", "dynamic", "guided") else "static"
-    g["proc_bind"] = g["proc_bind"] if g["proc_bind"] in ("none", "close", "spread") else "none"
-    if g["par"] == "serial":
-        g["schedule"], g["proc_bind"], g["if_parallel"] = "static", "none", False
+    c.normalise_omp(g, ("static", "static1", "dynamic", "guided"))
     g["stats"] = "online" if g["stats"] == "online" or spec.geometry["lk"] > SCORES_MAX else "two_pass"
     g["exp"] = "poly" if g["exp"] == "poly" else "libm"
     g["dot"] = "double" if g["dot"] == "double" else "float"

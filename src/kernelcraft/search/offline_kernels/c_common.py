@@ -157,6 +157,16 @@ def reduce_loop(lo: str, hi: str, kind: str, accs: list[tuple[str, str]], f: dic
     return out
 
 
+def normalise_omp(g: dict, schedules: tuple[str, ...] = ("static", "dynamic", "guided")) -> None:
+    """The OpenMP keys of a row-parallel C generator's features made valid in place: ``par`` (serial or omp), a
+    schedule from ``schedules``, proc_bind; a serial kernel keeps none of them (so equal kernels compare equal)."""
+    g["par"] = "omp" if g["par"] == "omp" else "serial"
+    g["schedule"] = g["schedule"] if g["schedule"] in schedules else "static"
+    g["proc_bind"] = g["proc_bind"] if g["proc_bind"] in ("none", "close", "spread") else "none"
+    if g["par"] == "serial":
+        g["schedule"], g["proc_bind"], g["if_parallel"] = "static", "none", False
+
+
 def omp_parallel_for(f: dict, work: str) -> str:
     """The ``#pragma omp parallel for`` line for the features (schedule, if-threshold, proc_bind)."""
     sched = {"static": "schedule(static)", "dynamic": "schedule(dynamic, 1)", "guided": "schedule(guided)",

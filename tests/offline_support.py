@@ -171,17 +171,37 @@ def five_round_sources(problem, backend: str, seed: int = 4, min_kinds: int = 1)
     return sources
 
 
-def build_failures(jobs, folder: Path) -> list[str]:
-    """Build every (problem, spec, features) job's CUDA candidate (NVRTC releases the GIL: two at a time); one line
-    per candidate that does not build, so every failing combination is reported at once."""
+def import_candidates(jobs, folder: Path, backend: str = "cuda") -> list:
+    """Each (problem, spec, features) job's candidate module, or the exception its build raised, in job order.
+    Built on every core at once (NVRTC and the C compiler run outside the GIL): a family's reachable kernels are
+    a few hundred builds, which one at a time outlast a GPU test's budget."""
     from kernelcraft.search.offline_kernels import candidate_source
 
-    def build(job) -> str | None:
+    def build(job):
         try:
-            import_source(candidate_source(job[1], "cuda", job[2], "t", "reference"), folder)
-            return None
-        except Exception as exc:  # noqa: BLE001 - reported, not raised
-            return f"{job[0].id} {job[2]}: {str(exc)[:400]}"
+            return import_source(candidate_source(job[1], backend, job[2], "t", "reference"), folder)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller, every failing combination at once
+            return exc
 
-    with ThreadPoolExecutor(2) as pool:
-        return [r for r in pool.map(build, jobs) if r]
+    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        return list(pool.map(build, jobs))
+
+
+def build_failures(jobs, folder: Path) -> list[str]:
+    """One line per (problem, spec, features) job whose CUDA candidate does not build."""
+    return [f"{job[0].id} {job[2]}: {str(m)[:400]}" for job, m in zip(jobs, import_candidates(jobs, folder),
+                                                                       strict=True) if isinstance(m, Exception)]
+
+
+def gpu_mismatches(jobs, folder: Path, inputs, tol=lambda f: 1e-4) -> list[str]:
+    """One line per job whose CUDA candidate does not build or differs from its reference on the GPU on
+    ``inputs(problem, spec, features)``, to ``tol(features)``."""
+    failures = []
+    for (prob, spec, f), module in zip(jobs, import_candidates(jobs, folder), strict=True):
+        try:
+            if isinstance(module, Exception):
+                raise AssertionError(f"build: {str(module)[:300]}")
+            check_candidate(module, prob, inputs(prob, spec, f), "cuda", tol(f))
+        except AssertionError as exc:
+            failures.append(f"{prob.id} {f}: {exc}")
+    return failures

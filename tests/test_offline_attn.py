@@ -21,6 +21,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     build_failures,
     check_candidate,
     five_round_sources,
+    gpu_mismatches,
     import_source,
     one_thread,
     sampled_jobs,
@@ -131,17 +132,9 @@ def test_every_reachable_cuda_attention_kernel_compiles_with_nvrtc(problems, tmp
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_attention_kernel_computes_the_attention_on_the_gpu(problems, tmp_path):
     jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS, 1)
-    failures = []
     torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        for prob, spec, f in jobs:
-            module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
-            try:
-                check_candidate(module, prob, _inputs(prob, "cuda"), "cuda", 1e-3 if f["exp"] == "fast" else 1e-4)
-            except AssertionError as exc:
-                failures.append(f"{prob.id} {f}: {exc}")
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    failures = gpu_mismatches(jobs, tmp_path, lambda prob, spec, f: _inputs(prob, "cuda"),
+                              lambda f: 1e-3 if f["exp"] == "fast" else 1e-4)
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA attention kernels match the reference")
     assert not failures, "\n".join(failures[:10])
 

@@ -14,6 +14,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     build_env,
     build_failures,
     check_candidate,
+    gpu_mismatches,
     import_source,
     odd_inputs,
     one_thread,
@@ -237,11 +238,5 @@ def test_every_sampled_cuda_candidate_of_several_operands_compiles_with_nvrtc(tm
     failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])
     if GPU:
-        wrong = []
-        for prob, spec, f in jobs:
-            module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
-            try:
-                check_candidate(module, prob, _random_inputs(prob, "cuda"), "cuda")
-            except AssertionError as exc:
-                wrong.append(f"{prob.id} {f}: {exc}")
+        wrong = gpu_mismatches(jobs, tmp_path, lambda prob, spec, f: _random_inputs(prob, "cuda"))
         assert not wrong, "\n".join(wrong[:10])

@@ -22,6 +22,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     check_candidate,
     close,
     five_round_sources,
+    import_candidates,
     import_source,
     odd_inputs,
     one_thread,
@@ -181,7 +182,7 @@ def test_every_reachable_cuda_reduce_kernel_compiles_with_nvrtc(problems, tmp_pa
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_reduce_kernel_computes_the_op_on_the_gpu(problems, tmp_path):
     jobs = _cuda_jobs(problems)
-    modules = [import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"), tmp_path) for j in jobs]
+    modules = import_candidates(jobs, tmp_path)
     failures = _check_all(jobs, modules, "cuda")
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA reduce kernels match the reference")
     assert not failures, "\n".join(failures[:10])

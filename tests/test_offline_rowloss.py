@@ -20,6 +20,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     build_failures,
     check_candidate,
     five_round_sources,
+    gpu_mismatches,
     import_source,
     one_thread,
     sampled_jobs,
@@ -130,13 +131,7 @@ def test_every_reachable_cuda_row_loss_kernel_compiles_with_nvrtc(problems, tmp_
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_row_loss_kernel_computes_the_loss_on_the_gpu(problems, tmp_path):
     jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS, 1)
-    failures = []
-    for prob, spec, f in jobs:
-        module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
-        try:
-            check_candidate(module, prob, _inputs(prob, "cuda"), "cuda")
-        except AssertionError as exc:
-            failures.append(f"{prob.id} {f}: {exc}")
+    failures = gpu_mismatches(jobs, tmp_path, lambda prob, spec, f: _inputs(prob, "cuda"))
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA row-loss kernels match the reference")
     assert not failures, "\n".join(failures[:10])
 

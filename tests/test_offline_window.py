@@ -20,6 +20,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     build_failures,
     check_candidate,
     five_round_sources,
+    gpu_mismatches,
     import_source,
     odd_inputs,
     one_thread,
@@ -235,20 +236,14 @@ def _accuracy(f: dict) -> tuple[float, list[int]]:
 
 def _gpu_failures(jobs, folder) -> list[str]:
     """One line per job whose CUDA candidate differs from its reference (run in full float32) on odd inputs."""
-    modules = [import_source(candidate_source(j[1], "cuda", j[2], "t", "reference"), folder) for j in jobs]
-    failures = []
     torch.backends.cudnn.allow_tf32 = False
     try:
-        for (prob, spec, f), module in zip(jobs, modules, strict=True):
-            tol, which = _accuracy(f)
-            inputs = odd_inputs(spec.input_shapes[0], "cuda")
-            try:
-                check_candidate(module, prob, [inputs[i] for i in which], "cuda", tol)
-            except AssertionError as err:
-                failures.append(f"{prob.id} {f}: {err}")
+        return gpu_mismatches(jobs, folder,
+                              lambda prob, spec, f: [odd_inputs(spec.input_shapes[0], "cuda")[i]
+                                                     for i in _accuracy(f)[1]],
+                              lambda f: _accuracy(f)[0])
     finally:
         torch.backends.cudnn.allow_tf32 = True
-    return failures
 
 
 @pytest.mark.gpu

@@ -19,6 +19,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
     build_failures,
     check_candidate,
     five_round_sources,
+    gpu_mismatches,
     import_source,
     one_thread,
     sampled_jobs,
@@ -144,14 +145,9 @@ def test_every_reachable_cuda_cross_entropy_kernel_compiles_with_nvrtc(problems,
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_every_reachable_cuda_cross_entropy_kernel_computes_the_loss_on_the_gpu(problems, tmp_path):
     jobs = sampled_jobs(problems, "cuda", CUDA_PARENTS)
-    failures = []
-    for prob, spec, f in jobs:
-        module = import_source(candidate_source(spec, "cuda", f, "t", "reference"), tmp_path)
-        try:
-            # __expf is a few ulp off expf: the loss stays inside the search's default tolerance
-            check_candidate(module, prob, _inputs(prob, "cuda"), "cuda", 1e-3 if f["exp"] == "fast" else 1e-4)
-        except AssertionError as exc:
-            failures.append(f"{prob.id} {f}: {exc}")
+    # __expf is a few ulp off expf: the loss stays inside the search's default tolerance
+    failures = gpu_mismatches(jobs, tmp_path, lambda prob, spec, f: _inputs(prob, "cuda"),
+                              lambda f: 1e-3 if f["exp"] == "fast" else 1e-4)
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA cross-entropy kernels match the reference")
     assert not failures, "\n".join(failures[:10])
 

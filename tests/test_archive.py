@@ -80,6 +80,8 @@ def test_a_run_and_its_archive_are_the_same_search_and_another_seed_is_not(runs,
     assert other.returncode == 1, other.stderr
     result = json.loads(other.stdout)
     assert result["same_search"] is False and result["same_config"] is False
+    assert result["config_differs"] == ["run", "seed"]
+    assert "configuration differs in run, seed" in _cli("compare", str(archive), str(runs[1])).stdout
     assert result["sources_differ"] or result["only_in_a"] or result["only_in_b"]
     view = load_run(runs[0])
     assert compare_runs(view, view)["timings"]  # correct candidates are timed side by side
@@ -144,6 +146,7 @@ def test_a_run_replayed_from_its_archive_in_a_clean_directory_is_the_same_search
     done = _cli("replay", str(archive), "--directory", str(clean), "--snakefile", str(SNAKEFILE))
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "same search: yes" in done.stdout
+    assert "configuration differs in llm.replay, problems.builtin, problems.dirs, run" in done.stdout
     replayed = clean / "results" / "seed0-replay"
     assert (replayed / "report.html").is_file()
     manifest = json.loads((replayed / "manifest.json").read_text())

@@ -54,6 +54,10 @@ FIXTURES = {
     "layernorm": ("class Model(nn.Module):\n    def __init__(self, normalized_shape):\n        super().__init__()\n"
                   "        self.norm = nn.LayerNorm(normalized_shape)\n"
                   "    def forward(self, x):\n        return self.norm(x)\n", "[SHAPE]"),
+    "layernorm_plain": ("class Model(nn.Module):\n    def __init__(self, normalized_shape):\n"
+                        "        super().__init__()\n"
+                        "        self.norm = nn.LayerNorm(normalized_shape, eps=1e-6, elementwise_affine=False)\n"
+                        "    def forward(self, x):\n        return self.norm(x)\n", "[SHAPE]"),
     "rmsnorm": ("class Model(nn.Module):\n    def __init__(self, dim, eps=1e-6):\n        super().__init__()\n"
                 "        self.eps = eps\n        self.scale = nn.Parameter(torch.ones(dim))\n"
                 "    def forward(self, x):\n"
@@ -83,6 +87,7 @@ ODD_SHAPES = {
     "log_softmax": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000)],
     "sum_lastdim": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000), (3, 0)],
     "rmsnorm": [(5, 1), (3, 3), (7, 1000), (2, 4097)],
+    "layernorm_plain": [(3, 3), (7, 1000), (2, 4097)],  # no weight or bias: the statistics alone
     "relu": [(1,), (3,), (1000,), (4097,), (7, 13)],
     "gelu": [(1,), (3,), (1000,), (4097,), (7, 13)],
 }

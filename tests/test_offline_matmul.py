@@ -267,6 +267,8 @@ LAYOUTS = {
     "batch_times_matrix": ("torch.matmul(A, B)", "[torch.randn(3, 7, 13), torch.randn(13, 9)]"),
     "tensor_3d_matrix": ("torch.matmul(A, B)", "[torch.randn(2, 5, 13), torch.randn(13, 9)]"),
     "einsum_4d": ("torch.einsum('bijl,lk->bijk', A, B)", "[torch.randn(2, 3, 5, 13), torch.randn(13, 9)]"),
+    "matrix_vector": ("torch.mv(A, B)", "[torch.randn(7, 13), torch.randn(13)]"),
+    "transposed_matrix_vector": ("A.T @ B", "[torch.randn(13, 7), torch.randn(13)]"),
     "upper": ("torch.triu(torch.matmul(A, B))", "[torch.randn(11, 13), torch.randn(13, 11)]"),
     "lower_below_diagonal": ("torch.tril(A @ B, diagonal=-1)", "[torch.randn(11, 13), torch.randn(13, 11)]"),
 }
@@ -289,6 +291,10 @@ def test_products_of_viewed_transposed_or_batched_inputs_are_matmuls_with_their_
     assert (geo["upper"]["tri"], geo["lower_below_diagonal"]["tri"], geo["lower_below_diagonal"]["diagonal"]) == \
         (1, 2, -1)
     assert describe(layouts["einsum_4d"]).out_shape == (2, 3, 5, 9)
+    # a matrix times a vector: the vector is B's one column, the result its one-dimensional view
+    mv = ("matrix_vector", "transposed_matrix_vector")
+    assert [(geo[n]["m"], geo[n]["k"], geo[n]["n"], geo[n]["ta"]) for n in mv] == [(7, 13, 1, 0), (7, 13, 1, 1)]
+    assert describe(layouts["matrix_vector"]).out_shape == (7,)
 
 
 def _layout_jobs(layouts, backend, parents):

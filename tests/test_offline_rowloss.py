@@ -41,6 +41,9 @@ LOSSES = {
     "distances": (f"return {F}.pairwise_distance(a, b).sum()", 2, (17, 64)),
     "dot_rows": ("return torch.clamp(torch.sum(a * b, dim=-1), min=0.0).mean()", 2, (3, 7, 129)),
     "mean_abs_rows": ("return torch.sqrt(torch.mean(torch.abs(a - 1.5), dim=1) + 1.0).sum()", 1, (6, 1000)),
+    "cosine": (f"return torch.mean(1 - {F}.cosine_similarity(a, b, dim=1))", 2, (6, 131)),
+    "cosine_last": (f"return (1 - {F}.cosine_similarity(a, b, dim=-1, eps=1e-6)).sum()", 2, (3, 5, 77)),
+    "unit_dot": ("return ((a / a.norm(dim=-1, keepdim=True)) * b * 2.0).sum(-1).mean()", 2, (7, 40)),
 }
 
 
@@ -76,12 +79,28 @@ def test_losses_over_rows_are_recognised_as_sums_and_norms_combined_per_row(prob
     assert all(OfflineProposer(0).supports(p, b) for p in problems.values() for b in ("cpu", "cuda"))
 
 
-def test_cosine_similarity_whose_row_norms_scale_the_elements_is_not_a_one_pass_row_loss(tmp_path):
-    path = tmp_path / "cosine.py"
+def test_elements_scaled_by_their_row_norm_become_one_pass_sums_scaled_afterwards(problems):
+    """Cosine similarity divides each operand by its clamped row norm before the dot product: the sum of those
+    products is the plain dot product divided by both norms, so one pass over the row still gives every sum."""
+    spec = describe(problems["cosine"])
+    assert spec.terms == ("x0 * x0", "x1 * x1", "e0")
+    assert spec.row_body == ("const float r0 = sqrtf((float)S0); const float r1 = sqrtf((float)S1); "
+                             "const float r2 = fmaxf(r0, 1e-08f); const float r3 = fmaxf(r1, 1e-08f); "
+                             "const float r4 = ((float)S2) / r2 / r3; const float r5 = (1.0f - r4);")
+    assert spec.body == "const float e0 = (x0 * x1);" and spec.row_out == "r5"
+
+
+@pytest.mark.parametrize("forward", [
+    "((a / a.norm(dim=-1, keepdim=True)) + b).abs().sum(-1).mean()",  # a scaled value inside a non-linear op
+    "(a / a.norm(dim=-1, keepdim=True)).norm(dim=-1).mean()",  # a p-norm of a scaled value
+    "(a * a.sum(dim=-1)).sum(-1).mean()",  # a row value without its kept dimension broadcasts along the row
+])
+def test_a_row_scale_that_a_sum_cannot_carry_is_not_a_row_loss(tmp_path, forward):
+    path = tmp_path / "scaled.py"
     path.write_text(f"import torch\nimport torch.nn as nn\n\nclass Model(nn.Module):\n    def forward(self, a, b):\n"
-                    f"        return torch.mean(1 - {F}.cosine_similarity(a, b, dim=1))\n\ndef get_inputs():\n"
-                    "    return [torch.randn(6, 8), torch.randn(6, 8)]\n\ndef get_init_inputs():\n    return []\n")
-    assert recognise_problem(load_problem(path)).op is None
+                    f"        return {forward}\n\ndef get_inputs():\n"
+                    "    return [torch.randn(6, 6), torch.randn(6, 6)]\n\ndef get_init_inputs():\n    return []\n")
+    assert recognise_problem(load_problem(path)).family != "rowloss"
 
 
 def _inputs(prob, device: str) -> list[tuple]:

@@ -63,6 +63,8 @@ FITS = {
     "layernorm_2dims": ("self.ln = nn.LayerNorm((31, 17), eps=1e-6)", "return self.ln(xs[0])",
                         "[torch.randn(5, 31, 17)]", "[]", ("rowwise", "layernorm", {"normalized_dims": 2,
                                                                                      "eps": 1e-6})),
+    "layernorm_plain": ("self.ln = nn.LayerNorm(40, elementwise_affine=False)", "return self.ln(xs[0])",
+                        "[torch.randn(3, 40)]", "[]", ("rowwise", "layernorm", {"normalized_dims": 1, "eps": 1e-5})),
     "rmsnorm_pow": ("self.w = nn.Parameter(torch.ones(999))",
                     "x = xs[0]\n        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.w",
                     "[torch.randn(4, 999)]", "[]", ("rowwise", "rmsnorm", {"eps": 1e-5})),
@@ -95,6 +97,8 @@ MISSES = {
                               "x = xs[0]\n        return self.w * (x / torch.sqrt((x * x).mean(1, keepdim=True) "
                               "+ 1e-5))", "[torch.randn(2, 6, 5, 5)]",
                               "an RMS norm over dimension(s) [1] of a rank-4 tensor with a weight"),
+    "layernorm_weight_only": ("self.ln = nn.LayerNorm(40, bias=False)", "return self.ln(xs[0])", "[torch.randn(3, 40)]",
+                              "a layer norm with a weight but no bias"),
     "matmul_permuted": ("pass", "return xs[0].permute(1, 0, 2).reshape(4, 6) @ xs[1]",
                         "[torch.randn(2, 4, 3), torch.randn(6, 5)]", "operands permuted beyond a transpose"),
     "matmul_of_same_input": ("pass", "return torch.bmm(xs[0], xs[0])", "[torch.randn(2, 3, 3), torch.randn(1)]",

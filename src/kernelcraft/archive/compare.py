@@ -28,6 +28,7 @@ class RunView:
     label: str
     name: str
     config_sha256: str | None
+    config: dict = field(default_factory=dict)
     candidates: dict[tuple[str, int, str], Candidate] = field(default_factory=dict)
 
 
@@ -53,7 +54,8 @@ def load_run(path: Path) -> RunView:
     """Every candidate of the run: its source's digest, verdict and timing."""
     name, read = _reader(path)
     manifest = _json(read, "manifest.json")
-    view = RunView(label=str(path), name=name, config_sha256=manifest.get("config_sha256"))
+    view = RunView(label=str(path), name=name, config_sha256=manifest.get("config_sha256"),
+                   config=manifest.get("config") or {})
     rounds = int((manifest.get("config") or {}).get("rounds") or 0)
     for problem in manifest.get("problems") or {}:
         for round_ in range(1, rounds + 1):
@@ -72,6 +74,20 @@ def load_run(path: Path) -> RunView:
     return view
 
 
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two resolved configurations: a replay differs from its original
+    only in its run name, its ``llm.replay`` source and where its problem files are, which a reader should see
+    named rather than as a bare "different"."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += config_differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def compare_runs(a: RunView, b: RunView) -> dict:
     """The differences between two runs, and whether they are the same search."""
     keys = sorted(set(a.candidates) | set(b.candidates))
@@ -85,6 +101,7 @@ def compare_runs(a: RunView, b: RunView) -> dict:
         "a": a.label, "b": b.label, "candidates": len(keys),
         "same_search": not (only_a or only_b or sources or verdicts) and bool(keys),
         "same_config": a.config_sha256 is not None and a.config_sha256 == b.config_sha256,
+        "config_differs": config_differences(a.config, b.config),
         "only_in_a": [list(k) for k in only_a], "only_in_b": [list(k) for k in only_b],
         "sources_differ": [list(k) for k in sources],
         "verdicts_differ": [{"candidate": list(k), "a": _verdict(a.candidates[k]), "b": _verdict(b.candidates[k])}
@@ -93,6 +110,13 @@ def compare_runs(a: RunView, b: RunView) -> dict:
                      "b_over_a": b.candidates[k].time_ms / a.candidates[k].time_ms if a.candidates[k].time_ms else None}
                     for k in timed],
     }
+
+
+def _config_line(result: dict) -> str:
+    if result["same_config"]:
+        return "identical"
+    keys = result.get("config_differs") or []
+    return "differs in " + ", ".join(keys) if keys else "different"
 
 
 def _verdict(c: Candidate) -> str:
@@ -116,7 +140,7 @@ def format_comparison(result: dict) -> str:
              f"same search: {'yes' if result['same_search'] else 'no'} ({result['candidates']} candidates; "
              f"{len(result['sources_differ'])} sources and {len(result['verdicts_differ'])} verdicts differ; "
              f"{len(result['only_in_a'])} only in A, {len(result['only_in_b'])} only in B; "
-             f"configuration {'identical' if result['same_config'] else 'different'})"]
+             f"configuration {_config_line(result)})"]
     lines += [f"  only in A: {name(k)}" for k in result["only_in_a"]]
     lines += [f"  only in B: {name(k)}" for k in result["only_in_b"]]
     lines += [f"  source differs: {name(k)}" for k in result["sources_differ"]]

@@ -9,6 +9,7 @@ dimension other than the last, a convolution with groups) rather than silently s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -190,7 +191,7 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         return _pool(graph, node)
     if node.op in REDUCTIONS and not _is_input(x, 0):
         return _reduce(graph, node)  # of a view of the input
-    if node.op not in ("aten.mm", "aten.bmm", "aten.convolution") and not _is_input(x, 0):
+    if node.op not in ("aten.mm", "aten.bmm", "aten.mv", "aten.convolution") and not _is_input(x, 0):
         return None
     _float32(graph, node)
     rank = len(x.info.shape) if isinstance(x, Ref) else 0
@@ -212,10 +213,10 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     if node.op == "aten.native_layer_norm":
         shape = list(_arg(node, 1, "normalized_shape", []))
         weight, bias = _arg(node, 2, "weight", None), _arg(node, 3, "bias", None)
-        if weight is None or bias is None:
-            raise _Miss("a layer norm without an affine weight and bias (the rowwise family applies both)")
+        if (weight is None) != (bias is None):
+            raise _Miss("a layer norm with a weight but no bias (the rowwise family applies both or neither)")
         return "layernorm", {"normalized_dims": len(shape), "eps": _arg(node, 4, "eps", 1e-5)}
-    if node.op in ("aten.mm", "aten.bmm"):
+    if node.op in ("aten.mm", "aten.bmm", "aten.mv"):
         return _matmul(graph, [node])
     if node.op == "aten.convolution":
         return _conv(graph, node)
@@ -314,6 +315,8 @@ def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     mm = nodes[0]
     _float32(graph, mm)
     a_shape, b_shape = mm.args[0].info.shape, mm.args[1].info.shape
+    if mm.op == "aten.mv":  # a matrix times a vector: the vector is the one column of B
+        b_shape = (*b_shape, 1)
     found = [_chain(graph, x) for x in mm.args[:2]]
     if any(f is None for f in found) or [f[0].index for f in found] != [0, 1]:
         raise _Miss("a matrix product of operands other than the two inputs (the matmul family takes the first "
@@ -334,7 +337,7 @@ def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     batch = a_shape[0] if len(a_shape) == 3 else 1
     m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
     (ta, a_bcast), (tb, b_bcast) = orders
-    plain = len(a_shape) == 2 and not (ta or tb or tri) and not found[0][1] and not found[1][1]
+    plain = len(a_shape) == 2 and not (ta or tb or tri) and not found[0][1] and not found[1][1] and mm.op != "aten.mv"
     if plain:
         return "matmul", {}
     # each input holds one matrix (repeated over the batch) or one per batch entry
@@ -727,6 +730,8 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
     if op == "softplus":
         beta, threshold = _scalar(node, 1, "beta", 1.0), _scalar(node, 2, "threshold", 20.0)
         return f"({a} * {beta} > {threshold} ? {a} : log1pf(expf({a} * {beta})) / {beta})"
+    if op in ("clamp_min", "clamp_max") and b is not None:  # the bound a tensor (cosine similarity's eps)
+        return f"{'fmaxf' if op == 'clamp_min' else 'fminf'}({a}, {b})"
     if op in ("hardtanh", "clamp", "clamp_min", "clamp_max"):
         lo = {"hardtanh": _scalar(node, 1, "min_val", -1.0), "clamp": _scalar(node, 1, "min", None),
               "clamp_min": _scalar(node, 1, "min", None), "clamp_max": None}[op]
@@ -1068,7 +1073,8 @@ def _row_stat(node: OpNode, last: int) -> tuple[str, str] | None:
     the row's value from that sum ``{s}``): sums, means and p-norms; None for anything else."""
     dims = _arg(node, 2 if node.op in ("aten.norm", "aten.linalg_vector_norm") else 1, "dim", None)
     keep = _arg(node, 3 if node.op in ("aten.norm", "aten.linalg_vector_norm") else 2, "keepdim", False)
-    if keep or not isinstance(dims, list | tuple) or len(dims) != 1 or int(dims[0]) % (last + 1) != last:
+    if keep not in (False, True) or not isinstance(dims, list | tuple) or len(dims) != 1 or \
+            int(dims[0]) % (last + 1) != last:
         return None
     if node.op == "aten.sum":
         return "{v}", "{s}"
@@ -1084,11 +1090,30 @@ def _row_stat(node: OpNode, last: int) -> tuple[str, str] | None:
     return f"powf(fabsf({{v}}), {_f(p)})", f"powf({{s}}, {_f(1.0 / float(p))})"
 
 
+def _in_place_alone(graph: OpGraph, index: int, node: OpNode) -> OpNode | None:
+    """An in-place elementwise op (``clamp_min_``, ``mul_``) as its out-of-place form, when nothing after it reads
+    the tensor it overwrote (so an expression of the old value stays right); None otherwise."""
+    target = node.args[0] if node.args else None
+    if not (isinstance(target, Ref) and target.kind == "node"):
+        return None
+    later = [n for n in graph.nodes[index + 1:]] + [None]
+    for n in later:
+        refs = n.tensors() if n is not None else [r for r in graph.outputs if isinstance(r, Ref)]
+        if any(r.kind == "node" and r.index == target.index for r in refs):
+            return None
+    return dataclasses.replace(node, op=node.op[:-1])
+
+
 def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
     """A loss over rows of same-shaped inputs: elementwise values of the inputs, reduced over the last dimension
     (sums, means, p-norms: one pass over a row gives them all), elementwise operations on those row values, and the
-    rows' results averaged or summed (the triplet margin loss, a sum of pairwise distances). Each element value is
-    ``const float e<i>``, each row value ``r<i>``, the inputs ``x0`` ... in the generators' per-element code."""
+    rows' results averaged or summed (the triplet margin loss, a sum of pairwise distances; the cosine similarity
+    loss). Each element value is ``const float e<i>``, each row value ``r<i>``, the inputs ``x0`` ... in the
+    generators' per-element code.
+
+    An element value may be scaled by row values (``x / ||x||``, as cosine similarity normalises its operands):
+    that scale is kept apart, as a factor, and applied to the row sums the value feeds, since a sum of ``e / r`` over
+    a row is ``sum(e) / r``; so one pass still gives every sum. Only products and sums (means) take factored values."""
     ins = graph.inputs
     if not 1 <= len(ins) <= 4 or graph.params or not all(
             isinstance(t, TensorInfo) and t.dtype == "torch.float32" for t in ins):
@@ -1103,7 +1128,9 @@ def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
     if final.op not in ("aten.mean", "aten.sum") or not final.overload.endswith("default"):
         return None
     last = len(shape) - 1
-    kinds: dict[int, tuple[str, str]] = {}  # node index: ("e" or "r", its value's name)
+    row_shapes = (shape[:-1], shape[:-1] + (1,))
+    kinds: dict[int, tuple[str | None, str]] = {}  # node index: ("e", "r" or None for a number, its value)
+    factor: dict[int, str] = {}  # node index of an element value: the row values scaling it (" / r2 * r0")
     elem: list[str] = []
     rows: list[str] = []
     terms: list[str] = []
@@ -1117,30 +1144,62 @@ def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
             return None, _f(a)
         return None
 
+    def scale(a: Any) -> str:
+        return factor.get(a.index, "") if isinstance(a, Ref) and a.kind == "node" else ""
+
     for index, node in enumerate(graph.nodes[:out.index]):
+        if node.op == "aten.scalar_tensor" and node.args and isinstance(node.args[0], int | float) and \
+                not isinstance(node.args[0], bool):
+            kinds[index] = (None, _f(node.args[0]))
+            continue
+        if node.op.endswith("_") and not node.op.endswith("__"):
+            node = _in_place_alone(graph, index, node)
+            if node is None:
+                return None
         if node.op in _POINTWISE_SKIP or node.op == "getitem":
             src = operand(node.args[0]) if node.args else None
             if src is None or src[0] is None or not hasattr(node.out, "shape") or \
-                    tuple(node.out.shape) != (shape if src[0] == "e" else shape[:-1]):
+                    tuple(node.out.shape) not in ((shape,) if src[0] == "e" else row_shapes):
                 return None
             kinds[index] = src
+            if scale(node.args[0]):
+                factor[index] = scale(node.args[0])
             continue
         if node.op in _ROW_REDUCTIONS:
             src = operand(node.args[0])
             stat = _row_stat(node, last)
-            if src is None or src[0] != "e" or stat is None:
+            if src is None or src[0] != "e" or stat is None or scale(node.args[0]) and stat[0] != "{v}":
                 return None
             kinds[index] = ("r", f"r{len(rows)}")
-            rows.append(f"const float r{len(rows)} = {stat[1].replace('{s}', f'(float)S{len(terms)}')};")
+            value = stat[1].replace("{s}", f"(float)S{len(terms)}")
+            rows.append(f"const float r{len(rows)} = " +
+                        (f"({value}){scale(node.args[0])};" if scale(node.args[0]) else f"{value};"))
             terms.append(stat[0].replace("{v}", src[1]))
             continue
-        opnds = [operand(a) for a in node.args[:2] if isinstance(a, Ref | int | float) and not isinstance(a, bool)]
+        args = [a for a in node.args[:2] if isinstance(a, Ref | int | float) and not isinstance(a, bool)]
+        opnds = [operand(a) for a in args]
         if not opnds or any(o is None for o in opnds) or opnds[0][0] is None and (len(opnds) < 2 or
                                                                                  opnds[1][0] is None):
             return None
         kind = {o[0] for o in opnds} - {None}
-        want = shape if kind == {"e"} else shape[:-1]
-        if len(kind) != 1 or not hasattr(node.out, "shape") or tuple(node.out.shape) != want:
+        if not hasattr(node.out, "shape"):
+            return None
+        if kind == {"e", "r"}:  # an element value scaled by a row value: kept as a factor
+            e_at = 0 if opnds[0][0] == "e" else 1
+            r_name = opnds[1 - e_at][1]
+            r_info = getattr(args[1 - e_at], "info", None)  # kept as [..., 1]: the row's value for each element
+            scales = node.op == "aten.mul" or (node.op == "aten.div" and e_at == 0
+                                                and _arg(node, 2, "rounding_mode", None) is None)
+            if not scales or tuple(node.out.shape) != shape or \
+                    tuple(getattr(r_info, "shape", ())) != shape[:-1] + (1,):
+                return None
+            kinds[index] = kinds.get(args[e_at].index) if args[e_at].kind == "node" else opnds[e_at]
+            factor[index] = scale(args[e_at]) + (" * " if node.op == "aten.mul" else " / ") + r_name
+            continue
+        want = (shape,) if kind == {"e"} else row_shapes
+        if len(kind) != 1 or tuple(node.out.shape) not in want:
+            return None
+        if any(scale(a) for a in args) and node.op != "aten.mul":
             return None
         expr = _pointwise_expr(node, opnds[0][1], opnds[1][1] if len(opnds) > 1 else None)
         if expr is None:
@@ -1148,6 +1207,8 @@ def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
         if kind == {"e"}:
             kinds[index] = ("e", f"e{len(elem)}")
             elem.append(f"const float e{len(elem)} = {expr};")
+            if "".join(scale(a) for a in args):
+                factor[index] = "".join(scale(a) for a in args)
         else:
             kinds[index] = ("r", f"r{len(rows)}")
             rows.append(f"const float r{len(rows)} = {expr};")

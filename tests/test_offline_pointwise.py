@@ -139,6 +139,8 @@ OPERANDS = {
     "channel_bias": ("x, bias", "return torch.relu(x + bias.view(1, -1, 1))", "[torch.randn(A, B, C), torch.randn(B)]"),
     "row_vector": ("x, v", "return x * torch.sigmoid(x) - v", "[torch.randn(A, B), torch.randn(B)]"),
     "expanded": ("a, b", "return b * a[:, None].expand(-1, b.shape[1]) + b", "[torch.randn(A), torch.randn(A, B)]"),
+    "diag_matrix_left": ("a, b", "return torch.diag(a) @ b", "[torch.randn(A), torch.randn(A, B)]"),
+    "diag_matrix_right": ("b, a", "return torch.matmul(b, torch.diag(a))", "[torch.randn(B, A), torch.randn(A)]"),
     "same_shape": ("x, y", "return torch.maximum(x, y) * 0.5", "[torch.randn(A, B, C), torch.randn(A, B, C)]"),
     "one_value": ("x, y", "return x - y", "[torch.randn(A, B), torch.randn(1, 1)]"),
     "scalar_arg": ("m, s", "return m * s", "[torch.randn(A, B), 2.5]"),
@@ -174,6 +176,9 @@ def test_several_operands_are_one_pointwise_function_with_the_broadcast_map_and_
     assert specs["channel_bias"].broadcast == (3, 7) and specs["channel_bias"].args == ("x", "y")
     assert specs["row_vector"].broadcast == (1, 7)
     assert specs["expanded"].broadcast == (7, 5)
+    # diag(a) @ B scales B's rows by a, B @ diag(a) its columns: the product of a diagonal matrix never built
+    assert specs["diag_matrix_left"].broadcast == (7, 5) and specs["diag_matrix_left"].args == ("y", "x")
+    assert specs["diag_matrix_right"].broadcast == (1, 5) and specs["diag_matrix_right"].args == ("x", "y")
     assert specs["same_shape"].broadcast == (1, 105)
     assert specs["one_value"].broadcast == (1, 1)
     assert specs["scalar_arg"].scalars == (("s1", 2.5),) and specs["scalar_arg"].args == ("x", "s1")

@@ -110,6 +110,9 @@ MISSES = {
     "cumsum_of_exp": ("pass", "return torch.cumsum(torch.exp(xs[0]), 0)", "[torch.randn(10)]",
                       "the graph holds exp(f32[10]) -> cumsum(f32[10])"),
     "list_input": ("pass", "return xs[0] * xs[1][0]", "[torch.randn(10), [3.5]]", "the graph holds mul(f32[10])"),
+    "half_attention": ("pass", "return F.scaled_dot_product_attention(xs[0], xs[1], xs[2])",
+                       "[torch.randn(2, 8, 16, dtype=torch.float16) for _ in range(3)]",
+                       "the offline families take float32 tensors, not f16[2,8,16], f16[2,8,16], f16[2,8,16]"),
     "double": ("pass", "return torch.relu(xs[0])", "[torch.randn(10, dtype=torch.float64)]",
                "the offline families take float32 tensors, not f64[10]"),
 }

@@ -55,10 +55,19 @@ class _Miss(Exception):
     """A pattern that almost fits; the message says what is off."""
 
 
+_OTHER_FLOATS = frozenset({"torch.float16", "torch.bfloat16", "torch.float64", "torch.complex64",
+                           "torch.complex128"})
+
+
 def recognise(graph: OpGraph) -> Recognition:
     summary = graph.summary()
     nodes = graph.compute_nodes()
+    # Every family computes in float32: a half, bfloat16 or double input is named as such, whatever its graph
+    # (a half-precision SDPA traces through casts and the math path, which would otherwise be the reason).
+    wide = [str(t) for t in graph.inputs if isinstance(t, TensorInfo) and t.dtype in _OTHER_FLOATS]
     try:
+        if wide:
+            raise _Miss(f"the offline families take float32 tensors, not {', '.join(wide)}")
         found = _match(graph, nodes)
     except _Miss as miss:
         return Recognition(None, reason=f"{miss}; the graph holds {summary}", graph=summary)
@@ -147,6 +156,8 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     point = _pointwise(graph, nodes)
     if point is not None:
         return point
+    if [n.op for n in nodes] == ["aten.diag_embed", "aten.mm"]:
+        return _diagonal_product(graph, nodes)
     if [n.op for n in nodes] == ["aten._log_softmax", "aten.nll_loss_forward"]:
         return _cross_entropy(graph, nodes)
     if len(nodes) == 1 and nodes[0].op in _ATTENTION:
@@ -349,6 +360,30 @@ def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
                       "a_batched": batch > 1 and sizes[0] == batch * m * k,
                       "b_batched": batch > 1 and sizes[1] == batch * k * n, "tri": tri, "diagonal": diagonal,
                       "out_shape": list(graph.outputs[0].info.shape)}
+
+
+def _diagonal_product(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """``diag(a) @ B`` or ``B @ diag(a)`` of a vector input and a matrix input: each row (column) of B scaled by
+    one entry of a, which is what it computes; the pointwise family's broadcast operand, as for
+    ``a.unsqueeze(1) * B``, never the N x N matrix."""
+    diag, mm = nodes
+    src = _chain(graph, diag.args[0])
+    if src is None or src[1] or int(_arg(diag, 1, "offset", 0)) != 0 or len(src[0].info.shape) != 1:
+        return None
+    left = _is_node(mm.args[0], diag, graph)
+    other = mm.args[1] if left else mm.args[0]
+    if not (left or _is_node(mm.args[1], diag, graph)) or not _is_input(other) or other.index == src[0].index:
+        return None
+    if len(graph.inputs) != 2 or any(not isinstance(t, TensorInfo) or t.dtype != "torch.float32"
+                                     for t in graph.inputs):
+        return None
+    rows, cols = other.info.shape
+    n = src[0].info.shape[0]
+    if (rows if left else cols) != n or not _is_output_view(graph, mm):
+        return None
+    return "pointwise", {"y_input": src[0].index, "y_inner": cols if left else 1, "y_size": n,
+                         "x_input": other.index, "chain": "diag_embed -> mm",
+                         "body": "const float t0 = (y * x); return t0;"}
 
 
 def _is_output_view(graph: OpGraph, node: OpNode) -> bool:

@@ -41,6 +41,10 @@ ATTENTION = {
     "causal_scaled": (f"return {SDPA}(q, k, v, is_causal=True, scale=0.3)", [(5, 17, 8), (5, 23, 8), (5, 23, 33)]),
     "causal_square": (f"return {SDPA}(q, k, v, is_causal=True)", [(3, 40, 16), (3, 40, 16), (3, 40, 16)]),
     "long_head": (f"return {SDPA}(q, k, v)", [(1, 9, 260), (1, 70, 260), (1, 70, 260)]),
+    # written out by hand: the scores divided by a number, or the query scaled first; 2-D operands as mm
+    "by_hand": ("return torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1) @ v",
+                [(2, 3, 19, 16), (2, 3, 23, 16), (2, 3, 23, 8)]),
+    "by_hand_2d": ("return torch.softmax(torch.matmul(q * 0.3, k.T), dim=1) @ v", [(9, 12), (14, 12), (14, 5)]),
 }
 
 
@@ -65,6 +69,8 @@ def test_attention_is_recognised_from_the_cpu_kernel_and_from_the_math_path_alik
     assert {n: (r.family, r.op) for n, r in found.items()} == dict.fromkeys(ATTENTION, ("attn", "attention"))
     assert found["heads"].params["scale"] == pytest.approx(20 ** -0.5) and not found["heads"].params["causal"]
     assert found["causal_scaled"].params["causal"] and found["causal_scaled"].params["scale"] == pytest.approx(0.3)
+    assert (found["by_hand"].params["scale"], found["by_hand_2d"].params["scale"]) == (0.25, 0.3)
+    assert not found["by_hand"].params["causal"] and describe(problems["by_hand_2d"]).out_shape == (9, 5)
     spec = describe(problems["value_width"])
     assert spec.geometry == {"bh": 6, "lq": 37, "lk": 29, "d": 20, "dv": 12, "causal": 0}
     assert spec.out_shape == (2, 3, 37, 12) and spec.args == ("q", "k", "v")
@@ -75,6 +81,10 @@ def test_attention_is_recognised_from_the_cpu_kernel_and_from_the_math_path_alik
     (f"{SDPA}(q, k, v, attn_mask=torch.ones(7, 9, dtype=torch.bool))", [(2, 7, 8), (2, 9, 8), (2, 9, 8)],
      "where(b[7,9], f32[])"),  # the mask's where and add: not the causal pattern, so not attention
     (f"{SDPA}(q, k, v)", [(1, 4, 4096), (1, 4, 4096), (1, 4, 4096)], "head dimension above"),
+    ("torch.softmax(q @ k.transpose(-2, -1), dim=-2) @ v", [(2, 7, 8), (2, 9, 8), (2, 9, 8)],
+     "_softmax(f32[2,7,9])"),  # normalised over the queries, not the keys
+    ("torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v + 1", [(2, 7, 8), (2, 9, 8), (2, 9, 8)], "add("),
+    ("torch.softmax(q @ k, dim=-1) @ v", [(2, 7, 8), (2, 8, 8), (2, 8, 8)], "bmm(f32[2,7,8], f32[2,8,8])"),
 ])
 def test_an_attention_the_family_does_not_compute_is_named(tmp_path, forward, shapes, why):
     path = tmp_path / "attn.py"

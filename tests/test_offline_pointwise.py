@@ -47,6 +47,9 @@ CHAINS = {
     "shrinks": ("", "return F.hardshrink(x, 0.3) + F.softshrink(x, 0.7) * torch.sign(x)", "[]"),
     "celu_logsigmoid": ("", "return F.celu(x, alpha=0.7) - F.logsigmoid(x)", "[]"),
     "rounding": ("", "return torch.floor(x * 3) + torch.ceil(x) - torch.trunc(x * 2) + torch.round(x * 5)", "[]"),
+    # comparisons choose between values, or count as 0 and 1
+    "where_select": ("", "return torch.where(x > 0, x, 0.1 * x) + torch.where(x <= -1.5, 2.0, x * x)", "[]"),
+    "comparison_mask": ("", "return (x >= 0.25).float() * x - (x != x) * 3.0", "[]"),
 }
 SHAPES = [(3, 1001), (5, 7, 9), (4099,)]
 

@@ -42,6 +42,9 @@ SCANS = {
     "cumprod_reversed_first": ("return torch.cumprod(xs[0].flip(0), dim=0).flip(0)", [(9, 6)]),
     "cumsum_exclusive": (EXCLUSIVE, [(4, 1028)]),
     "cumsum_masked": ("return torch.cumsum(xs[0] * xs[1], dim=1)", [(4, 1032), (4, 1032)]),
+    "cumsum_masked_where": ("return torch.cumsum(torch.where(xs[1], xs[0], torch.zeros_like(xs[0])), dim=-1)",
+                            [(3, 5, 515), (3, 5, 515)]),
+    "cumsum_exclusive_by_difference": ("return torch.cumsum(xs[0], 2) - xs[0]", [(2, 3, 300)]),
 }
 
 
@@ -66,9 +69,24 @@ def test_every_scan_is_recognised_with_its_direction_and_form(problems):
     flags = {name: tuple(k for k in ("reverse", "exclusive", "masked") if r.params[k]) for name, r in found.items()}
     assert flags == {"cumsum_rows": (), "cumprod_rows": (), "cumsum_middle": (), "cumsum_reversed": ("reverse",),
                      "cumprod_reversed_first": ("reverse",), "cumsum_exclusive": ("exclusive",),
-                     "cumsum_masked": ("masked",)}
+                     "cumsum_masked": ("masked",), "cumsum_masked_where": ("masked",),
+                     "cumsum_exclusive_by_difference": ("exclusive",)}
     assert (found["cumprod_rows"].params["kind"], found["cumprod_rows"].params["dim"]) == ("prod", 1)
     assert describe(problems["cumsum_masked"]).args == ("x", "mask")
+    assert (describe(problems["cumsum_masked"]).geometry["masked"],
+            describe(problems["cumsum_masked_where"]).geometry["masked"]) == (1, 2)
+    assert describe(problems["cumsum_exclusive_by_difference"]).geometry["b"] == 1
+
+
+def test_a_masked_out_infinity_is_zero_where_the_mask_selects_and_nan_where_it_multiplies(problems, tmp_path):
+    for name, shape in (("cumsum_masked_where", (3, 5, 515)), ("cumsum_masked", (4, 1032))):
+        x, mask = torch.ones(shape), torch.ones(shape, dtype=torch.bool)
+        x[..., 7], mask[..., 7] = float("inf"), False
+        prob = problems[name]
+        model = import_source(candidate_source(describe(prob), "cpu", {}, "t", "reference"), tmp_path).ModelNew()
+        got, want = model(x, mask), prob.load_module().Model()(x, mask)
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+        assert bool(want.isnan().any()) == (name == "cumsum_masked")
 
 
 def test_a_scan_of_a_computed_value_is_not_searched(tmp_path):

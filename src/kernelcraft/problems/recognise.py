@@ -164,6 +164,9 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         return _attention(graph, nodes[0])
     if [n.op for n in nodes] in (_SDPA_MATH, _SDPA_MATH_CAUSAL):
         return _attention_math(graph, nodes)
+    manual = _attention_by_hand(graph, nodes)
+    if manual is not None:
+        return manual
     row = _row_loss(graph)
     if row is not None:
         return row
@@ -695,15 +698,36 @@ def _scan(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     elif ops == ["cumsum", "cat"] and _is_output(graph, nodes[1]) and any(
             _is_node(t, node, graph) for t in nodes[1].args[0]) and len(graph.inputs) == 1:
         params["exclusive"] = True  # the probe confirms the zero goes first and the last value is dropped
+    elif ops == ["cumsum", "sub"] and _is_input(src, 0) and _is_node(nodes[1].args[0], node, graph) \
+            and _is_input(nodes[1].args[1], 0) and _arg(nodes[1], 2, "alpha", 1) == 1 \
+            and _is_output(graph, nodes[1]) and len(graph.inputs) == 1:
+        params["exclusive"] = True  # the inclusive sum less each value: the sum of the values before it
     elif ops == ["mul", ops[1]] and _is_node(src, nodes[0], graph) and _is_input(nodes[0].args[0], 0) \
             and _is_input(nodes[0].args[1], 1) and nodes[0].args[1].info.dtype == "torch.bool" \
             and nodes[0].args[1].info.shape == x.shape and _is_output(graph, node):
         params["masked"] = True
+    elif ops == ["where", ops[1]] and _is_node(src, nodes[0], graph) and _is_input(nodes[0].args[1], 0) \
+            and _is_input(nodes[0].args[0], 1) and nodes[0].args[0].info.dtype == "torch.bool" \
+            and nodes[0].args[0].info.shape == x.shape and _zero(graph, nodes[0].args[2]) \
+            and _is_output(graph, node):
+        params["masked"] = True
+        params["select"] = True  # where(mask, x, 0): a masked-out inf or NaN is 0, not x * 0
     else:
         return None
     if len(graph.inputs) != (2 if params["masked"] else 1):
         return None
     return "scan", params
+
+
+def _zero(graph: OpGraph, a: Any) -> bool:
+    """``a`` is the number 0, or a tensor of zeros made in the forward (``zeros_like``, ``scalar_tensor(0)``)."""
+    if isinstance(a, int | float) and not isinstance(a, bool):
+        return a == 0
+    if not (isinstance(a, Ref) and a.kind == "node"):
+        return False
+    node = graph.nodes[a.index]
+    return node.op in ("aten.zeros_like", "aten.zeros") or node.op == "aten.scalar_tensor" and \
+        bool(node.args) and node.args[0] == 0
 
 
 # ------------------------------------------------------------------------------------------------ pointwise
@@ -828,7 +852,7 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         inputs[other] = "y"
         params = {"y_input": other, "y_inner": inner, "y_size": size}
     found = _elementwise_body(graph, len(graph.nodes), inputs, shape, aliases)
-    if found is None or last.index not in found[2]:
+    if found is None or last.index not in found[2] or last.info.dtype != "torch.float32":
         return None
     lines, chain, names = found
     if len(tensors) > 1 and not re.search(r"\by\b", " ".join(lines)):
@@ -899,6 +923,7 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
     lines: list[str] = []
     chain: list[str] = []
     tensors = set(inputs.values())
+    truth: set[str] = set()  # the values that are comparisons
 
     def operand(a: Any) -> str | None:
         if isinstance(a, Ref) and a.kind == "input" and a.index in inputs:
@@ -928,9 +953,34 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
                 names[index] = operand(src)
                 continue
             return None
+        if node.op == "aten.scalar_tensor" and node.args and isinstance(node.args[0], int | float) and \
+                not isinstance(node.args[0], bool):  # a number where a tensor goes (torch.where's branches)
+            names[index] = _f(node.args[0])
+            continue
         out = node.out[0] if isinstance(node.out, tuple) and node.op == "aten.log_sigmoid_forward" else node.out
-        if not hasattr(out, "shape") or out.shape != shape or out.dtype != "torch.float32":
+        if not hasattr(out, "shape") or out.shape != shape:
             return None
+        op = node.op.removeprefix("aten.")
+        if op in _COMPARISONS and out.dtype == "torch.bool" and len(node.args) == 2:
+            # a comparison is an int (0 or 1) in C and CUDA alike, as a bool tensor is in arithmetic
+            a, b = operand(node.args[0]), operand(node.args[1])
+            if a is None or b is None:
+                return None
+            names[index] = f"t{len(lines)}"
+            truth.add(names[index])
+            lines.append(f"const int t{len(lines)} = ({a} {_COMPARISONS[op]} {b});")
+            chain.append(op)
+            continue
+        if out.dtype != "torch.float32":
+            return None
+        if op == "where" and len(node.args) == 3:
+            c, a, b = (operand(x) for x in node.args)
+            if c not in truth or a is None or b is None:
+                return None
+            names[index] = f"t{len(lines)}"
+            lines.append(f"const float t{len(lines)} = ({c} ? {a} : {b});")
+            chain.append(op)
+            continue
         a = operand(node.args[0]) if node.args else None
         b = operand(node.args[1]) if len(node.args) > 1 and isinstance(node.args[1], Ref | int | float) \
             and not isinstance(node.args[1], bool) else None
@@ -947,6 +997,9 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
         lines.append(f"const float t{len(lines)} = {expr};")
         chain.append(node.op.removeprefix("aten."))
     return (lines, chain, names) if lines else None
+
+
+_COMPARISONS = {"gt": ">", "lt": "<", "ge": ">=", "le": "<=", "eq": "==", "ne": "!="}
 
 
 # Losses that are one ATen node: their elementwise term of (x, y), and PyTorch's reduction codes (1 mean, 2 sum)
@@ -1063,6 +1116,50 @@ def _attention_math(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | N
         return None
     return "attention", {"q": q.index, "k": k.index, "v": v.index, "causal": causal,
                          "scale": float(consts[0]) * float(consts[1])}
+
+
+def _attention_by_hand(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """``softmax(q @ k^T / c) @ v`` written out: two (batched) products, a softmax over the scores' last
+    dimension, and at most one number scaling the scores or the query (``* c`` or ``/ c``); the rest views. It is
+    the attention family's computation with that scale (1 when there is none)."""
+    ops = [n.op for n in nodes]
+    products = [n for n in nodes if n.op in ("aten.bmm", "aten.mm")]
+    softmax = [n for n in nodes if n.op in ("aten._softmax", "aten._safe_softmax")]
+    scales = [n for n in nodes if n.op in ("aten.mul", "aten.div")]
+    if len(products) != 2 or len(softmax) != 1 or len(scales) > 1 or len(ops) != 3 + len(scales) or \
+            len(graph.inputs) != 3 or graph.params or not all(isinstance(t, TensorInfo) for t in graph.inputs):
+        return None
+    first, second, soft = products[0], products[1], softmax[0]
+    scale, on_query = 1.0, False
+    if scales:
+        node = scales[0]
+        number = node.args[1] if len(node.args) > 1 else None
+        if not isinstance(number, int | float) or isinstance(number, bool) or number == 0:
+            return None
+        scale = float(number) if node.op == "aten.mul" else 1.0 / float(number)
+        on_query = _chain_to(graph, first.args[0], node)
+        if not (on_query or _chain_to(graph, node.args[0], first) and _chain_to(graph, soft.args[0], node)):
+            return None
+    if not scales or on_query:
+        if not _chain_to(graph, soft.args[0], first):
+            return None
+    rank = len(soft.out.shape) if isinstance(soft.out, TensorInfo) else 0
+    if rank < 2 or int(_arg(soft, 1, "dim", -1)) % rank != rank - 1 or _arg(soft, 2, "half_to_float", False) or \
+            not _chain_to(graph, second.args[0], soft):
+        return None
+    q = _chain(graph, scales[0].args[0] if on_query else first.args[0])
+    k, v = _chain(graph, first.args[1]), _chain(graph, second.args[1])
+    if q is None or k is None or v is None or len({q[0].index, k[0].index, v[0].index}) != 3:
+        return None
+    if _order(q[0].info.shape, q[1]) != (False, False) or _order(k[0].info.shape, k[1]) != (True, False) or \
+            _order(v[0].info.shape, v[1]) != (False, False):
+        return None
+    out = graph.outputs[0] if len(graph.outputs) == 1 else None
+    if not _chain_to(graph, out, second) or tuple(out.info.shape) != tuple(q[0].info.shape[:-1]) + \
+            (v[0].info.shape[-1],):
+        return None
+    _attention_shapes(graph, q[0], k[0], v[0])
+    return "attention", {"q": q[0].index, "k": k[0].index, "v": v[0].index, "causal": False, "scale": scale}
 
 
 def _chain_to(graph: OpGraph, a: Any, node: OpNode) -> bool:

@@ -615,7 +615,7 @@ def _describe_scan(problem: Any, module: Any, init_inputs: list, inputs: list, p
     dim = int(params["dim"])
     geom = {"a": math.prod(shape[:dim]), "l": shape[dim], "b": math.prod(shape[dim + 1:]),
             "kind": params["kind"], "reverse": int(params["reverse"]), "exclusive": int(params["exclusive"]),
-            "masked": int(masked)}
+            "masked": (2 if params.get("select") else 1) if masked else 0}
     spec = OpSpec(problem_id=str(problem.id), op="scan", family="scan", input_shape=shape, out_shape=shape,
                   row_dims=1, eps=0.0, keepdim=False, init_signature=_render_signature(module.Model), init_body=(),
                   weight=None, bias=None, args=("x", "mask") if masked else ("x",),
@@ -630,7 +630,7 @@ def scan_semantics(x: Any, params: dict, mask: Any = None) -> Any:
     dim = int(params["dim"])
     fn = torch.cumsum if params["kind"] == "sum" else torch.cumprod
     if params["masked"]:
-        x = x * mask
+        x = torch.where(mask, x, 0.0) if params.get("select") else x * mask
     if params["reverse"]:
         return fn(x.flip(dim), dim).flip(dim)
     if params["exclusive"]:

@@ -67,9 +67,10 @@ def _op(kind: str, a: str, b: str) -> str:
 
 
 def _value(spec: OpSpec, f: dict, pos: str) -> str:
-    """The scanned value at memory offset ``pos`` of the row (times the mask where there is one)."""
+    """The scanned value at memory offset ``pos`` of the row (times the mask where there is one, or chosen by it:
+    ``where(mask, x, 0)`` makes a masked-out inf or NaN 0, ``x * mask`` NaN)."""
     x = cc.load(f["load"], f"xr + {pos}")
-    return f"({x} * (float)mr[{pos}])" if spec.geometry["masked"] else x
+    return {0: x, 1: f"({x} * (float)mr[{pos}])", 2: f"(mr[{pos}] ? {x} : 0.f)"}[spec.geometry["masked"]]
 
 
 def render_source(spec: OpSpec, f: dict, name: str) -> str:
@@ -129,7 +130,8 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
             body.append(f"  {{ float4 q4 = make_float4(0.f, 0.f, 0.f, 0.f); {guard}q4 = {load};")
             if g["masked"]:
                 body.append(f"    const uchar4 mk = *reinterpret_cast<const uchar4*>(mr + ({e} < L_ ? {addr} : 0));")
-                body += [f"    v[{4 * q + i}] = {'' if full else f'({e} < L_) ? '}(ACC)(q4.{c} * (float)mk.{c})"
+                pick = "(mk.{c} ? q4.{c} : 0.f)" if g["masked"] == 2 else "q4.{c} * (float)mk.{c}"
+                body += [f"    v[{4 * q + i}] = {'' if full else f'({e} < L_) ? '}(ACC)({pick.format(c=c)})"
                          f"{'' if full else f' : ({ident})'};" for i, c in enumerate(comps)]
             else:
                 body += [f"    v[{4 * q + i}] = {'' if full else f'({e} < L_) ? '}(ACC)q4.{c}"

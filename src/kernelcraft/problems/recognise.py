@@ -719,6 +719,13 @@ def _scan(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     return "scan", params
 
 
+def _number_of(node: OpNode) -> int | float | None:
+    """The Python number a ``scalar_tensor`` node holds (a number passed where a tensor goes: torch.where's
+    branches, a tensor bound of clamp_min), else None."""
+    v = node.args[0] if node.op == "aten.scalar_tensor" and node.args else None
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def _zero(graph: OpGraph, a: Any) -> bool:
     """``a`` is the number 0, or a tensor of zeros made in the forward (``zeros_like``, ``scalar_tensor(0)``)."""
     if isinstance(a, int | float) and not isinstance(a, bool):
@@ -726,8 +733,7 @@ def _zero(graph: OpGraph, a: Any) -> bool:
     if not (isinstance(a, Ref) and a.kind == "node"):
         return False
     node = graph.nodes[a.index]
-    return node.op in ("aten.zeros_like", "aten.zeros") or node.op == "aten.scalar_tensor" and \
-        bool(node.args) and node.args[0] == 0
+    return node.op in ("aten.zeros_like", "aten.zeros") or _number_of(node) == 0
 
 
 # ------------------------------------------------------------------------------------------------ pointwise
@@ -953,9 +959,8 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
                 names[index] = operand(src)
                 continue
             return None
-        if node.op == "aten.scalar_tensor" and node.args and isinstance(node.args[0], int | float) and \
-                not isinstance(node.args[0], bool):  # a number where a tensor goes (torch.where's branches)
-            names[index] = _f(node.args[0])
+        if _number_of(node) is not None:
+            names[index] = _f(_number_of(node))
             continue
         out = node.out[0] if isinstance(node.out, tuple) and node.op == "aten.log_sigmoid_forward" else node.out
         if not hasattr(out, "shape") or out.shape != shape:
@@ -1228,11 +1233,10 @@ def _in_place_alone(graph: OpGraph, index: int, node: OpNode) -> OpNode | None:
     target = node.args[0] if node.args else None
     if not (isinstance(target, Ref) and target.kind == "node"):
         return None
-    later = [n for n in graph.nodes[index + 1:]] + [None]
-    for n in later:
-        refs = n.tensors() if n is not None else [r for r in graph.outputs if isinstance(r, Ref)]
-        if any(r.kind == "node" and r.index == target.index for r in refs):
-            return None
+    readers = [r for n in graph.nodes[index + 1:] for r in n.tensors()]
+    readers += [r for r in graph.outputs if isinstance(r, Ref)]
+    if any(r.kind == "node" and r.index == target.index for r in readers):
+        return None
     return dataclasses.replace(node, op=node.op[:-1])
 
 
@@ -1280,9 +1284,8 @@ def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
         return factor.get(a.index, "") if isinstance(a, Ref) and a.kind == "node" else ""
 
     for index, node in enumerate(graph.nodes[:out.index]):
-        if node.op == "aten.scalar_tensor" and node.args and isinstance(node.args[0], int | float) and \
-                not isinstance(node.args[0], bool):
-            kinds[index] = (None, _f(node.args[0]))
+        if _number_of(node) is not None:
+            kinds[index] = (None, _f(_number_of(node)))
             continue
         if node.op.endswith("_") and not node.op.endswith("__"):
             node = _in_place_alone(graph, index, node)
@@ -1325,7 +1328,7 @@ def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
             if not scales or tuple(node.out.shape) != shape or \
                     tuple(getattr(r_info, "shape", ())) != shape[:-1] + (1,):
                 return None
-            kinds[index] = kinds.get(args[e_at].index) if args[e_at].kind == "node" else opnds[e_at]
+            kinds[index] = opnds[e_at]
             factor[index] = scale(args[e_at]) + (" * " if node.op == "aten.mul" else " / ") + r_name
             continue
         want = (shape,) if kind == {"e"} else row_shapes
@@ -1339,8 +1342,8 @@ def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:
         if kind == {"e"}:
             kinds[index] = ("e", f"e{len(elem)}")
             elem.append(f"const float e{len(elem)} = {expr};")
-            if "".join(scale(a) for a in args):
-                factor[index] = "".join(scale(a) for a in args)
+            if scaled := "".join(scale(a) for a in args):  # a product: the factors multiply
+                factor[index] = scaled
         else:
             kinds[index] = ("r", f"r{len(rows)}")
             rows.append(f"const float r{len(rows)} = {expr};")

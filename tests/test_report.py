@@ -569,6 +569,13 @@ def test_fast_p_counts_correct_kernels_faster_than_p_over_every_problem_and_the_
     assert suite.fast_p(table.iloc[:0], 1.0) is None and suite.geomean(table.iloc[3:]) is None
 
 
+def test_fast_p_against_a_baseline_no_problem_measured_is_unknown_not_zero():
+    table = problem_table(_suite_summary())
+    table["speedup_compile"] = float("nan")  # a run with torch.compile off
+    assert [suite.fast_p(table, p, "compile") for p in suite.P_VALUES] == [3 / 5, None, None, None]
+    assert suite.geomean(table, "compile") is None and suite.fast_p(table, 1.0) == 2 / 5
+
+
 def test_the_problem_table_is_written_as_csv_and_parquet_that_read_back_the_same(tmp_path):
     table = problem_table(_suite_summary())
     csv_path, parquet_path = suite.write_tables(table, tmp_path)

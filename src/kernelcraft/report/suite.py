@@ -57,10 +57,16 @@ def cause(problem: dict) -> str:
 
 
 def fast_p(table: pd.DataFrame, p: float, against: str = "eager") -> float | None:
-    """KernelBench's fast_p: correct and speedup > p, over every problem of the table (None for no problems)."""
+    """KernelBench's fast_p: correct and speedup > p, over every problem of the table.
+
+    None for no problems, and for p > 0 when no problem has that baseline at all (a run with torch.compile off):
+    0 % would read as "never faster", which nothing measured says.
+    """
     if table.empty:
         return None
     speedup = table[f"speedup_{against}"]
+    if p > 0 and speedup.isna().all():
+        return None
     hits = table["correct"] & (speedup > p) if p > 0 else table["correct"]
     return float(hits.fillna(False).sum()) / len(table)
 

@@ -274,10 +274,28 @@ LAYOUTS = {
 }
 
 
+# linear layers: the input times the layer's weight read transposed, its bias added or not, any leading dimensions
+LINEARS = {
+    "linear": ("nn.Linear(in_f, 9)", "[torch.randn(7, 13)]"),
+    "linear_no_bias": ("nn.Linear(in_f, 9, bias=False)", "[torch.randn(7, 13)]"),
+    "linear_3d": ("nn.Linear(in_f, 9)", "[torch.randn(2, 5, 13)]"),
+}
+
+
+def linear_problem(folder: Path, layer: str, inputs: str, name: str):
+    path = folder / f"{name}.py"
+    path.write_text("import torch\nimport torch.nn as nn\n\nclass Model(nn.Module):\n"
+                    f"    def __init__(self, in_f=13):\n        super().__init__()\n        self.fc = {layer}\n\n"
+                    "    def forward(self, x):\n        return self.fc(x)\n\n"
+                    f"def get_inputs():\n    return {inputs}\n\ndef get_init_inputs():\n    return [13]\n")
+    return load_problem(path)
+
+
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     folder = tmp_path_factory.mktemp("layouts")
-    return {name: kb_problem(folder, forward, inputs, name) for name, (forward, inputs) in LAYOUTS.items()}
+    return {name: kb_problem(folder, forward, inputs, name) for name, (forward, inputs) in LAYOUTS.items()} \
+        | {name: linear_problem(folder, layer, inputs, name) for name, (layer, inputs) in LINEARS.items()}
 
 
 def test_products_of_viewed_transposed_or_batched_inputs_are_matmuls_with_their_layout(layouts):
@@ -297,6 +315,18 @@ def test_products_of_viewed_transposed_or_batched_inputs_are_matmuls_with_their_
     assert describe(layouts["matrix_vector"]).out_shape == (7,)
 
 
+def test_a_linear_layer_is_a_matmul_of_the_input_and_its_weight_read_transposed_with_its_bias_added(layouts):
+    specs = {n: describe(layouts[n]) for n in LINEARS}
+    assert [(s.mnk, s.geometry["tb"], s.geometry["bias"]) for s in specs.values()] == \
+        [((7, 9, 13), 1, 1), ((7, 9, 13), 1, 0), ((10, 9, 13), 1, 1)]
+    # the layer rebuilt as the reference builds it, the constructor's argument by name
+    assert specs["linear"].init_body == ("self.fc = nn.Linear(in_f, 9)",)
+    assert specs["linear_no_bias"].init_body == ("self.fc = nn.Linear(in_f, 9, bias=False)",)
+    assert (specs["linear"].args, specs["linear"].weight, specs["linear"].bias) == (("a",), "self.fc.weight",
+                                                                                    "self.fc.bias")
+    assert specs["linear_3d"].out_shape == (2, 5, 9)
+
+
 def _layout_jobs(layouts, backend, parents):
     jobs = []
     for prob in layouts.values():
@@ -309,9 +339,14 @@ def _check_layouts(jobs, modules, device):
     failures = []
     gen = torch.Generator().manual_seed(11)
     for (prob, spec, f), module in zip(jobs, modules, strict=True):
-        args = [torch.randn(s, generator=gen).to(device) for s in spec.input_shapes]
+        args = [torch.randn(s, generator=gen).to(device) for s in spec.input_shapes[:len(spec.args)]]
+        init = prob.load_module().get_init_inputs()
+        torch.manual_seed(3)  # a linear layer's weight and bias: the same seed builds the same ones in both
+        ref = prob.load_module().Model(*init).to(device)
+        torch.manual_seed(3)
+        cand = module.ModelNew(*init).to(device)
         with torch.no_grad():
-            want, got = prob.load_module().Model()(*args), module.ModelNew()(*args)
+            want, got = ref(*args), cand(*args)
         tol = 1e-2 if f.get("precision") == "tf32" or f.get("algo") == "wgmma" and f.get("precision") != "3xtf32" \
             else 1e-4
         if got.shape != want.shape or not torch.allclose(got, want, atol=tol, rtol=tol):
@@ -334,7 +369,8 @@ def test_every_cuda_matmul_layout_compiles_with_nvrtc_and_transposes_with_its_ow
     assert len(jobs) > 40
     sources = [candidate_source(j[1], "cuda", j[2], "t", "reference") for j in jobs]
     assert all("transpose_b" in src for (prob, _, _), src in zip(jobs, sources, strict=True)
-               if prob.id.startswith("transposed"))
+               if prob.id.startswith(("transposed", "linear")))
+    assert all("bias_add" in src for (prob, spec, _), src in zip(jobs, sources, strict=True) if spec.bias)
     assert not any("torch.matmul" in src or ".t()" in src for src in sources)
     failures = build_failures(jobs, tmp_path)
     assert not failures, "\n".join(failures[:5])

@@ -205,7 +205,7 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         return _pool(graph, node)
     if node.op in REDUCTIONS and not _is_input(x, 0):
         return _reduce(graph, node)  # of a view of the input
-    if node.op not in ("aten.mm", "aten.bmm", "aten.mv", "aten.convolution") and not _is_input(x, 0):
+    if node.op not in ("aten.mm", "aten.addmm", "aten.bmm", "aten.mv", "aten.convolution") and not _is_input(x, 0):
         return None
     _float32(graph, node)
     rank = len(x.info.shape) if isinstance(x, Ref) else 0
@@ -230,7 +230,7 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         if (weight is None) != (bias is None):
             raise _Miss("a layer norm with a weight but no bias (the rowwise family applies both or neither)")
         return "layernorm", {"normalized_dims": len(shape), "eps": _arg(node, 4, "eps", 1e-5)}
-    if node.op in ("aten.mm", "aten.bmm", "aten.mv"):
+    if node.op in ("aten.mm", "aten.addmm", "aten.bmm", "aten.mv"):
         return _matmul(graph, [node])
     if node.op == "aten.convolution":
         return _conv(graph, node)
@@ -245,8 +245,9 @@ _LAYOUT_OPS = frozenset({"aten.view", "aten._unsafe_view", "aten.reshape", "aten
                                            "aten.permute", "aten.transpose", "aten.t", "aten.expand"})
 
 
-def _chain(graph: OpGraph, a: Any) -> tuple[Any, list[OpNode]] | None:
-    """The graph input ``a`` reads and the layout operations in between, first applied first."""
+def _chain(graph: OpGraph, a: Any, params: bool = False) -> tuple[Any, list[OpNode]] | None:
+    """The graph input ``a`` reads (or, with ``params``, the model parameter) and the layout operations in
+    between, first applied first."""
     ops: list[OpNode] = []
     while isinstance(a, Ref) and a.kind == "node":
         node = graph.nodes[a.index]
@@ -254,7 +255,8 @@ def _chain(graph: OpGraph, a: Any) -> tuple[Any, list[OpNode]] | None:
             return None
         ops.append(node)
         a = node.args[0]
-    return (a, ops[::-1]) if isinstance(a, Ref) and a.kind == "input" else None
+    kinds = ("input", "param") if params else ("input",)
+    return (a, ops[::-1]) if isinstance(a, Ref) and a.kind in kinds else None
 
 
 def _order(start: tuple[int, ...], ops: list[OpNode]) -> tuple[bool, bool] | None:
@@ -323,18 +325,40 @@ def _order(start: tuple[int, ...], ops: list[OpNode]) -> tuple[bool, bool] | Non
     return None if st is None else (st == "swapped", broadcast)
 
 
+def _linear_bias(graph: OpGraph, mm: OpNode) -> str:
+    """The parameter ``addmm`` adds to the product (a linear layer's bias, one value per output column), or a
+    miss: the matmul family adds a bias vector and nothing else."""
+    bias = mm.args[0]
+    n = mm.args[2].info.shape[-1]
+    if float(_arg(mm, 3, "beta", 1)) != 1.0 or float(_arg(mm, 4, "alpha", 1)) != 1.0:
+        raise _Miss("a scaled addmm (beta or alpha other than 1); the matmul family adds a linear layer's bias")
+    if not (isinstance(bias, Ref) and bias.kind == "param" and tuple(bias.info.shape) == (n,)):
+        raise _Miss("an addmm whose added term is not a parameter vector of the output's width (a linear layer's "
+                    "bias)")
+    return str(bias.index)
+
+
 def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     """A (batched) product of the two inputs, each read in order or transposed (any views in between), optionally
-    kept upper or lower triangular. The plain 2-D A @ B of the inputs as given has no layout parameters."""
+    kept upper or lower triangular; or a linear layer: the input times a parameter matrix read transposed, plus a
+    parameter bias vector (``addmm``) or not. The plain 2-D A @ B of the inputs as given has no layout
+    parameters."""
     mm = nodes[0]
     _float32(graph, mm)
-    a_shape, b_shape = mm.args[0].info.shape, mm.args[1].info.shape
+    operands = mm.args[1:3] if mm.op == "aten.addmm" else mm.args[:2]
+    a_shape, b_shape = operands[0].info.shape, operands[1].info.shape
     if mm.op == "aten.mv":  # a matrix times a vector: the vector is the one column of B
         b_shape = (*b_shape, 1)
-    found = [_chain(graph, x) for x in mm.args[:2]]
-    if any(f is None for f in found) or [f[0].index for f in found] != [0, 1]:
-        raise _Miss("a matrix product of operands other than the two inputs (the matmul family takes the first "
-                    "input times the second, viewed or transposed)")
+    found = [_chain(graph, x, params=True) for x in operands]
+    linear = (found[0] is not None and found[1] is not None and found[0][0].kind == "input"
+              and found[0][0].index == 0 and found[1][0].kind == "param" and len(graph.inputs) == 1
+              and mm.op in ("aten.mm", "aten.addmm"))
+    bias = _linear_bias(graph, mm) if mm.op == "aten.addmm" and linear else ""
+    if not linear and (mm.op == "aten.addmm" or any(f is None or f[0].kind != "input" for f in found)
+                       or [f[0].index for f in found] != [0, 1]):
+        raise _Miss("a matrix product of operands other than the two inputs or the input and a parameter matrix "
+                    "(the matmul family takes the first input times the second, viewed or transposed, or a linear "
+                    "layer's input times its weight)")
     orders = [_order(f[0].info.shape, f[1]) for f in found]
     if any(o is None for o in orders):
         raise _Miss("a matrix product of operands permuted beyond a transpose (the matmul family takes the two "
@@ -351,7 +375,8 @@ def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     batch = a_shape[0] if len(a_shape) == 3 else 1
     m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
     (ta, a_bcast), (tb, b_bcast) = orders
-    plain = len(a_shape) == 2 and not (ta or tb or tri) and not found[0][1] and not found[1][1] and mm.op != "aten.mv"
+    plain = len(a_shape) == 2 and not (ta or tb or tri) and not found[0][1] and not found[1][1] \
+        and mm.op != "aten.mv" and not linear
     if plain:
         return "matmul", {}
     # each input holds one matrix (repeated over the batch) or one per batch entry
@@ -362,7 +387,8 @@ def _matmul(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     return "matmul", {"m": m, "n": n, "k": k, "batch": batch, "ta": ta, "tb": tb,
                       "a_batched": batch > 1 and sizes[0] == batch * m * k,
                       "b_batched": batch > 1 and sizes[1] == batch * k * n, "tri": tri, "diagonal": diagonal,
-                      "out_shape": list(graph.outputs[0].info.shape)}
+                      "out_shape": list(graph.outputs[0].info.shape)} \
+        | ({"b_param": str(found[1][0].index)} if linear else {}) | ({"bias_param": bias} if bias else {})
 
 
 def _diagonal_product(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:

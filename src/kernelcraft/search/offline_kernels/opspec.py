@@ -254,20 +254,53 @@ def _describe_matmul_layout(problem: Any, module: Any, init_inputs: list, inputs
     scratch buffer with their own kernel, run the 2-D product per batch entry and mask the triangle."""
     import torch
 
-    if len(inputs) != 2 or not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in inputs):
-        raise Unsupported("matmul: expected two float32 tensor inputs")
+    linear = "b_param" in params
+    if len(inputs) != (1 if linear else 2) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.float32
+                                                      for t in inputs):
+        raise Unsupported("matmul: expected " + ("one float32 tensor input" if linear else
+                                                 "two float32 tensor inputs"))
     torch.manual_seed(0)
     model = module.Model(*init_inputs)
-    if [*model.named_parameters(), *model.named_buffers()]:
-        raise Unsupported("matmul: the reference holds tensors; a product of the inputs has none")
     keys = ("m", "n", "k", "batch", "ta", "tb", "a_batched", "b_batched", "tri", "diagonal")
     geom = {key: int(params[key]) for key in keys}
     shapes = tuple(tuple(int(v) for v in t.shape) for t in inputs)
+    init_body: tuple[str, ...] = ()
+    weight = bias = None
+    if linear:
+        init_body, weight, bias = _linear_mirror(model, str(params["b_param"]), str(params.get("bias_param", "")),
+                                                 _ctor_bindings(module.Model, init_inputs))
+        shapes = (shapes[0], (geom["n"], geom["k"]))  # B is the weight, stored [N, K]
+        geom["bias"] = int(bias is not None)
+    elif [*model.named_parameters(), *model.named_buffers()]:
+        raise Unsupported("matmul: the reference holds tensors; a product of the inputs has none")
     spec = OpSpec(problem_id=str(problem.id), op="matmul", family="matmul", input_shape=shapes[0],
                   out_shape=tuple(int(v) for v in params["out_shape"]), row_dims=1, eps=0.0, keepdim=False,
-                  init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
-                  args=("a", "b"), input_shapes=shapes, conv=tuple(geom.items()))
+                  init_signature=_render_signature(module.Model), init_body=init_body, weight=weight, bias=bias,
+                  args=("a",) if linear else ("a", "b"), input_shapes=shapes, conv=tuple(geom.items()))
     return spec
+
+
+def _linear_mirror(model: Any, weight: str, bias: str, ctor: dict[str, Any]) -> tuple[tuple[str, ...], str, str | None]:
+    """(init_body, weight, bias) of a reference whose only tensors are one torch.nn.Linear attribute's: ModelNew
+    rebuilds the layer as the reference built it, so the same seed gives the same weight and bias."""
+    import torch.nn as nn
+
+    attr = weight.rsplit(".", 1)[0] if weight.endswith(".weight") else ""
+    layer = getattr(model, attr, None) if attr and "." not in attr else None
+    if type(layer) is not nn.Linear:
+        raise Unsupported(f"matmul: the parameter {weight} is not the weight of a torch.nn.Linear attribute of the "
+                          "Model (the matmul family rebuilds the layer to hold it)")
+    expected = {f"{attr}.weight"} | ({f"{attr}.bias"} if layer.bias is not None else set())
+    state = {k for k, _ in [*model.named_parameters(), *model.named_buffers()]}
+    if state != expected or (bias and bias != f"{attr}.bias") or (layer.bias is not None) != bool(bias):
+        raise Unsupported(f"matmul: the Model holds tensors besides its linear layer's ({sorted(state - expected)}) "
+                          "or its bias is not added")
+    args = [_expr_for(layer.in_features, ctor, str(layer.in_features)),
+            _expr_for(layer.out_features, ctor, str(layer.out_features))]
+    if layer.bias is None:
+        args.append("bias=False")
+    return (f"self.{attr} = nn.Linear({', '.join(args)})",), f"self.{attr}.weight", \
+        f"self.{attr}.bias" if layer.bias is not None else None
 
 
 def _pair(value: Any, what: str) -> int:

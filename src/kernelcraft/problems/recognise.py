@@ -611,10 +611,10 @@ def _reduce(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         correction = node.kwargs.get("correction", 1)
         params["correction"] = 1.0 if correction is None else float(correction)
     dims = _dims(dim, rank) if rank else []
-    if not dims or not _runs(dims, rank) or (0 in dims and len(dims) > 1 and dims != list(range(dims[0],
-                                                                                             dims[-1] + 1))):
+    split = bool(dims) and dims != list(range(dims[0], dims[-1] + 1))  # dimension 0 and a later run
+    if not dims or not _runs(dims, rank) or (split and kind in ("argmax", "argmin")):
         raise _Miss(f"a {kind} over dimension(s) {dims} of a rank-{rank} tensor (the reduce family takes one "
-                    "contiguous run of dimensions)")
+                    "contiguous run of dimensions, or dimension 0 and one later run for all but argmax and argmin)")
     return "reduce", {"kind": kind, "dims": dims, "keepdim": keepdim, "in_shape": list(x.info.shape)} | params
 
 

@@ -63,6 +63,9 @@ FIXTURES = {
                 "    def forward(self, x):\n"
                 "        return x * torch.rsqrt(torch.mean(x * x, dim=-1, keepdim=True) + self.eps) * self.scale\n",
                 "[LAST]"),
+    "rmsnorm_module": ("class Model(nn.Module):\n    def __init__(self, dim):\n        super().__init__()\n"
+                       "        self.norm = nn.RMSNorm(dim)\n"
+                       "    def forward(self, x):\n        return self.norm(x)\n", "[LAST]"),  # eps added in place
     "relu": ("class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
              "    def forward(self, x):\n        return F.relu(x)\n", "[]"),
     "gelu": ("class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
@@ -87,6 +90,7 @@ ODD_SHAPES = {
     "log_softmax": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000)],
     "sum_lastdim": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000), (3, 0)],
     "rmsnorm": [(5, 1), (3, 3), (7, 1000), (2, 4097)],
+    "rmsnorm_module": [(7, 1000)],
     "layernorm_plain": [(3, 3), (7, 1000), (2, 4097)],  # no weight or bias: the statistics alone
     "relu": [(1,), (3,), (1000,), (4097,), (7, 13)],
     "gelu": [(1,), (3,), (1000,), (4097,), (7, 13)],

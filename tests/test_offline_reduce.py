@@ -44,6 +44,7 @@ REDUCTIONS = {
     "sum_first_and_last": ("pass", "return xs[0].sum(dim=(0, 2))", (5, 6, 7)),
     "mean_first_and_third": ("pass", "return xs[0].mean(dim=(0, 2), keepdim=True)", (4, 5, 6, 7)),
     "amax_first_and_last": ("pass", "return torch.amax(xs[0], dim=(0, -1))", (3, 4, 5, 6)),
+    "sum_two_runs": ("pass", "return xs[0].sum(dim=(0, 1, 3))", (3, 4, 5, 6)),
     "argmax_middle": ("pass", "return torch.argmax(xs[0], dim=1)", (3, 37, 5)),
     "argmin_first": ("pass", "return torch.argmin(xs[0], dim=0)", (37, 6)),
     "prod_middle": ("pass", "return torch.prod(xs[0], dim=1)", (3, 9, 5)),
@@ -90,7 +91,7 @@ def test_every_reduction_and_normalisation_is_recognised_with_its_dimensions(pro
     assert all(r.family == "reduce" for r in found.values()), {n: r.line() for n, r in found.items()}
     assert {n for n, r in found.items() if r.op == "reduce"} == {
         "sum_middle", "mean_middle", "max_last", "amin_two_dims", "sum_first_and_last", "mean_first_and_third",
-        "amax_first_and_last", "argmax_middle", "argmin_first", "prod_middle",
+        "amax_first_and_last", "sum_two_runs", "argmax_middle", "argmin_first", "prod_middle",
         "var_middle", "std_biased_last", "logsumexp_middle", "norm2_rows", "norm1_middle", "pool_of_a_view"}
     assert (found["std_biased_last"].params["kind"], found["std_biased_last"].params["correction"]) == ("std", 0.0)
     assert found["pool_of_a_view"].params["in_shape"] == [4, 3, 5, 7]
@@ -105,7 +106,8 @@ def test_every_reduction_and_normalisation_is_recognised_with_its_dimensions(pro
 
 def test_the_layout_views_the_input_as_kept_and_reduced_blocks(problems):
     geo = {name: describe(problems[name]).geometry for name in ("sum_middle", "batch_norm", "group_norm", "max_last",
-                                                                "mean_first_and_third", "amax_first_and_last")}
+                                                                "mean_first_and_third", "amax_first_and_last",
+                                                                "sum_two_runs")}
     assert [geo["sum_middle"][k] for k in ("r0", "a", "r", "b")] == [1, 3, 37, 5]
     assert [geo["batch_norm"][k] for k in ("r0", "a", "r", "b")] == [3, 6, 40, 1]
     assert [geo["group_norm"][k] for k in ("r0", "a", "r", "b", "ca", "cr", "chw")] == [1, 6, 40, 1, 3, 2, 20]
@@ -113,6 +115,7 @@ def test_the_layout_views_the_input_as_kept_and_reduced_blocks(problems):
     # dimension 0 and a later run reduced: every kept dimension in between is A, every one after B
     assert [geo["mean_first_and_third"][k] for k in ("r0", "a", "r", "b")] == [4, 5, 6, 7]
     assert [geo["amax_first_and_last"][k] for k in ("r0", "a", "r", "b")] == [3, 20, 6, 1]
+    assert [geo["sum_two_runs"][k] for k in ("r0", "a", "r", "b")] == [12, 5, 6, 1]
 
 
 def test_a_softmax_over_the_last_dimension_stays_with_the_rowwise_family(tmp_path):

@@ -68,6 +68,11 @@ FITS = {
     "rmsnorm_pow": ("self.w = nn.Parameter(torch.ones(999))",
                     "x = xs[0]\n        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * self.w",
                     "[torch.randn(4, 999)]", "[]", ("rowwise", "rmsnorm", {"eps": 1e-5})),
+    "sum_two_apart": ("pass", "return xs[0].sum((0, 2))", "[torch.randn(8, 9, 10)]", "[]",
+                      ("reduce", "reduce", {"kind": "sum", "dims": [0, 2], "keepdim": False, "in_shape": [8, 9, 10]})),
+    # nn.RMSNorm adds its eps in place to the mean (the graph holds it as a float32: 2^-20 reads back exactly)
+    "rmsnorm_module": ("self.n = nn.RMSNorm(999, eps=2 ** -20)", "return self.n(xs[0])", "[torch.randn(4, 999)]",
+                       "[]", ("rowwise", "rmsnorm", {"eps": 2 ** -20})),
     "sum_last": ("pass", "return xs[0].sum(dim=2)", "[torch.randn(3, 4, 1023)]", "[]",
                  ("rowwise", "sum_lastdim", {"dim": -1, "keepdim": False})),
     "matmul_odd": ("pass", "return xs[0] @ xs[1]", "[torch.randn(37, 61), torch.randn(61, 5)]", "[]",
@@ -91,8 +96,10 @@ def test_a_reference_of_a_covered_family_is_recognised_with_its_parameters(tmp_p
 
 
 MISSES = {
-    "sum_two_apart": ("pass", "return xs[0].sum((0, 2))", "[torch.randn(8, 9, 10)]",
-                      "a sum over dimension(s) [0, 2] of a rank-3 tensor"),
+    "sum_two_runs_apart_from_0": ("pass", "return xs[0].sum((1, 3))", "[torch.randn(8, 9, 10, 11)]",
+                                  "a sum over dimension(s) [1, 3] of a rank-4 tensor"),
+    "argmax_of_runs": ("pass", "return torch.argmax(xs[0].sum(1, keepdim=True), 2)", "[torch.randn(8, 9, 10)]",
+                       "the graph holds sum(f32[8,9,10]) -> argmax(f32[8,1,10])"),
     "rms_weighted_channels": ("self.w = nn.Parameter(torch.ones(6, 1, 1))",
                               "x = xs[0]\n        return self.w * (x / torch.sqrt((x * x).mean(1, keepdim=True) "
                               "+ 1e-5))", "[torch.randn(2, 6, 5, 5)]",

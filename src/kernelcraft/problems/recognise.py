@@ -525,8 +525,12 @@ def _pool(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
 
 
 def _rmsnorm(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
-    """x * rsqrt(mean(x^2) + eps) [* weight], or x / sqrt(mean(x^2) + eps) [* weight] (x^2 as pow or x * x)."""
+    """x * rsqrt(mean(x^2) + eps) [* weight], or x / sqrt(mean(x^2) + eps) [* weight] (x^2 as pow or x * x; the
+    eps added in place, as nn.RMSNorm does, when nothing else reads the mean)."""
     ops = [n.op for n in nodes]
+    if len(ops) > 2 and ops[2] == "aten.add_" and _in_place_alone(
+            graph, next(i for i, n in enumerate(graph.nodes) if n is nodes[2]), nodes[2]):
+        ops[2] = "aten.add"
     shapes = (["aten.mean", "aten.add", "aten.rsqrt", "aten.mul"], ["aten.mean", "aten.add", "aten.sqrt", "aten.div"])
     if len(ops) not in (5, 6) or ops[1:5] not in shapes or (len(ops) == 6 and ops[5] != "aten.mul"):
         return None
@@ -579,11 +583,22 @@ def _dims(dim: Any, rank: int) -> list[int]:
     return sorted({int(d) % rank for d in dims})
 
 
+def contiguous_runs(dims: list[int]) -> list[tuple[int, int]]:
+    """Sorted dimensions as maximal runs of consecutive ones, (first, last) each: [0, 1, 3] -> [(0, 1), (3, 3)]."""
+    runs: list[tuple[int, int]] = []
+    for d in sorted(dims):
+        if runs and d == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], d)
+        else:
+            runs.append((d, d))
+    return runs
+
+
 def _runs(dims: list[int], rank: int) -> bool:
-    """The reduce family's layout: reduced dimensions are one contiguous run, optionally with dimension 0 too
-    (batch norm's (N, H, W) around the kept channels)."""
-    rest = [d for d in dims if d != 0] if 0 in dims and len(dims) > 1 and 1 not in dims else dims
-    return bool(rest) and rest == list(range(rest[0], rest[-1] + 1)) and rank > 0
+    """The reduce family's layout: reduced dimensions are one contiguous run, or a run from dimension 0 and one
+    later run (batch norm's (N, H, W) around the kept channels, a sum over (0, 2))."""
+    runs = contiguous_runs(dims)
+    return rank > 0 and (len(runs) == 1 or len(runs) == 2 and runs[0][0] == 0)
 
 
 def _reduce(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
@@ -611,10 +626,10 @@ def _reduce(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         correction = node.kwargs.get("correction", 1)
         params["correction"] = 1.0 if correction is None else float(correction)
     dims = _dims(dim, rank) if rank else []
-    split = bool(dims) and dims != list(range(dims[0], dims[-1] + 1))  # dimension 0 and a later run
+    split = len(contiguous_runs(dims)) > 1  # a run from dimension 0 and a later one
     if not dims or not _runs(dims, rank) or (split and kind in ("argmax", "argmin")):
         raise _Miss(f"a {kind} over dimension(s) {dims} of a rank-{rank} tensor (the reduce family takes one "
-                    "contiguous run of dimensions, or dimension 0 and one later run for all but argmax and argmin)")
+                    "contiguous run of dimensions, or a run from dimension 0 and one later run)")
     return "reduce", {"kind": kind, "dims": dims, "keepdim": keepdim, "in_shape": list(x.info.shape)} | params
 
 

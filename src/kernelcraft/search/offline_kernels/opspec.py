@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernelcraft.problems.ops import FAMILIES
+from kernelcraft.problems.recognise import contiguous_runs
 
 
 class Unsupported(ValueError):
@@ -400,13 +401,14 @@ _NORM_MODULES = {"batch": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
 
 def reduce_layout(shape: tuple[int, ...], dims: list[int], groups: int = 1) -> tuple[int, int, int, int]:
     """(R0, A, R, B): the input viewed as [R0, A, R, B] with R0 and R reduced and A, B kept, for a contiguous
-    run of reduced dimensions (R0 = 1) or dimension 0 and a later run (batch norm's (0, 2, ...) around the kept
-    channels, or a sum over (0, 2)); a group norm's
+    run of reduced dimensions (R0 = 1) or a run from dimension 0 and a later one (batch norm's (0, 2, ...) around
+    the kept channels, a sum over (0, 2) or (0, 1, 3)); a group norm's
     groups split the first reduced dimension into kept groups and reduced channels."""
-    if len(dims) > 1 and dims[0] == 0 and 1 not in dims:
-        rest = dims[1:]
-        return (shape[0], math.prod(shape[1:rest[0]]), math.prod(shape[rest[0]:rest[-1] + 1]),
-                math.prod(shape[rest[-1] + 1:]))
+    runs = contiguous_runs(dims)
+    if len(runs) == 2 and runs[0][0] == 0:
+        (_, j), (p, q) = runs
+        return (math.prod(shape[:j + 1]), math.prod(shape[j + 1:p]), math.prod(shape[p:q + 1]),
+                math.prod(shape[q + 1:]))
     a, r, b = (math.prod(shape[:dims[0]]), math.prod(shape[dims[0]:dims[-1] + 1]), math.prod(shape[dims[-1] + 1:]))
     return (1, a * groups, r // groups, b)
 

@@ -54,9 +54,19 @@ CONTRACT_KEYS = {"compiled", "correct", "reasons", "time_ms", "eager_ms", "compi
                  "max_abs_err", "max_rel_err"}
 
 
-def _eval(tmp_path, candidate_source, *extra):
+# A reference defined only on [0, 1] (as binary cross-entropy of probabilities is): it raises on the verifier's
+# shifted and scaled inputs, so those trials have nothing to compare with.
+UNIT_REF = REF.replace("return torch.relu(x)", "if bool((x < 0).any() | (x > 1).any()):\n"
+                       "            raise ValueError('x must lie in [0, 1]')\n        return torch.sqrt(x)"
+                       ).replace("torch.randn(rows, cols)", "torch.rand(rows, cols)")
+SQRT = GOOD.replace("x[i] > 0.f ? x[i] : 0.f", "sqrtf(x[i])").replace("#include <stdint.h>",
+                                                                     "#include <stdint.h>\n#include <math.h>")
+SQRT_WRONG = SQRT.replace("sqrtf(x[i])", "x[i]")
+
+
+def _eval(tmp_path, candidate_source, *extra, reference=REF):
     ref = tmp_path / "ref.py"
-    ref.write_text(REF)
+    ref.write_text(reference)
     cand = tmp_path / "cand.py"
     cand.write_text(candidate_source)
     proc = subprocess.run(
@@ -90,6 +100,16 @@ def test_a_wrong_kernel_is_rejected_with_its_error_and_the_command_still_succeed
     assert any("max error above tolerance" in r for r in result["reasons"])
     assert result["max_abs_err"] > 0.1
     assert result["time_ms"] is None
+
+
+@pytest.mark.slow
+def test_trials_whose_inputs_the_reference_refuses_use_the_problems_own_and_still_judge(tmp_path):
+    good = json.loads(_eval(tmp_path, SQRT, reference=UNIT_REF).stdout)
+    assert good["correct"] is True and good["reasons"] == []
+    assert set(good["inputs_refused"]) == {"scaled"} and "x must lie in [0, 1]" in good["inputs_refused"]["scaled"]
+    wrong = json.loads(_eval(tmp_path, SQRT_WRONG, reference=UNIT_REF).stdout)
+    assert wrong["correct"] is False and any("max error above tolerance" in r for r in wrong["reasons"])
+    assert json.loads(_eval(tmp_path, GOOD).stdout)["inputs_refused"] == {}  # relu takes every kind
 
 
 @pytest.mark.slow

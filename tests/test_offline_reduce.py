@@ -235,6 +235,11 @@ LOSSES = {
                      "torch.rand(6, 20).softmax(-1), torch.rand(6, 20).softmax(-1)"),
     "hinge_broadcast": ("return torch.mean(torch.clamp(1 - x * y, min=0))",
                         "torch.randn(9, 16), torch.randint(0, 2, (16,)).float() * 2 - 1"),
+    # probabilities that reach 0 and 1 exactly: PyTorch's logs clamped at -100 there, not -inf
+    "bce": ("return F.binary_cross_entropy(x, y)", "torch.cat([torch.rand(5, 29), torch.tensor([[0.0] * 15 + [1.0] * "
+            "14])]), torch.rand(6, 29)"),
+    "bce_logits_sum": ("return F.binary_cross_entropy_with_logits(x, y, reduction='sum')",
+                       "torch.randn(6, 29) * 30, torch.rand(6, 29)"),  # logits far out: no overflow either way
 }
 
 
@@ -259,7 +264,7 @@ def test_every_loss_is_a_reduction_of_an_elementwise_term_of_its_two_inputs(loss
         {n: r.line() for n, r in found.items()}
     assert {n: r.params["kind"] for n, r in found.items()} == {
         "mse": "mean", "mse_loss_sum": "sum", "smooth_l1": "mean", "huber": "mean", "l1": "mean",
-        "kl_batchmean": "sum", "hinge_broadcast": "mean"}
+        "kl_batchmean": "sum", "hinge_broadcast": "mean", "bce": "mean", "bce_logits_sum": "sum"}
     assert found["kl_batchmean"].params["scale"] == 1 / 6 and found["hinge_broadcast"].params["y_shape"] == [16]
     assert describe(losses["hinge_broadcast"]).args == ("x", "y")
 

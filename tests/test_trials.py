@@ -95,3 +95,12 @@ def test_a_reuse_trial_never_starts_from_uniform_values():
         for k, spec in enumerate(plan):
             if spec["reuse"]:
                 assert k > 0 and plan[k - 1]["dist"] != "uniform", (n, plan)
+
+
+def test_trials_of_a_refused_distribution_draw_from_the_problems_own_and_keep_their_seeds():
+    plan = trials.trial_plan(0, "p", 1, 4)
+    settled = trials.on_problem_inputs(plan, {"scaled": "x must lie in [0, 1]"})
+    assert [s["dist"] for s in plan] == ["uniform", "problem", "scaled", "problem", "scaled"]
+    assert [s["dist"] for s in settled] == ["uniform", "problem", "problem", "problem", "problem"]
+    assert [(s["seed"], s["reuse"], s["warm_calls"]) for s in settled] == \
+        [(s["seed"], s["reuse"], s["warm_calls"]) for s in plan]

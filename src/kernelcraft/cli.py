@@ -72,6 +72,7 @@ def _eval(args: argparse.Namespace) -> int:
         "speedup_compile": (compile_ms / time_ms) if (compile_ms and time_ms) else None,
         "max_abs_err": v.get("max_abs_err"), "max_rel_err": v.get("max_rel_err"),
         "passes_1e-4": v.get("passes_1e-4"), "tolerance": verdict["tolerance"],
+        "inputs_refused": verdict.get("inputs_refused", {}),
         "build_s": b["build_s"],
     }
     if args.json:

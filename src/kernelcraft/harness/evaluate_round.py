@@ -68,6 +68,7 @@ def evaluate_candidates(ctx: RunContext, problem: str, round_: int, candidates: 
     with worker:
         if runnable:
             t0 = clock()
+            verifier.settle_inputs(worker)
             verifier.prepare()
             assert verifier.ref is not None
             if time_kernels:

@@ -1063,7 +1063,19 @@ def _loss_term(node: OpNode) -> str | None:
         quad = f"0.5f * d * d / {b}" if op == "smooth_l1_loss" else "0.5f * d * d"
         lin = f"ad - 0.5f * {b}" if op == "smooth_l1_loss" else f"{b} * (ad - 0.5f * {b})"
         return f"const float d = x - y; const float ad = fabsf(d); const float t0 = ad < {b} ? {quad} : {lin};"
+    if op == "binary_cross_entropy" and _arg(node, 2, "weight", None) is None:
+        # PyTorch clamps each log at -100, so a probability of exactly 0 or 1 costs 100, not infinity
+        return ("const float t0 = (y - 1.f) * fmaxf(log1pf(-x), -100.f) - y * fmaxf(logf(x), -100.f);")
+    if op == "binary_cross_entropy_with_logits" and _arg(node, 2, "weight", None) is None \
+            and _arg(node, 3, "pos_weight", None) is None:
+        # (1 - y) x - log(sigmoid(x)), with log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)): no overflow either way
+        return "const float t0 = (1.f - y) * x - fminf(x, 0.f) + log1pf(expf(-fabsf(x)));"
     return None
+
+
+# The ATen losses _loss_term spells out, and the position of their reduction argument
+_ATEN_LOSSES = {"aten.mse_loss": 2, "aten.l1_loss": 2, "aten.smooth_l1_loss": 2, "aten.huber_loss": 2,
+                "aten.binary_cross_entropy": 3, "aten.binary_cross_entropy_with_logits": 4}
 
 
 def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
@@ -1086,8 +1098,8 @@ def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         scale = 1.0 / float(node.args[1]) if node.op == "aten.div" else float(node.args[1])
         last = node.args[0].index
         node = graph.nodes[last]
-    if node.op in ("aten.mse_loss", "aten.l1_loss", "aten.smooth_l1_loss", "aten.huber_loss"):
-        reduction = int(_arg(node, 2, "reduction", 1))
+    if node.op in _ATEN_LOSSES:
+        reduction = int(_arg(node, _ATEN_LOSSES[node.op], "reduction", 1))
         term = _loss_term(node)
         if term is None or reduction not in (1, 2) or not (_is_input(node.args[0], 0) and _is_input(node.args[1], 1)) \
                 or x.shape != y.shape:

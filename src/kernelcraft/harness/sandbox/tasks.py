@@ -395,7 +395,29 @@ def task_baseline(problem: str, size: str, device: str, weight_seed: int, seed: 
     return out
 
 
-TASKS = {"build": task_build, "evaluate": task_evaluate, "baseline": task_baseline}
+def task_trial_inputs(problem: str, size: str, device: str, weight_seed: int, spec: dict) -> dict:
+    """Whether the reference takes one kind of verification input (a trial's distribution). In a child of its own:
+    a reference can refuse inputs with a device-side assert (binary cross-entropy of probabilities shifted out of
+    [0, 1]), which leaves the process no CUDA context to judge anything with."""
+    import torch
+
+    from kernelcraft.harness.verify import trials
+    from kernelcraft.problems import load_problem
+
+    prob = load_problem(problem, size)
+    ref = prob.make_reference(weight_seed, device)
+    try:
+        inputs = trials.make_inputs(prob, spec, device)
+        with torch.no_grad():
+            ref(*inputs)
+        _sync(device)
+    except Exception as exc:  # the reference's own refusal: the answer, not a failure of this task
+        return {"takes": False, "reason": describe_error(exc)}
+    return {"takes": True}
+
+
+TASKS = {"build": task_build, "evaluate": task_evaluate, "baseline": task_baseline,
+         "trial_inputs": task_trial_inputs}
 
 
 def run(task: str, kwargs: dict, handover: Callable[[dict], dict] | None = None) -> dict:

@@ -38,6 +38,13 @@ def trial_plan(seed: int, problem: str, round_: int, trials: int) -> list[dict]:
     return plan
 
 
+def on_problem_inputs(plan: list[dict], kinds: set[str] | dict) -> list[dict]:
+    """The plan with every trial of a distribution in ``kinds`` drawn from the problem's own distribution instead:
+    for a reference that refuses those inputs (probabilities shifted out of [0, 1]) there is nothing to compare
+    a candidate with on them."""
+    return [s | {"dist": "problem"} if s["dist"] in kinds else s for s in plan]
+
+
 def _seeded(t: Any, seed: int, index: int) -> Any:
     """``t`` overwritten in place with U[0, 1) values from ``seed``; each input of a call its own stream, so two
     inputs of the same shape never hold the same values (A @ B would not tell A from B)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kernelcraft.context import RunContext
 from kernelcraft.harness.judge.audit import aliased_inputs, judge
@@ -17,6 +18,9 @@ from kernelcraft.harness.verify import trials
 from kernelcraft.harness.verify.compare import Verdict, compare_trial
 from kernelcraft.harness.verify.static_checks import check_source
 from kernelcraft.progress import report
+
+if TYPE_CHECKING:
+    from kernelcraft.harness.sandbox.worker import Worker
 
 
 class Reference:
@@ -87,6 +91,24 @@ class Verifier:
         # On the GPU, outputs are read in place through CUDA IPC instead of being copied out through a file.
         self.share = ctx.device == "cuda"
         self.ref: Reference | None = None
+        self.refused: dict[str, str] = {}  # trial distributions the reference refuses, and why
+
+    def settle_inputs(self, worker: Worker) -> None:
+        """Ask the reference, each in a child of its own, whether it takes each kind of trial input besides the
+        problem's own; the trials of a kind it refuses (it raises) use the problem's own distribution. Asked by
+        every job, before any candidate runs: an answer kept on disk is one a candidate's process could rewrite."""
+        ctx = self.ctx
+        for kind in sorted({s["dist"] for s in self.plan} - {"problem"}):
+            spec = next(s for s in self.plan if s["dist"] == kind)
+            outcome = worker.call("trial_inputs", {
+                "problem": ctx.problem_path(self.problem), "size": ctx.size, "device": ctx.device,
+                "weight_seed": ctx.seed, "spec": spec}, float(ctx.config["verify"]["timeout_s"]),
+                log=ctx.log_path("verify", self.problem, f"round_{self.round}", f"trial_inputs_{kind}.log"))
+            if not (outcome.ok and outcome.result.get("takes")):
+                self.refused[kind] = (outcome.result.get("reason") if outcome.ok else outcome.reason) or "?"
+                report(self.problem, self.round, "verify", f"the reference refuses {kind} inputs "
+                       f"({self.refused[kind]}): those trials use the problem's own distribution")
+        self.plan = trials.on_problem_inputs(self.plan, self.refused)
 
     def prepare(self) -> None:
         self.ref = Reference(self.ctx, self.problem, self.plan)
@@ -131,7 +153,7 @@ class Verifier:
         ok = sum(r["correct"] for r in results.values())
         report(self.problem, self.round, "verify", f"{ok}/{len(results)} correct ({total} candidates)")
         return {"tolerance": {"atol": self.atol, "rtol": self.rtol}, "pytorch_compute": self.policy,
-                "trials": self.plan, "results": results}
+                "trials": self.plan, "inputs_refused": self.refused, "results": results}
 
 
 def static_verdict(ctx: RunContext, candidate: dict) -> Verdict | None:

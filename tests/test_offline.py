@@ -46,6 +46,9 @@ FIXTURE_HEAD = "import torch\nimport torch.nn as nn\nimport torch.nn.functional 
 FIXTURES = {
     "softmax": ("class Model(nn.Module):\n    def __init__(self):\n        super(Model, self).__init__()\n"
                 "    def forward(self, x):\n        return torch.softmax(x, dim=1)\n", "[]"),
+    "softmax_temperature": ("class Model(nn.Module):\n    def __init__(self, t=0.4):\n        super().__init__()\n"
+                            "        self.t = t\n    def forward(self, x):\n"
+                            "        return torch.softmax(x / self.t, dim=-1)\n", "[]"),
     "log_softmax": ("class Model(nn.Module):\n    def __init__(self, dim: int = 1):\n        super().__init__()\n"
                     "        self.dim = dim\n    def forward(self, x):\n        return torch.log_softmax(x, dim=1)\n",
                     "[]"),
@@ -87,6 +90,7 @@ def fixture_problem(folder: Path, op: str, shape: tuple[int, ...], tail: int = 1
 # Odd shapes per op: rows of length 1, 3, 1000 and 4097, a single row, and a row longer than smem holds.
 ODD_SHAPES = {
     "softmax": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000)],
+    "softmax_temperature": [(3, 3), (7, 1000), (1, 70000)],  # every exponent scaled by 1 / t
     "log_softmax": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000)],
     "sum_lastdim": [(5, 1), (3, 3), (7, 1000), (2, 4097), (1, 70000), (3, 0)],
     "rmsnorm": [(5, 1), (3, 3), (7, 1000), (2, 4097)],

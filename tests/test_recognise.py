@@ -73,6 +73,8 @@ FITS = {
     # nn.RMSNorm adds its eps in place to the mean (the graph holds it as a float32: 2^-20 reads back exactly)
     "rmsnorm_module": ("self.n = nn.RMSNorm(999, eps=2 ** -20)", "return self.n(xs[0])", "[torch.randn(4, 999)]",
                        "[]", ("rowwise", "rmsnorm", {"eps": 2 ** -20})),
+    "softmax_temperature": ("pass", "return torch.softmax(xs[0] / 0.5, dim=-1)", "[torch.randn(4, 99)]", "[]",
+                            ("rowwise", "softmax", {"dim": -1, "scale": 2.0})),
     "sum_last": ("pass", "return xs[0].sum(dim=2)", "[torch.randn(3, 4, 1023)]", "[]",
                  ("rowwise", "sum_lastdim", {"dim": -1, "keepdim": False})),
     "matmul_odd": ("pass", "return xs[0] @ xs[1]", "[torch.randn(37, 61), torch.randn(61, 5)]", "[]",
@@ -112,6 +114,8 @@ MISSES = {
                              "operands other than the two inputs"),
     "conv_of_relu": ("self.conv = nn.Conv2d(4, 4, 3, groups=4)", "return self.conv(torch.relu(xs[0]))",
                      "[torch.randn(1, 4, 9, 9)]", "the graph holds relu(f32[1,4,9,9]) -> convolution(f32[1,4,9,9]"),
+    "softmax_negative_temperature": ("pass", "return torch.softmax(xs[0] * -2.0, dim=-1)", "[torch.randn(4, 9)]",
+                                     "a softmax of the input scaled by -2.0"),
     "pool_then_relu": ("pass", "return torch.relu(torch.nn.functional.max_pool2d(xs[0], 2))",
                        "[torch.randn(1, 4, 9, 9)]", "max_pool2d_with_indices(f32[1,4,9,9]) -> relu("),
     "cumsum_of_exp": ("pass", "return torch.cumsum(torch.exp(xs[0]), 0)", "[torch.randn(10)]",

@@ -156,6 +156,8 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     point = _pointwise(graph, nodes)
     if point is not None:
         return point
+    if [n.op for n in nodes] in (["aten.div", "aten._softmax"], ["aten.mul", "aten._softmax"]):
+        return _scaled_softmax(graph, nodes)
     if [n.op for n in nodes] == ["aten.diag_embed", "aten.mm"]:
         return _diagonal_product(graph, nodes)
     if [n.op for n in nodes] == ["aten._log_softmax", "aten.nll_loss_forward"]:
@@ -197,6 +199,23 @@ def _match(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
         return "conv2d_relu_maxpool", params | {"pool_kernel_size": kernel[0], "pool_stride": stride[0],
                                                 "pool_padding": padding[0]}
     return None
+
+
+def _scaled_softmax(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
+    """softmax(x / t) or softmax(x * c) over the last dimension for a positive number (a temperature): the rowwise
+    family scales every exponent's argument, a difference from the row's maximum, which keeps its place."""
+    scale, softmax = nodes
+    number = scale.args[1] if len(scale.args) > 1 else None
+    if not (_is_input(scale.args[0], 0) and isinstance(number, int | float) and not isinstance(number, bool)
+            and _is_node(softmax.args[0], scale, graph) and _is_output(graph, softmax)):
+        return None
+    _float32(graph, scale)
+    c = 1.0 / float(number) if scale.op == "aten.div" else float(number)
+    if not (c > 0 and math.isfinite(c)):
+        raise _Miss(f"a softmax of the input scaled by {c!r} (the rowwise family takes a positive finite scale)")
+    if not _last(_arg(softmax, 1, "dim", -1), len(scale.args[0].info.shape)):
+        raise _Miss("a softmax of the scaled input over a dimension other than the last")
+    return "softmax", {"dim": -1, "scale": c}
 
 
 def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:

@@ -61,7 +61,8 @@ class OpSpec:
     terms: tuple[str, ...] = ()
     row_body: str = ""
     row_out: str = ""
-    # Attention's softmax scale (attn family).
+    # Attention's softmax scale (attn family); a rowwise softmax's scale of its input, the inverse of a temperature
+    # (0: none).
     scale: float = 0.0
 
     @property
@@ -179,7 +180,8 @@ def describe(problem: Any) -> OpSpec:
     spec = OpSpec(problem_id=str(problem.id), op=op, family=family, input_shape=shape, out_shape=out_shape,
                   row_dims=row_dims, eps=float(eps), keepdim=keepdim,
                   init_signature=_render_signature(module.Model), init_body=tuple(init_body),
-                  weight=weight, bias=bias, input_shapes=(shape,), body=str(params.get("body", "")))
+                  weight=weight, bias=bias, input_shapes=(shape,), body=str(params.get("body", "")),
+                  scale=float(params.get("scale", 0.0)) if op == "softmax" else 0.0)
     if op != "pointwise":  # a pointwise body is the traced graph itself, not a guess the probe should confirm
         _probe(spec, model)
     return spec
@@ -1046,7 +1048,7 @@ def semantics(spec: OpSpec, x: Any, weight: Any = None, bias: Any = None) -> Any
     if op == "gelu":
         return F.gelu(x)
     if op == "softmax":
-        return torch.softmax(x, dim=-1)
+        return torch.softmax(x * spec.scale if spec.scale else x, dim=-1)
     if op == "log_softmax":
         return torch.log_softmax(x, dim=-1)
     if op == "sum_lastdim":

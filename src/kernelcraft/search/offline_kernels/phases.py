@@ -15,6 +15,7 @@ the plain field names for the left state and ``<name>_b`` for the right one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,17 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
         return RowOp(phases, f"{{y}} = ({{v}} - c_mean) * c_rstd * {w} + {bb};", needs_shift=shift)
 
     raise ValueError(f"no row phases for op {op!r}")
+
+
+def scaled_exp(exp: str, spec: Any) -> str:
+    """An EXPF macro body (``exp`` of ``(x)``) for a softmax of its input times ``spec.scale`` (a temperature): every
+    exponent the rowwise kernels take is a difference of inputs, from the row's maximum or between two maxima, so
+    scaling that difference is the softmax of the scaled input, with the maximum still found unscaled (the scale
+    is positive). Shared by the CUDA and C
+    generators."""
+    if spec.op != "softmax" or spec.scale in (0.0, 1.0):
+        return exp
+    return exp.replace("(x)", f"((x) * {spec.scale!r}f)", 1) if "(x)" in exp else exp
 
 
 def all_consts(rop: RowOp) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from kernelcraft.search.offline_kernels import c_common as c
 from kernelcraft.search.offline_kernels import rowwise_cuda
 from kernelcraft.search.offline_kernels.opspec import OpSpec
+from kernelcraft.search.offline_kernels.phases import scaled_exp
 
 FAMILY = "rowwise"
 BACKEND = "cpu"
@@ -239,9 +240,7 @@ def render_source(spec: OpSpec, f: dict, name: str) -> str:
         head += ["#if defined(__SSE__)", "#include <immintrin.h>", "#endif"]
     if f["exp"] == "poly":
         head.append(c.EXP_POLY)
-        head.append("#define EXPF(x) kc_expf(x)")
-    else:
-        head.append("#define EXPF(x) expf(x)")
+    head.append("#define EXPF(x) " + scaled_exp("kc_expf(x)" if f["exp"] == "poly" else "expf(x)", spec))
     params = (f"const float* {rs}x, float* {rs}y, const float* {rs}w, const float* {rs}b, int64_t R, int64_t N, "
               "float eps")
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from kernelcraft.search.offline_kernels import cuda_common as cc
 from kernelcraft.search.offline_kernels.opspec import OpSpec
-from kernelcraft.search.offline_kernels.phases import Phase, RowOp, all_consts, fmt, row_op
+from kernelcraft.search.offline_kernels.phases import Phase, RowOp, all_consts, fmt, row_op, scaled_exp
 
 FAMILY = "rowwise"
 BACKEND = "cuda"
@@ -360,6 +360,7 @@ class _Kernel:
     def header(self) -> list[str]:
         f = self.f
         exp = {"expf": "expf(x)", "fast": "__expf(x)", "exp2": "exp2f((x) * 1.4426950408889634f)"}[f["exp"]]
+        exp = scaled_exp(exp, self.spec)
         rsq = "rsqrtf(x)" if f["rsqrt"] else "(1.0f / sqrtf(x))"
         out = []
         if self.spec.op in ("softmax", "log_softmax"):

@@ -45,6 +45,8 @@ REDUCTIONS = {
     "mean_first_and_third": ("pass", "return xs[0].mean(dim=(0, 2), keepdim=True)", (4, 5, 6, 7)),
     "amax_first_and_last": ("pass", "return torch.amax(xs[0], dim=(0, -1))", (3, 4, 5, 6)),
     "sum_two_runs": ("pass", "return xs[0].sum(dim=(0, 1, 3))", (3, 4, 5, 6)),
+    "adaptive_max_1d": ("self.p = nn.AdaptiveMaxPool1d(1)", "return self.p(xs[0])", (3, 4, 37)),
+    "adaptive_max_2d": ("self.p = nn.AdaptiveMaxPool2d((1, 1))", "return self.p(xs[0])", (2, 3, 5, 7)),
     "argmax_middle": ("pass", "return torch.argmax(xs[0], dim=1)", (3, 37, 5)),
     "argmin_first": ("pass", "return torch.argmin(xs[0], dim=0)", (37, 6)),
     "prod_middle": ("pass", "return torch.prod(xs[0], dim=1)", (3, 9, 5)),
@@ -91,11 +93,15 @@ def test_every_reduction_and_normalisation_is_recognised_with_its_dimensions(pro
     assert all(r.family == "reduce" for r in found.values()), {n: r.line() for n, r in found.items()}
     assert {n for n, r in found.items() if r.op == "reduce"} == {
         "sum_middle", "mean_middle", "max_last", "amin_two_dims", "sum_first_and_last", "mean_first_and_third",
-        "amax_first_and_last", "sum_two_runs", "argmax_middle", "argmin_first", "prod_middle",
+        "amax_first_and_last", "sum_two_runs", "adaptive_max_1d", "adaptive_max_2d", "argmax_middle", "argmin_first",
+        "prod_middle",
         "var_middle", "std_biased_last", "logsumexp_middle", "norm2_rows", "norm1_middle", "pool_of_a_view"}
     assert (found["std_biased_last"].params["kind"], found["std_biased_last"].params["correction"]) == ("std", 0.0)
     assert found["pool_of_a_view"].params["in_shape"] == [4, 3, 5, 7]
     assert (found["amin_two_dims"].params["kind"], found["amin_two_dims"].params["dims"]) == ("min", [1, 2])
+    # an adaptive max pooling to one element per channel is the maximum over the (traced) spatial dimensions
+    assert [(found[n].params["kind"], found[n].params["dims"], found[n].params["keepdim"])
+            for n in ("adaptive_max_1d", "adaptive_max_2d")] == [("max", [2, 3], True), ("max", [2, 3], True)]
     assert (found["softmax_middle"].params["kind"], found["softmax_middle"].params["dims"]) == ("softmax", [1])
     assert (found["batch_norm"].params["norm"], found["batch_norm"].params["dims"]) == ("batch", [0, 2, 3])
     assert (found["instance_norm_affine"].params["norm"], found["instance_norm_affine"].params["affine"]) == \

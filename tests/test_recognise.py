@@ -116,6 +116,8 @@ MISSES = {
                      "[torch.randn(1, 4, 9, 9)]", "the graph holds relu(f32[1,4,9,9]) -> convolution(f32[1,4,9,9]"),
     "softmax_negative_temperature": ("pass", "return torch.softmax(xs[0] * -2.0, dim=-1)", "[torch.randn(4, 9)]",
                                      "a softmax of the input scaled by -2.0"),
+    "adaptive_max_to_two": ("self.p = nn.AdaptiveMaxPool2d((2, 1))", "return self.p(xs[0])",
+                            "[torch.randn(2, 3, 9, 11)]", "an adaptive max pooling to [2, 1]"),
     "pool_then_relu": ("pass", "return torch.relu(torch.nn.functional.max_pool2d(xs[0], 2))",
                        "[torch.randn(1, 4, 9, 9)]", "max_pool2d_with_indices(f32[1,4,9,9]) -> relu("),
     "cumsum_of_exp": ("pass", "return torch.cumsum(torch.exp(xs[0]), 0)", "[torch.randn(10)]",

@@ -222,6 +222,8 @@ def _single(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
     x = node.args[0] if node.args else None
     if node.op in POOL_OPS:
         return _pool(graph, node)
+    if node.op in ("aten.adaptive_max_pool2d", "aten.adaptive_max_pool3d"):
+        return _adaptive_max(graph, node)
     if node.op in REDUCTIONS and not _is_input(x, 0):
         return _reduce(graph, node)  # of a view of the input
     if node.op not in ("aten.mm", "aten.addmm", "aten.bmm", "aten.mv", "aten.convolution") and not _is_input(x, 0):
@@ -541,6 +543,22 @@ def _pool(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
         raise _Miss(f"a {nd}-D pooling with kernel {kernel}, stride {stride}, padding {padding} (the window "
                     "family takes 1-D to 3-D pooling with one value per spatial dimension)")
     return "pool", params
+
+
+def _adaptive_max(graph: OpGraph, node: OpNode) -> tuple[str, dict] | None:
+    """An adaptive max pooling to one element per channel (1-D ones trace as 2-D on an unsqueezed view): the
+    maximum over the spatial dimensions, kept, which the reduce family computes (adaptive average pooling to one
+    element traces as a mean already)."""
+    x = node.args[0]
+    if not _reshaped_input(graph, x) or not _is_output(graph, node):
+        return None
+    _float32(graph, node)
+    size = list(_arg(node, 1, "output_size", []))
+    if not size or any(int(o) != 1 for o in size):
+        raise _Miss(f"an adaptive max pooling to {size} (the reduce family takes one element per channel)")
+    rank = len(x.info.shape)
+    return "reduce", {"kind": "max", "dims": list(range(rank - len(size), rank)), "keepdim": True,
+                      "in_shape": list(x.info.shape)}
 
 
 def _rmsnorm(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:

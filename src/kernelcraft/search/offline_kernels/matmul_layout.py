@@ -120,19 +120,18 @@ def wrap(spec: OpSpec, backend: str, mod: str, product: list[str]) -> tuple[str,
     fwd += [f"out = torch.empty(({batch}, {m}, {n}), device=a.device, dtype=a.dtype)",
             f"for e in range({batch}):", f"    _product(am[{'e' if ba > 1 else '0'}], bm[{'e' if bb > 1 else '0'}], "
             "out[e])"]
+    total = batch * m * n
+    blocks = min(-(-total // 256), 65535 * 16)
+
+    def over_out(kernel: str, args: str) -> str:
+        """A launch of one of the passes over every output element that follow the product (``args`` between
+        ``out`` and the element count)."""
+        return (f"{kernel}(grid=({blocks},), block=(256,), args=(out, {args}, {total}))" if cuda
+                else f"{kernel}(out, {args}, {total})")
+
     if g.get("bias"):
-        total = batch * m * n
-        if cuda:
-            blocks = min(-(-total // 256), 65535 * 16)
-            fwd.append(f"_bias(grid=({blocks},), block=(256,), args=(out, {spec.bias}.contiguous(), {n}, {total}))")
-        else:
-            fwd.append(f"_bias(out, {spec.bias}.contiguous(), {n}, {total})")
+        fwd.append(over_out("_bias", f"{spec.bias}.contiguous(), {n}"))
     if g["tri"]:
-        total = batch * m * n
-        if cuda:
-            blocks = min(-(-total // 256), 65535 * 16)
-            fwd.append(f"_tri(grid=({blocks},), block=(256,), args=(out, {m}, {n}, {total}))")
-        else:
-            fwd.append(f"_tri(out, {m}, {n}, {total})")
+        fwd.append(over_out("_tri", f"{m}, {n}"))
     fwd.append(f"return out.view({tuple(spec.out_shape)!r})")
     return mod + "\n".join(extra) + "\n", fwd

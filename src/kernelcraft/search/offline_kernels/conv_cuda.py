@@ -49,8 +49,8 @@ def gemm_features(f: dict) -> dict:
 
 
 def smem_bytes(f: dict) -> int:
-    """The pipeline's stages plus the per-block table of output pixels (three ints per row of the tile)."""
-    return mm.mma_smem_bytes(gemm_features(f)) + 3 * 4 * f["bm"]
+    """The pipeline's stages plus the per-block table of output pixels (an int4 per row of the tile)."""
+    return mm.mma_smem_bytes(gemm_features(f)) + 16 * f["bm"]
 
 
 def _gemm_ok(f: dict) -> bool:
@@ -139,32 +139,38 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
 def _gemm_io(spec: OpSpec, f: dict, relu: bool) -> mm.GemmIO:
     put_a = "cp_async4(as + AS_AT(r, c), src, ok);" if f["cp_async"] else "as[AS_AT(r, c)] = ok ? *src : 0.f;"
     put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if f["cp_async"] else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
-    a_ld = ("// A[m, kd]: output pixel m's input tap kd = (channel, kernel row, kernel column)",
-            "const int v = tid + l * NT, r = v / BK, c = v % BK, kd = k0 + c;",
-            "const int ci = kd / (KS * KS), rs = kd - ci * (KS * KS), kr = rs / KS, ks = rs - kr * KS;",
-            "const int ih = row_ih[r] + kr * DIL, iw = row_iw[r] + ks * DIL;",
-            "const bool ok = kd < KD && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;",
-            "const float* src = ok ? X + row_off[r] + (ci * H + ih) * W + iw : X;", put_a)
+    # NT is a multiple of BK, so a thread's tap column c is the same for every element it gathers: the tap's
+    # decomposition (channel, kernel row, kernel column) and offset are worked out once per K tile, and each
+    # element costs one 16-byte read of its row's entry, two bounds checks and an add
+    a_tile = ("// this thread's tap kd = (channel, kernel row, kernel column) of the K tile at k0",
+              "const int ca = tid % BK, kd = k0 + ca;",
+              "const int ci = kd / (KS * KS), rs = kd - ci * (KS * KS), kr = rs / KS, ks = rs - kr * KS;",
+              "const int dr = kr * DIL, ds = ks * DIL, tap = (ci * H + dr) * W + ds;",
+              "const bool kin = kd < KD;")
+    a_ld = ("// A[m, kd]: output pixel m's input tap kd",
+            "const int r = tid / BK + l * (NT / BK), c = ca;", "const int4 row = rows[r];",
+            "const bool ok = kin && (unsigned)(row.y + dr) < (unsigned)H && (unsigned)(row.z + ds) < (unsigned)W;",
+            "const float* src = X + (ok ? row.x + tap : 0);", put_a)
     b_ld = ("// B[kd, k] = weight[k, kd]: consecutive threads read consecutive taps of one filter",
             "const int v = tid + l * NT, r = v % BK, c = v / BK, kd = k0 + r, k = bn0 + c;",
             "const bool ok = kd < KD && k < COUT;", "const float* src = ok ? Wt + k * KD + kd : Wt;", put_b)
-    prelude = ("// per output pixel of this block: its image's offset and the top-left tap of its window",
-               "// (in the dynamic shared memory after the pipeline's stages: a static array beside a dynamic",
-               "// allocation just under 48 KiB would need an opt-in the launch does not make)",
-               "int* const row_off = reinterpret_cast<int*>(smem + STAGES * (A_STAGE + B_STAGE));",
-               "int* const row_ih = row_off + BM;", "int* const row_iw = row_ih + BM;",
+    prelude = ("// per output pixel of this block, one 16-byte entry: the offset of its window's top-left tap (in its",
+               "// image, channel 0) and that tap's row and column (in the dynamic shared memory after the",
+               "// pipeline's stages: a static array beside a dynamic allocation just under 48 KiB would need an",
+               "// opt-in the launch does not make)",
+               "int4* const rows = reinterpret_cast<int4*>(smem + STAGES * (A_STAGE + B_STAGE));",
                "for (int i = tid; i < BM; i += NT) {", "  const int m = bm0 + i;", "  if (m < M) {",
                "    const int n = m / P, p = m - n * P, oh = p / OW, ow = p - oh * OW;",
-               "    row_off[i] = n * (CIN * H * W);", "    row_ih[i] = oh * ST - PAD;",
-               "    row_iw[i] = ow * ST - PAD;",
-               "  } else {", "    row_off[i] = 0;", "    row_ih[i] = -(1 << 28);  // never inside the image",
-               "    row_iw[i] = 0;", "  }", "}", "__syncthreads();")
+               "    const int ih = oh * ST - PAD, iw = ow * ST - PAD;",
+               "    rows[i] = make_int4(n * (CIN * H * W) + ih * W + iw, ih, iw, 0);",
+               "  } else {", "    rows[i] = make_int4(0, -(1 << 28), 0, 0);  // never inside the image", "  }", "}",
+               "__syncthreads();")
     store = ("const int n = r / P, p = r - n * P;", "float o = HAS_BIAS ? v + Bias[col] : v;",
              "Y[((long long)n * COUT + col) * P + p] = RELU ? relu(o) : o;")
     helpers = "\n".join(_constants(spec, relu)) + "\n" + _RELU + (_CP_ASYNC4 if f["cp_async"] else "")
     return mm.GemmIO(args=_ARGS, ints="const int H = (int)H_, W = (int)W_, OH = (int)OH_, OW = (int)OW_, "
                      "P = OH * OW, M = (int)(N_ * P), N = COUT, K = KD;", a_ld=a_ld, b_ld=b_ld, store=store,
-                     prelude=prelude, helpers=helpers, title="conv_cuda, implicit GEMM")
+                     prelude=prelude, a_tile=a_tile, helpers=helpers, title="conv_cuda, implicit GEMM")
 
 
 def _pool(spec: OpSpec, f: dict, name: str) -> str:

@@ -359,6 +359,9 @@ class GemmIO:
     b_ld: tuple[str, ...]
     store: tuple[str, ...]
     prelude: tuple[str, ...] = ()
+    # Lines at the top of each K tile's load, before the per-element loops: what every element of the thread's
+    # share of that tile has in common (a gather's tap decomposition is per column, and a thread's column is fixed).
+    a_tile: tuple[str, ...] = ()
     helpers: str = ""
     title: str = "matmul_cuda"
     # Lines storing a thread's two neighbouring outputs of row ``r`` (columns ``c``, ``c + 1``) at once, used instead
@@ -488,7 +491,7 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
             "  for (int j = 0; j < FN; ++j)", "#pragma unroll", "    for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;",
             "const int ntiles = (K + BK - 1) / BK;", *io.prelude,
             "// this thread's share of the A and B tiles at k0, into one pipeline stage",
-            "auto load_tile = [&](float* as, float* bs, int k0) {", "#pragma unroll",
+            "auto load_tile = [&](float* as, float* bs, int k0) {", *("  " + ln for ln in io.a_tile), "#pragma unroll",
             "  for (int l = 0; l < LA; ++l) {", *("    " + ln for ln in io.a_ld), "  }", "#pragma unroll",
             "  for (int l = 0; l < LB; ++l) {", *("    " + ln for ln in io.b_ld), "  }", "};"]
     commit = ["cp_async_commit();"] if cp else []

@@ -721,6 +721,10 @@ CONV_CUDA: list[Idea] = [
          when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) > 1),
 ]
 
+# The matmul family's fragment refinements apply to the convolution's GEMM as they are (its tiles are shared-memory
+# tiles like any other; only how they are filled differs).
+CONV_CUDA += [i for i in MATMUL_CUDA if i.key in ("vector_fragments", "mask_split")]
+
 # ------------------------------------------------------------------------------------------------ conv C
 
 CONV_C: list[Idea] = [

@@ -38,14 +38,16 @@ def baseline(spec: OpSpec) -> dict:
     """One thread per output element, every tap read from global memory."""
     return {"gen": GEN, "algo": "direct", "threads": 256, "load": "plain", "unroll": False, "launch_min": 0,
             "fast_math": False, "grid": "exact", "bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2, "stages": 1,
-            "cp_async": False, "pad": 0, "precision": "3xtf32", "raster": 0, "acc": "direct", "pool_threads": 256}
+            "cp_async": False, "pad": 0, "precision": "3xtf32", "raster": 0, "acc": "direct", "frag": "scalar",
+            "split": "rna", "pool_threads": 256}
 
 
 def gemm_features(f: dict) -> dict:
     """The feature dict matmul_cuda's tensor-core kernel reads (scalar loads: the A tile is a gather)."""
     return {"algo": "mma", "bm": f["bm"], "bn": f["bn"], "bk": f["bk"], "wm": f["wm"], "wn": f["wn"], "vec": 1,
             "stages": f["stages"], "cp_async": f["cp_async"], "pad": f["pad"], "precision": f["precision"],
-            "raster": f["raster"], "acc": f["acc"]}
+            "raster": f["raster"], "acc": f["acc"], "frag": f.get("frag", "scalar"),
+            "split": f.get("split", "rna")}
 
 
 def smem_bytes(f: dict) -> int:
@@ -64,7 +66,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     if g["algo"] not in ("direct", "mma"):
         g["algo"] = "direct"
     direct_keys = ("threads", "load", "unroll", "launch_min", "fast_math", "grid")
-    gemm_keys = ("bm", "bn", "bk", "wm", "wn", "stages", "cp_async", "pad", "precision", "raster", "acc")
+    gemm_keys = ("bm", "bn", "bk", "wm", "wn", "stages", "cp_async", "pad", "precision", "raster", "acc", "frag",
+                 "split")
     for k in gemm_keys if g["algo"] == "direct" else direct_keys:
         g[k] = base[k]
     if g["threads"] not in TUNABLES["threads"]:
@@ -75,7 +78,9 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     g["grid"] = g["grid"] if g["grid"] in ("exact", "persistent") else "exact"
     g["precision"] = g["precision"] if g["precision"] in ("tf32", "3xtf32") else "3xtf32"
     g["acc"] = "tile" if g["acc"] == "tile" else "direct"
-    g["pad"] = 4 if g["pad"] else 0
+    g["frag"] = "vec" if g["frag"] == "vec" else "scalar"
+    g["split"] = "mask" if g["split"] == "mask" else "rna"
+    g["pad"] = 4 if g["pad"] and g["frag"] == "scalar" else 0  # vector fragments have their own layout
     g["stages"] = g["stages"] if g["stages"] in (1, 2, 3) else 1
     g["raster"] = g["raster"] if g["raster"] in (0, 8) else 0
     if g["algo"] == "mma":

@@ -132,9 +132,10 @@ def test_the_implicit_gemm_idea_says_what_the_gemm_is_and_reuses_the_tensor_core
     prob = suite("conv2d_alexnet", "full")
     spec = describe(prob)
     ideas = {i.key: i for i in catalogue("conv", "cuda") if i.applies(spec, {"algo": "direct"})}
-    assert {"implicit_gemm_wide", "implicit_gemm_tf32_wide"} <= set(ideas) and "implicit_gemm" not in ideas
-    idea = ideas["implicit_gemm_wide"]  # 96 channels: one 128-wide tile instead of two 64-wide ones
-    assert generator("conv", "cuda").normalise(spec, idea.delta)["bn"] == 128
+    assert {"implicit_gemm_all_channels", "implicit_gemm_tf32_all_channels"} <= set(ideas)
+    assert not {"implicit_gemm", "implicit_gemm_wide"} & set(ideas)
+    idea = ideas["implicit_gemm_all_channels"]  # 96 channels: one 96-wide tile instead of two 64-wide ones
+    assert generator("conv", "cuda").normalise(spec, idea.delta)["bn"] == 96
     text = OfflineProposer(0)._text(idea, spec, generator("conv", "cuda").normalise(spec, idea.delta))
     assert "302500 output pixels" in text and "96 output channels" in text and "363" in text
     src = OfflineProposer(0).implement(prob, "cuda", {"text": text, "parent": "reference"}, {"id": "reference"},

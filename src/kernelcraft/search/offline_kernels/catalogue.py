@@ -232,14 +232,6 @@ ROWWISE_CUDA: list[Idea] = [
     Idea("online", COMP, "Fuse the max and sum-of-exp passes into one online pass that keeps a running max and "
          "rescales the running sum (a float4 shares one rescale), removing one full read of the row.",
          {"stats": "online"}, 3.0, ops=SOFTMAXES),
-    # Four levers at once, as a kernel engineer would write the row's sweep: on the H200 (softmax 4096x65536) this
-    # combination with a fast exponential, a reciprocal and streaming stores was the fastest of 33 feature sets
-    # (0.614 ms), and a search taking them one per round does not reach it in five rounds.
-    Idea("online_sweep", COMP, "Rewrite the row as one statistics sweep and one output sweep: an online maximum with "
-         "a rescaled running sum (the row read once for both), float4 loads four in flight per thread, 1024 threads "
-         "per row, so the first sweep runs at full bandwidth and the second finds the row still in L2.",
-         {"stats": "online", "vec": 4, "ilp": 4, "threads": 1024}, 3.0, ops=SOFTMAXES,
-         when=lambda s, f: f.get("stats") != "online" and f.get("mapping", "block") == "block"),
     Idea("shifted", COMP, "Compute mean and variance in one pass as sums of (x - x0) and (x - x0)^2, shifted by the "
          "row's first element so there is no cancellation, instead of a separate variance pass.",
          {"stats": "shifted"}, 2.5, ops=("layernorm",)),

@@ -248,3 +248,20 @@ def test_every_sampled_cuda_candidate_of_several_operands_compiles_with_nvrtc(tm
     if GPU:
         wrong = gpu_mismatches(jobs, tmp_path, lambda prob, spec, f: _random_inputs(prob, "cuda"))
         assert not wrong, "\n".join(wrong[:10])
+
+
+def test_a_dropout_references_candidate_matches_the_reference_in_eval_mode_where_it_is_judged(tmp_path):
+    path = tmp_path / "dropout_tanh.py"
+    path.write_text(HEAD + "class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    "        self.drop = nn.Dropout(0.3)\n\n    def forward(self, x):\n"
+                    "        return torch.tanh(self.drop(x)) * 2\n\n\n"
+                    "def get_inputs():\n    return [torch.randn(3, 1001)]\n\n\n"
+                    "def get_init_inputs():\n    return []\n")
+    prob = load_problem(path)
+    spec = describe(prob)  # probed in eval mode: in training mode the dropout's noise fails the probe
+    assert (spec.family, spec.op) == ("elementwise", "pointwise")
+    module = import_source(candidate_source(spec, "cpu", {}, "t", "reference"), tmp_path)
+    x = torch.randn(3, 1001)
+    with torch.no_grad():
+        got, want = module.ModelNew().eval()(x), prob.make_reference(0, "cpu")(x)  # the evaluator's eval mode
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -128,7 +128,18 @@ MISSES = {
                        "the offline families take float32 tensors, not f16[2,8,16], f16[2,8,16], f16[2,8,16]"),
     "double": ("pass", "return torch.relu(xs[0])", "[torch.randn(10, dtype=torch.float64)]",
                "the offline families take float32 tensors, not f64[10]"),
+    # F.dropout's training flag defaults to True: random in eval mode too, which no kernel can match
+    "functional_dropout_always_on": ("pass", "return torch.relu(F.dropout(xs[0], 0.5))", "[torch.randn(4, 9)]",
+                                     "the graph holds bernoulli_(f32[4,9])"),
 }
+
+
+def test_a_dropout_module_is_traced_as_the_identity_it_is_in_eval_mode_where_references_are_judged(tmp_path):
+    plain = recognised(reference(tmp_path, "plain", "pass", "return torch.tanh(xs[0]) * 2", "[torch.randn(4, 9)]"))
+    dropped = recognised(reference(tmp_path, "dropped", "self.drop = nn.Dropout(0.3)",
+                                   "return torch.tanh(self.drop(xs[0])) * 2", "[torch.randn(4, 9)]"))
+    assert (dropped.op, dropped.params) == (plain.op, plain.params) and dropped.op == "pointwise"
+    assert dropped.eval_mode and not plain.eval_mode  # and the probes confirm it in eval mode (test_offline_pointwise)
 
 
 @pytest.mark.parametrize("name", sorted(MISSES))

@@ -11,7 +11,7 @@ nothing the reference allocates is ever materialised.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kernelcraft.problems.loader import Problem
@@ -75,6 +75,7 @@ class OpGraph:
     params: dict[str, TensorInfo]
     nodes: tuple[OpNode, ...]
     outputs: tuple[Any, ...]  # Refs, or constants
+    eval_mode: bool = False  # traced with the model in eval mode (see trace)
 
     def compute_nodes(self) -> list[OpNode]:
         """The nodes that compute something (not views, copies or constructors)."""
@@ -94,17 +95,38 @@ class TraceError(ValueError):
     """The reference could not be traced; the message is one line."""
 
 
+# Operations that draw random numbers: in a trace they are a training-mode dropout (or a reference that is random
+# in any mode, which no kernel can match).
+RANDOM_OPS = frozenset({"aten.bernoulli", "aten.bernoulli_", "aten.native_dropout", "aten.rand", "aten.rand_like",
+                        "aten.randn", "aten.randn_like", "aten.randint", "aten.randint_like", "aten.normal",
+                        "aten.uniform_", "aten.multinomial", "aten.randperm"})
+
+
 def trace(problem: Problem) -> OpGraph:
-    """Trace ``problem``'s forward, at its own sizes, under fake tensors (no storage, no GPU)."""
+    """Trace ``problem``'s forward, at its own sizes, under fake tensors (no storage, no GPU).
+
+    Traced as constructed (training mode: a batch norm's statistics are the batch's, which is what recognition
+    reads, with the module's running statistics taken from the module itself). A forward that draws random numbers
+    there is traced again in eval mode, the mode the evaluator runs references in: a dropout module is then the
+    identity it is when judged, and a forward random even in eval mode stays random and is refused by name."""
+    module = problem.load_module()
+    graph = _trace(problem, module, eval_mode=False)
+    if any(n.op in RANDOM_OPS for n in graph.nodes):
+        graph = replace(_trace(problem, module, eval_mode=True), eval_mode=True)
+    return graph
+
+
+def _trace(problem: Problem, module: Any, eval_mode: bool) -> OpGraph:
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    module = problem.load_module()
     try:
         with FakeTensorMode(allow_non_fake_inputs=True):
             torch.manual_seed(0)
             model = module.Model(*module.get_init_inputs())
+            if eval_mode:
+                model.eval()
             inputs = list(module.get_inputs())
             params = {**dict(model.named_parameters()), **dict(model.named_buffers())}
             by_id = {id(t): name for name, t in params.items()}

@@ -9,14 +9,13 @@ dimension other than the last, a convolution with groups) rather than silently s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ class Recognition:
     params: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     graph: str = ""
+    # traced in eval mode (the forward draws random numbers when training: a dropout), so probed in eval mode too
+    eval_mode: bool = False
 
     @property
     def family(self) -> str | None:
@@ -83,7 +84,8 @@ def recognise_problem(problem: Problem) -> Recognition:
         graph = trace(problem)
     except TraceError as err:
         return Recognition(None, reason=f"the forward could not be traced ({str(err).split(': ', 1)[-1]})")
-    return recognise(graph)
+    found = recognise(graph)
+    return replace(found, eval_mode=True) if graph.eval_mode else found
 
 
 def recognise_cached(problem: Problem, cache_dir: Path) -> Recognition:
@@ -1327,7 +1329,7 @@ def _in_place_alone(graph: OpGraph, index: int, node: OpNode) -> OpNode | None:
     readers += [r for r in graph.outputs if isinstance(r, Ref)]
     if any(r.kind == "node" and r.index == target.index for r in readers):
         return None
-    return dataclasses.replace(node, op=node.op[:-1])
+    return replace(node, op=node.op[:-1])
 
 
 def _row_loss(graph: OpGraph) -> tuple[str, dict] | None:

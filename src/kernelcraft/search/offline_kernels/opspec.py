@@ -91,6 +91,10 @@ class OpSpec:
         return math.prod(self.input_shape)
 
 
+# Set on the freshly loaded problem module by describe: whether the reference is probed in eval mode
+EVAL_MODE_ATTR = "_kernelcraft_eval_mode"
+
+
 def describe(problem: Any) -> OpSpec:
     """The OpSpec of ``problem`` (a kernelcraft Problem), or Unsupported with a one-line reason."""
     import torch
@@ -106,6 +110,7 @@ def describe(problem: Any) -> OpSpec:
     if op not in FAMILIES:
         raise Unsupported(f"op {op!r} has no offline generator (supported: {', '.join(FAMILIES)})")
     module = problem.load_module()
+    setattr(module, EVAL_MODE_ATTR, recognition.eval_mode)
     params = dict(recognition.params)
     meta = getattr(module, "KERNELCRAFT", None)
     if isinstance(meta, dict) and isinstance(meta.get("params"), dict):
@@ -147,7 +152,7 @@ def describe(problem: Any) -> OpSpec:
     shape = tuple(int(s) for s in x.shape)
 
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     named = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     if buffers:
@@ -193,7 +198,7 @@ def _describe_pointwise(problem: Any, module: Any, init_inputs: list, inputs: li
     import torch
 
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     state = [*model.named_parameters(), *model.named_buffers()]
     if state:
         raise Unsupported(f"a pointwise reference holding tensors ({', '.join(n for n, _ in state)}) is not plain")
@@ -228,7 +233,7 @@ def _describe_matmul(problem: Any, module: Any, init_inputs: list, inputs: list)
     if a.shape[1] != b.shape[0]:
         raise Unsupported(f"matmul: inner dimensions differ ({tuple(a.shape)} @ {tuple(b.shape)})")
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     state = [*model.named_parameters(), *model.named_buffers()]
     if state:
         raise Unsupported(f"matmul: the reference holds tensors ({', '.join(n for n, _ in state)}); a plain "
@@ -263,7 +268,7 @@ def _describe_matmul_layout(problem: Any, module: Any, init_inputs: list, inputs
         raise Unsupported("matmul: expected " + ("one float32 tensor input" if linear else
                                                  "two float32 tensor inputs"))
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     keys = ("m", "n", "k", "batch", "ta", "tb", "a_batched", "b_batched", "tri", "diagonal")
     geom = {key: int(params[key]) for key in keys}
     shapes = tuple(tuple(int(v) for v in t.shape) for t in inputs)
@@ -329,7 +334,7 @@ def _describe_conv(problem: Any, module: Any, init_inputs: list, inputs: list, o
     if x.dtype != torch.float32:
         raise Unsupported(f"conv: input dtype is {x.dtype}; the generators write float32 kernels")
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if len(convs) != 1 or not convs[0][0] or "." in convs[0][0]:
         raise Unsupported("conv: expected exactly one nn.Conv2d attribute on the Model")
@@ -393,7 +398,7 @@ def _describe_conv(problem: Any, module: Any, init_inputs: list, inputs: list, o
                   bias=f"self.{attr}.bias" if conv.bias is not None else None, input_shapes=((n, cin, h, w),),
                   conv=tuple(geometry.items()))
     torch.manual_seed(0)
-    _probe_conv(spec, module.Model(*init_inputs))
+    _probe_conv(spec, _reference(module, init_inputs))
     return spec
 
 
@@ -434,7 +439,7 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
         raise Unsupported(f"{op}: the traced input {params['in_shape']} is not a view of the input {user_shape}")
     kind, dims = params["kind"], list(params["dims"])
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     init_body: tuple[str, ...] = ()
     weight = bias = None
     groups = int(params.get("groups", 1)) if params.get("norm") == "group" else 1
@@ -499,7 +504,7 @@ def _describe_reduce(problem: Any, module: Any, init_inputs: list, inputs: list,
                   body=str(params.get("body", "")))
     if not loss:  # a loss's term is the traced graph itself, not a guess the probe should confirm
         torch.manual_seed(0)
-        _probe_reduce(spec, module.Model(*init_inputs), params)
+        _probe_reduce(spec, _reference(module, init_inputs), params)
     return spec
 
 
@@ -583,7 +588,7 @@ def _describe_attn(problem: Any, module: Any, init_inputs: list, inputs: list, p
     import torch
 
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     if [*model.named_parameters(), *model.named_buffers()]:
         raise Unsupported("attention: the reference holds tensors")
     names = ["", "", ""]
@@ -607,7 +612,7 @@ def _describe_rowloss(problem: Any, module: Any, init_inputs: list, inputs: list
     import torch
 
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     if [*model.named_parameters(), *model.named_buffers()]:
         raise Unsupported("row_loss: the reference holds tensors")
     shape = tuple(int(v) for v in inputs[0].shape)
@@ -625,7 +630,7 @@ def _describe_xent(problem: Any, module: Any, init_inputs: list, inputs: list, p
     import torch
 
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     if [*model.named_parameters(), *model.named_buffers()]:
         raise Unsupported("cross_entropy: the reference holds tensors")
     x, t = inputs
@@ -648,7 +653,7 @@ def _describe_scan(problem: Any, module: Any, init_inputs: list, inputs: list, p
         raise Unsupported("scan: the generators take a float32 input (and a bool mask)")
     shape = tuple(int(v) for v in x.shape)
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     if [*model.named_parameters(), *model.named_buffers()]:
         raise Unsupported("scan: the reference holds tensors")
     dim = int(params["dim"])
@@ -725,7 +730,7 @@ def _describe_window(problem: Any, module: Any, init_inputs: list, inputs: list,
     if math.prod(in_shape) != x.numel():
         raise Unsupported(f"{op}: the traced operation reads {in_shape}, not a reshaped view of the input")
     torch.manual_seed(0)
-    model = module.Model(*init_inputs)
+    model = _reference(module, init_inputs)
     nd = len(in_shape) - 2
     n, cin = in_shape[:2]
     cout = out_shape[1]
@@ -792,7 +797,7 @@ def _describe_window(problem: Any, module: Any, init_inputs: list, inputs: list,
                   init_body=init_body, weight=weight, bias=bias, input_shapes=(tuple(int(v) for v in x.shape),),
                   conv=tuple(geom.items()))
     torch.manual_seed(0)
-    _probe_window(spec, module.Model(*init_inputs), params)
+    _probe_window(spec, _reference(module, init_inputs), params)
     return spec
 
 
@@ -1028,7 +1033,7 @@ def _out_shape(module: Any, init_inputs: list, x: Any, op: str, shape: tuple[int
         expected = shape
     try:
         with torch.device("meta"):
-            out = module.Model(*init_inputs)(x)
+            out = _reference(module, init_inputs)(x)
     except Exception:  # noqa: BLE001 - some references do not run on meta; the probe still checks semantics
         return expected
     got = tuple(int(s) for s in out.shape) if isinstance(out, torch.Tensor) else None
@@ -1087,6 +1092,14 @@ def _probe(spec: OpSpec, model: Any) -> None:
     if not isinstance(got, torch.Tensor) or got.shape != want.shape or not torch.allclose(got, want, atol=1e-5,
                                                                                           rtol=1e-5):
         raise Unsupported(f"the reference does not compute a plain {spec.op} on a probe input")
+
+
+def _reference(module: Any, init_inputs: list) -> Any:
+    """The reference Model as recognition traced it: as constructed, or in eval mode (the evaluator's) where the
+    trace was taken so because the forward draws random numbers when training (a dropout, the identity in eval
+    mode, so that a probe of a training-mode forward would compare against noise)."""
+    model = module.Model(*init_inputs)
+    return model.eval() if getattr(module, EVAL_MODE_ATTR, False) else model
 
 
 def _resolve(model: Any, expr: str | None) -> Any:

@@ -363,36 +363,45 @@ def _gemm_io(spec: OpSpec, f: dict) -> mm.GemmIO:
     tr = bool(g["transposed"])
     put_a = "cp_async4(as + AS_AT(r, c), src, ok);" if f["cp_async"] else "as[AS_AT(r, c)] = ok ? *src : 0.f;"
     put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if f["cp_async"] else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
-    a_ld = ["const int v = tid + l * NT, r = v / BK, c = v % BK, kd = k0 + c;",
-            "const int ci = kd / KK, t = kd - ci * KK, t0 = t / (K1 * K2), t1 = (t / K2) % K1, t2 = t % K2;"]
-    if tr:  # the row table holds o + pad: tap k reads input (o + pad - k * dil) / stride where that divides
-        a_ld += ["const int u0 = row_i0[r] - t0 * D0, u1 = row_i1[r] - t1 * D1, u2 = row_i2[r] - t2 * D2;",
+    # NT is a multiple of BK, so a thread's tap column is the same for every element it gathers: the tap's
+    # decomposition (channel, three kernel offsets) is worked out once per K tile (conv_cuda's scheme in 3-D), and
+    # each element reads its voxel's 16-byte table entry (image offset or window origin, and the window corner)
+    a_tile = ["// this thread's tap kd = (channel, k0, k1, k2) of the K tile at k0",
+              "const int ca = tid % BK, kd = k0 + ca;",
+              "const int ci = kd / KK, t = kd - ci * KK, t0 = t / (K1 * K2), t1 = (t / K2) % K1, t2 = t % K2;",
+              "const bool kin = kd < KD;"]
+    a_ld = ["const int r = tid / BK + l * (NT / BK), c = ca;", "const int4 row = rows[r];"]
+    if tr:  # the table holds the image offset and o + pad: tap k reads input (o + pad - k * dil) / stride where
+        # that divides
+        a_tile.append("const int ch = ci * I0;")
+        a_ld += ["const int u0 = row.y - t0 * D0, u1 = row.z - t1 * D1, u2 = row.w - t2 * D2;",
                  "const int i0 = u0 / S0, i1 = u1 / S1, i2 = u2 / S2;",
-                 "const bool ok = kd < KD && u0 >= 0 && u1 >= 0 && u2 >= 0 && i0 * S0 == u0 && i1 * S1 == u1 "
-                 "&& i2 * S2 == u2 && i0 < I0 && i1 < I1 && i2 < I2;"]
-    else:
-        a_ld += ["const int i0 = row_i0[r] + t0 * D0, i1 = row_i1[r] + t1 * D1, i2 = row_i2[r] + t2 * D2;",
-                 "const bool ok = kd < KD && (unsigned)i0 < (unsigned)I0 && (unsigned)i1 < (unsigned)I1 "
-                 "&& (unsigned)i2 < (unsigned)I2;"]
-    a_ld.append("const float* src = ok ? X + row_off[r] + ((ci * I0 + i0) * I1 + i1) * I2 + i2 : X;")
+                 "const bool ok = kin && u0 >= 0 && u1 >= 0 && u2 >= 0 && i0 * S0 == u0 && i1 * S1 == u1 "
+                 "&& i2 * S2 == u2 && i0 < I0 && i1 < I1 && i2 < I2;",
+                 "const float* src = X + (ok ? row.x + ((ch + i0) * I1 + i1) * I2 + i2 : 0);"]
+    else:  # the table holds the window origin's offset and its corner: the tap adds a fixed offset
+        a_tile += ["const int d0 = t0 * D0, d1 = t1 * D1, d2 = t2 * D2;",
+                   "const int tap = ((ci * I0 + d0) * I1 + d1) * I2 + d2;"]
+        a_ld += ["const bool ok = kin && (unsigned)(row.y + d0) < (unsigned)I0 && (unsigned)(row.z + d1) < "
+                 "(unsigned)I1 && (unsigned)(row.w + d2) < (unsigned)I2;",
+                 "const float* src = X + (ok ? row.x + tap : 0);"]
     a_ld.append(put_a)
     # B[kd, k]: weight[k, kd] (a transposed convolution's weight is [CIN, COUT, taps]: weight[ci, k, tap]);
     # consecutive threads read consecutive taps of one filter
     w_at = "Wt + ((kd / KK) * COUT + k) * KK + kd % KK" if tr else "Wt + k * KD + kd"
     b_ld = ("const int v = tid + l * NT, r = v % BK, c = v / BK, kd = k0 + r, k = bn0 + c;",
             "const bool ok = kd < KD && k < COUT;", f"const float* src = ok ? {w_at} : Wt;", put_b)
-    corner = ("    row_i0[i] = o0 + P0;", "    row_i1[i] = o1 + P1;", "    row_i2[i] = o2 + P2;") if tr else (
-        "    row_i0[i] = o0 * S0 - P0;", "    row_i1[i] = o1 * S1 - P1;", "    row_i2[i] = o2 * S2 - P2;")
-    prelude = ("// per output voxel of this block: its image's offset and the corner of its window (in the dynamic",
-               "// shared memory after the pipeline's stages)",
-               "int* const row_off = reinterpret_cast<int*>(smem + STAGES * (A_STAGE + B_STAGE));",
-               "int* const row_i0 = row_off + BM;", "int* const row_i1 = row_i0 + BM;",
-               "int* const row_i2 = row_i1 + BM;",
+    corner = ("    rows[i] = make_int4(n * (CIN * I0 * I1 * I2), o0 + P0, o1 + P1, o2 + P2);",) if tr else (
+        "    const int c0 = o0 * S0 - P0, c1 = o1 * S1 - P1, c2 = o2 * S2 - P2;",
+        "    rows[i] = make_int4(n * (CIN * I0 * I1 * I2) + (c0 * I1 + c1) * I2 + c2, c0, c1, c2);")
+    prelude = ("// per output voxel of this block, one 16-byte entry: its image's offset (plus its window origin's),",
+               "// and the corner of its window (in the dynamic shared memory after the pipeline's stages)",
+               "int4* const rows = reinterpret_cast<int4*>(smem + STAGES * (A_STAGE + B_STAGE));",
                "for (int i = tid; i < BM; i += NT) {", "  const int m = bm0 + i;", "  if (m < M) {",
                "    const int n = m / P, p = m - n * P, o0 = p / (O1 * O2), o1 = (p / O2) % O1, o2 = p % O2;",
-               "    row_off[i] = n * (CIN * I0 * I1 * I2);", *corner,
-               "  } else {", "    row_off[i] = 0;", "    row_i0[i] = -(1 << 28);  // never inside the volume",
-               "    row_i1[i] = 0;", "    row_i2[i] = 0;", "  }", "}", "__syncthreads();")
+               *corner,
+               "  } else {", "    rows[i] = make_int4(0, -(1 << 28), 0, 0);  // never inside the volume", "  }", "}",
+               "__syncthreads();")
     store = ("const int n = r / P, p = r - n * P;", "const float o = HAS_BIAS ? v + Bias[col] : v;",
              "Y[((long long)n * COUT + col) * P + p] = o;")
     consts = [f"#define CIN {g['cin']}", f"#define COUT {g['cout']}", f"#define NB {g['n']}",
@@ -401,7 +410,8 @@ def _gemm_io(spec: OpSpec, f: dict) -> mm.GemmIO:
         consts += [f"#define {key.upper()}{a} {g[f'{key}{a}']}" for a in range(3)]
     helpers = "\n".join(consts) + "\n" + (conv_cuda._CP_ASYNC4 if f["cp_async"] else "")
     return mm.GemmIO(args=_GEMM_ARGS, ints="const int P = O0 * O1 * O2, M = NB * P, N = COUT, K = KD;",
-                     a_ld=tuple(a_ld), b_ld=b_ld, store=store, prelude=prelude, helpers=helpers,
+                     a_ld=tuple(a_ld), b_ld=b_ld, store=store, prelude=prelude, a_tile=tuple(a_tile),
+                     helpers=helpers,
                      title="window_cuda, implicit GEMM")
 
 

@@ -246,6 +246,11 @@ LOSSES = {
             "14])]), torch.rand(6, 29)"),
     "bce_logits_sum": ("return F.binary_cross_entropy_with_logits(x, y, reduction='sum')",
                        "torch.randn(6, 29) * 30, torch.rand(6, 29)"),  # logits far out: no overflow either way
+    # an ATen loss of elementwise chains of the inputs: the chains computed first, per element
+    "bce_of_sigmoid": ("return F.binary_cross_entropy(torch.sigmoid(x), y)",
+                       "torch.randn(6, 29) * 3, torch.rand(6, 29)"),
+    "mse_of_tanh_sum": ("return F.mse_loss(torch.tanh(x), y * 0.5, reduction='sum')",
+                        "torch.randn(5, 31), torch.randn(5, 31)"),
 }
 
 
@@ -270,7 +275,10 @@ def test_every_loss_is_a_reduction_of_an_elementwise_term_of_its_two_inputs(loss
         {n: r.line() for n, r in found.items()}
     assert {n: r.params["kind"] for n, r in found.items()} == {
         "mse": "mean", "mse_loss_sum": "sum", "smooth_l1": "mean", "huber": "mean", "l1": "mean",
-        "kl_batchmean": "sum", "hinge_broadcast": "mean", "bce": "mean", "bce_logits_sum": "sum"}
+        "kl_batchmean": "sum", "hinge_broadcast": "mean", "bce": "mean", "bce_logits_sum": "sum",
+        "bce_of_sigmoid": "mean", "mse_of_tanh_sum": "sum"}
+    assert found["bce_of_sigmoid"].params["chain"] == "sigmoid -> binary_cross_entropy"
+    assert found["mse_of_tanh_sum"].params["chain"] == "tanh -> mul -> mse_loss"
     assert found["kl_batchmean"].params["scale"] == 1 / 6 and found["hinge_broadcast"].params["y_shape"] == [16]
     assert describe(losses["hinge_broadcast"]).args == ("x", "y")
 

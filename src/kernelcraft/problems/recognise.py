@@ -1117,6 +1117,26 @@ _ATEN_LOSSES = {"aten.mse_loss": 2, "aten.l1_loss": 2, "aten.smooth_l1_loss": 2,
                 "aten.binary_cross_entropy": 3, "aten.binary_cross_entropy_with_logits": 4}
 
 
+def _loss_operands(graph: OpGraph, node: OpNode, last: int, shape: tuple[int, ...]) \
+        -> tuple[list[str], tuple[str, str], list[str]] | None:
+    """An ATen loss's two operands as float expressions of the inputs x and y: the inputs themselves, or elementwise
+    chains of them computed first (``binary_cross_entropy(sigmoid(x), y)``): (statements, operand names, operation
+    names); None when anything before the loss is not elementwise or an operand is neither."""
+    found = _elementwise_body(graph, last, {0: "x", 1: "y"}, shape) if last else ([], [], {})
+    if found is None:
+        return None
+    lines, chain, names = found
+    operands = []
+    for arg in node.args[:2]:
+        if _is_input(arg, 0) or _is_input(arg, 1):
+            operands.append("x" if _is_input(arg, 0) else "y")
+        elif isinstance(arg, Ref) and arg.kind == "node" and arg.index in names:
+            operands.append(names[arg.index])
+        else:
+            return None
+    return lines, (operands[0], operands[1]), chain
+
+
 def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     """A loss of the two inputs: an elementwise term (a chain of elementwise operations, or one ATen loss) summed or
     averaged over every element, optionally divided by a constant (KL divergence's batchmean). The second input
@@ -1140,12 +1160,19 @@ def _loss(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     if node.op in _ATEN_LOSSES:
         reduction = int(_arg(node, _ATEN_LOSSES[node.op], "reduction", 1))
         term = _loss_term(node)
-        if term is None or reduction not in (1, 2) or not (_is_input(node.args[0], 0) and _is_input(node.args[1], 1)) \
-                or x.shape != y.shape:
+        if term is None or reduction not in (1, 2) or x.shape != y.shape:
             return None
+        operands = _loss_operands(graph, node, last, tuple(x.shape))
+        if operands is None:
+            return None
+        lines, (a, b), chain = operands
+        # the term's own names kept apart from the operands' t<i>: its inputs are a and b, its value lt
+        term = re.sub(r"\b([xy]|t0)\b", lambda m: {"x": a, "y": b, "t0": "lt"}[m.group()], term)
         return "reduce", {"kind": "mean" if reduction == 1 else "sum", "dims": list(range(len(x.shape))),
-                          "keepdim": False, "in_shape": list(x.shape), "body": term + " return t0;",
-                          "chain": node.op.removeprefix("aten."), "scale": scale, "y_shape": list(y.shape)}
+                          "keepdim": False, "in_shape": list(x.shape),
+                          "body": " ".join([*lines, term, "return lt;"]),
+                          "chain": " -> ".join([*chain, node.op.removeprefix("aten.")]), "scale": scale,
+                          "y_shape": list(y.shape)}
     if node.op not in ("aten.mean", "aten.sum") or not node.overload.endswith("default") \
             or not isinstance(node.args[0], Ref) or node.args[0].kind != "node":
         return None

@@ -57,6 +57,8 @@ REDUCTIONS = {
     "l1_rows": ("pass", "x = xs[0]\n        return x / torch.mean(torch.abs(x), dim=1, keepdim=True)", (6, 41)),
     "l2_rows": ("pass", "x = xs[0]\n        return x / torch.norm(x, p=2, dim=1, keepdim=True)", (6, 44)),
     "frobenius": ("pass", "x = xs[0]\n        return x / torch.norm(x, p='fro')", (2, 3, 5, 8)),
+    "linf_rows": ("pass", "x = xs[0]\n        return x / torch.norm(x, p=float('inf'), dim=1, keepdim=True)", (6, 44)),
+    "normalize_linf": ("pass", "return torch.nn.functional.normalize(xs[0], p=float('inf'), dim=2)", (3, 5, 37)),
     "batch_norm": ("self.bn = nn.BatchNorm2d(6)", "return self.bn(xs[0])", (3, 6, 5, 8)),
     "instance_norm_affine": ("self.n = nn.InstanceNorm2d(6, affine=True)", "return self.n(xs[0])", (3, 6, 5, 8)),
     "group_norm": ("self.n = nn.GroupNorm(3, 6)", "return self.n(xs[0])", (2, 6, 5, 4)),
@@ -108,6 +110,8 @@ def test_every_reduction_and_normalisation_is_recognised_with_its_dimensions(pro
         ("instance", True)
     assert (found["group_norm"].params["norm"], found["group_norm"].params["groups"]) == ("group", 3)
     assert (found["frobenius"].params["kind"], found["frobenius"].params["dims"]) == ("l2", [0, 1, 2, 3])
+    assert [(found[n].params["kind"], found[n].params["dims"]) for n in ("linf_rows", "normalize_linf")] == \
+        [("linf", [1]), ("linf", [2])]
 
 
 def test_the_layout_views_the_input_as_kept_and_reduced_blocks(problems):

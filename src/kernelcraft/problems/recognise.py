@@ -707,16 +707,17 @@ def _normalisation(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | No
                 return None
         elif not _is_node(denominator, norm, graph):
             return None
-        if not (_is_input(x, 0) and _is_input(div.args[0], 0) and _is_output(graph, div)) or order != 2:
+        if not (_is_input(x, 0) and _is_input(div.args[0], 0) and _is_output(graph, div)) or order not in (2, math.inf):
             return None
+        kind, name = ("l2", "an L2 norm") if order == 2 else ("linf", "an infinity norm")
         _float32(graph, norm)
         rank = len(x.info.shape)
         dims = _dims(_arg(norm, 2, "dim", None), rank)
         if dims != list(range(rank)) and not _arg(norm, 3, "keepdim", False):
             return None
         if not _runs(dims, rank) or 0 in dims and len(dims) > 1 and 1 not in dims:
-            raise _Miss(f"an L2 norm over dimension(s) {dims} (the reduce family takes one contiguous run)")
-        return "normalize", {"kind": "l2", "dims": dims, "in_shape": list(x.info.shape), "eps": floor}
+            raise _Miss(f"{name} over dimension(s) {dims} (the reduce family takes one contiguous run)")
+        return "normalize", {"kind": kind, "dims": dims, "in_shape": list(x.info.shape), "eps": floor}
     # batch norm (its running-statistics counter bumped first), or instance norm (an affine one repeats its
     # weight and bias per image)
     if ops[-1:] == ["aten.native_batch_norm"] and ops[:-1] in ([], ["aten.add_"], ["aten.repeat", "aten.repeat"]):

@@ -539,8 +539,9 @@ def reduce_semantics(x: Any, params: dict, weight: Any = None, bias: Any = None)
         return x / torch.sqrt((x * x).mean(dims, keepdim=True) + params["eps"])
     if kind in ("l1mean", "l1sum"):
         return x / (x.abs().mean(dims, keepdim=True) if kind == "l1mean" else x.abs().sum(dims, keepdim=True))
-    if kind == "l2":
-        return x / torch.linalg.vector_norm(x, 2, dims, keepdim=True).clamp_min(params.get("eps", 0.0))
+    if kind in ("l2", "linf"):
+        order = 2 if kind == "l2" else math.inf
+        return x / torch.linalg.vector_norm(x, order, dims, keepdim=True).clamp_min(params.get("eps", 0.0))
     norm, eps = params["norm"], params["eps"]
     if norm == "batch":
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)

@@ -129,6 +129,9 @@ def state_code(kind: str, acc: str, cuda: bool, fast_exp: bool = False) -> str:
         add, merge = "s->v += fabsf(x);", "a.v += b.v;"
     elif kind == "prod":
         add, merge = "s->v *= x;", "a.v *= b.v;"
+    elif kind == "linf":  # the largest magnitude (from 0: every magnitude is at least that); NaN wins
+        add = "{ const float a = fabsf(x); if (a > s->v || a != a) s->v = s->v != s->v ? s->v : a; }"
+        merge = "if (b.v > a.v || (b.v != b.v && a.v == a.v)) a.v = b.v;"
     elif kind in ("max", "min"):
         op = ">" if kind == "max" else "<"
         add = f"if (x {op} s->v || x != x) s->v = s->v != s->v ? s->v : x;  /* NaN wins, as PyTorch's */"
@@ -185,6 +188,7 @@ def final_code(spec: OpSpec, cuda: bool) -> str:
         "l1mean": ("(float)((ACC)RED / s.v)", "0.f"),
         "l1sum": ("(float)(1 / s.v)", "0.f"),
         "l2": (f"1.0f / fmaxf(sqrtf((float)s.v), {eps})", "0.f"),
+        "linf": (f"1.0f / fmaxf((float)s.v, {eps})", "0.f"),
         "meanvar": ("(float)(c + s.v / (ACC)RED)",
                     f"1.0f / sqrtf(fmaxf((float)(s.w / (ACC)RED - (s.v / (ACC)RED) * (s.v / (ACC)RED)), 0.f) + {eps})"),
     }[kind]

@@ -265,3 +265,35 @@ def test_a_dropout_references_candidate_matches_the_reference_in_eval_mode_where
     with torch.no_grad():
         got, want = module.ModelNew().eval()(x), prob.make_reference(0, "cpu")(x)  # the evaluator's eval mode
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def _prelu_problem(folder: Path, name: str, init: str, forward: str, shape: tuple[int, ...]):
+    path = folder / f"{name}.py"
+    path.write_text(HEAD + f"class Model(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    f"        {init}\n\n    def forward(self, x):\n        {forward}\n\n\n"
+                    f"def get_inputs():\n    return [torch.randn{shape}]\n\n\n"
+                    "def get_init_inputs():\n    return []\n")
+    return load_problem(path)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda"])
+def test_a_prelu_reads_its_slopes_from_the_module_it_mirrors_whatever_values_they_hold(tmp_path, backend):
+    probs = [_prelu_problem(tmp_path, "prelu_one", "self.act = nn.PReLU()", "return self.act(x)", (5, 77)),
+             _prelu_problem(tmp_path, "prelu_channels", "self.act = nn.PReLU(6, init=0.1)", "return self.act(x) * 2",
+                            (2, 6, 5, 7))]
+    for prob in probs:
+        spec = describe(prob)
+        assert spec.weight == "self.act.weight" and spec.args == ("x",) and "y * x" in spec.body
+        for f in reachable(spec, backend, [{}])[::3]:
+            module = import_source(candidate_source(spec, backend, f, "t", "reference"), tmp_path)
+            if backend == "cuda" and not GPU:
+                continue  # built with NVRTC; running needs a GPU
+            # check_candidate gives both models the same random slopes first: a kernel with the init baked in fails
+            with one_thread():
+                check_candidate(module, prob, odd_inputs(spec.input_shape, backend), backend)
+
+
+def test_a_prelu_of_a_bare_parameter_is_refused_naming_it(tmp_path):
+    prob = _prelu_problem(tmp_path, "prelu_bare", "self.w = nn.Parameter(torch.full((1,), 0.25))",
+                          "return F.prelu(x, self.w)", (5, 77))
+    assert "parameter w is not the slopes of an nn.PReLU attribute" in OfflineProposer(0).why_unsupported(prob, "cpu")

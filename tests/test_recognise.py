@@ -134,6 +134,15 @@ MISSES = {
 }
 
 
+def test_a_prelus_slopes_are_the_pointwise_functions_broadcast_operand_read_from_the_parameter(tmp_path):
+    r = recognised(reference(tmp_path, "prelu", "self.act = nn.PReLU(6)", "return self.act(xs[0])",
+                             "[torch.randn(2, 6, 5, 7)]"))
+    assert (r.family, r.op) == ("elementwise", "pointwise")
+    assert {k: r.params[k] for k in ("y_param", "y_inner", "y_size", "chain")} == \
+        {"y_param": "act.weight", "y_inner": 35, "y_size": 6, "chain": "_prelu_kernel"}
+    assert "(x > 0.f ? x : y * x)" in r.params["body"]
+
+
 def test_a_dropout_module_is_traced_as_the_identity_it_is_in_eval_mode_where_references_are_judged(tmp_path):
     plain = recognised(reference(tmp_path, "plain", "pass", "return torch.tanh(xs[0]) * 2", "[torch.randn(4, 9)]"))
     dropped = recognised(reference(tmp_path, "dropped", "self.drop = nn.Dropout(0.3)",

@@ -124,6 +124,10 @@ def _is_input(a: Any, index: int | None = None) -> bool:
     return isinstance(a, Ref) and a.kind == "input" and (index is None or a.index == index)
 
 
+def _is_param(a: Any, name: str) -> bool:
+    return isinstance(a, Ref) and a.kind == "param" and a.index == name
+
+
 def _is_node(a: Any, node: OpNode, graph: OpGraph) -> bool:
     return isinstance(a, Ref) and a.kind == "node" and graph.nodes[a.index] is node
 
@@ -902,6 +906,7 @@ def _pointwise_expr(node: OpNode, a: str, b: str | None) -> str | None:
     binary = {"add": f"({a} + {scaled})", "sub": f"({a} - {scaled})", "rsub": f"({scaled} - {a})" if alpha == 1
               else f"({b} - {_f(alpha)} * {a})", "mul": f"({a} * {b})", "div": f"({a} / {b})",
               "maximum": f"fmaxf({a}, {b})", "minimum": f"fminf({a}, {b})", "pow": f"powf({a}, {b})",
+              "_prelu_kernel": f"({a} > 0.f ? {a} : {b} * {a})",
               # xlogy(0, y) is 0 unless y is NaN, as PyTorch's
               "xlogy": f"({b} != {b} ? {b} : ({a} == 0.f ? 0.f : {a} * logf({b})))"}
     if op == "div" and _arg(node, 2, "rounding_mode", None) is not None:
@@ -917,7 +922,9 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     the candidate refuses any other value)."""
     tensors = [i for i, t in enumerate(graph.inputs) if isinstance(t, TensorInfo)]
     scalars = [[i, v] for i, v in enumerate(graph.inputs) if not isinstance(v, TensorInfo)]
-    if not tensors or len(tensors) > 2 or graph.params or any(
+    # a module's one parameter may be the broadcast operand (PReLU's slopes) when the input is the only tensor
+    param = next(iter(graph.params)) if len(graph.params) == 1 and len(tensors) == 1 else None
+    if not tensors or len(tensors) > 2 or (graph.params and param is None) or any(
             isinstance(v, bool) or not isinstance(v, int | float) for _, v in scalars):
         return None
     if any(graph.inputs[i].dtype != "torch.float32" for i in tensors):
@@ -932,18 +939,24 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     inputs, aliases, params = {main: "x"}, {}, {}
     if len(tensors) == 2:
         other = tensors[0] if tensors[1] == main else tensors[1]
-        found_y = _broadcast(graph, other, shape)
+        found_y = _broadcast(graph, lambda a, i=other: _is_input(a, i), tuple(graph.inputs[other].shape), shape)
         if found_y is None:
             return None
         aliases, (inner, size) = found_y
         inputs[other] = "y"
         params = {"y_input": other, "y_inner": inner, "y_size": size}
-    found = _elementwise_body(graph, len(graph.nodes), inputs, shape, aliases)
+    elif param is not None:
+        found_y = _broadcast(graph, lambda a: _is_param(a, param), tuple(graph.params[param].shape), shape)
+        if found_y is None:
+            return None
+        aliases, (inner, size) = found_y
+        params = {"y_param": param, "y_inner": inner, "y_size": size}
+    found = _elementwise_body(graph, len(graph.nodes), inputs, shape, aliases, param)
     if found is None or last.index not in found[2] or last.info.dtype != "torch.float32":
         return None
     lines, chain, names = found
-    if len(tensors) > 1 and not re.search(r"\by\b", " ".join(lines)):
-        return None  # the second input goes unused: not a function of both
+    if (len(tensors) > 1 or param is not None) and not re.search(r"\by\b", " ".join(lines)):
+        return None  # the second operand goes unused: not a function of both
     if len(graph.inputs) > 1:
         params |= {"x_input": main} | ({"scalars": scalars} if scalars else {})
     return "pointwise", params | {"chain": " -> ".join(chain),
@@ -973,17 +986,19 @@ def _broadcast_map(view: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, 
     return math.prod(shape[hi + 1:]), math.prod(shape[lo:hi + 1])
 
 
-def _broadcast(graph: OpGraph, index: int, shape: tuple[int, ...]) -> tuple[dict[int, str], tuple[int, int]] | None:
-    """Input ``index`` as a broadcast operand of a result of ``shape``: the view nodes it passes through (named
-    ``y``, as the input itself) and the one (inner, size) map every use shares; None if the uses disagree or any
-    broadcast is not one run of dimensions. An expand keeps its source's map (it only repeats it)."""
+def _broadcast(graph: OpGraph, is_source: Any, source_shape: tuple[int, ...], shape: tuple[int, ...]) \
+        -> tuple[dict[int, str], tuple[int, int]] | None:
+    """The operand ``is_source`` picks (an input, or a parameter), of ``source_shape``, as a broadcast operand of a
+    result of ``shape``: the view nodes it passes through (named ``y``, as the operand itself) and the one (inner,
+    size) map every use shares; None if the uses disagree or any broadcast is not one run of dimensions. An expand
+    keeps its source's map (it only repeats it)."""
     maps: dict[int, tuple[int, int] | None] = {}
-    direct = _broadcast_map(tuple(graph.inputs[index].shape), shape)
+    direct = _broadcast_map(source_shape, shape)
     aliases: dict[int, str] = {}
     used: set[tuple[int, int] | None] = set()
     for i, node in enumerate(graph.nodes):
         src = node.args[0] if node.args else None
-        from_input = _is_input(src, index)
+        from_input = is_source(src)
         from_alias = isinstance(src, Ref) and src.kind == "node" and src.index in aliases
         if node.op in _BROADCAST_VIEWS and (from_input or from_alias):
             before = direct if from_input else maps[src.index]
@@ -991,7 +1006,7 @@ def _broadcast(graph: OpGraph, index: int, shape: tuple[int, ...]) -> tuple[dict
             aliases[i] = "y"
             continue
         for a in [*node.args, *node.kwargs.values()]:
-            if _is_input(a, index):
+            if is_source(a):
                 used.add(direct)
             elif isinstance(a, Ref) and a.kind == "node" and a.index in aliases:
                 used.add(maps[a.index])
@@ -1001,7 +1016,8 @@ def _broadcast(graph: OpGraph, index: int, shape: tuple[int, ...]) -> tuple[dict
 
 
 def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: tuple[int, ...],
-                      aliases: dict[int, str] | None = None) -> tuple[list[str], list[str], dict[int, str]] | None:
+                      aliases: dict[int, str] | None = None, param: str | None = None) \
+        -> tuple[list[str], list[str], dict[int, str]] | None:
     """The graph's first ``stop`` nodes as float statements over the named inputs (``inputs``: graph input index
     to its name; the first has ``shape``, which every computed value must have, the others that shape or a part of
     it the caller maps; ``aliases``: view nodes that stand for an input): (statements, operation names, node index
@@ -1009,12 +1025,14 @@ def _elementwise_body(graph: OpGraph, stop: int, inputs: dict[int, str], shape: 
     names: dict[int, str] = dict(aliases or {})
     lines: list[str] = []
     chain: list[str] = []
-    tensors = set(inputs.values())
+    tensors = set(inputs.values()) | ({"y"} if param is not None else set())
     truth: set[str] = set()  # the values that are comparisons
 
     def operand(a: Any) -> str | None:
         if isinstance(a, Ref) and a.kind == "input" and a.index in inputs:
             return inputs[a.index]
+        if param is not None and _is_param(a, param):  # the module's parameter broadcast as y (_pointwise)
+            return "y"
         if isinstance(a, Ref) and a.kind == "node" and a.index in names:
             return names[a.index]
         if isinstance(a, bool):

@@ -85,6 +85,8 @@ def operand_guard(spec: OpSpec) -> list[str]:
                   f"    raise ValueError(f'compiled for {name} = {value!r}, got {{{name}}}')"]
     if spec.broadcast:
         shape = tuple(spec.input_shapes[1])
+        if "y" not in spec.args:  # the broadcast operand is the model's own parameter (PReLU's slopes)
+            lines.append(f"y = {spec.weight}")
         lines += ["y = y.contiguous()", f"if tuple(y.shape) != {shape!r} or tuple(x.shape) != {spec.input_shape!r}:",
                   f"    raise ValueError(f'expected inputs of shapes {spec.input_shape} and {shape}, got "
                   "{tuple(x.shape)} and {tuple(y.shape)}')"]

@@ -140,7 +140,7 @@ def describe(problem: Any) -> OpSpec:
         return _describe_rowloss(problem, module, init_inputs, inputs, params)
     if FAMILIES[op] == "attn":
         return _describe_attn(problem, module, init_inputs, inputs, params)
-    if op == "pointwise" and "x_input" in params:
+    if op == "pointwise" and ("x_input" in params or "y_param" in params):
         return _describe_pointwise(problem, module, init_inputs, inputs, params)
     if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor):
         raise Unsupported("the offline generators handle exactly one tensor input")
@@ -200,22 +200,47 @@ def _describe_pointwise(problem: Any, module: Any, init_inputs: list, inputs: li
     torch.manual_seed(0)
     model = _reference(module, init_inputs)
     state = [*model.named_parameters(), *model.named_buffers()]
+    init_body: list[str] = []
+    weight = None
+    if "y_param" in params:  # the broadcast operand is a module's parameter: ModelNew holds the same module
+        init_body, weight = _prelu_mirror(model, str(params["y_param"]))
+        state = [(n, t) for n, t in state if n != params["y_param"]]
     if state:
         raise Unsupported(f"a pointwise reference holding tensors ({', '.join(n for n, _ in state)}) is not plain")
     names = [f"s{i}" for i in range(len(inputs))]
-    names[params["x_input"]] = "x"
-    shapes = [tuple(int(d) for d in inputs[params["x_input"]].shape)]
+    names[params.get("x_input", 0)] = "x"
+    shapes = [tuple(int(d) for d in inputs[params.get("x_input", 0)].shape)]
     broadcast: tuple[int, ...] = ()
     if "y_input" in params:
         names[params["y_input"]] = "y"
         shapes.append(tuple(int(d) for d in inputs[params["y_input"]].shape))
         broadcast = (int(params["y_inner"]), int(params["y_size"]))
+    elif "y_param" in params:
+        shapes.append(tuple(int(d) for d in model.get_parameter(str(params["y_param"])).shape))
+        broadcast = (int(params["y_inner"]), int(params["y_size"]))
     scalars = tuple((f"s{i}", float(v)) for i, v in params.get("scalars", []))
     return OpSpec(problem_id=str(problem.id), op="pointwise", family="elementwise", input_shape=shapes[0],
                   out_shape=shapes[0], row_dims=1, eps=0.0, keepdim=False,
-                  init_signature=_render_signature(module.Model), init_body=(), weight=None, bias=None,
+                  init_signature=_render_signature(module.Model), init_body=tuple(init_body), weight=weight, bias=None,
                   args=tuple(names), input_shapes=tuple(shapes), body=str(params["body"]), broadcast=broadcast,
                   scalars=scalars)
+
+
+def _prelu_mirror(model: Any, name: str) -> tuple[list[str], str]:
+    """ModelNew's copy of the module owning the pointwise op's parameter, built as the reference builds it (so the
+    same seed gives the same values), and the expression that reads the parameter: only an nn.PReLU held directly
+    by the model, whose slopes start as one constant."""
+    import torch
+
+    owner, _, attr = name.rpartition(".")
+    module = model.get_submodule(owner) if owner else None
+    if not isinstance(module, torch.nn.PReLU) or attr != "weight" or "." in owner:
+        raise Unsupported(f"a pointwise reference whose parameter {name} is not the slopes of an nn.PReLU attribute")
+    w = module.weight.detach().flatten()
+    if not bool((w == w[0]).all()):
+        raise Unsupported(f"PReLU slopes {name} that do not start as one constant")
+    return [f"self.{owner} = nn.PReLU(num_parameters={module.num_parameters}, init={float(w[0])!r})"], \
+        f"self.{owner}.weight"
 
 
 def _describe_matmul(problem: Any, module: Any, init_inputs: list, inputs: list) -> OpSpec:

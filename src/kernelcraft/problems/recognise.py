@@ -937,20 +937,20 @@ def _pointwise(graph: OpGraph, nodes: list[OpNode]) -> tuple[str, dict] | None:
     if main is None:
         return None
     inputs, aliases, params = {main: "x"}, {}, {}
+    # the broadcast operand y: the second input, or the module's parameter
+    source: tuple[Any, tuple[int, ...], dict] | None = None
     if len(tensors) == 2:
         other = tensors[0] if tensors[1] == main else tensors[1]
-        found_y = _broadcast(graph, lambda a, i=other: _is_input(a, i), tuple(graph.inputs[other].shape), shape)
-        if found_y is None:
-            return None
-        aliases, (inner, size) = found_y
         inputs[other] = "y"
-        params = {"y_input": other, "y_inner": inner, "y_size": size}
+        source = (lambda a: _is_input(a, other), tuple(graph.inputs[other].shape), {"y_input": other})
     elif param is not None:
-        found_y = _broadcast(graph, lambda a: _is_param(a, param), tuple(graph.params[param].shape), shape)
+        source = (lambda a: _is_param(a, param), tuple(graph.params[param].shape), {"y_param": param})
+    if source is not None:
+        found_y = _broadcast(graph, source[0], source[1], shape)
         if found_y is None:
             return None
         aliases, (inner, size) = found_y
-        params = {"y_param": param, "y_inner": inner, "y_size": size}
+        params = source[2] | {"y_inner": inner, "y_size": size}
     found = _elementwise_body(graph, len(graph.nodes), inputs, shape, aliases, param)
     if found is None or last.index not in found[2] or last.info.dtype != "torch.float32":
         return None
@@ -1147,8 +1147,8 @@ def _loss_operands(graph: OpGraph, node: OpNode, last: int, shape: tuple[int, ..
     lines, chain, names = found
     operands = []
     for arg in node.args[:2]:
-        if _is_input(arg, 0) or _is_input(arg, 1):
-            operands.append("x" if _is_input(arg, 0) else "y")
+        if _is_input(arg):  # _loss takes exactly two inputs, x and y
+            operands.append("xy"[arg.index])
         elif isinstance(arg, Ref) and arg.kind == "node" and arg.index in names:
             operands.append(names[arg.index])
         else:

@@ -214,9 +214,9 @@ def _describe_pointwise(problem: Any, module: Any, init_inputs: list, inputs: li
     if "y_input" in params:
         names[params["y_input"]] = "y"
         shapes.append(tuple(int(d) for d in inputs[params["y_input"]].shape))
-        broadcast = (int(params["y_inner"]), int(params["y_size"]))
     elif "y_param" in params:
         shapes.append(tuple(int(d) for d in model.get_parameter(str(params["y_param"])).shape))
+    if "y_inner" in params:  # y (an input or the parameter) read at (e / inner) % size
         broadcast = (int(params["y_inner"]), int(params["y_size"]))
     scalars = tuple((f"s{i}", float(v)) for i, v in params.get("scalars", []))
     return OpSpec(problem_id=str(problem.id), op="pointwise", family="elementwise", input_shape=shapes[0],

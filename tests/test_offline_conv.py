@@ -26,7 +26,7 @@ from offline_support import (  # noqa: F401 - build_env: autouse
 
 from kernelcraft.problems import load_problem
 from kernelcraft.search.offline import OfflineProposer
-from kernelcraft.search.offline_kernels import candidate_source, generator
+from kernelcraft.search.offline_kernels import candidate_source, conv_cuda, generator
 from kernelcraft.search.offline_kernels.catalogue import catalogue
 from kernelcraft.search.offline_kernels.opspec import describe
 
@@ -50,13 +50,20 @@ GEOMETRIES = [
     ("dilated", "3, 16, 5, stride=2, padding=3, dilation=2", (1, 3, 23, 17), None),
     ("pointwise", "8, 4, 1", (3, 8, 5, 7), None),
     ("pooled", "3, 8, 3, stride=1, padding=1", (2, 3, 12, 9), "2"),
+    # strided layers whose gather folds: 2-float pieces (stride 2, padding 2), 4-float pieces on a width they do not
+    # divide (the one-float kernel then), and a pooled block with 2-float pieces and a 3x3/2 pool
+    ("strided", "3, 8, 5, stride=2, padding=2", (2, 3, 17, 18), None),
+    ("strided_odd", "2, 12, 6, stride=4", (1, 2, 19, 23), None),
+    ("strided_pooled", "3, 8, 7, stride=2, padding=2", (2, 3, 21, 20), "3, 2"),
 ]
 
 
 C_PARENTS = [{}, {"order": "rows", "par": "omp", "kblock": 4}, {"kblock": 8, "wpack": True, "hoist": True,
                                                                  "pool_fused": True}]
 CUDA_PARENTS = [{}, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 2, "pad": 4},
-                {"algo": "mma", "precision": "tf32", "bk": 16, "stages": 3, "cp_async": True, "acc": "tile"}]
+                {"algo": "mma", "precision": "tf32", "bk": 16, "stages": 3, "cp_async": True, "acc": "tile"},
+                {"algo": "mma", "precision": "3xtf32", "bk": 16, "bn": 96, "stages": 3, "cp_async": True, "pad": 4,
+                 "gather": "fold"}]
 
 
 def check(module, problem, inputs, device: str, tol: float = 1e-4) -> str | None:
@@ -144,6 +151,28 @@ def test_the_implicit_gemm_idea_says_what_the_gemm_is_and_reuses_the_tensor_core
     assert "(unsigned)(row.y + dr) < (unsigned)H" in src  # the gather: a pixel's entry plus the tile's tap offset
 
 
+@pytest.mark.parametrize("conv,width", [
+    ("3, 96, 11, stride=4, padding=2", 2),  # AlexNet's conv1: 8-byte pieces
+    ("3, 8, 8, stride=4", 4),
+    ("3, 8, 5, stride=2, padding=1", 0),  # an odd padding misaligns every piece
+    ("3, 8, 3, stride=1, padding=1", 0),  # nothing to fold
+    ("3, 8, 5, stride=2, padding=2, dilation=2", 0),  # dilated taps are not neighbours
+])
+def test_the_fold_idea_is_offered_for_strided_layers_whose_pieces_align_and_says_how_wide(tmp_path, conv, width):
+    spec = describe(conv_problem(tmp_path, "c", conv, (1, 3, 40, 40)))
+    parent = generator("conv", "cuda").normalise(spec, {"algo": "mma", "precision": "tf32", "cp_async": True,
+                                                        "stages": 2, "bk": 16})
+    fold = [i for i in catalogue("conv", "cuda") if i.key == "fold_stride" and i.applies(spec, parent)]
+    assert conv_cuda.fold_width(spec) == width and len(fold) == (1 if width else 0)
+    if width:
+        child = generator("conv", "cuda").normalise(spec, parent | fold[0].delta)
+        assert child["gather"] == "fold"
+        text = OfflineProposer(0)._text(fold[0], spec, child)
+        assert f"{width}-float pieces with one {4 * width}-byte cp.async" in text
+        src = generator("conv", "cuda").render(spec, child)
+        assert "_conv_safe" in src[0] and f"if W % {width} == 0" in "\n".join(src[1])
+
+
 # ------------------------------------------------------------------------------------------------ C kernels run
 
 
@@ -186,7 +215,10 @@ def _cuda_jobs(tmp_path: Path):
     for name, conv, shape, pool in GEOMETRIES:
         prob = conv_problem(tmp_path, name, conv, shape, pool)
         spec = describe(prob)
-        jobs += [(prob, spec, f) for f in reachable(spec, "cuda", CUDA_PARENTS)[::4]]
+        kernels = reachable(spec, "cuda", CUDA_PARENTS)
+        picked = kernels[::4]
+        picked += [f for f in kernels if f.get("gather") == "fold" and f not in picked][:4]
+        jobs += [(prob, spec, f) for f in picked]
     return jobs
 
 

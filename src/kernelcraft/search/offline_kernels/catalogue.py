@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from kernelcraft.search.offline_kernels import (
     attn_cuda,
+    conv_cuda,
     cuda_common,
     matmul_cuda,
     matmul_wgmma,
@@ -74,6 +75,10 @@ def context(spec: OpSpec, child: dict) -> dict:
         g = spec.geometry
         ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
                 "ks": g["r"], "T": child.get("threads", 256)}
+        if conv_cuda.fold_width(spec):
+            q = -(-g["r"] // g["stride"])
+            ctx |= {"fq": q, "fks": q * g["stride"], "pw": conv_cuda.fold_width(spec),
+                    "pwb": 4 * conv_cuda.fold_width(spec)}
         if child.get("algo") == "mma":
             ctx["T"] = matmul_cuda.mma_threads(child)
             ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
@@ -716,6 +721,12 @@ CONV_CUDA: list[Idea] = [
          {"pool_threads": 128}, 0.4, when=lambda s, f: _pooled(s, f) and f.get("pool_threads") != 128),
     Idea("pool_threads512", PAR, "Run the max pool with 512-thread blocks.", {"pool_threads": 512}, 0.3,
          when=lambda s, f: _pooled(s, f) and f.get("pool_threads") != 512),
+    Idea("fold_stride", MEM, "Fold the stride into the order of the GEMM's depth (space-to-depth, without writing "
+         "the rearranged input): {fq}x{fq} tap blocks, then channels, then the stride's row and column phases, the "
+         "{ks}x{ks} kernel padded with zero taps to {fks}x{fks}; a tap block's column phases are neighbouring input "
+         "floats, so each thread gathers {pw}-float pieces with one {pwb}-byte cp.async where it copied one float, "
+         "and the weights, rearranged into that order once per call, load as 16-byte rows.", {"gather": "fold"},
+         2.0, when=lambda s, f: f.get("algo") == "mma" and f.get("gather") != "fold" and conv_cuda.fold_width(s) > 0),
     Idea("one_stage", ASYNC, "Go back to one pipeline stage with synchronous loads: the least shared memory per "
          "block, so the most blocks per SM hide the gathers' latency instead.", {"stages": 1, "cp_async": False}, 0.3,
          when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) > 1),

@@ -8,11 +8,19 @@ C*R*S taps; the A tile is gathered from the input on the fly (im2col never mater
 zeros), the B tile read from the weights, and the epilogue adds the bias, applies the ReLU and scatters to NCHW.
 The conv+ReLU+MaxPool block is two kernels: the convolution with bias and ReLU fused, then the pool.
 
+A strided layer's gather can be folded (``gather: fold``): the GEMM's depth is reordered as (tap row block, tap
+column block, channel, row phase, column phase), the kernel padded with zero taps to a multiple of the stride, so
+the stride's column phases of one tap block are neighbouring input floats: each thread copies pieces of 2 or 4
+floats (8- or 16-byte cp.async) where the plain gather copies one, and the weights, rearranged once per call into
+that order as a K x COUT matrix, load as 16-byte rows. (Space-to-depth without writing the rearranged input.)
+
 The layer's geometry (channels, kernel, stride, padding, dilation) is fixed by ModelNew's nn.Conv2d, so it is
 compiled in as constants (divisions by them become multiplies); batch and image sizes are arguments.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from kernelcraft.search.offline_kernels import cuda_common
 from kernelcraft.search.offline_kernels import matmul_cuda as mm
@@ -30,6 +38,7 @@ TUNABLES: dict[str, tuple] = {
     "wm": (1, 2, 4),
     "wn": (1, 2, 4),
     "pool_threads": (128, 256, 512),
+    "gather": ("tap", "fold"),
 }
 _GEMM_DEFAULT = {"bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2}
 
@@ -39,7 +48,7 @@ def baseline(spec: OpSpec) -> dict:
     return {"gen": GEN, "algo": "direct", "threads": 256, "load": "plain", "unroll": False, "launch_min": 0,
             "fast_math": False, "grid": "exact", "bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2, "stages": 1,
             "cp_async": False, "pad": 0, "precision": "3xtf32", "raster": 0, "acc": "direct", "frag": "scalar",
-            "split": "rna", "pool_threads": 256}
+            "split": "rna", "pool_threads": 256, "gather": "tap"}
 
 
 def gemm_features(f: dict) -> dict:
@@ -48,6 +57,22 @@ def gemm_features(f: dict) -> dict:
             "stages": f["stages"], "cp_async": f["cp_async"], "pad": f["pad"], "precision": f["precision"],
             "raster": f["raster"], "acc": f["acc"], "frag": f.get("frag", "scalar"),
             "split": f.get("split", "rna")}
+
+
+def fold_width(spec: OpSpec) -> int:
+    """Floats per piece of a folded gather: the widest of 4 and 2 dividing the stride and the padding, so every
+    piece starts at an aligned column of its input row (the launcher checks the row width too); 0 where the layer
+    cannot fold (stride 1, dilation, or no width above one float)."""
+    g = spec.geometry
+    if g["dil"] != 1 or g["stride"] < 2:
+        return 0
+    return next((w for w in (4, 2) if g["stride"] % w == 0 and g["pad"] % w == 0), 0)
+
+
+def _fold_ok(f: dict, pw: int) -> bool:
+    """Each thread's pieces are whole and its piece column is the same in every K tile."""
+    nt, per_row = mm.mma_threads(gemm_features(f)), f["bk"] // pw
+    return nt % per_row == 0 and (f["bm"] * per_row) % nt == 0
 
 
 def smem_bytes(f: dict) -> int:
@@ -88,6 +113,9 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             g |= _GEMM_DEFAULT
             while not _gemm_ok(g) and g["stages"] > 1:
                 g["stages"] -= 1
+    pw = fold_width(spec)
+    if g["algo"] != "mma" or g["gather"] != "fold" or not pw or not _fold_ok(g, pw):
+        g["gather"] = "tap"
     if not spec.geometry.get("pool_k") or g["pool_threads"] not in TUNABLES["pool_threads"]:
         g["pool_threads"] = 256
     return g
@@ -139,6 +167,74 @@ __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool val
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 4 : 0) : "memory");
 }
 """
+
+
+_CP_ASYNC8 = r"""
+// 8-byte asynchronous global -> shared copy of one piece of a folded gather, zero-filled outside the image.
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool valid) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 8 : 0) : "memory");
+}
+"""
+
+_FOLD_CONSTANTS = ("#define FQ ((KS + ST - 1) / ST)  // tap blocks per kernel row and column",
+                   "#define KF (FQ * FQ * CIN * ST * ST)  // the folded GEMM depth: zero taps pad KS to FQ * ST")
+# kd -> (tap block, channel, row phase, column phase) -> (channel, kernel row dr, kernel column ds)
+_FOLD_DECOMPOSE = ("const int tb = kd / (CIN * ST * ST), rem = kd - tb * (CIN * ST * ST);",
+                   "const int ci = rem / (ST * ST), ph = rem - ci * (ST * ST), fa = ph / ST, fb = ph - fa * ST;",
+                   "const int qr = tb / FQ, qc = tb - qr * FQ, dr = qr * ST + fa, ds = qc * ST + fb;")
+
+
+def _fold_weights(name: str) -> str:
+    """The weights in the folded depth order as a KF x COUT row-major matrix, zero at the padding taps."""
+    body = ["const int i = blockIdx.x * blockDim.x + threadIdx.x;", "if (i >= KF * COUT) return;",
+            "const int k = i % COUT, kd = i / COUT;", *_FOLD_DECOMPOSE,
+            "Wf[i] = (dr < KS && ds < KS) ? Wt[((k * CIN + ci) * KS + dr) * KS + ds] : 0.f;"]
+    return (f'extern "C" __global__ void {name}(const float* __restrict__ Wt, float* __restrict__ Wf) {{\n'
+            + "\n".join("  " + ln for ln in body) + "\n}\n")
+
+
+def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
+    """The folded gather: pieces of ``pw`` neighbouring input floats (the stride's column phases of one tap block);
+    ``pw`` 1 is the same order one float at a time, for rows whose width the pieces do not divide."""
+    io = _gemm_io(spec, f, relu)
+    cp = f["cp_async"]
+    put_a = {4: "cp_async16(as + AS_AT(r, c), src, ok);", 2: "cp_async8(as + AS_AT(r, c), src, ok);",
+             1: "cp_async4(as + AS_AT(r, c), src, ok);"}[pw] if cp else {
+        4: "*reinterpret_cast<float4*>(as + AS_AT(r, c)) = ok ? *reinterpret_cast<const float4*>(src) "
+           ": make_float4(0.f, 0.f, 0.f, 0.f);",
+        2: "*reinterpret_cast<float2*>(as + AS_AT(r, c)) = ok ? *reinterpret_cast<const float2*>(src) "
+           ": make_float2(0.f, 0.f);",
+        1: "as[AS_AT(r, c)] = ok ? *src : 0.f;"}[pw]
+    a_tile = ("// this thread's piece column: the tap it starts at, the same for every row it copies in this K tile",
+              f"const int ca = tid % (BK / {pw}), kd = k0 + ca * {pw};", *_FOLD_DECOMPOSE,
+              "const int tap = (ci * H + dr) * W + ds;",
+              "const bool kin = kd < KF && dr < KS && ds < KS;  // a padding tap's piece is not read")
+    a_ld = ("// A[m, kd .. kd + PW): output pixel m's piece (its columns lie all inside the image or all outside)",
+            f"const int r = tid / (BK / {pw}) + l * (NT / (BK / {pw})), c = ca * {pw};", "const int4 row = rows[r];",
+            "const bool ok = kin && (unsigned)(row.y + dr) < (unsigned)H && (unsigned)(row.z + ds) < (unsigned)W;",
+            "const float* src = X + (ok ? row.x + tap : 0);", put_a)
+    g = spec.geometry
+    if g["cout"] % 4 == 0:  # 16-byte rows of the folded weights
+        put_b = ("cp_async16(bs + BS_AT(r, c), src, ok);" if cp else
+                 "*reinterpret_cast<float4*>(bs + BS_AT(r, c)) = ok ? *reinterpret_cast<const float4*>(src) "
+                 ": make_float4(0.f, 0.f, 0.f, 0.f);")
+        b_ld = ("// B[kd, k .. k + 4) from the folded weights, a KF x COUT matrix",
+                "const int v = tid + l * NT;", "if (v < BK * BN / 4) {",
+                "  const int r = v / (BN / 4), c = v % (BN / 4) * 4, kd = k0 + r, k = bn0 + c;",
+                "  const bool ok = kd < KF && k < COUT;", "  const float* src = ok ? Wt + kd * COUT + k : Wt;",
+                "  " + put_b, "}")
+        lb = "((BK * BN / 4 + NT - 1) / NT)"
+    else:
+        put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if cp else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
+        b_ld = ("const int v = tid + l * NT, r = v / BN, c = v % BN, kd = k0 + r, k = bn0 + c;",
+                "const bool ok = kd < KF && k < COUT;", "const float* src = ok ? Wt + kd * COUT + k : Wt;", put_b)
+        lb = ""  # one float each, as the plain gather's B loads
+    # cp_async4 (pw 1) comes with the plain gather's helpers, cp_async16 with the pipeline's
+    helpers = io.helpers + "\n" + "\n".join(_FOLD_CONSTANTS) + "\n" + (_CP_ASYNC8 if cp and pw == 2 else "")
+    return dataclasses.replace(
+        io, ints=io.ints.replace("K = KD;", "K = KF;"), a_ld=a_ld, b_ld=b_ld, a_tile=a_tile, helpers=helpers,
+        la=f"(BM * BK / ({pw} * NT))", lb=lb, title=f"conv_cuda, implicit GEMM, folded gather of {pw}-float pieces")
 
 
 def _gemm_io(spec: OpSpec, f: dict, relu: bool) -> mm.GemmIO:
@@ -206,12 +302,20 @@ extern "C" __global__ void __launch_bounds__({f['pool_threads']}) {name}(const f
 """
 
 
-def render_source(spec: OpSpec, f: dict, name: str) -> str:
+def render_source(spec: OpSpec, f: dict, name: str, pw: int = 0) -> str:
+    """The kernel's source; a folded gather's pieces are ``pw`` floats wide (its layer's widest by default)."""
     f = normalise(spec, f)
+    pw = pw or fold_width(spec)
     relu = bool(spec.geometry.get("pool_k"))
     if f["algo"] == "direct":
         return _direct(spec, f, name, relu)
-    return mm._mma(mm.baseline(spec) | gemm_features(f), name, False, _gemm_io(spec, f, relu))
+    io = _fold_io(spec, f, relu, pw) if f["gather"] == "fold" else _gemm_io(spec, f, relu)
+    return mm._mma(mm.baseline(spec) | gemm_features(f), name, False, io)
+
+
+def _fold_weights_source(spec: OpSpec) -> str:
+    return ("// generated by kernelcraft's offline proposer (conv_cuda, weights in the folded order)\n"
+            + "\n".join(_constants(spec, False) + list(_FOLD_CONSTANTS)) + "\n" + _fold_weights("fold_weights"))
 
 
 def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
@@ -229,8 +333,23 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
         gf = gemm_features(f)
         mod = [f"SRC = r'''\n{render_source(spec, f, 'conv_gemm')}'''", "",
                f'_conv = cuda_kernel(SRC, "conv_gemm", shared_mem={smem_bytes(f)})']
-        launch = [f"tiles = -(-(N * OH * OW) // {gf['bm']}) * -(-{g['cout']} // {gf['bn']})",
-                  f"_conv(grid=(tiles,), block=({mm.mma_threads(gf)},), args=(x, w, b, y, N, H, W, OH, OW))"]
+        launch = [f"tiles = -(-(N * OH * OW) // {gf['bm']}) * -(-{g['cout']} // {gf['bn']})"]
+        call = f"(grid=(tiles,), block=({mm.mma_threads(gf)},), args=(x, w, b, y, N, H, W, OH, OW))"
+        if f["gather"] == "fold":
+            pw, q = fold_width(spec), -(-g["r"] // g["stride"])
+            kf = q * q * g["cin"] * g["stride"] ** 2
+            mod += ["", "# The same gather one float at a time, for rows the pieces do not divide (see forward).",
+                    f"SRC_SAFE = r'''\n{render_source(spec, f, 'conv_gemm_safe', pw=1)}'''", "",
+                    f'_conv_safe = cuda_kernel(SRC_SAFE, "conv_gemm_safe", shared_mem={smem_bytes(f)})', "",
+                    f"FOLD_W = r'''\n{_fold_weights_source(spec)}'''", "",
+                    '_fold_w = cuda_kernel(FOLD_W, "fold_weights")']
+            launch = [f"wf = torch.empty(({kf}, {g['cout']}), device=x.device, dtype=x.dtype)",
+                      f"_fold_w(grid=({-(-kf * g['cout'] // 256)},), block=(256,), args=(w, wf))",
+                      "w = wf  # the GEMM's B operand in the folded order", *launch,
+                      f"if W % {pw} == 0 and x.data_ptr() % 16 == 0:", "    _conv" + call, "else:",
+                      "    _conv_safe" + call]
+        else:
+            launch.append("_conv" + call)
     if g["pool_k"]:
         mod += ["", f"POOL = r'''\n{_pool(spec, f, 'maxpool')}'''", "", '_pool = cuda_kernel(POOL, "maxpool")']
     if f["grid"] == "persistent":

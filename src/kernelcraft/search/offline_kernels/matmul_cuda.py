@@ -367,6 +367,10 @@ class GemmIO:
     # Lines storing a thread's two neighbouring outputs of row ``r`` (columns ``c``, ``c + 1``) at once, used instead
     # of ``store`` where given: an aligned row-major output takes them as one 8-byte store.
     pair_store: tuple[str, ...] = ()
+    # How many loads of the A and B tiles each thread makes per K tile (the LA and LB loop counts), where the
+    # operand's loads are of another width than the kernel's ``vec`` (a gather of 8-byte pieces, say)
+    la: str = ""
+    lb: str = ""
 
 
 def _matmul_io(f: dict, fast: bool) -> GemmIO:
@@ -411,7 +415,8 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
                 "// 16-deep slice) land in distinct banks for the eight columns g of a fragment",
                 "#define BS_AT(r, c) ((r) * LDB + ((((c) >> 2) ^ ((((r) >> 2) & 3) << 1)) << 2) + ((c) & 3))"]
                if vecfrag else ["#define BS_AT(r, c) ((r) * LDB + (c))"]),
-             f"#define LA (BM * BK / ({vec} * NT))", f"#define LB (BK * BN / ({vec} * NT))", "", _raster(f), _MMA]
+             f"#define LA {io.la or f'(BM * BK / ({vec} * NT))'}", f"#define LB {io.lb or f'(BK * BN / ({vec} * NT))'}",
+             "", _raster(f), _MMA]
     if cp:
         lines.append(cc.CP_ASYNC_PIPELINE)
     if io.helpers:

@@ -721,12 +721,15 @@ CONV_CUDA: list[Idea] = [
          {"pool_threads": 128}, 0.4, when=lambda s, f: _pooled(s, f) and f.get("pool_threads") != 128),
     Idea("pool_threads512", PAR, "Run the max pool with 512-thread blocks.", {"pool_threads": 512}, 0.3,
          when=lambda s, f: _pooled(s, f) and f.get("pool_threads") != 512),
+    Idea("pool_reverse", MEM, "Walk the max pool's outputs from the last image to the first: the convolution wrote "
+         "the last images last, so the pool's first blocks read them from L2 instead of HBM.",
+         {"pool_order": "reverse"}, 1.0, when=lambda s, f: _pooled(s, f) and f.get("pool_order") != "reverse"),
     Idea("fold_stride", MEM, "Fold the stride into the order of the GEMM's depth (space-to-depth, without writing "
          "the rearranged input): {fq}x{fq} tap blocks, then channels, then the stride's row and column phases, the "
          "{ks}x{ks} kernel padded with zero taps to {fks}x{fks}; a tap block's column phases are neighbouring input "
          "floats, so each thread gathers {pw}-float pieces with one {pwb}-byte cp.async where it copied one float, "
          "and the weights, rearranged into that order once per call, load as 16-byte rows.", {"gather": "fold"},
-         2.0, when=lambda s, f: f.get("algo") == "mma" and f.get("gather") != "fold" and conv_cuda.fold_width(s) > 0),
+         4.0, when=lambda s, f: f.get("algo") == "mma" and f.get("gather") != "fold" and conv_cuda.fold_width(s) > 0),
     Idea("one_stage", ASYNC, "Go back to one pipeline stage with synchronous loads: the least shared memory per "
          "block, so the most blocks per SM hide the gathers' latency instead.", {"stages": 1, "cp_async": False}, 0.3,
          when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) > 1),

@@ -39,6 +39,7 @@ TUNABLES: dict[str, tuple] = {
     "wn": (1, 2, 4),
     "pool_threads": (128, 256, 512),
     "gather": ("tap", "fold"),
+    "pool_order": ("forward", "reverse"),
 }
 _GEMM_DEFAULT = {"bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2}
 
@@ -48,7 +49,8 @@ def baseline(spec: OpSpec) -> dict:
     return {"gen": GEN, "algo": "direct", "threads": 256, "load": "plain", "unroll": False, "launch_min": 0,
             "fast_math": False, "grid": "exact", "bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2, "stages": 1,
             "cp_async": False, "pad": 0, "precision": "3xtf32", "raster": 0, "acc": "direct", "frag": "scalar",
-            "split": "rna", "pool_threads": 256, "gather": "tap"}
+            "split": "rna", "pool_threads": 256, "gather": "tap",
+            "pool_order": "forward"}
 
 
 def gemm_features(f: dict) -> dict:
@@ -70,14 +72,16 @@ def fold_width(spec: OpSpec) -> int:
 
 
 def _fold_ok(f: dict, pw: int) -> bool:
-    """Each thread's pieces are whole and its piece column is the same in every K tile."""
+    """Each thread's pieces are whole, its piece column is the same in every K tile, and its pixels' window
+    origins (three registers each) fit in registers."""
     nt, per_row = mm.mma_threads(gemm_features(f)), f["bk"] // pw
-    return nt % per_row == 0 and (f["bm"] * per_row) % nt == 0
+    return nt % per_row == 0 and (f["bm"] * per_row) % nt == 0 and f["bm"] * per_row // nt <= 8
 
 
 def smem_bytes(f: dict) -> int:
-    """The pipeline's stages plus the per-block table of output pixels (an int4 per row of the tile)."""
-    return mm.mma_smem_bytes(gemm_features(f)) + 16 * f["bm"]
+    """The pipeline's stages plus the per-block table of output pixels (an int4 per row of the tile), which a
+    folded gather keeps in registers instead."""
+    return mm.mma_smem_bytes(gemm_features(f)) + (0 if f.get("gather") == "fold" else 16 * f["bm"])
 
 
 def _gemm_ok(f: dict) -> bool:
@@ -118,6 +122,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["gather"] = "tap"
     if not spec.geometry.get("pool_k") or g["pool_threads"] not in TUNABLES["pool_threads"]:
         g["pool_threads"] = 256
+    if not spec.geometry.get("pool_k") or g["pool_order"] not in TUNABLES["pool_order"]:
+        g["pool_order"] = "forward"
     return g
 
 
@@ -179,16 +185,18 @@ __device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool val
 
 _FOLD_CONSTANTS = ("#define FQ ((KS + ST - 1) / ST)  // tap blocks per kernel row and column",
                    "#define KF (FQ * FQ * CIN * ST * ST)  // the folded GEMM depth: zero taps pad KS to FQ * ST")
-# kd -> (tap block, channel, row phase, column phase) -> (channel, kernel row dr, kernel column ds)
-_FOLD_DECOMPOSE = ("const int tb = kd / (CIN * ST * ST), rem = kd - tb * (CIN * ST * ST);",
-                   "const int ci = rem / (ST * ST), ph = rem - ci * (ST * ST), fa = ph / ST, fb = ph - fa * ST;",
-                   "const int qr = tb / FQ, qc = tb - qr * FQ, dr = qr * ST + fa, ds = qc * ST + fb;")
+# kd -> (tap block, channel, row phase, column phase) -> (channel, kernel row dr, kernel column ds); unsigned, so the
+# divisions by constants are a multiply and a shift with no sign fix-up
+_FOLD_DECOMPOSE = ("const unsigned tb = kd / (CIN * ST * ST), rem = kd - tb * (CIN * ST * ST);",
+                   "const unsigned ci = rem / (ST * ST), ph = rem - ci * (ST * ST), fa = ph / ST, fb = ph - fa * ST;",
+                   "const unsigned qr = tb / FQ, qc = tb - qr * FQ;",
+                   "const int dr = (int)(qr * ST + fa), ds = (int)(qc * ST + fb);")
 
 
 def _fold_weights(name: str) -> str:
     """The weights in the folded depth order as a KF x COUT row-major matrix, zero at the padding taps."""
     body = ["const int i = blockIdx.x * blockDim.x + threadIdx.x;", "if (i >= KF * COUT) return;",
-            "const int k = i % COUT, kd = i / COUT;", *_FOLD_DECOMPOSE,
+            "const unsigned k = i % COUT, kd = i / COUT;", *_FOLD_DECOMPOSE,
             "Wf[i] = (dr < KS && ds < KS) ? Wt[((k * CIN + ci) * KS + dr) * KS + ds] : 0.f;"]
     return (f'extern "C" __global__ void {name}(const float* __restrict__ Wt, float* __restrict__ Wf) {{\n'
             + "\n".join("  " + ln for ln in body) + "\n}\n")
@@ -207,13 +215,22 @@ def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
            ": make_float2(0.f, 0.f);",
         1: "as[AS_AT(r, c)] = ok ? *src : 0.f;"}[pw]
     a_tile = ("// this thread's piece column: the tap it starts at, the same for every row it copies in this K tile",
-              f"const int ca = tid % (BK / {pw}), kd = k0 + ca * {pw};", *_FOLD_DECOMPOSE,
-              "const int tap = (ci * H + dr) * W + ds;",
-              "const bool kin = kd < KF && dr < KS && ds < KS;  // a padding tap's piece is not read")
+              f"const unsigned ca = tid % (BK / {pw}), kd = k0 + ca * {pw};", *_FOLD_DECOMPOSE,
+              "const int tap = (int)(ci * H) * W + dr * W + ds;",
+              "const bool kin = (kd < KF) & (dr < KS) & (ds < KS);  // a padding tap's piece is not read")
     a_ld = ("// A[m, kd .. kd + PW): output pixel m's piece (its columns lie all inside the image or all outside)",
-            f"const int r = tid / (BK / {pw}) + l * (NT / (BK / {pw})), c = ca * {pw};", "const int4 row = rows[r];",
-            "const bool ok = kin && (unsigned)(row.y + dr) < (unsigned)H && (unsigned)(row.z + ds) < (unsigned)W;",
-            "const float* src = X + (ok ? row.x + tap : 0);", put_a)
+            f"const int r = tid / (BK / {pw}) + l * (NT / (BK / {pw})), c = ca * {pw};",
+            "const bool ok = kin & ((unsigned)(pih[l] + dr) < (unsigned)H) & ((unsigned)(piw[l] + ds) < (unsigned)W);",
+            "const float* src = X + (ok ? poff[l] + tap : 0);", put_a)
+    prelude = ("// this thread's pixels, the same rows of the A tile in every K tile: each one's window origin (offset",
+               "// in the input, row, column) kept in registers",
+               "int poff[LA], pih[LA], piw[LA];", "#pragma unroll", "for (int l = 0; l < LA; ++l) {",
+               f"  const int m = bm0 + tid / (BK / {pw}) + l * (NT / (BK / {pw}));", "  if (m < M) {",
+               "    const int n = m / P, p = m - n * P, oh = p / OW, ow = p - oh * OW;",
+               "    pih[l] = oh * ST - PAD; piw[l] = ow * ST - PAD;",
+               "    poff[l] = n * (CIN * H * W) + pih[l] * W + piw[l];",
+               "  } else {", "    poff[l] = 0; pih[l] = -(1 << 28); piw[l] = 0;  // never inside the image", "  }",
+               "}")
     g = spec.geometry
     if g["cout"] % 4 == 0:  # 16-byte rows of the folded weights
         put_b = ("cp_async16(bs + BS_AT(r, c), src, ok);" if cp else
@@ -234,6 +251,7 @@ def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
     helpers = io.helpers + "\n" + "\n".join(_FOLD_CONSTANTS) + "\n" + (_CP_ASYNC8 if cp and pw == 2 else "")
     return dataclasses.replace(
         io, ints=io.ints.replace("K = KD;", "K = KF;"), a_ld=a_ld, b_ld=b_ld, a_tile=a_tile, helpers=helpers,
+        prelude=prelude,
         la=f"(BM * BK / ({pw} * NT))", lb=lb, title=f"conv_cuda, implicit GEMM, folded gather of {pw}-float pieces")
 
 
@@ -283,8 +301,10 @@ extern "C" __global__ void __launch_bounds__({f['pool_threads']}) {name}(const f
     float* __restrict__ Out, long long NC, long long OH_, long long OW_, long long PH_, long long PW_) {{
   const int OH = (int)OH_, OW = (int)OW_, PH = (int)PH_, PW = (int)PW_;
   const long long total = NC * PH * PW;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-       i += (long long)gridDim.x * blockDim.x) {{
+  for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total;
+       t += (long long)gridDim.x * blockDim.x) {{
+    const long long i = {"total - 1 - t;  // last image first: what the convolution wrote last is still in L2"
+                         if f["pool_order"] == "reverse" else "t;"}
     const int pw = (int)(i % PW), ph = (int)((i / PW) % PH);
     const long long nc = i / ((long long)PW * PH);
     const float* y = Y + (nc * OH + ph * PS) * OW + pw * PS;

@@ -63,7 +63,9 @@ C_PARENTS = [{}, {"order": "rows", "par": "omp", "kblock": 4}, {"kblock": 8, "wp
 CUDA_PARENTS = [{}, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 2, "pad": 4},
                 {"algo": "mma", "precision": "tf32", "bk": 16, "stages": 3, "cp_async": True, "acc": "tile"},
                 {"algo": "mma", "precision": "3xtf32", "bk": 16, "bn": 96, "stages": 3, "cp_async": True, "pad": 4,
-                 "gather": "fold"}]
+                 "gather": "fold"},
+                {"algo": "mma", "precision": "tf32", "bk": 16, "stages": 2, "cp_async": True, "pad": 4,
+                 "gather": "nhwc"}]
 
 
 def check(module, problem, inputs, device: str, tol: float = 1e-4) -> str | None:
@@ -173,6 +175,23 @@ def test_the_fold_idea_is_offered_for_strided_layers_whose_pieces_align_and_says
         assert "_conv_safe" in src[0] and f"if W % {width} == 0" in "\n".join(src[1])
 
 
+@pytest.mark.parametrize("conv,cin", [("3, 96, 11, stride=4, padding=2", 3), ("8, 16, 3, padding=2, dilation=2", 8)])
+def test_the_channels_last_idea_copies_the_input_once_and_gathers_16_byte_pieces(tmp_path, conv, cin):
+    spec = describe(conv_problem(tmp_path, "c", conv, (1, cin, 40, 40)))
+    parent = generator("conv", "cuda").normalise(spec, {"algo": "mma", "precision": "tf32", "cp_async": True,
+                                                        "stages": 2, "bk": 16})
+    idea = next(i for i in catalogue("conv", "cuda") if i.key == "channels_last")
+    assert idea.applies(spec, parent)
+    child = generator("conv", "cuda").normalise(spec, parent | idea.delta)
+    assert child["gather"] == "nhwc"
+    assert f"padded with zeros to {-(-cin // 4) * 4})" in OfflineProposer(0)._text(idea, spec, child)
+    module, forward = generator("conv", "cuda").render(spec, child)
+    assert "to_nhwc" in module and "prep_weights" in module and "cp_async16(as + AS_AT(r, c), src, ok)" in module
+    assert "args=(xc, w, b, y, N, H, W, OH, OW)" in "\n".join(forward)
+    # a folded layer's fold is weighted above the channels-last copy of 3 channels padded to 4; 8 channels copy whole
+    assert idea.prior(spec, parent) == (1.0 if cin == 3 else 3.0)
+
+
 # ------------------------------------------------------------------------------------------------ C kernels run
 
 
@@ -217,7 +236,8 @@ def _cuda_jobs(tmp_path: Path):
         spec = describe(prob)
         kernels = reachable(spec, "cuda", CUDA_PARENTS)
         picked = kernels[::4]
-        picked += [f for f in kernels if f.get("gather") == "fold" and f not in picked][:4]
+        for gather in ("fold", "nhwc"):
+            picked += [f for f in kernels if f.get("gather") == gather and f not in picked][:3]
         jobs += [(prob, spec, f) for f in picked]
     return jobs
 

@@ -74,7 +74,7 @@ def context(spec: OpSpec, child: dict) -> dict:
     if spec.family == "conv":
         g = spec.geometry
         ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
-                "ks": g["r"], "T": child.get("threads", 256)}
+                "ks": g["r"], "T": child.get("threads", 256), "cin": g["cin"], "cpad": -(-g["cin"] // 4) * 4}
         if conv_cuda.fold_width(spec):
             q = -(-g["r"] // g["stride"])
             ctx |= {"fq": q, "fks": q * g["stride"], "pw": conv_cuda.fold_width(spec),
@@ -730,6 +730,12 @@ CONV_CUDA: list[Idea] = [
          "floats, so each thread gathers {pw}-float pieces with one {pwb}-byte cp.async where it copied one float, "
          "and the weights, rearranged into that order once per call, load as 16-byte rows.", {"gather": "fold"},
          4.0, when=lambda s, f: f.get("algo") == "mma" and f.get("gather") != "fold" and conv_cuda.fold_width(s) > 0),
+    Idea("channels_last", MEM, "Copy the input once per call to channels-last order ({cin} channels per pixel, "
+         "padded with zeros to {cpad}), and order the GEMM's depth as (kernel row, kernel column, channel): a tap's "
+         "channels are then neighbouring floats, so each thread gathers 4 channels with one 16-byte cp.async where "
+         "it copied one float; the weights, rearranged into that order once per call, load as 16-byte rows.",
+         {"gather": "nhwc"}, 1.0, when=lambda s, f: f.get("algo") == "mma" and f.get("gather") != "nhwc",
+         boost=lambda s, f: 3.0 if s.geometry["cin"] % 4 == 0 or not conv_cuda.fold_width(s) else 1.0),
     Idea("one_stage", ASYNC, "Go back to one pipeline stage with synchronous loads: the least shared memory per "
          "block, so the most blocks per SM hide the gathers' latency instead.", {"stages": 1, "cp_async": False}, 0.3,
          when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) > 1),

@@ -13,6 +13,10 @@ column block, channel, row phase, column phase), the kernel padded with zero tap
 the stride's column phases of one tap block are neighbouring input floats: each thread copies pieces of 2 or 4
 floats (8- or 16-byte cp.async) where the plain gather copies one, and the weights, rearranged once per call into
 that order as a K x COUT matrix, load as 16-byte rows. (Space-to-depth without writing the rearranged input.)
+Any layer's gather can instead read a channels-last copy of the input (``gather: nhwc``, written once per call,
+channels padded to a multiple of 4), its depth ordered (kernel row, kernel column, channel): 16-byte pieces of four
+channels of one tap. Both keep each thread's pixels' window origins in registers (its rows of the A tile are the
+same in every K tile).
 
 The layer's geometry (channels, kernel, stride, padding, dilation) is fixed by ModelNew's nn.Conv2d, so it is
 compiled in as constants (divisions by them become multiplies); batch and image sizes are arguments.
@@ -38,7 +42,7 @@ TUNABLES: dict[str, tuple] = {
     "wm": (1, 2, 4),
     "wn": (1, 2, 4),
     "pool_threads": (128, 256, 512),
-    "gather": ("tap", "fold"),
+    "gather": ("tap", "fold", "nhwc"),
     "pool_order": ("forward", "reverse"),
 }
 _GEMM_DEFAULT = {"bm": 128, "bn": 64, "bk": 32, "wm": 4, "wn": 2}
@@ -61,6 +65,18 @@ def gemm_features(f: dict) -> dict:
             "split": f.get("split", "rna")}
 
 
+def _depth(spec: OpSpec, gather: str) -> int:
+    """The GEMM's depth in the gather's order: the plain gather's C*R*S taps, or padded with zero taps (a folded
+    kernel to a multiple of the stride, channels-last channels to a multiple of 4)."""
+    g = spec.geometry
+    if gather == "fold":
+        q = -(-g["r"] // g["stride"])
+        return q * q * g["cin"] * g["stride"] ** 2
+    if gather == "nhwc":
+        return g["r"] * g["r"] * -(-g["cin"] // 4) * 4
+    return g["cin"] * g["r"] * g["r"]
+
+
 def fold_width(spec: OpSpec) -> int:
     """Floats per piece of a folded gather: the widest of 4 and 2 dividing the stride and the padding, so every
     piece starts at an aligned column of its input row (the launcher checks the row width too); 0 where the layer
@@ -80,8 +96,8 @@ def _fold_ok(f: dict, pw: int) -> bool:
 
 def smem_bytes(f: dict) -> int:
     """The pipeline's stages plus the per-block table of output pixels (an int4 per row of the tile), which a
-    folded gather keeps in registers instead."""
-    return mm.mma_smem_bytes(gemm_features(f)) + (0 if f.get("gather") == "fold" else 16 * f["bm"])
+    gather of pieces keeps in registers instead."""
+    return mm.mma_smem_bytes(gemm_features(f)) + (16 * f["bm"] if f.get("gather", "tap") == "tap" else 0)
 
 
 def _gemm_ok(f: dict) -> bool:
@@ -117,8 +133,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             g |= _GEMM_DEFAULT
             while not _gemm_ok(g) and g["stages"] > 1:
                 g["stages"] -= 1
-    pw = fold_width(spec)
-    if g["algo"] != "mma" or g["gather"] != "fold" or not pw or not _fold_ok(g, pw):
+    pw = fold_width(spec) if g["gather"] == "fold" else 4
+    if g["algo"] != "mma" or g["gather"] not in ("fold", "nhwc") or not pw or not _fold_ok(g, pw):
         g["gather"] = "tap"
     if not spec.geometry.get("pool_k") or g["pool_threads"] not in TUNABLES["pool_threads"]:
         g["pool_threads"] = 256
@@ -183,28 +199,75 @@ __device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool val
 }
 """
 
-_FOLD_CONSTANTS = ("#define FQ ((KS + ST - 1) / ST)  // tap blocks per kernel row and column",
-                   "#define KF (FQ * FQ * CIN * ST * ST)  // the folded GEMM depth: zero taps pad KS to FQ * ST")
-# kd -> (tap block, channel, row phase, column phase) -> (channel, kernel row dr, kernel column ds); unsigned, so the
-# divisions by constants are a multiply and a shift with no sign fix-up
-_FOLD_DECOMPOSE = ("const unsigned tb = kd / (CIN * ST * ST), rem = kd - tb * (CIN * ST * ST);",
-                   "const unsigned ci = rem / (ST * ST), ph = rem - ci * (ST * ST), fa = ph / ST, fb = ph - fa * ST;",
-                   "const unsigned qr = tb / FQ, qc = tb - qr * FQ;",
-                   "const int dr = (int)(qr * ST + fa), ds = (int)(qc * ST + fb);")
+@dataclasses.dataclass(frozen=True)
+class _Pieces:
+    """A gather of pieces of neighbouring input floats: the order of the GEMM's depth kd and where tap kd of a
+    pixel lies. ``decompose`` takes kd to (ci, dr, ds): channel, kernel row and kernel column (dilated);
+    ``tap_ok`` says whether that tap is real (else its weight row is zero and its piece is not read); ``tap`` is
+    its offset from the pixel's window origin, ``origin`` the window origin's offset in the (rearranged) input."""
+
+    consts: tuple[str, ...]
+    decompose: tuple[str, ...]
+    tap_ok: str
+    tap: str
+    origin: str
 
 
-def _fold_weights(name: str) -> str:
-    """The weights in the folded depth order as a KF x COUT row-major matrix, zero at the padding taps."""
-    body = ["const int i = blockIdx.x * blockDim.x + threadIdx.x;", "if (i >= KF * COUT) return;",
-            "const unsigned k = i % COUT, kd = i / COUT;", *_FOLD_DECOMPOSE,
-            "Wf[i] = (dr < KS && ds < KS) ? Wt[((k * CIN + ci) * KS + dr) * KS + ds] : 0.f;"]
-    return (f'extern "C" __global__ void {name}(const float* __restrict__ Wt, float* __restrict__ Wf) {{\n'
+_FOLD = _Pieces(
+    consts=("#define FQ ((KS + ST - 1) / ST)  // tap blocks per kernel row and column",
+            "#define KP (FQ * FQ * CIN * ST * ST)  // the folded GEMM depth: zero taps pad KS to FQ * ST"),
+    # kd -> (tap block, channel, row phase, column phase); unsigned, so the divisions by constants are a multiply
+    # and a shift with no sign fix-up
+    decompose=("const unsigned tb = kd / (CIN * ST * ST), rem = kd - tb * (CIN * ST * ST);",
+               "const unsigned ci = rem / (ST * ST), ph = rem - ci * (ST * ST), fa = ph / ST, fb = ph - fa * ST;",
+               "const unsigned qr = tb / FQ, qc = tb - qr * FQ;",
+               "const int dr = (int)(qr * ST + fa), ds = (int)(qc * ST + fb);"),
+    tap_ok="(dr < KS) & (ds < KS)", tap="(int)(ci * H) * W + dr * W + ds",
+    origin="n * (CIN * H * W) + ih * W + iw")
+
+_NHWC = _Pieces(
+    consts=("#define CP ((CIN + 3) / 4 * 4)  // channels per pixel of the channels-last copy, padded with zeros",
+            "#define KP (KS * KS * CP)"),
+    # kd -> (kernel row, kernel column, channel)
+    decompose=("const unsigned tp = kd / CP, ci = kd - tp * CP, tr = tp / KS, tc = tp - tr * KS;",
+               "const int dr = (int)(tr * DIL), ds = (int)(tc * DIL);"),
+    tap_ok="(ci < CIN)", tap="(dr * W + ds) * CP + (int)ci", origin="((n * H + ih) * W + iw) * CP")
+
+
+def _weights_source(spec: OpSpec, lay: _Pieces) -> str:
+    """The weights in the gather's depth order as a KP x COUT row-major matrix, zero at the padding taps."""
+    body = ["const int i = blockIdx.x * blockDim.x + threadIdx.x;", "if (i >= KP * COUT) return;",
+            "const unsigned k = i % COUT, kd = i / COUT;", *lay.decompose,
+            f"Wf[i] = ({lay.tap_ok}) ? Wt[((k * CIN + ci) * KS + dr / DIL) * KS + ds / DIL] : 0.f;"]
+    return ("// generated by kernelcraft's offline proposer (conv_cuda, weights in the gather's order)\n"
+            + "\n".join(_constants(spec, False) + list(lay.consts)) + "\n"
+            + 'extern "C" __global__ void prep_weights(const float* __restrict__ Wt, float* __restrict__ Wf) {\n'
             + "\n".join("  " + ln for ln in body) + "\n}\n")
 
 
-def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
-    """The folded gather: pieces of ``pw`` neighbouring input floats (the stride's column phases of one tap block);
-    ``pw`` 1 is the same order one float at a time, for rows whose width the pieces do not divide."""
+def _nhwc_source(spec: OpSpec) -> str:
+    """The input copied channels-last, each pixel's channels padded with zeros to a multiple of 4: one thread per
+    pixel reads its channels (neighbouring threads, neighbouring columns) and writes them as 16-byte vectors."""
+    return ("// generated by kernelcraft's offline proposer (conv_cuda, the input channels-last)\n"
+            + "\n".join(_constants(spec, False) + list(_NHWC.consts)) + "\n" + r"""
+extern "C" __global__ void to_nhwc(const float* __restrict__ X, float* __restrict__ Xc, long long pixels,
+                                   long long plane) {
+  const long long q = blockIdx.x * (long long)blockDim.x + threadIdx.x;  // pixel (n, h, w)
+  if (q >= pixels) return;
+  const long long n = q / plane, hw = q - n * plane;
+  const float* x = X + n * CIN * plane + hw;
+  float4* out = reinterpret_cast<float4*>(Xc + q * CP);
+#pragma unroll
+  for (int c = 0; c < CP; c += 4)
+    out[c / 4] = make_float4(c < CIN ? x[c * plane] : 0.f, c + 1 < CIN ? x[(c + 1) * plane] : 0.f,
+                             c + 2 < CIN ? x[(c + 2) * plane] : 0.f, c + 3 < CIN ? x[(c + 3) * plane] : 0.f);
+}
+""")
+
+
+def _pieces_io(spec: OpSpec, f: dict, relu: bool, pw: int, lay: _Pieces) -> mm.GemmIO:
+    """A gather of pieces of ``pw`` neighbouring input floats in the order ``lay`` gives the GEMM's depth; ``pw``
+    1 is the same order one float at a time (a folded layer's rows whose width the pieces do not divide)."""
     io = _gemm_io(spec, f, relu)
     cp = f["cp_async"]
     put_a = {4: "cp_async16(as + AS_AT(r, c), src, ok);", 2: "cp_async8(as + AS_AT(r, c), src, ok);",
@@ -215,10 +278,10 @@ def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
            ": make_float2(0.f, 0.f);",
         1: "as[AS_AT(r, c)] = ok ? *src : 0.f;"}[pw]
     a_tile = ("// this thread's piece column: the tap it starts at, the same for every row it copies in this K tile",
-              f"const unsigned ca = tid % (BK / {pw}), kd = k0 + ca * {pw};", *_FOLD_DECOMPOSE,
-              "const int tap = (int)(ci * H) * W + dr * W + ds;",
-              "const bool kin = (kd < KF) & (dr < KS) & (ds < KS);  // a padding tap's piece is not read")
-    a_ld = ("// A[m, kd .. kd + PW): output pixel m's piece (its columns lie all inside the image or all outside)",
+              f"const unsigned ca = tid % (BK / {pw}), kd = k0 + ca * {pw};", *lay.decompose,
+              f"const int tap = {lay.tap};",
+              f"const bool kin = (kd < KP) & {lay.tap_ok};  // a padding tap's piece is not read")
+    a_ld = ("// A[m, kd .. kd + PW): output pixel m's piece (all inside the image or all outside)",
             f"const int r = tid / (BK / {pw}) + l * (NT / (BK / {pw})), c = ca * {pw};",
             "const bool ok = kin & ((unsigned)(pih[l] + dr) < (unsigned)H) & ((unsigned)(piw[l] + ds) < (unsigned)W);",
             "const float* src = X + (ok ? poff[l] + tap : 0);", put_a)
@@ -227,8 +290,8 @@ def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
                "int poff[LA], pih[LA], piw[LA];", "#pragma unroll", "for (int l = 0; l < LA; ++l) {",
                f"  const int m = bm0 + tid / (BK / {pw}) + l * (NT / (BK / {pw}));", "  if (m < M) {",
                "    const int n = m / P, p = m - n * P, oh = p / OW, ow = p - oh * OW;",
-               "    pih[l] = oh * ST - PAD; piw[l] = ow * ST - PAD;",
-               "    poff[l] = n * (CIN * H * W) + pih[l] * W + piw[l];",
+               "    const int ih = oh * ST - PAD, iw = ow * ST - PAD;",
+               f"    pih[l] = ih; piw[l] = iw; poff[l] = {lay.origin};",
                "  } else {", "    poff[l] = 0; pih[l] = -(1 << 28); piw[l] = 0;  // never inside the image", "  }",
                "}")
     g = spec.geometry
@@ -236,23 +299,23 @@ def _fold_io(spec: OpSpec, f: dict, relu: bool, pw: int) -> mm.GemmIO:
         put_b = ("cp_async16(bs + BS_AT(r, c), src, ok);" if cp else
                  "*reinterpret_cast<float4*>(bs + BS_AT(r, c)) = ok ? *reinterpret_cast<const float4*>(src) "
                  ": make_float4(0.f, 0.f, 0.f, 0.f);")
-        b_ld = ("// B[kd, k .. k + 4) from the folded weights, a KF x COUT matrix",
+        b_ld = ("// B[kd, k .. k + 4) from the rearranged weights, a KP x COUT matrix",
                 "const int v = tid + l * NT;", "if (v < BK * BN / 4) {",
                 "  const int r = v / (BN / 4), c = v % (BN / 4) * 4, kd = k0 + r, k = bn0 + c;",
-                "  const bool ok = kd < KF && k < COUT;", "  const float* src = ok ? Wt + kd * COUT + k : Wt;",
+                "  const bool ok = kd < KP && k < COUT;", "  const float* src = ok ? Wt + kd * COUT + k : Wt;",
                 "  " + put_b, "}")
         lb = "((BK * BN / 4 + NT - 1) / NT)"
     else:
         put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if cp else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
         b_ld = ("const int v = tid + l * NT, r = v / BN, c = v % BN, kd = k0 + r, k = bn0 + c;",
-                "const bool ok = kd < KF && k < COUT;", "const float* src = ok ? Wt + kd * COUT + k : Wt;", put_b)
+                "const bool ok = kd < KP && k < COUT;", "const float* src = ok ? Wt + kd * COUT + k : Wt;", put_b)
         lb = ""  # one float each, as the plain gather's B loads
     # cp_async4 (pw 1) comes with the plain gather's helpers, cp_async16 with the pipeline's
-    helpers = io.helpers + "\n" + "\n".join(_FOLD_CONSTANTS) + "\n" + (_CP_ASYNC8 if cp and pw == 2 else "")
+    helpers = io.helpers + "\n" + "\n".join(lay.consts) + "\n" + (_CP_ASYNC8 if cp and pw == 2 else "")
     return dataclasses.replace(
-        io, ints=io.ints.replace("K = KD;", "K = KF;"), a_ld=a_ld, b_ld=b_ld, a_tile=a_tile, helpers=helpers,
+        io, ints=io.ints.replace("K = KD;", "K = KP;"), a_ld=a_ld, b_ld=b_ld, a_tile=a_tile, helpers=helpers,
         prelude=prelude,
-        la=f"(BM * BK / ({pw} * NT))", lb=lb, title=f"conv_cuda, implicit GEMM, folded gather of {pw}-float pieces")
+        la=f"(BM * BK / ({pw} * NT))", lb=lb, title=f"conv_cuda, implicit GEMM, gather of {pw}-float pieces")
 
 
 def _gemm_io(spec: OpSpec, f: dict, relu: bool) -> mm.GemmIO:
@@ -329,13 +392,11 @@ def render_source(spec: OpSpec, f: dict, name: str, pw: int = 0) -> str:
     relu = bool(spec.geometry.get("pool_k"))
     if f["algo"] == "direct":
         return _direct(spec, f, name, relu)
-    io = _fold_io(spec, f, relu, pw) if f["gather"] == "fold" else _gemm_io(spec, f, relu)
+    if f["gather"] == "tap":
+        io = _gemm_io(spec, f, relu)
+    else:
+        io = _pieces_io(spec, f, relu, pw if f["gather"] == "fold" else 4, _FOLD if f["gather"] == "fold" else _NHWC)
     return mm._mma(mm.baseline(spec) | gemm_features(f), name, False, io)
-
-
-def _fold_weights_source(spec: OpSpec) -> str:
-    return ("// generated by kernelcraft's offline proposer (conv_cuda, weights in the folded order)\n"
-            + "\n".join(_constants(spec, False) + list(_FOLD_CONSTANTS)) + "\n" + _fold_weights("fold_weights"))
 
 
 def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
@@ -355,28 +416,39 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
                f'_conv = cuda_kernel(SRC, "conv_gemm", shared_mem={smem_bytes(f)})']
         launch = [f"tiles = -(-(N * OH * OW) // {gf['bm']}) * -(-{g['cout']} // {gf['bn']})"]
         call = f"(grid=(tiles,), block=({mm.mma_threads(gf)},), args=(x, w, b, y, N, H, W, OH, OW))"
+        if f["gather"] != "tap":
+            lay = _FOLD if f["gather"] == "fold" else _NHWC
+            kp = _depth(spec, f["gather"])
+            mod += ["", f"PREP_W = r'''\n{_weights_source(spec, lay)}'''", "",
+                    '_prep_w = cuda_kernel(PREP_W, "prep_weights")']
+            launch = [f"wp = torch.empty(({kp}, {g['cout']}), device=x.device, dtype=x.dtype)",
+                      f"_prep_w(grid=({-(-kp * g['cout'] // 256)},), block=(256,), args=(w, wp))",
+                      "w = wp  # the GEMM's B operand in the gather's depth order", *launch]
         if f["gather"] == "fold":
-            pw, q = fold_width(spec), -(-g["r"] // g["stride"])
-            kf = q * q * g["cin"] * g["stride"] ** 2
+            pw = fold_width(spec)
             mod += ["", "# The same gather one float at a time, for rows the pieces do not divide (see forward).",
                     f"SRC_SAFE = r'''\n{render_source(spec, f, 'conv_gemm_safe', pw=1)}'''", "",
-                    f'_conv_safe = cuda_kernel(SRC_SAFE, "conv_gemm_safe", shared_mem={smem_bytes(f)})', "",
-                    f"FOLD_W = r'''\n{_fold_weights_source(spec)}'''", "",
-                    '_fold_w = cuda_kernel(FOLD_W, "fold_weights")']
-            launch = [f"wf = torch.empty(({kf}, {g['cout']}), device=x.device, dtype=x.dtype)",
-                      f"_fold_w(grid=({-(-kf * g['cout'] // 256)},), block=(256,), args=(w, wf))",
-                      "w = wf  # the GEMM's B operand in the folded order", *launch,
-                      f"if W % {pw} == 0 and x.data_ptr() % 16 == 0:", "    _conv" + call, "else:",
-                      "    _conv_safe" + call]
+                    f'_conv_safe = cuda_kernel(SRC_SAFE, "conv_gemm_safe", shared_mem={smem_bytes(f)})']
+            launch += [f"if W % {pw} == 0 and x.data_ptr() % 16 == 0:", "    _conv" + call, "else:",
+                       "    _conv_safe" + call]
+        elif f["gather"] == "nhwc":
+            cpad = -(-g["cin"] // 4) * 4
+            mod += ["", f"NHWC = r'''\n{_nhwc_source(spec)}'''", "", '_nhwc = cuda_kernel(NHWC, "to_nhwc")']
+            launch = [f"xc = torch.empty((N, H, W, {cpad}), device=x.device, dtype=x.dtype)",
+                      "_nhwc(grid=(-(-(N * H * W) // 256),), block=(256,), args=(x, xc, N * H * W, H * W))",
+                      *launch, "_conv" + call.replace("args=(x,", "args=(xc,")]
         else:
             launch.append("_conv" + call)
     if g["pool_k"]:
         mod += ["", f"POOL = r'''\n{_pool(spec, f, 'maxpool')}'''", "", '_pool = cuda_kernel(POOL, "maxpool")']
     if f["grid"] == "persistent":
         mod.append(cuda_common.SM_COUNT_PY)
+    # offsets are 32-bit: the input (or its channels-last copy, channels padded) below 2**31 floats
+    size = f"x.numel() // C * {-(-g['cin'] // 4) * 4}" if f["gather"] == "nhwc" else "x.numel()"
     fwd = ["x = x.contiguous()", f"w = {spec.weight}.contiguous()",
            f"b = {spec.bias}.contiguous()" if spec.bias else "b = w  # no bias: the kernel never reads it",
-           "N, C, H, W = x.shape", f"if C != {g['cin']} or x.numel() >= 2**31:",
+           "N, C, H, W = x.shape",
+           f"if C != {g['cin']} or {size} >= 2**31:",
            f"    raise ValueError(f'expected (N, {g['cin']}, H, W) below 2**31 elements, got {{tuple(x.shape)}}')",
            f"OH = (H + {2 * g['pad']} - {g['dil'] * (g['r'] - 1)} - 1) // {g['stride']} + 1",
            f"OW = (W + {2 * g['pad']} - {g['dil'] * (g['r'] - 1)} - 1) // {g['stride']} + 1",

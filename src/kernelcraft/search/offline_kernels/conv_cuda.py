@@ -87,9 +87,9 @@ def fold_width(spec: OpSpec) -> int:
     return next((w for w in (4, 2) if g["stride"] % w == 0 and g["pad"] % w == 0), 0)
 
 
-def _fold_ok(f: dict, pw: int) -> bool:
-    """Each thread's pieces are whole, its piece column is the same in every K tile, and its pixels' window
-    origins (three registers each) fit in registers."""
+def _pieces_ok(f: dict, pw: int) -> bool:
+    """A gather of ``pw``-float pieces fits the tiles: each thread's pieces are whole, its piece column is the
+    same in every K tile, and its pixels' window origins (three registers each) fit in registers."""
     nt, per_row = mm.mma_threads(gemm_features(f)), f["bk"] // pw
     return nt % per_row == 0 and (f["bm"] * per_row) % nt == 0 and f["bm"] * per_row // nt <= 8
 
@@ -134,7 +134,7 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             while not _gemm_ok(g) and g["stages"] > 1:
                 g["stages"] -= 1
     pw = fold_width(spec) if g["gather"] == "fold" else 4
-    if g["algo"] != "mma" or g["gather"] not in ("fold", "nhwc") or not pw or not _fold_ok(g, pw):
+    if g["algo"] != "mma" or g["gather"] not in ("fold", "nhwc") or not pw or not _pieces_ok(g, pw):
         g["gather"] = "tap"
     if not spec.geometry.get("pool_k") or g["pool_threads"] not in TUNABLES["pool_threads"]:
         g["pool_threads"] = 256
@@ -198,6 +198,7 @@ __device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool val
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" :: "r"(s), "l"(gmem), "r"(valid ? 8 : 0) : "memory");
 }
 """
+
 
 @dataclasses.dataclass(frozen=True)
 class _Pieces:

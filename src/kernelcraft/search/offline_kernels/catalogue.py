@@ -74,7 +74,8 @@ def context(spec: OpSpec, child: dict) -> dict:
     if spec.family == "conv":
         g = spec.geometry
         ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
-                "ks": g["r"], "T": child.get("threads", 256), "cin": g["cin"], "cpad": -(-g["cin"] // 4) * 4}
+                "ks": g["r"], "T": child.get("threads", 256), "cin": g["cin"],
+                "cpad": conv_cuda.channels_padded(spec)}
         if conv_cuda.fold_width(spec):
             q = -(-g["r"] // g["stride"])
             ctx |= {"fq": q, "fks": q * g["stride"], "pw": conv_cuda.fold_width(spec),

@@ -65,6 +65,11 @@ def gemm_features(f: dict) -> dict:
             "split": f.get("split", "rna")}
 
 
+def channels_padded(spec: OpSpec) -> int:
+    """Channels per pixel of the channels-last copy: the layer's, padded with zeros to a multiple of 4."""
+    return -(-spec.geometry["cin"] // 4) * 4
+
+
 def _depth(spec: OpSpec, gather: str) -> int:
     """The GEMM's depth in the gather's order: the plain gather's C*R*S taps, or padded with zero taps (a folded
     kernel to a multiple of the stride, channels-last channels to a multiple of 4)."""
@@ -73,7 +78,7 @@ def _depth(spec: OpSpec, gather: str) -> int:
         q = -(-g["r"] // g["stride"])
         return q * q * g["cin"] * g["stride"] ** 2
     if gather == "nhwc":
-        return g["r"] * g["r"] * -(-g["cin"] // 4) * 4
+        return g["r"] * g["r"] * channels_padded(spec)
     return g["cin"] * g["r"] * g["r"]
 
 
@@ -85,6 +90,11 @@ def fold_width(spec: OpSpec) -> int:
     if g["dil"] != 1 or g["stride"] < 2:
         return 0
     return next((w for w in (4, 2) if g["stride"] % w == 0 and g["pad"] % w == 0), 0)
+
+
+def piece_width(spec: OpSpec, gather: str) -> int:
+    """Floats per piece of a gather of pieces: the fold's width, 4 channels of a channels-last copy, 0 otherwise."""
+    return {"fold": fold_width(spec), "nhwc": 4}.get(gather, 0)
 
 
 def _pieces_ok(f: dict, pw: int) -> bool:
@@ -133,8 +143,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             g |= _GEMM_DEFAULT
             while not _gemm_ok(g) and g["stages"] > 1:
                 g["stages"] -= 1
-    pw = fold_width(spec) if g["gather"] == "fold" else 4
-    if g["algo"] != "mma" or g["gather"] not in ("fold", "nhwc") or not pw or not _pieces_ok(g, pw):
+    pw = piece_width(spec, g["gather"])
+    if g["algo"] != "mma" or not pw or not _pieces_ok(g, pw):
         g["gather"] = "tap"
     if not spec.geometry.get("pool_k") or g["pool_threads"] not in TUNABLES["pool_threads"]:
         g["pool_threads"] = 256
@@ -233,6 +243,9 @@ _NHWC = _Pieces(
     decompose=("const unsigned tp = kd / CP, ci = kd - tp * CP, tr = tp / KS, tc = tp - tr * KS;",
                "const int dr = (int)(tr * DIL), ds = (int)(tc * DIL);"),
     tap_ok="(ci < CIN)", tap="(dr * W + ds) * CP + (int)ci", origin="((n * H + ih) * W + iw) * CP")
+
+
+_LAYOUTS = {"fold": _FOLD, "nhwc": _NHWC}  # each gather of pieces' order of the GEMM's depth
 
 
 def _weights_source(spec: OpSpec, lay: _Pieces) -> str:
@@ -387,16 +400,15 @@ extern "C" __global__ void __launch_bounds__({f['pool_threads']}) {name}(const f
 
 
 def render_source(spec: OpSpec, f: dict, name: str, pw: int = 0) -> str:
-    """The kernel's source; a folded gather's pieces are ``pw`` floats wide (its layer's widest by default)."""
+    """The kernel's source; a gather of pieces copies ``pw`` floats at a time (its gather's width by default)."""
     f = normalise(spec, f)
-    pw = pw or fold_width(spec)
     relu = bool(spec.geometry.get("pool_k"))
     if f["algo"] == "direct":
         return _direct(spec, f, name, relu)
     if f["gather"] == "tap":
         io = _gemm_io(spec, f, relu)
     else:
-        io = _pieces_io(spec, f, relu, pw if f["gather"] == "fold" else 4, _FOLD if f["gather"] == "fold" else _NHWC)
+        io = _pieces_io(spec, f, relu, pw or piece_width(spec, f["gather"]), _LAYOUTS[f["gather"]])
     return mm._mma(mm.baseline(spec) | gemm_features(f), name, False, io)
 
 
@@ -418,22 +430,21 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
         launch = [f"tiles = -(-(N * OH * OW) // {gf['bm']}) * -(-{g['cout']} // {gf['bn']})"]
         call = f"(grid=(tiles,), block=({mm.mma_threads(gf)},), args=(x, w, b, y, N, H, W, OH, OW))"
         if f["gather"] != "tap":
-            lay = _FOLD if f["gather"] == "fold" else _NHWC
             kp = _depth(spec, f["gather"])
-            mod += ["", f"PREP_W = r'''\n{_weights_source(spec, lay)}'''", "",
+            mod += ["", f"PREP_W = r'''\n{_weights_source(spec, _LAYOUTS[f['gather']])}'''", "",
                     '_prep_w = cuda_kernel(PREP_W, "prep_weights")']
             launch = [f"wp = torch.empty(({kp}, {g['cout']}), device=x.device, dtype=x.dtype)",
                       f"_prep_w(grid=({-(-kp * g['cout'] // 256)},), block=(256,), args=(w, wp))",
                       "w = wp  # the GEMM's B operand in the gather's depth order", *launch]
         if f["gather"] == "fold":
-            pw = fold_width(spec)
+            pw = piece_width(spec, "fold")
             mod += ["", "# The same gather one float at a time, for rows the pieces do not divide (see forward).",
                     f"SRC_SAFE = r'''\n{render_source(spec, f, 'conv_gemm_safe', pw=1)}'''", "",
                     f'_conv_safe = cuda_kernel(SRC_SAFE, "conv_gemm_safe", shared_mem={smem_bytes(f)})']
             launch += [f"if W % {pw} == 0 and x.data_ptr() % 16 == 0:", "    _conv" + call, "else:",
                        "    _conv_safe" + call]
         elif f["gather"] == "nhwc":
-            cpad = -(-g["cin"] // 4) * 4
+            cpad = channels_padded(spec)
             mod += ["", f"NHWC = r'''\n{_nhwc_source(spec)}'''", "", '_nhwc = cuda_kernel(NHWC, "to_nhwc")']
             launch = [f"xc = torch.empty((N, H, W, {cpad}), device=x.device, dtype=x.dtype)",
                       "_nhwc(grid=(-(-(N * H * W) // 256),), block=(256,), args=(x, xc, N * H * W, H * W))",
@@ -445,7 +456,7 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
     if f["grid"] == "persistent":
         mod.append(cuda_common.SM_COUNT_PY)
     # offsets are 32-bit: the input (or its channels-last copy, channels padded) below 2**31 floats
-    size = f"x.numel() // C * {-(-g['cin'] // 4) * 4}" if f["gather"] == "nhwc" else "x.numel()"
+    size = f"x.numel() // C * {channels_padded(spec)}" if f["gather"] == "nhwc" else "x.numel()"
     fwd = ["x = x.contiguous()", f"w = {spec.weight}.contiguous()",
            f"b = {spec.bias}.contiguous()" if spec.bias else "b = w  # no bias: the kernel never reads it",
            "N, C, H, W = x.shape",

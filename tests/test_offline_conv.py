@@ -65,7 +65,9 @@ CUDA_PARENTS = [{}, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "st
                 {"algo": "mma", "precision": "3xtf32", "bk": 16, "bn": 96, "stages": 3, "cp_async": True, "pad": 4,
                  "gather": "fold"},
                 {"algo": "mma", "precision": "tf32", "bk": 16, "stages": 2, "cp_async": True, "pad": 4,
-                 "gather": "nhwc"}]
+                 "gather": "nhwc"},
+                {"algo": "mma", "precision": "tf32", "bk": 16, "bn": 96, "stages": 3, "cp_async": True, "pad": 4,
+                 "gather": "fold", "mid": "bf16"}]
 
 
 def check(module, problem, inputs, device: str, tol: float = 1e-4) -> str | None:
@@ -192,6 +194,27 @@ def test_the_channels_last_idea_copies_the_input_once_and_gathers_16_byte_pieces
     assert idea.prior(spec, parent) == (1.0 if cin == 3 else 3.0)
 
 
+def test_the_bf16_intermediate_idea_halves_the_pooled_blocks_intermediate_and_only_there(tmp_path):
+    block = describe(suite("conv2d_relu_maxpool", "full"))
+    layer = describe(suite("conv2d_alexnet", "full"))
+    gen = generator("conv", "cuda")
+    idea = next(i for i in catalogue("conv", "cuda") if i.key == "bf16_intermediate")
+    mma = {"algo": "mma", "precision": "tf32", "cp_async": True, "stages": 3, "bk": 16, "gather": "fold"}
+    assert idea.applies(block, gen.normalise(block, mma)) and idea.kind == "data type and precision"
+    assert not idea.applies(layer, gen.normalise(layer, mma))  # no pool: the output is the result, kept float
+    assert not idea.applies(block, gen.normalise(block, {}))  # the direct kernel writes its output once
+    assert gen.normalise(layer, mma | {"mid": "bf16"})["mid"] == "f32"
+    child = gen.normalise(block, mma | idea.delta)
+    module, forward = gen.render(block, child)
+    # the convolution rounds each ReLU output to bfloat16 and the pool widens the 16-bit words back to float
+    assert module.count("= to_mid(RELU ? relu(o) : o);") == 2  # the pieces kernel and its one-float fallback
+    assert "cvt.rn.bf16.f32" in module and "unsigned short* __restrict__ Y" in module
+    assert "const float v = __uint_as_float((unsigned)y[a * OW + b] << 16);" in module
+    assert "dtype=torch.bfloat16)" in "\n".join(forward)
+    plain, _ = gen.render(block, gen.normalise(block, mma))
+    assert "to_mid" not in plain and "float* __restrict__ Y" in plain
+
+
 # ------------------------------------------------------------------------------------------------ C kernels run
 
 
@@ -238,6 +261,7 @@ def _cuda_jobs(tmp_path: Path):
         picked = kernels[::4]
         for gather in ("fold", "nhwc"):
             picked += [f for f in kernels if f.get("gather") == gather and f not in picked][:3]
+        picked += [f for f in kernels if f.get("mid") == "bf16" and f not in picked][:3]
         jobs += [(prob, spec, f) for f in picked]
     return jobs
 
@@ -263,7 +287,7 @@ def test_every_reachable_cuda_conv_kernel_computes_the_layer_on_the_gpu(tmp_path
     try:
         for (prob, spec, f), module in zip(jobs, modules, strict=True):
             inputs = [torch.randn(spec.input_shape, device="cuda", generator=gen) + 0.5]
-            tol = 1e-2 if f.get("algo") == "mma" and f.get("precision") == "tf32" else 1e-4
+            tol = 1e-2 if f.get("algo") == "mma" and f.get("precision") == "tf32" or f.get("mid") == "bf16" else 1e-4
             why = check(module, prob, inputs, "cuda", tol)
             if why:
                 failures.append(f"{prob.id} {f}: {why}")

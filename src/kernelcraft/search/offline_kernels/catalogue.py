@@ -725,6 +725,11 @@ CONV_CUDA: list[Idea] = [
     Idea("pool_reverse", MEM, "Walk the max pool's outputs from the last image to the first: the convolution wrote "
          "the last images last, so the pool's first blocks read them from L2 instead of HBM.",
          {"pool_order": "reverse"}, 1.0, when=lambda s, f: _pooled(s, f) and f.get("pool_order") != "reverse"),
+    Idea("bf16_intermediate", PREC, "Store the convolution's ReLU output for the pool as bfloat16 (float's exponent "
+         "range, an 8-bit mantissa: a relative error of at most 2^-9, inside the 1e-2 tolerance but not 1e-4) and "
+         "widen each value back to float in the pool: half the bytes written by the convolution and read by the "
+         "pool, the block's largest traffic.", {"mid": "bf16"}, 1.5,
+         when=lambda s, f: _pooled(s, f) and f.get("algo") == "mma" and f.get("mid") != "bf16"),
     Idea("fold_stride", MEM, "Fold the stride into the order of the GEMM's depth (space-to-depth, without writing "
          "the rearranged input): {fq}x{fq} tap blocks, then channels, then the stride's row and column phases, the "
          "{ks}x{ks} kernel padded with zero taps to {fks}x{fks}; a tap block's column phases are neighbouring input "

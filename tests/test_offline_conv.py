@@ -189,7 +189,9 @@ def test_the_channels_last_idea_copies_the_input_once_and_gathers_16_byte_pieces
     assert f"padded with zeros to {-(-cin // 4) * 4})" in OfflineProposer(0)._text(idea, spec, child)
     module, forward = generator("conv", "cuda").render(spec, child)
     assert "to_nhwc" in module and "prep_weights" in module and "cp_async16(as + AS_AT(r, c), src, ok)" in module
-    assert "args=(xc, w, b, y, N, H, W, OH, OW)" in "\n".join(forward)
+    text = "\n".join(forward)
+    assert text.index("x = xc") < text.index("_conv(grid=(tiles,), block=(256,), args=(x, w, b, y, N, H, W, OH, OW))")
+    assert f"with its channels-last copy (channels padded to {-(-cin // 4) * 4}) below 2**31 elements" in text
     # a folded layer's fold is weighted above the channels-last copy of 3 channels padded to 4; 8 channels copy whole
     assert idea.prior(spec, parent) == (1.0 if cin == 3 else 3.0)
 

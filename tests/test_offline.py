@@ -121,8 +121,6 @@ ROW_CUDA_PATHS = [
     {"mapping": "grid", "stats": "online", "vec": 4, "reduce": "shuffle"},
     {"mapping": "grid", "threads": 1024, "vec": 4, "wcache": True, "fma_apply": True, "stats": "shifted"},
     {"mapping": "grid", "threads": 128, "vec": 4, "wcache": True},
-    {"reverse": True, "vec": 4, "ilp": 4, "stream": True, "threads": 1024}, {"reverse": True, "ilp": 2},
-    {"mapping": "split", "reverse": True, "vec": 4, "ilp": 2}, {"mapping": "warp", "reverse": True, "vec": 4},
     {"grid": "persistent", "bps": 4, "l2_prefetch": True, "launch_min": 2, "unroll": True, "load": "ldg",
      "stream": True, "fast_math": True, "idx32": True},
 ]
@@ -319,27 +317,6 @@ def test_ideas_written_elsewhere_are_matched_to_the_closest_catalogue_idea():
             "text": "Fuse the max and sum passes into a single online softmax pass with a running max."}
     impl = p.implement(prob, "cuda", idea, seed, 1, 1)[0]
     assert impl["features"]["stats"] == "online"
-
-
-def test_the_reversed_last_pass_reads_each_rows_elements_last_first_and_only_from_global_memory():
-    spec = describe(suite("softmax_4096x65536", "full"))
-    gen = generator("rowwise", "cuda")
-    idea = next(i for i in catalogue("rowwise", "cuda") if i.key == "last_pass_reverse")
-    parent = gen.normalise(spec, {"vec": 4, "ilp": 2, "stats": "online"})
-    assert idea.applies(spec, parent)
-    module, _ = gen.render(spec, parent | idea.delta)
-    fast = module.split("SRC_SAFE")[0]
-    # the statistics pass reads forward; the output pass maps the same loop's index i to NV - 1 - i
-    assert "const float4 v0 = *(xr + i);" in fast
-    assert "const float4 v0 = *(xr + (NV - 1 - (i)));" in fast
-    assert "const float4 v1 = *(xr + (NV - 1 - (i + 1 * 256)));" in fast
-    assert "__stcs" not in fast and "*(yr + (NV - 1 - (i))) = o_;" in fast
-    # a row cached on chip is not read again from global memory: nothing to reverse
-    short = describe(suite("rmsnorm_4096x8192", "full"))  # 32 KiB rows: shared memory holds one
-    cached = gen.normalise(short, {"cache": "smem", "vec": 4, "reverse": True})
-    assert cached["cache"] == "smem" and not cached["reverse"] and not idea.applies(short, cached)
-    split = gen.normalise(spec, {"mapping": "split", "reverse": True})
-    assert "(seg0 + seg1 - 1 - (i))" in gen.render(spec, split)[0]
 
 
 def test_model_new_mirrors_constructor_and_parameters():

@@ -188,11 +188,6 @@ ROWWISE_CUDA: list[Idea] = [
     Idea("stream_last", MEM, "Use evict-first streaming hints on the last pass: __ldcs() for the final read of the "
          "row and __stcs() for the output, so write-once output does not evict rows still being reused from "
          "L2.", {"stream": True}, 1.2, when=_multi),
-    Idea("last_pass_reverse", MEM, "Walk the last pass over each row backwards: it starts at the end of the row, "
-         "which the previous pass read last and L2 still holds. Forward, when the rows in flight outgrow L2, the "
-         "pass evicts the lines it needs next (LRU's worst case) and reads the whole row from HBM again.",
-         {"reverse": True}, 1.5, when=lambda s, f: _multi(s, f) and f.get("cache", "none") == "none"
-         and f.get("mapping", "block") in ("block", "warp", "split") and not f.get("reverse")),
     Idea("cluster", MEM, "Give each row to a cluster of {cl} thread blocks on neighbouring SMs: each block keeps "
          "its 1/{cl} share of the {rowkb} KiB row in shared memory and the blocks exchange partial statistics "
          "through distributed shared memory, so a row no single SM can hold is read from HBM only once.",

@@ -64,7 +64,7 @@ def baseline(spec: OpSpec) -> dict:
         "stats": default_stats(spec.op), "reduce": "tree", "load": "plain", "stream": False, "exp": "expf",
         "rsqrt": False, "recip": False, "fma_apply": False, "accum": default_accum(spec.op), "grid": "rows", "bps": 2,
         "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
-        "finish": "kernel", "cluster": 2, "wcache": False, "reverse": False,
+        "finish": "kernel", "cluster": 2, "wcache": False,
     }
 
 
@@ -189,9 +189,6 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             and weight_regs(spec, g) > 0):
         g["wcache"] = False
     g["wcache"] = bool(g["wcache"])
-    # the last pass walks the row backwards only where it reads global memory again (not a cached row)
-    g["reverse"] = bool(g["reverse"]) and multi_pass(spec, g) and g["cache"] == "none" and mapping in (
-        "block", "warp", "split")
     return g
 
 
@@ -266,17 +263,6 @@ class _Kernel:
 
             def ld(i: str) -> str:
                 return cc.load(kind, f"xr + {i}")
-        if final_pass and f["reverse"] and src == "global":
-            # The same elements, last first: the end of the row, which the previous pass read last, is what L2
-            # still holds when the row is longer than L2's share of it (forward, the pass evicts what it needs next).
-            at = (lambda i: f"({seg1} - 1 - ({i}))") if seg0 == "0" else (lambda i: f"({seg0} + {seg1} - 1 - ({i}))")
-            fwd_ld, fwd_body = ld, body
-
-            def ld(i: str) -> str:
-                return fwd_ld(at(i))
-
-            def body(u, var, i):
-                return fwd_body(u, var, at(i))
         ilp = f["ilp"]
         out = [f"{idx_t} i = {tid if seg0 == '0' else seg0 + ' + ' + tid};"]
         if ilp > 1:

@@ -6,7 +6,8 @@ baseline. The fast path is an implicit GEMM on tensor cores, the matmul family's
 operand loads: the GEMM's rows are the output pixels (M = N*OH*OW), its columns the output channels, its depth the
 C*R*S taps; the A tile is gathered from the input on the fly (im2col never materialised, out-of-image taps read as
 zeros), the B tile read from the weights, and the epilogue adds the bias, applies the ReLU and scatters to NCHW.
-The conv+ReLU+MaxPool block is two kernels: the convolution with bias and ReLU fused, then the pool.
+The conv+ReLU+MaxPool block is two kernels: the convolution with bias and ReLU fused, then the pool; the
+intermediate between them is float, or bfloat16 (``mid``) to halve the block's largest traffic.
 
 A strided layer's gather can be folded (``gather: fold``): the GEMM's depth is reordered as (tap row block, tap
 column block, channel, row phase, column phase), the kernel padded with zero taps to a multiple of the stride, so
@@ -164,6 +165,9 @@ def _constants(spec: OpSpec, relu: bool) -> list[str]:
 
 _RELU = "__device__ __forceinline__ float relu(float v) { return v < 0.f ? 0.f : v; }  // NaN stays NaN"
 
+_ARGS = ("const float* __restrict__ X, const float* __restrict__ Wt, const float* __restrict__ Bias, "
+         "float* __restrict__ Y, long long N_, long long H_, long long W_, long long OH_, long long OW_")
+
 # The pooled block's intermediate in bfloat16: float's range (no overflow where float has none), 8 bits of
 # mantissa, so half the bytes between the convolution and the pool at a relative error of at most 2^-9.
 _TO_BF16 = r"""
@@ -177,8 +181,6 @@ __device__ __forceinline__ unsigned short to_mid(float v) {  // round to nearest
 def _mid_args(f: dict) -> str:
     """The kernels' arguments, the output ``Y`` a bfloat16 intermediate (as raw 16-bit words) when ``mid``."""
     return _ARGS.replace("float* __restrict__ Y", "unsigned short* __restrict__ Y") if f["mid"] == "bf16" else _ARGS
-_ARGS = ("const float* __restrict__ X, const float* __restrict__ Wt, const float* __restrict__ Bias, "
-         "float* __restrict__ Y, long long N_, long long H_, long long W_, long long OH_, long long OW_")
 
 
 def _direct(spec: OpSpec, f: dict, name: str, relu: bool) -> str:

@@ -196,7 +196,7 @@ def test_the_channels_last_idea_copies_the_input_once_and_gathers_16_byte_pieces
     assert idea.prior(spec, parent) == (1.0 if cin == 3 else 3.0)
 
 
-def test_the_bf16_intermediate_idea_halves_the_pooled_blocks_intermediate_and_only_there(tmp_path):
+def test_the_bf16_intermediate_idea_halves_the_pooled_blocks_intermediate_and_only_there():
     block = describe(suite("conv2d_relu_maxpool", "full"))
     layer = describe(suite("conv2d_alexnet", "full"))
     gen = generator("conv", "cuda")

@@ -427,24 +427,18 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
     if io.helpers:
         lines.append(io.helpers)
     def split(x: str, hi: str, lo: str, b_side: bool = False) -> list[str]:
-        if mix:  # the high part for the TF32 product; (high, low) as one bfloat16 pair for the corrections' mma
-            cut = "__float_as_uint(x) & 0xffffe000u;" if mask else "to_tf32(x);"
-            pair = "h, x - h" if b_side else "x - h, h"  # A: high at the pair's even k; B: its low part there
-            return [f"{{ const float x = {x};", f"  {hi} = {cut}", f"  const float h = __uint_as_float({hi});",
-                    f"  {lo} = pack_bf16({pair}); }}"]
-        if mask:  # the tensor core reads a TF32 operand's top 19 bits: cut there, and keep the rest as the low part
-            out = [f"{{ const float x = {x};", f"  {hi} = " + ("__float_as_uint(x) & 0xffffe000u;" if three else
-                                                             "__float_as_uint(x);")]
-            if three:
-                out.append(f"  {lo} = __float_as_uint(x - __uint_as_float({hi})); }}")
-            else:
-                out[-1] += " }"
-            return out
-        out = [f"{{ const float x = {x};", f"  {hi} = to_tf32(x);"]
+        # the high part: the top 19 bits the tensor core reads, cut by a mask (a lone TF32 product reads them from the
+        # value itself) or rounded; the low part is the exact rest, as TF32 (3xTF32) or paired with the high part as
+        # bfloat16 for the corrections' mma (A: high at the pair's even k; B: its low part there)
+        cut = ("__float_as_uint(x) & 0xffffe000u" if three or mix else "__float_as_uint(x)") if mask else "to_tf32(x)"
+        out = [f"{{ const float x = {x};", f"  {hi} = {cut};"]
         if three:
-            out.append(f"  {lo} = to_tf32(x - __uint_as_float({hi})); }}")
-        else:
-            out[-1] += " }"
+            rest = f"x - __uint_as_float({hi})"
+            out.append(f"  {lo} = " + (f"__float_as_uint({rest});" if mask else f"to_tf32({rest});"))
+        elif mix:
+            out += [f"  const float h = __uint_as_float({hi});",
+                    f"  {lo} = pack_bf16({'h, x - h' if b_side else 'x - h, h'});"]
+        out[-1] += " }"
         return out
 
     def products() -> list[str]:

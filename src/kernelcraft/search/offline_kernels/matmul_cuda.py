@@ -441,16 +441,19 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
         out[-1] += " }"
         return out
 
+    # the products' sums: the running ones, or (per-tile sums) fresh ones for this K tile
+    d = "part[i][j]" if f["acc"] == "tile" else "acc[i][j]"
+
     def products() -> list[str]:
         out = ["#pragma unroll", "  for (int i = 0; i < FM; ++i)",
                "#pragma unroll", "    for (int j = 0; j < FN; ++j) {"]
         if three:
             out += ["      // small terms first: hi*lo and lo*hi carry the bits TF32 drops (lo*lo is below float32's)",
-                    "      mma_tf32(acc[i][j], al[i], bh[j]);", "      mma_tf32(acc[i][j], ah[i], bl[j]);"]
+                    f"      mma_tf32({d}, al[i], bh[j]);", f"      mma_tf32({d}, ah[i], bl[j]);"]
         if mix:
             out += ["      // small terms first: hi*lo + lo*hi as one 16-deep bfloat16 product",
-                    "      mma_bf16(acc[i][j], al[i], bl[j]);"]
-        return out + ["      mma_tf32(acc[i][j], ah[i], bh[j]);", "    }"]
+                    f"      mma_bf16({d}, al[i], bl[j]);"]
+        return out + [f"      mma_tf32({d}, ah[i], bh[j]);", "    }"]
 
     frags = "  unsigned ah[FM][4], bh[FN][2];" + (" unsigned al[FM][4], bl[FN][2];" if three or mix else "")
     if vecfrag:
@@ -485,7 +488,6 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
                                                   "bl[j][q]", True)]
         compute += products() + ["}"]
     if f["acc"] == "tile":
-        compute = [ln.replace("(acc[i][j]", "(part[i][j]") for ln in compute]
         compute = ["// this tile's products in fresh registers, added to the running sums with round-to-nearest float",
                    "// adds: the tensor core's own accumulation truncates, and over K the truncations add up",
                    "float part[FM][FN][4];", "#pragma unroll", "for (int i = 0; i < FM; ++i)", "#pragma unroll",

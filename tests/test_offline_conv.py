@@ -217,6 +217,33 @@ def test_the_bf16_intermediate_idea_halves_the_pooled_blocks_intermediate_and_on
     assert "to_mid" not in plain and "float* __restrict__ Y" in plain
 
 
+def test_the_ldmatrix_idea_loads_whole_fragments_and_keeps_the_weights_tile_n_major():
+    block = describe(suite("conv2d_relu_maxpool", "full"))
+    gen = generator("conv", "cuda")
+    idea = next(i for i in catalogue("conv", "cuda") if i.key == "ldmatrix")
+    mma = {"algo": "mma", "precision": "tf32", "cp_async": True, "stages": 3, "bk": 16, "bn": 96, "gather": "fold"}
+    parent = gen.normalise(block, mma)
+    assert idea.applies(block, parent) and idea.kind == "memory access"
+    assert not idea.applies(block, gen.normalise(block, mma | {"frag": "vec"}))  # vector fragments: their own layout
+    assert not idea.applies(block, gen.normalise(block, {}))
+    child = gen.normalise(block, parent | idea.delta)
+    assert child["ldsm"] and child["pad"] == 4  # padded rows: ldmatrix's eight 16-byte rows in distinct banks
+    module, forward = gen.render(block, child)
+    # per 8-deep step: one ldmatrix.x4 per A fragment, one per two B fragments (warp tile 32x48: 2 A, 6 B)
+    assert module.count("ldsm_x4(ar, as + AS_AT(") == 2 and module.count("ldsm_x4(br, bs + BS_AT(") == 2
+    assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in module and "bs[BS_AT(kk" not in module
+    assert "#define BS_AT(r, c) ((c) * LDB + (r))" in module and "#define B_STAGE (BN * LDB)" in module
+    # the weights rearranged filter by filter (96 x 432) and loaded 16 bytes of one filter's taps at a time
+    assert "const unsigned k = i / KP, kd = i % KP;" in module and "Wt + k * KP + kd" in module
+    assert "wp = torch.empty((96, 432), device=x.device, dtype=x.dtype)" in "\n".join(forward)
+    assert conv_cuda.smem_bytes(child) == 3 * (128 * 20 + 96 * 20) * 4
+    # the plain gather reads the weights as they are, filter by filter: n-major with no rearranging
+    tap = gen.normalise(block, mma | {"gather": "tap", "ldsm": True})
+    plain, _ = gen.render(block, tap)
+    assert "#define BS_AT(r, c) ((c) * LDB + (r))" in plain and "prep_weights" not in plain
+    assert "Wt + k * KD + kd" in plain
+
+
 # ------------------------------------------------------------------------------------------------ C kernels run
 
 
@@ -264,6 +291,7 @@ def _cuda_jobs(tmp_path: Path):
         for gather in ("fold", "nhwc"):
             picked += [f for f in kernels if f.get("gather") == gather and f not in picked][:3]
         picked += [f for f in kernels if f.get("mid") == "bf16" and f not in picked][:3]
+        picked += [f for f in kernels if f.get("ldsm") and f not in picked][:3]
         jobs += [(prob, spec, f) for f in picked]
     return jobs
 

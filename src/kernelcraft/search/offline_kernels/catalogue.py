@@ -83,6 +83,8 @@ def context(spec: OpSpec, child: dict) -> dict:
         if child.get("algo") == "mma":
             ctx["T"] = matmul_cuda.mma_threads(child)
             ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
+            fm, fn = ctx["wtm"] // 16, ctx["wtn"] // 8  # a warp's A and B fragments per 8-deep step
+            ctx["lds"], ctx["ldsm"] = 4 * fm + 2 * fn, fm + -(-fn // 2)
     if spec.family == "window":
         g = spec.geometry
         kk, cing = window_cuda.kernel_volume(spec), g["cin"] // g["groups"]
@@ -754,6 +756,11 @@ CONV_CUDA: list[Idea] = [
          "it copied one float; the weights, rearranged into that order once per call, load as 16-byte rows.",
          {"gather": "nhwc"}, 1.0, when=lambda s, f: f.get("algo") == "mma" and f.get("gather") != "nhwc",
          boost=lambda s, f: 3.0 if s.geometry["cin"] % 4 == 0 or not conv_cuda.fold_width(s) else 1.0),
+    Idea("ldmatrix", MEM, "Load the tensor-core fragments with ldmatrix: one instruction gives a warp a whole A "
+         "fragment (four 8x4 float matrices) where four 32-bit shared loads did, and with the weights laid out filter "
+         "by filter ({cout} x depth, so the B tile is n-major in shared memory) one more gives two B fragments: "
+         "{lds} shared-memory load instructions per 8-deep step become {ldsm}, the same bytes.", {"ldsm": True}, 1.5,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("frag", "scalar") == "scalar" and not f.get("ldsm")),
     Idea("one_stage", ASYNC, "Go back to one pipeline stage with synchronous loads: the least shared memory per "
          "block, so the most blocks per SM hide the gathers' latency instead.", {"stages": 1, "cp_async": False}, 0.3,
          when=lambda s, f: f.get("algo") == "mma" and f.get("stages", 1) > 1),

@@ -150,6 +150,21 @@ def _cluster_ok(spec: OpSpec, f: dict) -> bool:
     return not _smem_fits(spec, f) and rowwise_cuda.cluster_fits(spec, f, 8)
 
 
+def _cluster_regs_ok(spec: OpSpec, f: dict) -> bool:
+    """A row too long for one block's shared memory whose share some cluster's blocks can hold in registers."""
+    if not _multi(spec, f) or _smem_fits(spec, f) or (f.get("mapping") == "cluster" and f.get("cache") == "regs"):
+        return False
+    g = f | {"mapping": "cluster", "cache": "regs"}
+    return any(rowwise_cuda.regs_per_thread(spec, g | {"cluster": s}) > 0 for s in rowwise_cuda.TUNABLES["cluster"])
+
+
+def _keep_exp_ok(spec: OpSpec, f: dict) -> bool:
+    """A row held in registers: the sum pass can leave the exponentials there."""
+    if f.get("keep_exp"):
+        return False
+    return rowwise_cuda.normalise(spec, f | {"cache": "regs"})["cache"] == "regs"
+
+
 def _grid_ok(spec: OpSpec, f: dict) -> bool:
     """Few rows too long for a cluster but short enough for one block per SM to hold a share (a grid-wide
     barrier per row and pass costs microseconds, so many rows would spend their time waiting)."""
@@ -193,8 +208,13 @@ ROWWISE_CUDA: list[Idea] = [
     Idea("cluster", MEM, "Give each row to a cluster of {cl} thread blocks on neighbouring SMs: each block keeps "
          "its 1/{cl} share of the {rowkb} KiB row in shared memory and the blocks exchange partial statistics "
          "through distributed shared memory, so a row no single SM can hold is read from HBM only once.",
-         {"mapping": "cluster"}, 3.0, when=_cluster_ok,
+         {"mapping": "cluster", "cache": "none"}, 3.0, when=_cluster_ok,
          boost=lambda s, f: 3.0 if _multi(s, f) else 0.3),
+    Idea("cluster_regs", MEM, "Give each row to a cluster of {cl} thread blocks and keep each thread's {rk} "
+         "elements of its block's share in registers (fully unrolled, every load issued before the first use; no "
+         "shared-memory copy): the {rowkb} KiB row is read from HBM once, every later pass runs from registers, "
+         "and only the blocks' partial statistics cross the cluster through distributed shared memory.",
+         {"mapping": "cluster", "cache": "regs", "vec": 4}, 3.0, when=_cluster_regs_ok, boost=lambda s, f: 3.0),
     Idea("grid_resident", MEM, "Spread each of the {R} rows over the whole GPU: a cooperative launch of one "
          "1024-thread block per SM, each keeping its share of every {rowkb} KiB row in shared memory between the "
          "statistics and the normalisation, publishing its partial statistics to a workspace and merging all of "
@@ -243,6 +263,12 @@ ROWWISE_CUDA: list[Idea] = [
     Idea("shifted", COMP, "Compute mean and variance in one pass as sums of (x - x0) and (x - x0)^2, shifted by the "
          "row's first element so there is no cancellation, instead of a separate variance pass.",
          {"stats": "shifted"}, 2.5, ops=("layernorm",)),
+    Idea("keep_exp", COMP, "With the row held in registers, let the sum pass overwrite each element with its "
+         "exponential exp(x - max) (in the online pass, max is the thread's own maximum of its cached elements, "
+         "taken first, and the scale exp(thread max - row max) / sum is one per thread), so the write pass "
+         "multiplies instead of computing all {N} exponentials of the row a second time.",
+         {"keep_exp": True, "cache": "regs", "recip": True}, 2.0,
+         ops=("softmax",), when=_keep_exp_ok),
     Idea("recip", COMP, "Compute 1/sum once per row and multiply every output by it instead of dividing each "
          "element.", {"recip": True}, 1.5, ops=("softmax",)),
     Idea("fma_apply", COMP, "Fold the normalisation into two FMAs per element: y = fma(fma(x, rstd, -mean*rstd), "

@@ -33,6 +33,11 @@ class Phase:
     final: str               # row constants from the fully merged state (field names plain)
     acc4: str | None = None  # optional update for four elements {v0}..{v3} at once
     consts: tuple[str, ...] = field(default_factory=tuple)  # row constants this phase defines
+    # A first sweep over a thread's cached elements before ``acc`` (register caches only), and what it leaves
+    # in row constants: the two-level online softmax takes each thread's own maximum first.
+    pre: str | None = None
+    pre4: str | None = None
+    pre_final: str | None = None
 
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
@@ -93,13 +98,34 @@ def _total(name: str, accum: str) -> str:
 
 
 def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "RSQRT", recip: bool = False,
-           fma_apply: bool = False, has_weight: bool = True, has_bias: bool = True) -> RowOp:
+           fma_apply: bool = False, has_weight: bool = True, has_bias: bool = True, keep_exp: bool = False) -> RowOp:
     """The phases of ``op`` with the given statistics algorithm and accumulator ("float"/"double"/"kahan").
 
     ``exp``/``rsqrt`` name the macros the backend defines; N, eps and the row's first element (``c_k``,
-    for the shifted variance) are in scope as ``N``, ``eps`` and ``c_k``.
+    for the shifted variance) are in scope as ``N``, ``eps`` and ``c_k``. ``keep_exp`` (softmax, three
+    passes, the element an lvalue of a cache every pass reads) has the sum pass overwrite each element with its
+    exponential, so the write pass scales it instead of computing the exponential a second time.
     """
     if op in ("softmax", "log_softmax"):
+        if stats == "online" and keep_exp:
+            # Two levels: a thread first takes the maximum of its own cached elements, then overwrites each with
+            # exp(x - that maximum) and sums them; threads' states merge as online pairs, and the write pass
+            # scales each kept exponential by exp(thread max - row max) / sum: one exponential per element and
+            # one exchange per row. (A thread whose elements are all -inf shifts by 0: its terms are 0, not NaN.)
+            p0 = Phase(
+                fields=(Field("m", "float", "-INFINITY"), Field("s", "float", "0.f")),
+                pre="{m} = fmaxf({m}, {v});",
+                pre4="{m} = fmaxf(fmaxf({m}, fmaxf({v0}, {v1})), fmaxf({v2}, {v3}));",
+                pre_final="c_tmax = {m}; c_tsh = {m} == -INFINITY ? 0.f : {m};",
+                acc=f"{{v}} = {exp}({{v}} - c_tsh); {{s}} += {{v}};",
+                acc4=" ".join(f"{{v{k}}} = {exp}({{v{k}}} - c_tsh);" for k in range(4))
+                + " {s} += ({v0} + {v1}) + ({v2} + {v3});",
+                merge=(f"if (m_b > m) {{ s = s * {exp}(m - m_b) + s_b; m = m_b; }} "
+                       f"else if (s_b != 0.f) {{ s += s_b * {exp}(m_b - m); }}"),
+                final="c_max = m; c_sum = s;",
+                consts=("c_tmax", "c_tsh", "c_max", "c_sum"))
+            return RowOp((p0,), "{y} = {v} * c_sc;", prelude="c_sc = " + exp + "(c_tmax - c_max) / c_sum;",
+                         consts=("c_sc",))
         if stats == "online":
             p0 = Phase(
                 fields=(Field("m", "float", "-INFINITY"), Field("s", "float", "0.f")),
@@ -118,12 +144,22 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
             p0 = Phase(fields=(Field("m", "float", "-INFINITY"),), acc="{m} = fmaxf({m}, {v});",
                        merge="m = fmaxf(m, m_b);", final="c_max = m;", consts=("c_max",),
                        acc4="{m} = fmaxf(fmaxf({m}, fmaxf({v0}, {v1})), fmaxf({v2}, {v3}));")
-            p1 = Phase(fields=(Field("s", "float", "0.f"),), acc=f"{{s}} += {exp}({{v}} - c_max);",
-                       merge="s += s_b;", final="c_sum = s;", consts=("c_sum",),
-                       acc4=(f"{{s}} += ({exp}({{v0}} - c_max) + {exp}({{v1}} - c_max)) + "
-                             f"({exp}({{v2}} - c_max) + {exp}({{v3}} - c_max));"))
+            if keep_exp:
+                p1 = Phase(fields=(Field("s", "float", "0.f"),), acc=f"{{v}} = {exp}({{v}} - c_max); {{s}} += {{v}};",
+                           merge="s += s_b;", final="c_sum = s;", consts=("c_sum",),
+                           acc4=" ".join(f"{{v{k}}} = {exp}({{v{k}}} - c_max);" for k in range(4))
+                           + " {s} += ({v0} + {v1}) + ({v2} + {v3});")
+            else:
+                p1 = Phase(fields=(Field("s", "float", "0.f"),), acc=f"{{s}} += {exp}({{v}} - c_max);",
+                           merge="s += s_b;", final="c_sum = s;", consts=("c_sum",),
+                           acc4=(f"{{s}} += ({exp}({{v0}} - c_max) + {exp}({{v1}} - c_max)) + "
+                                 f"({exp}({{v2}} - c_max) + {exp}({{v3}} - c_max));"))
             phases = (p0, p1)
         if op == "softmax":
+            if keep_exp:
+                if recip:
+                    return RowOp(phases, "{y} = {v} * c_inv;", prelude="c_inv = 1.f / c_sum;", consts=("c_inv",))
+                return RowOp(phases, "{y} = {v} / c_sum;")
             if recip:
                 return RowOp(phases, f"{{y}} = {exp}({{v}} - c_max) * c_inv;", prelude="c_inv = 1.f / c_sum;",
                              consts=("c_inv",))

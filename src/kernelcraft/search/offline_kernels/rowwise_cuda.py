@@ -64,7 +64,7 @@ def baseline(spec: OpSpec) -> dict:
         "stats": default_stats(spec.op), "reduce": "tree", "load": "plain", "stream": False, "exp": "expf",
         "rsqrt": False, "recip": False, "fma_apply": False, "accum": default_accum(spec.op), "grid": "rows", "bps": 2,
         "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
-        "finish": "kernel", "cluster": 2, "wcache": False,
+        "finish": "kernel", "cluster": 2, "wcache": False, "keep_exp": False,
     }
 
 
@@ -73,8 +73,11 @@ def _team(f: dict) -> int:
 
 
 def regs_per_thread(spec: OpSpec, f: dict) -> int:
-    """Vectors each thread keeps in registers for the register cache (0: the row does not fit)."""
+    """Vectors each thread keeps in registers for the register cache (0: the row does not fit). A cluster's
+    block caches only its share of the row."""
     nv = -(-spec.row_len // f["vec"])
+    if f.get("mapping") == "cluster":
+        nv = -(-nv // f.get("cluster", 2))
     rk = max(1, -(-nv // _team(f)))
     limit = min(REGS_MAX_FLOATS, REGS_FILE // 2 // f["threads"])
     return rk if rk * f["vec"] <= limit else 0
@@ -153,7 +156,18 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     mapping = g["mapping"]
     if mapping == "grid" and not multi_pass(spec, g):
         g["mapping"] = mapping = "split"  # one pass has nothing to keep on chip between passes
-    if mapping == "cluster" and multi_pass(spec, g):
+    if mapping == "cluster" and multi_pass(spec, g) and g["cache"] == "regs":
+        # The smallest cluster from the asked size up whose blocks hold their shares in registers at 32 floats a
+        # thread or fewer (leaving room for several blocks per SM: on the H200, 64-float shares ran 1.5x slower
+        # than 32-float ones for a 256 KiB softmax row), else at the 64 the register cache allows.
+        fits = [s for s in TUNABLES["cluster"] if s >= g["cluster"] and regs_per_thread(spec, g | {"cluster": s}) > 0]
+        size = next((s for s in fits if regs_per_thread(spec, g | {"cluster": s}) * g["vec"] <= 32),
+                    fits[0] if fits else None)
+        if size is None:
+            g["cache"] = "none"
+        else:
+            g["cluster"] = size
+    if mapping == "cluster" and multi_pass(spec, g) and g["cache"] != "regs":
         size = next((s for s in TUNABLES["cluster"] if s >= g["cluster"] and cluster_fits(spec, g, s)), None)
         if size is None:
             g["mapping"] = mapping = "split"
@@ -165,15 +179,17 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         if g["cache"] == "smem":
             g["cache"] = "none"
     if mapping in ("split", "cluster", "grid"):
-        g["cache"] = "none"
-        g["grid"] = "rows"
-        if mapping != "grid":
+        if mapping != "cluster" or g["cache"] != "regs":
+            g["cache"] = "none"  # a cluster's shared-memory copy is its own; split and grid have none
+        if mapping != "cluster":
+            g["grid"] = "rows"
+        if mapping == "split":
             g["l2_prefetch"] = False
     if mapping != "cluster":
         g["cluster"] = 2
     if g["grid"] not in ("rows", "persistent"):
         g["grid"] = "rows"
-    if mapping not in ("split", "cluster", "grid") and g["grid"] != "persistent":
+    if mapping not in ("split", "grid") and g["grid"] != "persistent":
         g["bps"] = 2
     if g["cache"] == "smem" and spec.row_len * 4 > cc.SMEM_CACHE_MAX:
         g["cache"] = "none"
@@ -183,12 +199,14 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["cp_async"] = False
     if not (mapping == "split" and op == "sum_lastdim") or g["finish"] not in ("kernel", "lastblock"):
         g["finish"] = "kernel"
-    if mapping not in ("block", "grid"):
+    if mapping not in ("block", "grid", "cluster"):
         g["l2_prefetch"] = False
     if not (mapping == "grid" and g["vec"] == 4 and spec.weight is not None and spec.op in ("layernorm", "rmsnorm")
             and weight_regs(spec, g) > 0):
         g["wcache"] = False
     g["wcache"] = bool(g["wcache"])
+    # The sum pass can leave each exponential in the register cache only when every pass reads that cache.
+    g["keep_exp"] = bool(g["keep_exp"]) and op == "softmax" and g["cache"] == "regs"
     return g
 
 
@@ -207,7 +225,8 @@ class _Kernel:
         self.idx = "int" if f["idx32"] else "long long"
         self.T = f["threads"]
         self.rop: RowOp = row_op(spec.op, f["stats"], f["accum"], recip=f["recip"], fma_apply=f["fma_apply"],
-                                 has_weight=spec.weight is not None, has_bias=spec.bias is not None)
+                                 has_weight=spec.weight is not None, has_bias=spec.bias is not None,
+                                 keep_exp=f["keep_exp"])
         self.sum_op = self.rop.reduce_out is not None
         self.rk = regs_per_thread(spec, f) if f["cache"] == "regs" else 0
 
@@ -247,13 +266,13 @@ class _Kernel:
         f = self.f
         vt, idx_t = self.vt, self.idx
         if src == "regs":
-            out = ["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk}; ++k_) {{",
-                   f"  const {idx_t} i = {'' if seg0 == '0' else seg0 + ' + '}{tid} + ({idx_t})k_ * {stride};",
-                   f"  if (i < {seg1}) {{"]
-            if fill_smem:  # first pass: load into the register cache
-                out.append(f"    rc[k_] = {cc.load(f['load'], 'xr + i')};")
-            out += ["    " + ln for ln in body(0, "rc[k_]", "i")]
-            out += ["  }", "}"]
+            head = ["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk}; ++k_) {{",
+                    f"  const {idx_t} i = {'' if seg0 == '0' else seg0 + ' + '}{tid} + ({idx_t})k_ * {stride};",
+                    f"  if (i < {seg1}) {{"]
+            out = []
+            if fill_smem:  # first pass: every load of the register cache issued before any is used
+                out += head + [f"    rc[k_] = {cc.load(f['load'], 'xr + i')};", "  }", "}"]
+            out += head + ["    " + ln for ln in body(0, "rc[k_]", "i")] + ["  }", "}"]
             return out
         if src == "smem":
             def ld(i: str) -> str:
@@ -294,6 +313,12 @@ class _Kernel:
         for u in range(copies):
             for fl in phase.fields:
                 out.append(f"{fl.ctype} a_{fl.name}{u} = {fl.init};")
+        if phase.pre:  # a sweep over the thread's register cache first (it is filled by that sweep's loads)
+            sweep = Phase(phase.fields, phase.pre, phase.merge, "", acc4=phase.pre4)
+            out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.acc_lines(sweep, u, var),
+                                fill_smem=fill)
+            out.append(fmt(phase.pre_final, self.names(phase, 0)))
+            fill = False
         out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.acc_lines(phase, u, var),
                             fill_smem=fill)
         for u in range(1, copies):
@@ -538,51 +563,70 @@ class _Kernel:
         return kernels
 
     def kernel_cluster(self) -> str:
-        """A cluster of blocks per row; each block caches its share in smem; stats cross via DSMEM."""
+        """A cluster of blocks per row; each block keeps its share on chip (shared memory, or registers) and the
+        blocks' partial statistics cross through distributed shared memory: one cluster barrier per phase.
+
+        Each block publishes its partial state in a slot of its shared memory and every warp gathers the
+        cluster's slots (lane q reads block q's) after the barrier. The slots alternate between rows: a block
+        rewrites a slot two rows later, past a barrier that every block reaches only after reading it, so no
+        second barrier guards the reads; one at the end keeps each block's shared memory alive until the others
+        are done with it."""
         f = self.f
         CL = f["cluster"]
-        cache = multi_pass(self.spec, f)
+        regs = f["cache"] == "regs"
+        cache = multi_pass(self.spec, f) and not regs  # the share in shared memory, unless in registers
         idx = self.idx
         body = []
         if cache:
             body.append("extern __shared__ __align__(16) unsigned char smem_raw[];")
             body.append(f"{self.vt}* __restrict__ sc = reinterpret_cast<{self.vt}*>(smem_raw);")
         for pi, ph in enumerate(self.rop.phases):
-            body += [f"__shared__ {fl.ctype} xs{pi}_{fl.name};" for fl in ph.fields]
+            body += [f"__shared__ {fl.ctype} xs{pi}_{fl.name}[2];" for fl in ph.fields]
         body += ["const unsigned crank = cluster_rank();",
-                 "unsigned cid, ncl;",
+                 "const unsigned lane_ = threadIdx.x & 31;",
+                 "unsigned cid, ncl, par = 0;",
                  'asm volatile("mov.u32 %0, %%clusterid.x;" : "=r"(cid));',
                  'asm volatile("mov.u32 %0, %%nclusterid.x;" : "=r"(ncl));',
                  self.nv_line(),
                  f"const {idx} chunk = (NV + {CL} - 1) / {CL};",
                  f"const {idx} seg0 = min(NV, ({idx})crank * chunk);",
                  f"const {idx} seg1 = min(NV, seg0 + chunk);",
-                 "for (long long row = cid; row < R; row += ncl) {"]
+                 "for (long long row = cid; row < R; row += ncl, par ^= 1u) {"]
         inner = self.row_prelude()
+        if f["l2_prefetch"]:
+            # The block's share of the cluster's next row goes to L2 now: its loads then wait on L2, not HBM,
+            # while this row's statistics cross the cluster.
+            inner += ["if (row + ncl < R) {",
+                      "  const char* nx = reinterpret_cast<const char*>(x + (row + ncl) * N);",
+                      f"  for (long long o = (long long)seg0 * {4 * self.vw} + threadIdx.x * 128LL; "
+                      f"o < (long long)seg1 * {4 * self.vw}; o += {self.T} * 128LL) prefetch_l2(nx + o);",
+                      "}"]
+        if regs:
+            inner.append(f"{self.vt} rc[{self.rk}];")
         tid, stride = "(int)threadIdx.x", str(self.T)
         for pi, ph in enumerate(self.rop.phases):
-            src = "global" if (pi == 0 or not cache) else "smem"
+            src = "regs" if regs else "global" if (pi == 0 or not cache) else "smem"
             inner.append("{")
             inner += ["  " + ln for ln in self.phase_stats(pi, ph, src, "seg0", "seg1", tid, stride,
-                                                           cache and pi == 0)]
+                                                           (cache or regs) and pi == 0)]
             inner.append("  " + self.reduce_call(pi, ph, "block"))
-            puts = " ".join(f"xs{pi}_{fl.name} = a_{fl.name}0;" for fl in ph.fields)
+            puts = " ".join(f"xs{pi}_{fl.name}[par] = a_{fl.name}0;" for fl in ph.fields)
             inner.append(f"  if (threadIdx.x == 0) {{ {puts} }}")
             inner.append("  cluster_sync();")
             inner.append("  {")
             inner += [f"    {fl.ctype} r_{fl.name} = {fl.init};" for fl in ph.fields]
-            args = ", ".join([f"r_{n}" for n in ph.names()]
-                             + [f"dsmem_load(&xs{pi}_{fl.name}, q)" for fl in ph.fields])
-            inner.append(f"    for (unsigned q = 0; q < {CL}; ++q) merge_p{pi}({args});")
+            gets = " ".join(f"r_{fl.name} = dsmem_load(&xs{pi}_{fl.name}[par], lane_);" for fl in ph.fields)
+            inner.append(f"    if (lane_ < {CL}) {{ {gets} }}")
+            inner.append(f"    warp_reduce_p{pi}({', '.join(f'r_{n}' for n in ph.names())});")
             inner += [f"    a_{fl.name}0 = r_{fl.name};" for fl in ph.fields]
             inner.append("  }")
-            inner.append("  cluster_sync();")
             inner += ["  " + ln for ln in self.final_lines(pi, ph)]
             inner.append("}")
-        inner += self.write_out("smem" if cache else "global", "seg0", "seg1", tid, stride,
+        inner += self.write_out("regs" if regs else "smem" if cache else "global", "seg0", "seg1", tid, stride,
                                 "crank == 0 && threadIdx.x == 0")
         body += ["  " + ln for ln in inner]
         body.append("}")
+        body.append("cluster_sync();")
         return self.signature(self.prefix) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
 
     def kernel_grid(self) -> str:
@@ -706,8 +750,9 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
         conds.append(f"N * 4 <= {cc.SMEM_CACHE_MAX}")
     if f["cache"] == "regs":
         team = 32 if f["mapping"] == "warp" else f["threads"]
-        conds.append(f"N // {f['vec']} <= {team * regs_per_thread(spec, f)}")
-    if f["mapping"] == "cluster" and multi_pass(spec, f):
+        share = f"-(-(N // {f['vec']}) // {f['cluster']})" if f["mapping"] == "cluster" else f"N // {f['vec']}"
+        conds.append(f"{share} <= {team * regs_per_thread(spec, f)}")
+    if f["mapping"] == "cluster" and multi_pass(spec, f) and f["cache"] != "regs":
         cl = f["cluster"]
         conds.append(f"-(-(N // {f['vec']}) // {cl}) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
     if f["mapping"] == "grid":
@@ -739,8 +784,11 @@ def _launch(spec: OpSpec, f: dict, kern: _Kernel, var: str) -> list[str]:
                 f"shared_mem=-(-(N // {vw}) // G) * {4 * vw}, cooperative=True)"]
     elif mapping == "cluster":
         cl = f["cluster"]
-        out.append(f"ncl = min(R, max(1, _sm_count(x.device.index) * {f['bps']} // {cl}), (2**31 - 1) // {cl})")
-        smem = f"-(-(N // {vw}) // {cl}) * {4 * vw}" if multi_pass(spec, f) else "0"
+        if f["grid"] == "persistent":  # bps blocks per SM loop over the rows
+            out.append(f"ncl = min(R, max(1, _sm_count(x.device.index) * {f['bps']} // {cl}), (2**31 - 1) // {cl})")
+        else:  # a cluster per row: the hardware keeps every SM full as clusters retire
+            out.append(f"ncl = min(R, (2**31 - 1) // {cl})")
+        smem = f"-(-(N // {vw}) // {cl}) * {4 * vw}" if multi_pass(spec, f) and f["cache"] != "regs" else "0"
         out.append(f"{var}(grid=(ncl * {cl},), block=({T},), args=args, shared_mem={smem})")
     else:
         nphases = len(kern.rop.phases)

@@ -459,3 +459,38 @@ def test_every_cuda_candidate_matches_the_reference_on_the_gpu(tmp_path):
     print(f"{len(jobs) - len(failures)} of {len(jobs)} CUDA candidates match the reference")
     assert not failures, f"{len(failures)} of {len(jobs)} failed:\n" + "\n".join(failures[:40])
 
+
+
+def test_a_cluster_can_hold_its_row_in_registers_keep_the_exponentials_and_exchange_once_per_pass():
+    """The register-resident cluster: a 256 KiB softmax row over 8 blocks of 256 threads (32 floats a thread,
+    the size chosen over 4 blocks of 64), loads issued before use, no shared-memory copy, one cluster barrier per
+    pass plus one before exit, partial states gathered one lane per block; kept exponentials make the write pass a
+    multiply, and the two-level online form exchanges once. A cluster per row unless the grid is persistent."""
+    from kernelcraft.search.offline_kernels import rowwise_cuda as rc
+
+    spec = describe(suite("softmax_4096x65536", "full"))
+    f = rc.normalise(spec, {"mapping": "cluster", "cache": "regs", "vec": 4, "keep_exp": True, "recip": True})
+    assert (f["cluster"], f["threads"], rc.regs_per_thread(spec, f)) == (8, 256, 8)
+    src = rc._Kernel(spec, f, "k").source()
+    assert "__cluster_dims__(8, 1, 1)" in src and "float4 rc[8];" in src and "smem_raw" not in src
+    assert src.count("cluster_sync();") == 3  # max, sum, and the one before the blocks leave
+    assert "if (lane_ < 8) { r_m = dsmem_load(&xs0_m[par], lane_); }" in src
+    assert src.index("rc[k_] = *(xr + i);") < src.index("a_m0 = fmaxf(")  # every load before the first use
+    assert "rc[k_].x = EXPF(rc[k_].x - c_max);" in src and "o_.x = rc[k_].x * c_inv;" in src
+    assert src.count("EXPF(") == 1 + 4  # the macro, then a float4's four lanes once: the write pass multiplies
+
+    online = rc._Kernel(spec, rc.normalise(spec, f | {"stats": "online"}), "k").source()
+    assert online.count("cluster_sync();") == 2 and "c_sc = EXPF(c_tmax - c_max) / c_sum;" in online
+    assert "c_tsh = a_m0 == -INFINITY ? 0.f : a_m0;" in online  # a thread of -inf only adds zeros, not NaN
+
+    _, fwd = rc.render(spec, f)
+    assert "ncl = min(R, (2**31 - 1) // 8)" in "\n".join(fwd) and "shared_mem=0" in "\n".join(fwd)
+    _, fwd = rc.render(spec, f | {"grid": "persistent", "bps": 4})
+    assert "_sm_count(x.device.index) * 4 // 8" in "\n".join(fwd)
+    # keep_exp needs every pass to read the register cache; log_softmax has no exponential to keep
+    assert not rc.normalise(spec, {"mapping": "cluster", "keep_exp": True})["keep_exp"]
+    assert rc.normalise(spec, {"mapping": "block", "cache": "regs", "keep_exp": True})["cache"] == "none"
+    ideas = {i.key: i for i in catalogue("rowwise", "cuda")}
+    base = generator("rowwise", "cuda").baseline(spec)
+    assert ideas["cluster_regs"].applies(spec, base) and not ideas["keep_exp"].applies(spec, base)
+    assert ideas["keep_exp"].applies(spec, f | {"keep_exp": False})

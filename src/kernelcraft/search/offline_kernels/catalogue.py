@@ -159,8 +159,10 @@ def _cluster_regs_ok(spec: OpSpec, f: dict) -> bool:
 
 
 def _keep_exp_ok(spec: OpSpec, f: dict) -> bool:
-    """A row cached on chip for the later passes: the sum pass can leave the exponentials there."""
-    return not f.get("keep_exp") and rowwise_cuda.normalise(spec, f | {"keep_exp": True})["keep_exp"]
+    """A row held in registers: the sum pass can leave the exponentials there."""
+    if f.get("keep_exp"):
+        return False
+    return rowwise_cuda.normalise(spec, f | {"cache": "regs"})["cache"] == "regs"
 
 
 def _grid_ok(spec: OpSpec, f: dict) -> bool:
@@ -261,11 +263,11 @@ ROWWISE_CUDA: list[Idea] = [
     Idea("shifted", COMP, "Compute mean and variance in one pass as sums of (x - x0) and (x - x0)^2, shifted by the "
          "row's first element so there is no cancellation, instead of a separate variance pass.",
          {"stats": "shifted"}, 2.5, ops=("layernorm",)),
-    Idea("keep_exp", COMP, "With the row cached on chip (registers or shared memory), let the sum pass overwrite "
-         "each cached element with its exponential exp(x - max) (in the online pass over registers, max is the "
-         "thread's own maximum of its elements, taken first, and the scale exp(thread max - row max) / sum is one "
-         "per thread), so the write pass multiplies instead of computing all {N} exponentials a second time.",
-         {"keep_exp": True, "recip": True}, 2.0,
+    Idea("keep_exp", COMP, "With the row held in registers, let the sum pass overwrite each element with its "
+         "exponential exp(x - max) (in the online pass, max is the thread's own maximum of its cached elements, "
+         "taken first, and the scale exp(thread max - row max) / sum is one per thread), so the write pass "
+         "multiplies instead of computing all {N} exponentials of the row a second time.",
+         {"keep_exp": True, "cache": "regs", "recip": True}, 2.0,
          ops=("softmax",), when=_keep_exp_ok),
     Idea("recip", COMP, "Compute 1/sum once per row and multiply every output by it instead of dividing each "
          "element.", {"recip": True}, 1.5, ops=("softmax",)),

@@ -38,7 +38,6 @@ class Phase:
     pre: str | None = None
     pre4: str | None = None
     pre_final: str | None = None
-    writes: bool = False  # ``acc`` overwrites the element: a shared-memory cache gets it back
 
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
@@ -103,9 +102,9 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
     """The phases of ``op`` with the given statistics algorithm and accumulator ("float"/"double"/"kahan").
 
     ``exp``/``rsqrt`` name the macros the backend defines; N, eps and the row's first element (``c_k``,
-    for the shifted variance) are in scope as ``N``, ``eps`` and ``c_k``. ``keep_exp`` (softmax, a row cached
-    on chip for every pass) has the sum pass overwrite each cached element with its exponential, so the write
-    pass scales it instead of computing the exponential a second time.
+    for the shifted variance) are in scope as ``N``, ``eps`` and ``c_k``. ``keep_exp`` (softmax, three
+    passes, the element an lvalue of a cache every pass reads) has the sum pass overwrite each element with its
+    exponential, so the write pass scales it instead of computing the exponential a second time.
     """
     if op in ("softmax", "log_softmax"):
         if stats == "online" and keep_exp:
@@ -147,7 +146,7 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
                        acc4="{m} = fmaxf(fmaxf({m}, fmaxf({v0}, {v1})), fmaxf({v2}, {v3}));")
             if keep_exp:
                 p1 = Phase(fields=(Field("s", "float", "0.f"),), acc=f"{{v}} = {exp}({{v}} - c_max); {{s}} += {{v}};",
-                           merge="s += s_b;", final="c_sum = s;", consts=("c_sum",), writes=True,
+                           merge="s += s_b;", final="c_sum = s;", consts=("c_sum",),
                            acc4=" ".join(f"{{v{k}}} = {exp}({{v{k}}} - c_max);" for k in range(4))
                            + " {s} += ({v0} + {v1}) + ({v2} + {v3});")
             else:

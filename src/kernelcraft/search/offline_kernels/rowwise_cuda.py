@@ -205,11 +205,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
             and weight_regs(spec, g) > 0):
         g["wcache"] = False
     g["wcache"] = bool(g["wcache"])
-    # The sum pass can leave each exponential in the cache only when the later passes read that cache: registers
-    # (either statistics), or shared memory (a block's row, or a cluster block's share) after three passes' max.
-    smem_passes = g["stats"] == "three_pass" and (g["cache"] == "smem" or (
-        g["mapping"] == "cluster" and g["cache"] == "none" and multi_pass(spec, g)))
-    g["keep_exp"] = bool(g["keep_exp"]) and op == "softmax" and (g["cache"] == "regs" or smem_passes)
+    # The sum pass can leave each exponential in the register cache only when every pass reads that cache.
+    g["keep_exp"] = bool(g["keep_exp"]) and op == "softmax" and g["cache"] == "regs"
     return g
 
 
@@ -264,9 +261,8 @@ class _Kernel:
         return ["{ " + lines[0]] + ["  " + ln for ln in lines[1:]] + ["}"]
 
     def iterate(self, src: str, seg0: str, seg1: str, tid: str, stride: str, body, *, final_pass: bool = False,
-                fill_smem: bool = False, writeback: bool = False) -> list[str]:
-        """Loop over the team's vectors of [seg0, seg1): ``body(u, var, idx)`` gives the lines per vector;
-        ``writeback`` stores what the body left in each shared-memory vector back to it."""
+                fill_smem: bool = False) -> list[str]:
+        """Loop over the team's vectors of [seg0, seg1): ``body(u, var, idx)`` gives the lines per vector."""
         f = self.f
         vt, idx_t = self.vt, self.idx
         if src == "regs":
@@ -278,40 +274,34 @@ class _Kernel:
                 out += head + [f"    rc[k_] = {cc.load(f['load'], 'xr + i')};", "  }", "}"]
             out += head + ["    " + ln for ln in body(0, "rc[k_]", "i")] + ["  }", "}"]
             return out
-        def at(i: str) -> str:
-            return f"sc[{i}]" if seg0 == "0" else f"sc[{i} - {seg0}]"
         if src == "smem":
-            ld = at
+            def ld(i: str) -> str:
+                return f"sc[{i}]" if seg0 == "0" else f"sc[{i} - {seg0}]"
         else:
             kind = "ldcs" if (final_pass and f["stream"]) else f["load"]
 
             def ld(i: str) -> str:
                 return cc.load(kind, f"xr + {i}")
         ilp = f["ilp"]
-        cq = "" if writeback else "const "
         out = [f"{idx_t} i = {tid if seg0 == '0' else seg0 + ' + ' + tid};"]
         if ilp > 1:
             out.append(f"for (; i + {ilp - 1} * {stride} < {seg1}; i += {ilp} * {stride}) {{")
             for u in range(ilp):
                 iu = "i" if u == 0 else f"i + {u} * {stride}"
-                out.append(f"  {cq}{vt} v{u} = {ld(iu)};")
+                out.append(f"  const {vt} v{u} = {ld(iu)};")
             for u in range(ilp):
                 iu = "i" if u == 0 else f"(i + {u} * {stride})"
                 if fill_smem:
-                    out.append(f"  {at(iu)} = v{u};")
+                    out.append(f"  sc[{iu}] = v{u};" if seg0 == "0" else f"  sc[{iu} - {seg0}] = v{u};")
                 out += ["  " + ln for ln in body(u, f"v{u}", iu)]
-                if writeback:
-                    out.append(f"  {at(iu)} = v{u};")
             out.append("}")
         if f["unroll"]:
             out.append("#pragma unroll 4")
         out.append(f"for (; i < {seg1}; i += {stride}) {{")
-        out.append(f"  {cq}{vt} v0 = {ld('i')};")
+        out.append(f"  const {vt} v0 = {ld('i')};")
         if fill_smem:
-            out.append(f"  {at('i')} = v0;")
+            out.append("  sc[i] = v0;" if seg0 == "0" else f"  sc[i - {seg0}] = v0;")
         out += ["  " + ln for ln in body(0, "v0", "i")]
-        if writeback:
-            out.append(f"  {at('i')} = v0;")
         out.append("}")
         return out
 
@@ -330,7 +320,7 @@ class _Kernel:
             out.append(fmt(phase.pre_final, self.names(phase, 0)))
             fill = False
         out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.acc_lines(phase, u, var),
-                            fill_smem=fill, writeback=phase.writes and src == "smem")
+                            fill_smem=fill)
         for u in range(1, copies):
             args = ", ".join([f"a_{n}0" for n in phase.names()] + [f"a_{n}{u}" for n in phase.names()])
             out.append(f"merge_p{pi}({args});")

@@ -305,6 +305,29 @@ extern "C" __global__ void to_nhwc(const float* __restrict__ X, float* __restric
 """)
 
 
+
+def _weights_loads(nmajor: bool, vec: bool, cp: bool) -> tuple[tuple[str, ...], str]:
+    """(B tile loads, loads per thread) from the rearranged weights: KP x COUT (k-major) or, for ``ldmatrix``,
+    COUT x KP (n-major, each filter's taps a row); 16-byte pieces along the contiguous dimension when ``vec``."""
+    at = "BS_AT(c, r)" if nmajor else "BS_AT(r, c)"
+    inner = "BK" if nmajor else "BN"
+    idx = "kd = k0 + c, k = bn0 + r" if nmajor else "kd = k0 + r, k = bn0 + c"
+    src = "Wt + k * KP + kd" if nmajor else "Wt + kd * COUT + k"
+    if vec:
+        put = (f"cp_async16(bs + {at}, src, ok);" if cp else
+               f"*reinterpret_cast<float4*>(bs + {at}) = ok ? *reinterpret_cast<const float4*>(src) "
+               ": make_float4(0.f, 0.f, 0.f, 0.f);")
+        what = "B[kd .. kd + 4, k] from the rearranged weights, a COUT x KP matrix" if nmajor else \
+            "B[kd, k .. k + 4) from the rearranged weights, a KP x COUT matrix"
+        return ((f"// {what}", "const int v = tid + l * NT;", "if (v < BK * BN / 4) {",
+                 f"  const int r = v / ({inner} / 4), c = v % ({inner} / 4) * 4, {idx};",
+                 "  const bool ok = kd < KP && k < COUT;", f"  const float* src = ok ? {src} : Wt;",
+                 "  " + put, "}"), "((BK * BN / 4 + NT - 1) / NT)")
+    put = f"cp_async4(bs + {at}, src, ok);" if cp else f"bs[{at}] = ok ? *src : 0.f;"
+    return ((f"const int v = tid + l * NT, r = v / {inner}, c = v % {inner}, {idx};",
+             "const bool ok = kd < KP && k < COUT;", f"const float* src = ok ? {src} : Wt;", put),
+            "")  # one float each, as the plain gather's B loads
+
 def _pieces_io(spec: OpSpec, f: dict, relu: bool, pw: int, lay: _Pieces) -> mm.GemmIO:
     """A gather of pieces of ``pw`` neighbouring input floats in the order ``lay`` gives the GEMM's depth; ``pw``
     1 is the same order one float at a time (a folded layer's rows whose width the pieces do not divide)."""
@@ -334,38 +357,9 @@ def _pieces_io(spec: OpSpec, f: dict, relu: bool, pw: int, lay: _Pieces) -> mm.G
                f"    pih[l] = ih; piw[l] = iw; poff[l] = {lay.origin};",
                "  } else {", "    poff[l] = 0; pih[l] = -(1 << 28); piw[l] = 0;  // never inside the image", "  }",
                "}")
-    g = spec.geometry
-    if f["ldsm"]:  # n-major B: each filter's taps a row of the COUT x KP weights
-        if _depth(spec, f["gather"]) % 4 == 0:
-            put_b = ("cp_async16(bs + BS_AT(c, r), src, ok);" if cp else
-                     "*reinterpret_cast<float4*>(bs + BS_AT(c, r)) = ok ? *reinterpret_cast<const float4*>(src) "
-                     ": make_float4(0.f, 0.f, 0.f, 0.f);")
-            b_ld = ("// B[kd .. kd + 4, k] from the rearranged weights, a COUT x KP matrix",
-                    "const int v = tid + l * NT;", "if (v < BK * BN / 4) {",
-                    "  const int r = v / (BK / 4), c = v % (BK / 4) * 4, kd = k0 + c, k = bn0 + r;",
-                    "  const bool ok = kd < KP && k < COUT;", "  const float* src = ok ? Wt + k * KP + kd : Wt;",
-                    "  " + put_b, "}")
-            lb = "((BK * BN / 4 + NT - 1) / NT)"
-        else:
-            put_b = "cp_async4(bs + BS_AT(c, r), src, ok);" if cp else "bs[BS_AT(c, r)] = ok ? *src : 0.f;"
-            b_ld = ("const int v = tid + l * NT, r = v / BK, c = v % BK, kd = k0 + c, k = bn0 + r;",
-                    "const bool ok = kd < KP && k < COUT;", "const float* src = ok ? Wt + k * KP + kd : Wt;", put_b)
-            lb = ""
-    elif g["cout"] % 4 == 0:  # 16-byte rows of the folded weights
-        put_b = ("cp_async16(bs + BS_AT(r, c), src, ok);" if cp else
-                 "*reinterpret_cast<float4*>(bs + BS_AT(r, c)) = ok ? *reinterpret_cast<const float4*>(src) "
-                 ": make_float4(0.f, 0.f, 0.f, 0.f);")
-        b_ld = ("// B[kd, k .. k + 4) from the rearranged weights, a KP x COUT matrix",
-                "const int v = tid + l * NT;", "if (v < BK * BN / 4) {",
-                "  const int r = v / (BN / 4), c = v % (BN / 4) * 4, kd = k0 + r, k = bn0 + c;",
-                "  const bool ok = kd < KP && k < COUT;", "  const float* src = ok ? Wt + kd * COUT + k : Wt;",
-                "  " + put_b, "}")
-        lb = "((BK * BN / 4 + NT - 1) / NT)"
-    else:
-        put_b = "cp_async4(bs + BS_AT(r, c), src, ok);" if cp else "bs[BS_AT(r, c)] = ok ? *src : 0.f;"
-        b_ld = ("const int v = tid + l * NT, r = v / BN, c = v % BN, kd = k0 + r, k = bn0 + c;",
-                "const bool ok = kd < KP && k < COUT;", "const float* src = ok ? Wt + kd * COUT + k : Wt;", put_b)
-        lb = ""  # one float each, as the plain gather's B loads
+    # 16-byte pieces when the weights' contiguous dimension (depth for n-major, filters for k-major) allows them
+    wide = _depth(spec, f["gather"]) % 4 == 0 if f["ldsm"] else spec.geometry["cout"] % 4 == 0
+    b_ld, lb = _weights_loads(f["ldsm"], wide, cp)
     # cp_async4 (pw 1) comes with the plain gather's helpers, cp_async16 with the pipeline's
     helpers = io.helpers + "\n" + "\n".join(lay.consts) + "\n" + (_CP_ASYNC8 if cp and pw == 2 else "")
     return dataclasses.replace(

@@ -214,7 +214,7 @@ ROWWISE_CUDA: list[Idea] = [
          "elements of its block's share in registers (fully unrolled, every load issued before the first use; no "
          "shared-memory copy): the {rowkb} KiB row is read from HBM once, every later pass runs from registers, "
          "and only the blocks' partial statistics cross the cluster through distributed shared memory.",
-         {"mapping": "cluster", "cache": "regs", "vec": 4}, 3.0, when=_cluster_regs_ok, boost=lambda s, f: 3.0),
+         {"mapping": "cluster", "cache": "regs", "vec": 4}, 9.0, when=_cluster_regs_ok),
     Idea("grid_resident", MEM, "Spread each of the {R} rows over the whole GPU: a cooperative launch of one "
          "1024-thread block per SM, each keeping its share of every {rowkb} KiB row in shared memory between the "
          "statistics and the normalisation, publishing its partial statistics to a workspace and merging all of "

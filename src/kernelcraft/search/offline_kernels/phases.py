@@ -102,11 +102,15 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
     """The phases of ``op`` with the given statistics algorithm and accumulator ("float"/"double"/"kahan").
 
     ``exp``/``rsqrt`` name the macros the backend defines; N, eps and the row's first element (``c_k``,
-    for the shifted variance) are in scope as ``N``, ``eps`` and ``c_k``. ``keep_exp`` (softmax, three
-    passes, the element an lvalue of a cache every pass reads) has the sum pass overwrite each element with its
-    exponential, so the write pass scales it instead of computing the exponential a second time.
+    for the shifted variance) are in scope as ``N``, ``eps`` and ``c_k``. ``keep_exp`` (softmax, the element an
+    lvalue of a register cache every pass reads) has the sum pass overwrite each element with its exponential, so
+    the write pass scales it instead of computing the exponential a second time; with online statistics the
+    exponentials are shifted by each thread's own maximum (a first sweep, ``Phase.pre``).
     """
     if op in ("softmax", "log_softmax"):
+        # two partial (max, sum of exp(x - max)) states merged: the larger max wins, the other sum is rescaled
+        online_merge = (f"if (m_b > m) {{ s = s * {exp}(m - m_b) + s_b; m = m_b; }} "
+                        f"else if (s_b != 0.f) {{ s += s_b * {exp}(m_b - m); }}")
         if stats == "online" and keep_exp:
             # Two levels: a thread first takes the maximum of its own cached elements, then overwrites each with
             # exp(x - that maximum) and sums them; threads' states merge as online pairs, and the write pass
@@ -120,8 +124,7 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
                 acc=f"{{v}} = {exp}({{v}} - c_tsh); {{s}} += {{v}};",
                 acc4=" ".join(f"{{v{k}}} = {exp}({{v{k}}} - c_tsh);" for k in range(4))
                 + " {s} += ({v0} + {v1}) + ({v2} + {v3});",
-                merge=(f"if (m_b > m) {{ s = s * {exp}(m - m_b) + s_b; m = m_b; }} "
-                       f"else if (s_b != 0.f) {{ s += s_b * {exp}(m_b - m); }}"),
+                merge=online_merge,
                 final="c_max = m; c_sum = s;",
                 consts=("c_tmax", "c_tsh", "c_max", "c_sum"))
             return RowOp((p0,), "{y} = {v} * c_sc;", prelude="c_sc = " + exp + "(c_tmax - c_max) / c_sum;",
@@ -135,8 +138,7 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
                       f"if (mx_ > {{m}}) {{ {{s}} *= {exp}({{m}} - mx_); {{m}} = mx_; }} "
                       f"{{s}} += ({exp}({{v0}} - {{m}}) + {exp}({{v1}} - {{m}})) + "
                       f"({exp}({{v2}} - {{m}}) + {exp}({{v3}} - {{m}})); }}"),
-                merge=(f"if (m_b > m) {{ s = s * {exp}(m - m_b) + s_b; m = m_b; }} "
-                       f"else if (s_b != 0.f) {{ s += s_b * {exp}(m_b - m); }}"),
+                merge=online_merge,
                 final="c_max = m; c_sum = s;",
                 consts=("c_max", "c_sum"))
             phases: tuple[Phase, ...] = (p0,)

@@ -199,8 +199,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["cp_async"] = False
     if not (mapping == "split" and op == "sum_lastdim") or g["finish"] not in ("kernel", "lastblock"):
         g["finish"] = "kernel"
-    if mapping not in ("block", "grid", "cluster"):
-        g["l2_prefetch"] = False
+    if mapping not in ("block", "grid", "cluster") or (mapping == "cluster" and g["grid"] != "persistent"):
+        g["l2_prefetch"] = False  # a cluster per row has no next row to prefetch
     if not (mapping == "grid" and g["vec"] == 4 and spec.weight is not None and spec.op in ("layernorm", "rmsnorm")
             and weight_regs(spec, g) > 0):
         g["wcache"] = False

@@ -127,6 +127,12 @@ ROW_CUDA_PATHS = [
     {"mapping": "grid", "stats": "online", "vec": 4, "reduce": "shuffle"},
     {"mapping": "grid", "threads": 1024, "vec": 4, "wcache": True, "fma_apply": True, "stats": "shifted"},
     {"mapping": "grid", "threads": 128, "vec": 4, "wcache": True},
+    {"mapping": "grid", "cache": "regs", "threads": 1024, "vec": 4, "wcache": True, "bcache": True, "phint": True,
+     "stats": "shifted", "reduce": "shuffle"},
+    {"mapping": "grid", "cache": "regs", "threads": 512, "vec": 4, "wcache": True, "stats": "welford"},
+    {"mapping": "grid", "cache": "regs", "threads": 256, "stats": "welford", "l2_prefetch": True, "phint": True},
+    {"mapping": "grid", "cache": "regs", "vec": 4, "threads": 512, "stats": "online", "keep_exp": True},
+    {"mapping": "split", "vec": 4, "ilp": 4, "stats": "shifted", "phint": True}, {"phint": True, "fma_apply": True},
     {"grid": "persistent", "bps": 4, "l2_prefetch": True, "launch_min": 2, "unroll": True, "load": "ldg",
      "stream": True, "fast_math": True, "idx32": True},
 ]

@@ -71,6 +71,8 @@ def context(spec: OpSpec, child: dict) -> dict:
     if spec.family == "rowwise" and child.get("gen") == rowwise_cuda.GEN:
         ctx["rk"] = rowwise_cuda.regs_per_thread(spec, child) * child.get("vec", 1)
         ctx["wrk"] = rowwise_cuda.weight_regs(spec, {"threads": child.get("threads", 256)})
+        ctx["slots"] = rowwise_cuda.regs_per_thread(spec, child)
+        ctx["kb"] = rowwise_cuda.bias_slots(spec, child)
     if spec.family == "conv":
         g = spec.geometry
         ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
@@ -172,6 +174,18 @@ def _grid_ok(spec: OpSpec, f: dict) -> bool:
             and rowwise_cuda.grid_fits(spec, H100_SMS) and f.get("mapping") != "grid")
 
 
+def _grid_regs_ok(spec: OpSpec, f: dict) -> bool:
+    """Few rows too long for a cluster whose 1/#SM shares fit a 1024-thread block's registers."""
+    g = {"mapping": "grid", "cache": "regs", "threads": 1024, "vec": 4}
+    return (_multi(spec, f) and spec.rows <= 64 and not rowwise_cuda.cluster_fits(spec, f, 8)
+            and rowwise_cuda.regs_per_thread(spec, g) > 0 and (f.get("mapping"), f.get("cache")) != ("grid", "regs"))
+
+
+def _bias_slots_ok(spec: OpSpec, f: dict) -> bool:
+    """The grid kernel with a register share and the weight in shared memory, whose bias has room beside it."""
+    return not f.get("bcache") and rowwise_cuda.bias_slots(spec, rowwise_cuda.normalise(spec, f | {"bcache": True})) > 0
+
+
 def _not_welford(spec: OpSpec, f: dict) -> bool:
     """Welford's state is a count/mean/M2 triple, not a sum: accumulator ideas do not apply to it."""
     return spec.op != "layernorm" or f.get("stats") != "welford"
@@ -226,6 +240,19 @@ ROWWISE_CUDA: list[Idea] = [
          {"mapping": "grid", "threads": 1024, "vec": 4, "wcache": True}, 2.5,
          ops=NORMS, when=lambda s, f: s.weight is not None and rowwise_cuda.weight_regs(s, f | {"threads": 1024}) > 0
          and (f.get("mapping") == "grid" or _grid_ok(s, f))),
+    Idea("grid_regs", MEM, "Spread each of the {R} rows over the whole GPU with every block's share of a row held in "
+         "registers ({rk} floats a thread, fully unrolled, every load issued before the first use) instead of shared "
+         "memory, which then keeps the block's slice of the weight, if the op has one, for all rows: each {rowkb} KiB "
+         "row is read from HBM once and the weight once per call.",
+         {"mapping": "grid", "cache": "regs", "threads": 1024, "vec": 4, "wcache": True}, 3.0, when=_grid_regs_ok),
+    Idea("grid_bias_smem", MEM, "In the whole-GPU-per-row kernel, keep the bias of the first {kb} of each thread's "
+         "{slots} register slots in shared memory beside the weight's slice, read once for all {R} rows: the write "
+         "pass then reads only the rest of the bias from L2, a dependent load less per slot on every row's critical "
+         "path.", {"bcache": True}, 3.0, ops=("layernorm",), when=_bias_slots_ok),
+    Idea("params_evict_last", MEM, "Read the weight and bias under an L2 evict-last cache policy (createpolicy + "
+         "ld.global.nc.L2::cache_hint): they are read again for every row, so they should stay in L2 while the "
+         "rows stream past them.", {"phint": True}, 1.5, ops=NORMS,
+         when=lambda s, f: (s.weight or s.bias) is not None and not f.get("phint")),
     Idea("ilp2", ASYNC, "Unroll the row loops by 2 with independent loads issued before any use (and separate "
          "partial accumulators), doubling the bytes each thread keeps in flight.", {"ilp": 2}, 1.5),
     Idea("ilp4", ASYNC, "Unroll the row loops by 4 with four independent loads in flight per thread and four "

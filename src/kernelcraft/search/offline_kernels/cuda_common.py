@@ -30,6 +30,24 @@ def store(kind: str, ptr: str, value: str) -> str:
     return f"*({ptr}) = {value};"
 
 
+KEEP_HELPERS = r"""
+// Read-only loads under an L2 evict-last policy: a parameter read again for every row keeps its lines in L2 while
+// the rows stream past it (plain asm, not volatile: the compiler may still schedule these loads early).
+__device__ __forceinline__ float ld_keep(const float* p) {
+  float v;
+  asm("{ .reg .b64 pol; createpolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
+      "  ld.global.nc.L2::cache_hint.f32 %0, [%1], pol; }" : "=f"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float4 ld_keep(const float4* p) {
+  float4 v;
+  asm("{ .reg .b64 pol; createpolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
+      "  ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], pol; }"
+      : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+  return v;
+}
+"""
+
 NOALLOC_HELPERS = r"""
 // Read-only loads that bypass L1 allocation: streamed data is never reused, so keep L1 for others.
 __device__ __forceinline__ float ld_noalloc(const float* p) {

@@ -36,6 +36,7 @@ GEN = "rowwise_cuda"
 MAPPINGS = ("block", "warp", "split", "cluster", "grid")
 REGS_MAX_FLOATS = 64  # per thread; beyond this the register cache spills and stops paying
 REGS_FILE = 65536  # 32-bit registers per SM: a block's cache must leave room for everything else
+GRID_SMS = 132  # the SM count the grid mapping's register arrays are sized for (H100/H200); checked at run time
 
 TUNABLES: dict[str, tuple] = {
     "threads": (128, 256, 512, 1024),
@@ -64,7 +65,7 @@ def baseline(spec: OpSpec) -> dict:
         "stats": default_stats(spec.op), "reduce": "tree", "load": "plain", "stream": False, "exp": "expf",
         "rsqrt": False, "recip": False, "fma_apply": False, "accum": default_accum(spec.op), "grid": "rows", "bps": 2,
         "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
-        "finish": "kernel", "cluster": 2, "wcache": False, "keep_exp": False,
+        "finish": "kernel", "cluster": 2, "wcache": False, "keep_exp": False, "bcache": False, "phint": False,
     }
 
 
@@ -78,6 +79,8 @@ def regs_per_thread(spec: OpSpec, f: dict) -> int:
     nv = -(-spec.row_len // f["vec"])
     if f.get("mapping") == "cluster":
         nv = -(-nv // f.get("cluster", 2))
+    elif f.get("mapping") == "grid":
+        nv = -(-nv // GRID_SMS)
     rk = max(1, -(-nv // _team(f)))
     limit = min(REGS_MAX_FLOATS, REGS_FILE // 2 // f["threads"])
     return rk if rk * f["vec"] <= limit else 0
@@ -88,8 +91,8 @@ def cluster_fits(spec: OpSpec, f: dict, size: int) -> bool:
     return -(-spec.row_len // size) * 4 <= cc.SMEM_CACHE_MAX
 
 
-GRID_SMS = 132  # the SM count the weight cache's register array is sized for (H100/H200); checked at run time
 WCACHE_MAX = 8  # float4 per thread: 32 registers, what a 1024-thread block can spare beside the kernel's own
+GRID_SMEM = 226 * 1024  # a grid block has its SM's shared memory (227 KiB on sm_90) to itself, less static buffers
 
 
 def weight_regs(spec: OpSpec, f: dict) -> int:
@@ -97,6 +100,18 @@ def weight_regs(spec: OpSpec, f: dict) -> int:
     per_block = -(-(spec.row_len // 4) // GRID_SMS)
     rk = -(-per_block // f["threads"])
     return rk if rk <= WCACHE_MAX else 0
+
+
+def bias_slots(spec: OpSpec, f: dict) -> int:
+    """Register-cache slots whose bias the grid keeps in shared memory beside the weight's slice (0: none).
+
+    On the H200 a LayerNorm row's bias read from L2 for every row cost 62 of 258 us (measured by leaving it out):
+    every slot held on chip is a load less on the write pass's critical path."""
+    if not (f.get("bcache") and f.get("mapping") == "grid" and f.get("cache") == "regs" and f.get("wcache")
+            and spec.bias is not None):
+        return 0
+    wbytes = -(-(spec.row_len // 4) // GRID_SMS) * 16
+    return max(0, min(regs_per_thread(spec, f), (GRID_SMEM - wbytes) // (f["threads"] * 16)))
 
 
 def grid_fits(spec: OpSpec, sms: int) -> bool:
@@ -179,8 +194,8 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         if g["cache"] == "smem":
             g["cache"] = "none"
     if mapping in ("split", "cluster", "grid"):
-        if mapping != "cluster" or g["cache"] != "regs":
-            g["cache"] = "none"  # a cluster's shared-memory copy is its own; split and grid have none
+        if mapping == "split" or g["cache"] != "regs":
+            g["cache"] = "none"  # a cluster's or the grid's shared-memory copy is its own; split has none
         if mapping != "cluster":
             g["grid"] = "rows"
         if mapping == "split":
@@ -201,10 +216,14 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["finish"] = "kernel"
     if mapping not in ("block", "grid", "cluster") or (mapping == "cluster" and g["grid"] != "persistent"):
         g["l2_prefetch"] = False  # a cluster per row has no next row to prefetch
+    # The weight's slice stays on chip for all rows: in registers beside a shared-memory share of the row, in
+    # shared memory beside a register share.
     if not (mapping == "grid" and g["vec"] == 4 and spec.weight is not None and spec.op in ("layernorm", "rmsnorm")
-            and weight_regs(spec, g) > 0):
+            and (grid_fits(spec, GRID_SMS) if g["cache"] == "regs" else weight_regs(spec, g) > 0)):
         g["wcache"] = False
     g["wcache"] = bool(g["wcache"])
+    g["bcache"] = bias_slots(spec, g | {"bcache": True}) > 0 and bool(g["bcache"])
+    g["phint"] = bool(g["phint"]) and op in ("layernorm", "rmsnorm") and (spec.weight or spec.bias) is not None
     # The sum pass can leave each exponential in the register cache only when every pass reads that cache.
     g["keep_exp"] = bool(g["keep_exp"]) and op == "softmax" and g["cache"] == "regs"
     return g
@@ -243,7 +262,7 @@ class _Kernel:
             return [fmt(phase.acc4, names | {f"v{i}": f"{var}.{c}" for i, c in enumerate("xyzw")})]
         return [fmt(phase.acc, names | {"v": f"{var}.{c}"}) for c in "xyzw"]
 
-    def apply_lines(self, var: str, idx: str, wreg: str | None = None) -> list[str]:
+    def apply_lines(self, var: str, idx: str, wreg: str | None = None, breg: str | None = None) -> list[str]:
         f = self.f
         has_w = self.spec.weight is not None and "{w}" in self.rop.apply
         has_b = self.spec.bias is not None and "{b}" in self.rop.apply
@@ -251,14 +270,28 @@ class _Kernel:
         if has_w and wreg is not None:
             lines.append(f"const {self.vt} wv_ = {wreg};")
         elif has_w:
-            lines.append(f"const {self.vt} wv_ = __ldg(reinterpret_cast<const {self.vt}*>(w) + {idx});")
-        if has_b:
-            lines.append(f"const {self.vt} bv_ = __ldg(reinterpret_cast<const {self.vt}*>(b) + {idx});")
+            lines.append(f"const {self.vt} wv_ = {self.param_load('w', idx)};")
+        if has_b and breg is not None:
+            lines.append(f"const {self.vt} bv_ = {breg};")
+        elif has_b:
+            lines.append(f"const {self.vt} bv_ = {self.param_load('b', idx)};")
         comps = [""] if self.vw == 1 else [f".{c}" for c in "xyzw"]
         for c in comps:
             lines.append(fmt(self.rop.apply, {"y": f"o_{c}", "v": f"{var}{c}", "w": f"wv_{c}", "b": f"bv_{c}"}))
         lines.append(cc.store("stcs" if f["stream"] else "plain", f"yr + {idx}", "o_"))
         return ["{ " + lines[0]] + ["  " + ln for ln in lines[1:]] + ["}"]
+
+    def regs_loop(self, seg0: str, seg1: str, tid: str, stride: str, lines: list[str]) -> list[str]:
+        """A fully unrolled loop over the thread's register-cache slots, ``lines`` per slot (index ``i``)."""
+        idx_t = self.idx
+        return (["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk}; ++k_) {{",
+                 f"  const {idx_t} i = {'' if seg0 == '0' else seg0 + ' + '}{tid} + ({idx_t})k_ * {stride};",
+                 f"  if (i < {seg1}) {{"] + ["    " + ln for ln in lines] + ["  }", "}"])
+
+    def param_load(self, p: str, idx: str, vt: str | None = None) -> str:
+        """A read of weight or bias element ``idx``: read-only path, and an L2 evict-last policy with ``phint``."""
+        ptr = f"reinterpret_cast<const {vt or self.vt}*>({p}) + {idx}"
+        return f"ld_keep({ptr})" if self.f["phint"] else f"__ldg({ptr})"
 
     def iterate(self, src: str, seg0: str, seg1: str, tid: str, stride: str, body, *, final_pass: bool = False,
                 fill_smem: bool = False) -> list[str]:
@@ -266,14 +299,10 @@ class _Kernel:
         f = self.f
         vt, idx_t = self.vt, self.idx
         if src == "regs":
-            head = ["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk}; ++k_) {{",
-                    f"  const {idx_t} i = {'' if seg0 == '0' else seg0 + ' + '}{tid} + ({idx_t})k_ * {stride};",
-                    f"  if (i < {seg1}) {{"]
             out = []
             if fill_smem:  # first pass: every load of the register cache issued before any is used
-                out += head + [f"    rc[k_] = {cc.load(f['load'], 'xr + i')};", "  }", "}"]
-            out += head + ["    " + ln for ln in body(0, "rc[k_]", "i")] + ["  }", "}"]
-            return out
+                out += self.regs_loop(seg0, seg1, tid, stride, [f"rc[k_] = {cc.load(f['load'], 'xr + i')};"])
+            return out + self.regs_loop(seg0, seg1, tid, stride, body(0, "rc[k_]", "i"))
         if src == "smem":
             def ld(i: str) -> str:
                 return f"sc[{i}]" if seg0 == "0" else f"sc[{i} - {seg0}]"
@@ -394,6 +423,8 @@ class _Kernel:
             out.append(f"#define RSQRT(x) {rsq}")
         if f["load"] == "noalloc":
             out.append(cc.NOALLOC_HELPERS)
+        if f["phint"]:
+            out.append(cc.KEEP_HELPERS)
         if f["l2_prefetch"]:
             out.append(cc.PREFETCH_L2)
         if f["cp_async"]:
@@ -423,13 +454,14 @@ class _Kernel:
             out.append("const float c_k = __ldg(x + row * N);")
         return out
 
-    def write_out(self, src: str, seg0: str, seg1: str, tid: str, stride: str, leader: str) -> list[str]:
+    def write_out(self, src: str, seg0: str, seg1: str, tid: str, stride: str, leader: str,
+                  wreg: str | None = None, breg: str | None = None) -> list[str]:
         if self.sum_op:
             return [f"if ({leader}) y[row] = {self.rop.reduce_out};"]
         out = []
         if self.rop.prelude:
             out.append(self.rop.prelude)
-        out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.apply_lines(var, i),
+        out += self.iterate(src, seg0, seg1, tid, stride, lambda u, var, i: self.apply_lines(var, i, wreg, breg),
                             final_pass=True)
         return out
 
@@ -630,20 +662,25 @@ class _Kernel:
         return self.signature(self.prefix) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
 
     def kernel_grid(self) -> str:
-        """Every block works on every row: its 1/gridDim share stays in shared memory between the passes, and
-        each pass's per-block statistics meet in ``part`` after a grid-wide barrier (a cooperative launch makes
-        all blocks resident, so the barrier cannot deadlock)."""
+        """Every block works on every row: its 1/gridDim share stays on chip (shared memory, or registers)
+        between the passes, and each pass's per-block statistics meet in ``part`` after a grid-wide barrier (a
+        cooperative launch makes all blocks resident, so the barrier cannot deadlock)."""
+        f = self.f
         idx = self.idx
+        regs = f["cache"] == "regs"
         nf = sum(len(ph.fields) for ph in self.rop.phases)
-        body = ["extern __shared__ __align__(16) unsigned char smem_raw[];",
-                f"{self.vt}* __restrict__ sc = reinterpret_cast<{self.vt}*>(smem_raw);",
-                self.nv_line(),
-                "const unsigned G = gridDim.x;",
-                f"const {idx} chunk = (NV + G - 1) / G;",
-                f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
-                f"const {idx} seg1 = min(NV, seg0 + chunk);",
-                "unsigned arrivals = 0;"]
-        wrk = weight_regs(self.spec, self.f) if self.f["wcache"] else 0
+        tid, stride = "(int)threadIdx.x", str(self.T)
+        body = ["extern __shared__ __align__(16) unsigned char smem_raw[];"]
+        if not regs:
+            body.append(f"{self.vt}* __restrict__ sc = reinterpret_cast<{self.vt}*>(smem_raw);")
+        body += [self.nv_line(),
+                 "const unsigned G = gridDim.x;",
+                 f"const {idx} chunk = (NV + G - 1) / G;",
+                 f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
+                 f"const {idx} seg1 = min(NV, seg0 + chunk);",
+                 "unsigned arrivals = 0;"]
+        wrk = weight_regs(self.spec, f) if f["wcache"] and not regs else 0
+        wreg = breg = None
         if wrk:
             # The block's slice of the weight is the same for every row: read it once, keep it in registers.
             body += [f"float4 wc[{wrk}];", "#pragma unroll", f"for (int k_ = 0; k_ < {wrk}; ++k_) {{",
@@ -651,22 +688,44 @@ class _Kernel:
                      "  wc[k_] = i < seg1 ? __ldg(reinterpret_cast<const float4*>(w) + i)",
                      "                    : make_float4(0.f, 0.f, 0.f, 0.f);",
                      "}"]
+        elif f["wcache"]:
+            # Beside a register share of the row the weight's slice fits in shared memory, read once for all
+            # rows (the first barrier orders these writes before any read).
+            body += ["float4* __restrict__ sw = reinterpret_cast<float4*>(smem_raw);",
+                     f"for ({idx} i = threadIdx.x; i < seg1 - seg0; i += {self.T}) "
+                     "sw[i] = __ldg(reinterpret_cast<const float4*>(w) + seg0 + i);"]
+            wreg = "sw[i - seg0]"
+            kb = bias_slots(self.spec, f)
+            if kb:
+                # After the weight's slice, the bias of the first slots of every thread's register cache (slot k
+                # of thread t at k * T + t); the write pass reads the others from L2.
+                body += ["float4* __restrict__ sb = sw + chunk;", "#pragma unroll",
+                         f"for (int k_ = 0; k_ < {kb}; ++k_) {{",
+                         f"  const {idx} i = seg0 + threadIdx.x + ({idx})k_ * {self.T};",
+                         f"  if (i < seg1) sb[k_ * {self.T} + threadIdx.x] = "
+                         "__ldg(reinterpret_cast<const float4*>(b) + i);", "}"]
+                breg = f"(k_ < {kb} ? sb[k_ * {self.T} + threadIdx.x] : {self.param_load('b', 'i', 'float4')})"
         body.append("for (long long row = 0; row < R; ++row) {")
         inner = self.row_prelude()
-        tid, stride = "(int)threadIdx.x", str(self.T)
+        if regs:
+            inner.append(f"{self.vt} rc[{self.rk}];")
+        prefetch = []
+        if f["l2_prefetch"]:
+            # The slice of the next row goes to L2 now, while this row waits at the barrier and is written
+            # out: the next first pass then reads L2, and HBM never idles between rows.
+            prefetch = ["if (row + 1 < R) {",
+                        "  const char* nx = reinterpret_cast<const char*>(x + (row + 1) * N);",
+                        f"  for (long long o = (long long)seg0 * {4 * self.vw} + threadIdx.x * 128LL; "
+                        f"o < (long long)seg1 * {4 * self.vw}; o += {self.T} * 128LL) prefetch_l2(nx + o);",
+                        "}"]
         off = 0
         for pi, ph in enumerate(self.rop.phases):
             inner.append("{")
-            inner += ["  " + ln for ln in self.phase_stats(pi, ph, "global" if pi == 0 else "smem", "seg0", "seg1",
-                                                           tid, stride, pi == 0)]
-            if pi == 0 and self.f["l2_prefetch"]:
-                # The slice of the next row goes to L2 now, while this row waits at the barrier and is written
-                # out: the next first pass then reads L2, and HBM never idles between rows.
-                inner += ["  if (row + 1 < R) {",
-                          "    const char* nx = reinterpret_cast<const char*>(x + (row + 1) * N);",
-                          f"    for (long long o = (long long)seg0 * {4 * self.vw} + threadIdx.x * 128LL; "
-                          f"o < (long long)seg1 * {4 * self.vw}; o += {self.T} * 128LL) prefetch_l2(nx + o);",
-                          "  }"]
+            src = "regs" if regs else "global" if pi == 0 else "smem"
+            inner += ["  " + ln for ln in self.phase_stats(pi, ph, src, "seg0", "seg1", tid, stride,
+                                                           pi == 0)]
+            if pi == 0:
+                inner += ["  " + ln for ln in prefetch]
             inner.append("  " + self.reduce_call(pi, ph, "block"))
             base = f"(row * G + blockIdx.x) * {nf}"
             puts = " ".join(f"part[{base} + {off + k}] = (double)a_{fl.name}0;" for k, fl in enumerate(ph.fields))
@@ -699,7 +758,8 @@ class _Kernel:
             inner += ["    " + ln for ln in self.apply_lines("v0", "i", wreg="wc[k_]")]
             inner += ["  }", "}"]
         else:
-            inner += self.write_out("smem", "seg0", "seg1", tid, stride, "blockIdx.x == 0 && threadIdx.x == 0")
+            inner += self.write_out("regs" if regs else "smem", "seg0", "seg1", tid, stride,
+                                    "blockIdx.x == 0 && threadIdx.x == 0", wreg, breg)
         body += ["  " + ln for ln in inner]
         body.append("}")
         extra = ", double* __restrict__ part, unsigned* __restrict__ bar"
@@ -750,14 +810,19 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
         conds.append(f"N * 4 <= {cc.SMEM_CACHE_MAX}")
     if f["cache"] == "regs":
         team = 32 if f["mapping"] == "warp" else f["threads"]
-        share = f"-(-(N // {f['vec']}) // {f['cluster']})" if f["mapping"] == "cluster" else f"N // {f['vec']}"
+        share = {"cluster": f"-(-(N // {f['vec']}) // {f['cluster']})",
+                 "grid": f"-(-(N // {f['vec']}) // _sm_count(x.device.index))"}.get(f["mapping"], f"N // {f['vec']}")
         conds.append(f"{share} <= {team * regs_per_thread(spec, f)}")
     if f["mapping"] == "cluster" and multi_pass(spec, f) and f["cache"] != "regs":
         cl = f["cluster"]
         conds.append(f"-(-(N // {f['vec']}) // {cl}) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
-    if f["mapping"] == "grid":
+    if f["mapping"] == "grid" and f["cache"] != "regs":
         conds.append(f"-(-(N // {f['vec']}) // _sm_count(x.device.index)) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
-    if f["wcache"]:
+    if f["wcache"] and f["cache"] == "regs":
+        kb = bias_slots(spec, f)
+        conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) * 16 <= {cc.SMEM_CACHE_MAX}" if not kb else
+                     f"(-(-(N // 4) // _sm_count(x.device.index)) + {kb * f['threads']}) * 16 <= {GRID_SMEM}")
+    elif f["wcache"]:
         conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) <= {weight_regs(spec, f) * f['threads']}")
     return conds
 
@@ -777,11 +842,14 @@ def _launch(spec: OpSpec, f: dict, kern: _Kernel, var: str) -> list[str]:
         out.append(f"{var}(grid=(grid,), block=({T},), args=args, shared_mem={smem})")
     elif mapping == "grid":
         nf = sum(len(p.fields) for p in kern.rop.phases)
+        # shared memory holds the block's share of the row, or beside a register share the weight's slice
+        smem = ("0" if not f["wcache"] else f"(-(-(N // 4) // G) + {bias_slots(spec, f) * T}) * 16") \
+            if f["cache"] == "regs" else f"-(-(N // {vw}) // G) * {4 * vw}"
         out += ["G = _sm_count(x.device.index)",
                 f"part = torch.empty(R * G * {nf}, dtype=torch.float64, device=x.device)",
                 "bar = torch.zeros(1, dtype=torch.int32, device=x.device)",
                 f"{var}(grid=(G,), block=({T},), args=args + (part, bar), "
-                f"shared_mem=-(-(N // {vw}) // G) * {4 * vw}, cooperative=True)"]
+                f"shared_mem={smem}, cooperative=True)"]
     elif mapping == "cluster":
         cl = f["cluster"]
         if f["grid"] == "persistent":  # bps blocks per SM loop over the rows

@@ -130,6 +130,8 @@ ROW_CUDA_PATHS = [
     {"mapping": "grid", "cache": "regs", "threads": 1024, "vec": 4, "wcache": True, "bcache": True, "phint": True,
      "stats": "shifted", "reduce": "shuffle"},
     {"mapping": "grid", "cache": "regs", "threads": 512, "vec": 4, "wcache": True, "stats": "welford"},
+    {"mapping": "grid", "cache": "regs", "threads": 1024, "vec": 4, "wcache": True, "bcache": True, "stats": "welford"},
+    {"mapping": "grid", "cache": "regs", "threads": 512, "vec": 4, "wcache": True, "bcache": True, "accum": "double"},
     {"mapping": "grid", "cache": "regs", "threads": 256, "stats": "welford", "l2_prefetch": True, "phint": True},
     {"mapping": "grid", "cache": "regs", "vec": 4, "threads": 512, "stats": "online", "keep_exp": True},
     {"mapping": "split", "vec": 4, "ilp": 4, "stats": "shifted", "phint": True}, {"phint": True, "fma_apply": True},
@@ -501,3 +503,46 @@ def test_a_cluster_can_hold_its_row_in_registers_keep_the_exponentials_and_excha
     base = generator("rowwise", "cuda").baseline(spec)
     assert ideas["cluster_regs"].applies(spec, base) and not ideas["keep_exp"].applies(spec, base)
     assert ideas["keep_exp"].applies(spec, f | {"keep_exp": False})
+
+
+def test_the_grid_kernel_can_hold_its_share_in_registers_and_the_norm_parameters_in_shared_memory():
+    """LayerNorm's 16 rows of 16 MiB: one 1024-thread block per SM keeps its 1/#SM share of a row in registers
+    (8 float4 a thread), the weight's slice and as many of the bias's slots as fit beside the reductions' static
+    buffers in shared memory (the driver refuses a block asking for more than its 227 KiB), and the remaining bias
+    reads, like every weight or bias read under ``phint``, carry an L2 evict-last policy."""
+    from kernelcraft.search.offline_kernels import rowwise_cuda as rc
+
+    spec = describe(suite("layernorm_16x64x256x256", "full"))
+    f = rc.normalise(spec, {"mapping": "grid", "cache": "regs", "threads": 1024, "vec": 4, "wcache": True,
+                            "bcache": True, "phint": True, "reduce": "shuffle", "stats": "shifted"})
+    assert (f["cache"], f["wcache"], f["bcache"], rc.regs_per_thread(spec, f), rc.bias_slots(spec, f)) == \
+        ("regs", True, True, 8, 6)
+    src = rc._Kernel(spec, f, "k").source()
+    assert "float4 rc[8];" in src and "sc[" not in src and "float4 wc[" not in src
+    assert "sw[i] = __ldg(reinterpret_cast<const float4*>(w) + seg0 + i);" in src
+    assert "sb[k_ * 1024 + threadIdx.x] = __ldg(reinterpret_cast<const float4*>(b) + i);" in src
+    assert "const float4 wv_ = sw[i - seg0];" in src
+    assert ("const float4 bv_ = (k_ < 6 ? sb[k_ * 1024 + threadIdx.x] : "
+            "ld_keep(reinterpret_cast<const float4*>(b) + i));") in src
+    assert "createpolicy.fractional.L2::evict_last.b64" in src and src.count("grid_barrier(bar, arrivals);") == 1
+    _, fwd = rc.render(spec, f)
+    fwd = "\n".join(fwd)
+    assert "shared_mem=(-(-(N // 4) // G) + 6144) * 16, cooperative=True" in fwd
+    assert f"(-(-(N // 4) // _sm_count(x.device.index)) + 6144) * 16 <= {227 * 1024 - 256}" in fwd
+    # 127104 bytes of weight + 6 x 16 KiB of bias + 256 of shuffle buffers fit 227 KiB; the tree reduction's
+    # 4 KiB a field (two-pass: two phases) leaves room for five slots, Welford's three fields also five
+    for extra, slots, static in (({}, 6, 256), ({"reduce": "tree"}, 5, 8192), ({"reduce": "tree", "stats": "welford"},
+                                                                             5, 12288)):
+        g = rc.normalise(spec, f | {"stats": "two_pass"} | extra)
+        assert (rc.bias_slots(spec, g), rc.reduce_smem(spec, g)) == (slots, static)
+        assert (-(-(spec.row_len // 4) // 132) + slots * 1024) * 16 + static <= 227 * 1024
+    # without the register share there is no room: the bias stays in L2; phint only where a parameter is read
+    assert not rc.normalise(spec, f | {"cache": "none"})["bcache"]
+    plain = describe(suite("softmax_4096x65536", "full"))
+    assert not rc.normalise(plain, {"phint": True})["phint"]
+    ideas = {i.key: i for i in catalogue("rowwise", "cuda")}
+    base = generator("rowwise", "cuda").baseline(spec)
+    grid = rc.normalise(spec, base | ideas["grid_regs"].delta)
+    assert ideas["grid_regs"].applies(spec, base) and not ideas["grid_bias_smem"].applies(spec, base)
+    assert ideas["grid_bias_smem"].applies(spec, grid) and not ideas["grid_regs"].applies(spec, grid)
+    assert ideas["params_evict_last"].applies(spec, base) and not ideas["params_evict_last"].applies(plain, base)

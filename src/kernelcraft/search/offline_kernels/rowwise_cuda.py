@@ -92,7 +92,7 @@ def cluster_fits(spec: OpSpec, f: dict, size: int) -> bool:
 
 
 WCACHE_MAX = 8  # float4 per thread: 32 registers, what a 1024-thread block can spare beside the kernel's own
-GRID_SMEM = 226 * 1024  # a grid block has its SM's shared memory (227 KiB on sm_90) to itself, less static buffers
+GRID_SMEM = 227 * 1024  # a grid block has its SM's shared memory to itself: sm_90's opt-in limit per block
 
 
 def weight_regs(spec: OpSpec, f: dict) -> int:
@@ -100,6 +100,19 @@ def weight_regs(spec: OpSpec, f: dict) -> int:
     per_block = -(-(spec.row_len // 4) // GRID_SMS)
     rk = -(-per_block // f["threads"])
     return rk if rk <= WCACHE_MAX else 0
+
+
+def rowop_of(spec: OpSpec, f: dict) -> RowOp:
+    """The phases of the op as features ``f`` compute them."""
+    return row_op(spec.op, f["stats"], f["accum"], recip=f["recip"], fma_apply=f["fma_apply"],
+                  has_weight=spec.weight is not None, has_bias=spec.bias is not None, keep_exp=f["keep_exp"])
+
+
+def reduce_smem(spec: OpSpec, f: dict) -> int:
+    """Static shared memory of the block reductions (an array per field and phase: a thread's slot for the tree,
+    a warp's for shuffles), which the dynamic shared memory must leave room for."""
+    per = f["threads"] if f["reduce"] == "tree" else 32
+    return sum(per * (8 if fl.ctype == "double" else 4) for ph in rowop_of(spec, f).phases for fl in ph.fields)
 
 
 def bias_slots(spec: OpSpec, f: dict) -> int:
@@ -111,7 +124,8 @@ def bias_slots(spec: OpSpec, f: dict) -> int:
             and spec.bias is not None):
         return 0
     wbytes = -(-(spec.row_len // 4) // GRID_SMS) * 16
-    return max(0, min(regs_per_thread(spec, f), (GRID_SMEM - wbytes) // (f["threads"] * 16)))
+    room = GRID_SMEM - reduce_smem(spec, f) - wbytes
+    return max(0, min(regs_per_thread(spec, f), room // (f["threads"] * 16)))
 
 
 def grid_fits(spec: OpSpec, sms: int) -> bool:
@@ -243,9 +257,7 @@ class _Kernel:
         self.vt = "float4" if self.vw == 4 else "float"
         self.idx = "int" if f["idx32"] else "long long"
         self.T = f["threads"]
-        self.rop: RowOp = row_op(spec.op, f["stats"], f["accum"], recip=f["recip"], fma_apply=f["fma_apply"],
-                                 has_weight=spec.weight is not None, has_bias=spec.bias is not None,
-                                 keep_exp=f["keep_exp"])
+        self.rop: RowOp = rowop_of(spec, f)
         self.sum_op = self.rop.reduce_out is not None
         self.rk = regs_per_thread(spec, f) if f["cache"] == "regs" else 0
 
@@ -821,7 +833,8 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
     if f["wcache"] and f["cache"] == "regs":
         kb = bias_slots(spec, f)
         conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) * 16 <= {cc.SMEM_CACHE_MAX}" if not kb else
-                     f"(-(-(N // 4) // _sm_count(x.device.index)) + {kb * f['threads']}) * 16 <= {GRID_SMEM}")
+                     f"(-(-(N // 4) // _sm_count(x.device.index)) + {kb * f['threads']}) * 16 "
+                     f"<= {GRID_SMEM - reduce_smem(spec, f)}")
     elif f["wcache"]:
         conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) <= {weight_regs(spec, f) * f['threads']}")
     return conds

@@ -9,10 +9,13 @@ forward. The features are the classic levers for memory-bound row reductions:
   cluster per row whose blocks keep their share of the row in shared memory and exchange partial statistics
   through distributed shared memory (``cluster``: reads a 256 KiB row from HBM once, which one SM cannot hold),
   or the whole GPU per row (``grid``: a cooperative launch of one block per SM, each keeping its 1/#SM share of
-  every row in shared memory, partial statistics published to a workspace and merged after a grid-wide barrier;
-  for rows of megabytes such as layernorm's 16 MiB rows, which no cluster can hold, read from HBM once);
+  every row in shared memory or registers, partial statistics published to a workspace and merged after a
+  grid-wide barrier; for rows of megabytes such as layernorm's 16 MiB rows, which no cluster can hold, read from
+  HBM once; a norm's weight slice stays on chip for all rows, in registers beside a shared-memory share or in
+  shared memory beside a register share, with as many of the bias's slots as fit);
 - how the row is read: float4 vectors, loads in flight per thread (``ilp``), read-only / streaming cache
-  hints, an L2 prefetch of the next row, caching the row in shared memory (filled by cp.async, optionally) or
+  hints (and an L2 evict-last policy for a norm's weight and bias, read again for every row), an L2 prefetch of
+  the next row, caching the row in shared memory (filled by cp.async, optionally) or
   in registers so later passes do not go back to HBM;
 - the statistics algorithm (three-pass vs online softmax; two-pass, Welford or shifted single-pass variance),
   accumulator precision (float, double, Kahan), reduction style (shared-memory tree vs warp shuffles),

@@ -150,8 +150,9 @@ def sampled_jobs(problems: dict, backend: str, parents: list[dict], every: int =
 
 def five_round_sources(problem, backend: str, seed: int = 4, min_kinds: int = 1) -> list[str]:
     """The candidate files of five offline rounds (four ideas of two implementations each, every round seeded by the
-    previous round's first candidate), asserting that no idea is proposed twice for one parent and that each round's
-    ideas span at least ``min_kinds`` kinds."""
+    previous round's first candidate), asserting that no idea is proposed twice for one parent, that a round has
+    fewer than four ideas only when its seed has no other untried idea, and that each round's ideas span at least
+    ``min_kinds`` kinds (or all of them are of different kinds)."""
     from kernelcraft.search.offline import OfflineProposer
 
     p = OfflineProposer(seed)
@@ -159,7 +160,9 @@ def five_round_sources(problem, backend: str, seed: int = 4, min_kinds: int = 1)
     tried, sources, seen = [], [], set()
     for round_ in range(1, 6):
         ideas = p.ideas(problem, backend, seeds, tried, 4, round_)
-        assert len(ideas) == 4 and len({i["kind"] for i in ideas}) >= min_kinds
+        assert ideas and len({i["kind"] for i in ideas}) >= min(min_kinds, len(ideas))
+        if len(ideas) < 4:  # the seed's catalogue is exhausted: a fresh proposer finds nothing else to offer
+            assert OfflineProposer(seed).ideas(problem, backend, seeds, tried + ideas, 1, round_) == []
         for idea in ideas:
             pair = (idea["spec"]["key"], idea["spec"]["parent_digest"])
             assert pair not in seen

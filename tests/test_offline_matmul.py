@@ -51,7 +51,9 @@ CUDA_PARENTS = [{}, {"algo": "simt", "vec": 4, "buffer": 2},
                 {"algo": "mma", "precision": "3xtf32", "cp_async": True, "vec": 4, "stages": 2, "pad": 4},
                 {"algo": "mma", "precision": "tf32", "acc": "tile", "stages": 3, "cp_async": True, "raster": 8},
                 {"algo": "mma", "precision": "tf32bf16", "bn": 256, "wm": 2, "wn": 4, "stages": 3, "cp_async": True,
-                 "pad": 4, "split": "mask"}]
+                 "pad": 4, "split": "mask"},
+                {"algo": "mma", "precision": "tf32f16", "acc": "tile", "bn": 256, "wm": 4, "wn": 4, "stages": 3,
+                 "cp_async": True, "split": "mask"}]
 
 
 # ------------------------------------------------------------------------------------------------ support
@@ -123,6 +125,89 @@ def test_the_bf16_corrections_idea_folds_both_3xtf32_corrections_into_one_bfloat
         assert source.count("pack_bf16(x - h, h);") == 1 and source.count("pack_bf16(h, x - h);") == 1
     tiled = gen.render_source(spec, gen.normalise(spec, parent | idea.delta | {"acc": "tile"}), "k")
     assert "mma_bf16(part[i][j], al[i], bl[j]);" in tiled and "mma_bf16(acc" not in tiled
+
+
+def test_the_f16_corrections_idea_scales_the_operands_and_folds_both_corrections_into_one_float16_mma():
+    spec = describe(matmul_problem("full"))
+    gen = generator("matmul", "cuda")
+    idea = next(i for i in catalogue("matmul", "cuda") if i.key == "f16_corrections")
+    parent = gen.normalise(spec, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 3})
+    assert idea.applies(spec, parent) and idea.kind == "data type and precision"
+    assert idea.applies(spec, parent | {"precision": "tf32bf16"})
+    assert not idea.applies(spec, gen.normalise(spec, parent | idea.delta))
+    for frag in ("scalar", "vec"):
+        f = gen.normalise(spec, parent | idea.delta | {"frag": frag})
+        assert f["precision"] == "tf32f16"
+        source = gen.render_source(spec, f, "k")
+        assert source.count("mma_f16(acc[i][j], al[i], bl[j]);") == 1 and source.count("mma_tf32(acc[i][j]") == 1
+        assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in source and "bf16" not in source
+        assert source.count("pack_f16(x - h, h);") == 1 and source.count("pack_f16(h, x - h);") == 1
+        # every element scaled by its matrix's power of two before the split, the accumulators unscaled at the end
+        assert source.count("] * sa;") == 1 and source.count("] * sb;") == 1
+        assert "const float sa = pow2_scale(amax[0]), sb = pow2_scale(amax[1]);" in source
+        assert "acc[i][j][e] = acc[i][j][e] * ia * ib;" in source
+        assert source.index("acc[i][j][e] * ia * ib") < source.index("the accumulators straight from registers")
+    module, forward = gen.render(spec, f)
+    forward = "\n".join(forward)
+    # the absmax pass runs before both the fast and the scalar kernel, which take its result
+    assert forward.count("_absmax(grid=") == 2 and forward.count("args=(a, b, out, M, N, K, amax))") == 2
+    assert forward.index("amax = torch.zeros(2, dtype=torch.int32") < forward.index("_absmax(grid=")
+    assert '_absmax = cuda_kernel(SRC_MAX, "absmax2")' in module and "atomicMax(out + blockIdx.y, m);" in module
+
+
+def _tf32_parts(x: torch.Tensor, mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3xTF32 split as the kernels make it: the high part (10 mantissa bits, cut or rounded to nearest with ties
+    away) and the exact rest."""
+    bits = x.view(torch.int32)
+    if not mask:
+        bits = bits + 0x1000  # round half away from zero on the magnitude's bits (cvt.rna.tf32.f32)
+    hi = (bits & ~0x1FFF).view(torch.float32)
+    return hi, x - hi
+
+
+def _pow2_scale(m: float) -> float:
+    """pow2_scale's arithmetic on max |x| (the device code, in Python)."""
+    e = (torch.tensor([m], dtype=torch.float32).view(torch.int32).item() >> 23) & 0xFF
+    return 1.0 if e == 255 else 2.0 ** (141 - max(e, 14))
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_power_of_two_scaling_makes_every_3xtf32_part_a_float16_so_the_products_pass_1e_4(mask):
+    """Why float16 and not bfloat16: after the scale puts a matrix's largest magnitude in [2^14, 2^15), every high
+    part converts to float16 unchanged and every low part keeps 11 bits, as 3xTF32's TF32 low parts do, so a
+    64 x 4096 by 4096 x 64 product is as close to the exact one as 3xTF32's and within 1e-4 of it (the products
+    summed in float64 here: the tensor core's own accumulation is the per-tile sums' concern)."""
+    gen = torch.Generator().manual_seed(7)
+    a = torch.randn(64, 4096, generator=gen)
+    b = torch.randn(4096, 64, generator=gen)
+
+    def worst(x, y, sx, sy, low):
+        (ha, la), (hb, lb) = (low(x, sx), low(y, sy))
+        got = (ha @ hb + ha @ lb + la @ hb) / (sx * sy)
+        exact = x.double() @ y.double()
+        return ((got - exact).abs() / (1e-4 + 1e-4 * exact.abs())).max().item()
+
+    def as_f16(m, s):
+        hi, lo = _tf32_parts(m * s, mask)
+        assert torch.equal(hi.half().float(), hi) and hi.abs().max().item() <= 65504
+        # the low part rounds to float16's 11 bits as 3xTF32 rounds it to TF32's: within 2^-22 of the element
+        big = (m * s).abs() >= 2.0**-3
+        assert ((lo[big].half().float() - lo[big]).abs() <= 2.0**-22 * (m * s)[big].abs()).all()
+        return hi.half().double(), lo.half().double()
+
+    def as_3xtf32(m, s):
+        hi, lo = _tf32_parts(m * s, mask)
+        return hi.double(), _tf32_parts(lo, mask)[0].double()
+
+    for shift, scale in ((0.0, 1.0), (1.0, 1.0), (0.0, 1e-3), (0.5, 0.25)):
+        x, y = (a + shift) * scale, (b + shift) * scale
+        sx, sy = _pow2_scale(x.abs().max().item()), _pow2_scale(y.abs().max().item())
+        assert 2**14 <= x.abs().max().item() * sx < 2**15 and 2**14 <= y.abs().max().item() * sy < 2**15
+        f16, tf32 = worst(x, y, sx, sy, as_f16), worst(x, y, sx, sy, as_3xtf32)
+        assert f16 <= 1.6 * tf32 + 1e-3 and f16 < 1.0, (shift, scale, f16, tf32)
+    # bfloat16 keeps 8 bits: its high parts are not the TF32 ones
+    hi, _ = _tf32_parts(a * _pow2_scale(a.abs().max().item()), mask)
+    assert not torch.equal(hi.bfloat16().float(), hi)
 
 
 def test_the_hopper_idea_builds_a_float32_accurate_wgmma_kernel_with_a_scalar_fallback():

@@ -565,7 +565,7 @@ MATMUL_CUDA: list[Idea] = [
          _TENSOR_CORES | {"precision": "tf32"}, 0.7, when=_algo("naive", "smem", "simt")),
     Idea("drop_to_tf32", PREC, "Drop the 3xTF32 correction terms and multiply the TF32 high parts only: a third "
          "of the tensor-core work, at TF32 accuracy (fails 1e-4, passes 1e-2).", {"precision": "tf32"}, 0.6,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") in ("3xtf32", "tf32bf16")),
+         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") in ("3xtf32", "tf32bf16", "tf32f16")),
     Idea("bf16_corrections", PREC, "Keep the TF32 product of the high parts, and compute both 3xTF32 correction "
          "products (hi*lo + lo*hi) in one bfloat16 mma.sync m16n8k16 whose 16-deep K concatenates each tap's high "
          "and low part (A's pairs (hi, lo), B's (lo, hi)): two tensor-core instructions per fragment pair instead of "
@@ -573,6 +573,14 @@ MATMUL_CUDA: list[Idea] = [
          "2^-18 of |a*b| per tap (3xTF32: 2^-22): inside the default tolerance, though over thousands of taps the "
          "outputs near zero miss 1e-4.", {"precision": "tf32bf16"}, 2.0,
          when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "3xtf32"),
+    Idea("f16_corrections", PREC, "Scale A and B by powers of two (a first pass finds each matrix's largest "
+         "magnitude) so every high and low part of the 3xTF32 split lies in float16's range, keep the TF32 product "
+         "of the high parts and compute both corrections (hi*lo + lo*hi) in one float16 mma.sync m16n8k16 whose "
+         "16-deep K concatenates each tap's parts (A's pairs (hi, lo), B's (lo, hi)): float16 holds TF32's 11 "
+         "significant bits, so the high parts convert exactly and the low parts keep 3xTF32's precision "
+         "(float32-accurate, where bfloat16's 8 bits are not) with two tensor-core instructions per fragment pair "
+         "instead of three; the scales are undone on the accumulators.", {"precision": "tf32f16"}, 2.5,
+         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") in ("3xtf32", "tf32bf16")),
     Idea("tile_sums", PREC, "Accumulate each K tile's tensor-core products in fresh registers and add them to the "
          "running sums with ordinary round-to-nearest float adds: the tensor core truncates as it accumulates, and "
          "over K = {K} those truncations add up to errors far above float32's.", {"acc": "tile"}, 1.5,

@@ -107,12 +107,18 @@ def test_the_tensor_core_idea_keeps_float32_accuracy_and_names_the_scheme():
     assert "to_tf32(x - __uint_as_float(" in impl["source"]  # the remainder term
 
 
-def test_the_bf16_corrections_idea_folds_both_3xtf32_corrections_into_one_bfloat16_mma():
+def _corrections_idea(key: str):
+    """(spec, generator, idea, a 3xTF32 mma.sync parent) for an idea that folds the 3xTF32 corrections."""
     spec = describe(matmul_problem("full"))
     gen = generator("matmul", "cuda")
-    idea = next(i for i in catalogue("matmul", "cuda") if i.key == "bf16_corrections")
+    idea = next(i for i in catalogue("matmul", "cuda") if i.key == key)
     parent = gen.normalise(spec, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 3})
     assert idea.applies(spec, parent) and idea.kind == "data type and precision"
+    return spec, gen, idea, parent
+
+
+def test_the_bf16_corrections_idea_folds_both_3xtf32_corrections_into_one_bfloat16_mma():
+    spec, gen, idea, parent = _corrections_idea("bf16_corrections")
     assert not idea.applies(spec, gen.normalise(spec, parent | {"precision": "tf32"}))
     for frag in ("scalar", "vec"):
         f = gen.normalise(spec, parent | idea.delta | {"frag": frag})
@@ -128,11 +134,7 @@ def test_the_bf16_corrections_idea_folds_both_3xtf32_corrections_into_one_bfloat
 
 
 def test_the_f16_corrections_idea_scales_the_operands_and_folds_both_corrections_into_one_float16_mma():
-    spec = describe(matmul_problem("full"))
-    gen = generator("matmul", "cuda")
-    idea = next(i for i in catalogue("matmul", "cuda") if i.key == "f16_corrections")
-    parent = gen.normalise(spec, {"algo": "mma", "precision": "3xtf32", "cp_async": True, "stages": 3})
-    assert idea.applies(spec, parent) and idea.kind == "data type and precision"
+    spec, gen, idea, parent = _corrections_idea("f16_corrections")
     assert idea.applies(spec, parent | {"precision": "tf32bf16"})
     assert not idea.applies(spec, gen.normalise(spec, parent | idea.delta))
     for frag in ("scalar", "vec"):

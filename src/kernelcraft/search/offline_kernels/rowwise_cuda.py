@@ -296,10 +296,12 @@ class _Kernel:
         lines.append(cc.store("stcs" if f["stream"] else "plain", f"yr + {idx}", "o_"))
         return ["{ " + lines[0]] + ["  " + ln for ln in lines[1:]] + ["}"]
 
-    def regs_loop(self, seg0: str, seg1: str, tid: str, stride: str, lines: list[str]) -> list[str]:
-        """A fully unrolled loop over the thread's register-cache slots, ``lines`` per slot (index ``i``)."""
+    def regs_loop(self, seg0: str, seg1: str, tid: str, stride: str, lines: list[str],
+                  slots: int | None = None) -> list[str]:
+        """A fully unrolled loop over the thread's register-cache slots (or its first ``slots``), ``lines`` per slot
+        (index ``i``)."""
         idx_t = self.idx
-        return (["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk}; ++k_) {{",
+        return (["#pragma unroll", f"for (int k_ = 0; k_ < {self.rk if slots is None else slots}; ++k_) {{",
                  f"  const {idx_t} i = {'' if seg0 == '0' else seg0 + ' + '}{tid} + ({idx_t})k_ * {stride};",
                  f"  if (i < {seg1}) {{"] + ["    " + ln for ln in lines] + ["  }", "}"])
 
@@ -714,11 +716,9 @@ class _Kernel:
             if kb:
                 # After the weight's slice, the bias of the first slots of every thread's register cache (slot k
                 # of thread t at k * T + t); the write pass reads the others from L2.
-                body += ["float4* __restrict__ sb = sw + chunk;", "#pragma unroll",
-                         f"for (int k_ = 0; k_ < {kb}; ++k_) {{",
-                         f"  const {idx} i = seg0 + threadIdx.x + ({idx})k_ * {self.T};",
-                         f"  if (i < seg1) sb[k_ * {self.T} + threadIdx.x] = "
-                         "__ldg(reinterpret_cast<const float4*>(b) + i);", "}"]
+                body.append("float4* __restrict__ sb = sw + chunk;")
+                body += self.regs_loop("seg0", "seg1", tid, stride, [
+                    f"sb[k_ * {self.T} + threadIdx.x] = __ldg(reinterpret_cast<const float4*>(b) + i);"], kb)
                 breg = f"(k_ < {kb} ? sb[k_ * {self.T} + threadIdx.x] : {self.param_load('b', 'i', 'float4')})"
         body.append("for (long long row = 0; row < R; ++row) {")
         inner = self.row_prelude()

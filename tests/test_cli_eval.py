@@ -112,6 +112,43 @@ def test_trials_whose_inputs_the_reference_refuses_use_the_problems_own_and_stil
     assert json.loads(_eval(tmp_path, GOOD).stdout)["inputs_refused"] == {}  # relu takes every kind
 
 
+# A reference that rounds as it goes: each column added in float32, so its outputs are off from the exact sums by
+# float32's rounding of every partial sum (around 1e-6 of them); the candidate sums in double and rounds once.
+SEQUENTIAL_REF = REF.replace("return torch.relu(x)", "y = x[:, 0]\n        for i in range(1, x.shape[1]):\n"
+                             "            y = y + x[:, i]\n        return y").replace("rows, cols = 64, 1000",
+                                                                               "rows, cols = 64, 256")
+EXACT_SUM = GOOD.replace("for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;",
+                         "for (int64_t r = 0; r < n / 256; ++r) {\n"
+                         "        double s = x[r * 256];\n"
+                         "        for (int64_t c = 1; c < 256; ++c) s += (double)x[r * 256 + c];\n"
+                         "        y[r] = (float)s;\n    }").replace("y = torch.empty_like(x)",
+                                                                  "y = torch.empty(x.shape[0], dtype=x.dtype)")
+# A reference whose forward makes a float32 matrix of its own: its float64 copy cannot take a product with it.
+OWN_FLOAT32_REF = REF.replace("return torch.relu(x)", "return torch.relu(x @ torch.eye(x.shape[1]))")
+
+
+@pytest.mark.slow
+def test_a_float64_reference_judges_an_exact_kernel_by_the_exact_outputs(tmp_path):
+    tight = ("--atol", "1e-7", "--rtol", "1e-7")
+    native = json.loads(_eval(tmp_path, EXACT_SUM, *tight, reference=SEQUENTIAL_REF).stdout)
+    assert native["reference_precision"] == "native" and native["correct"] is False
+    assert any("max error above tolerance" in r for r in native["reasons"])
+    exact = json.loads(_eval(tmp_path, EXACT_SUM, *tight, "--reference-precision", "float64",
+                             reference=SEQUENTIAL_REF).stdout)
+    # verified and timed (the timed calls' outputs are checked against the same float64 outputs)
+    assert exact["reference_precision"] == "float64" and exact["correct"] is True, exact["reasons"]
+    assert exact["max_abs_err"] == 0.0 and exact["time_ms"] is not None
+
+
+@pytest.mark.slow
+def test_a_reference_that_cannot_run_in_float64_is_compared_in_its_own_precision_and_says_why(tmp_path):
+    result = json.loads(_eval(tmp_path, GOOD, "--reference-precision", "float64", reference=OWN_FLOAT32_REF).stdout)
+    assert result["correct"] is True and result["reference_precision"] == "native"
+    assert result["reference_float64_refused"].startswith("RuntimeError")
+    wrong = json.loads(_eval(tmp_path, WRONG, "--reference-precision", "float64", reference=OWN_FLOAT32_REF).stdout)
+    assert wrong["correct"] is False
+
+
 @pytest.mark.slow
 def test_a_kernel_that_does_not_build_is_reported_as_not_compiled(tmp_path):
     proc = _eval(tmp_path, BROKEN)

@@ -43,6 +43,8 @@ def _eval(args: argparse.Namespace) -> int:
         overrides.setdefault("tolerance", {})["atol"] = args.atol
     if args.rtol is not None:
         overrides.setdefault("tolerance", {})["rtol"] = args.rtol
+    if args.reference_precision is not None:
+        overrides["verify"] = {"reference_precision": args.reference_precision}
     config = load_config(overrides=overrides)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="kernelcraft-eval-"))
     arch = detect_cuda_arch() if device == "cuda" else None
@@ -73,6 +75,8 @@ def _eval(args: argparse.Namespace) -> int:
         "max_abs_err": v.get("max_abs_err"), "max_rel_err": v.get("max_rel_err"),
         "passes_1e-4": v.get("passes_1e-4"), "tolerance": verdict["tolerance"],
         "inputs_refused": verdict.get("inputs_refused", {}),
+        "reference_precision": verdict.get("reference_precision", "native"),
+        "reference_float64_refused": verdict.get("reference_float64_refused", ""),
         "build_s": b["build_s"],
     }
     if args.json:
@@ -120,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if visible, else cpu")
     ev.add_argument("--atol", type=float, default=None, help="absolute tolerance (default: config.yaml's)")
     ev.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: config.yaml's)")
+    ev.add_argument("--reference-precision", choices=("native", "float64"), default=None,
+                    help="compare against the reference's own outputs or a float64 copy's (default: config.yaml's)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--torch-compile", action="store_true", help="also time the reference under torch.compile")
     ev.add_argument("--work-dir", default=None, help="where builds and logs go (default: a temporary folder)")

@@ -125,9 +125,6 @@ class Timer:
 
     def judge_block(self, result: dict, out_file: Path) -> dict:
         """One block of the candidate's timing: check it, time a block of the reference, reply."""
-        import torch
-
-        from kernelcraft.harness.sandbox.tasks import flatten_outputs
         from kernelcraft.harness.verify.compare import compare_trial
         from kernelcraft.harness.verify.verify_round import _received, release_mappings
 
@@ -139,8 +136,7 @@ class Timer:
         reasons = [f"timed calls: {r}" for r in judge(result.get("audit") or {}, self.policy)]
         try:
             got = _received(result, self.share, out_file)
-            with torch.no_grad():
-                refs = flatten_outputs(self.ref.model(*st["calls"].for_call(checked)))
+            refs = self.ref.outputs(st["calls"].for_call(checked))
             verdict = compare_trial(got["outputs"], result["meta"], refs, [], [], self.ctx.device, self.atol,
                                     self.rtol)
             reasons += [f"outputs of timed calls differ from the reference ({r})" for r in verdict.reasons]

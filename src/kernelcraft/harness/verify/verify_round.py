@@ -23,11 +23,23 @@ if TYPE_CHECKING:
     from kernelcraft.harness.sandbox.worker import Worker
 
 
+def _widened(xs: list) -> list:
+    """Floating-point tensors as float64 (integer ones, and anything else, as they are)."""
+    import torch
+
+    return [x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in xs]
+
+
 class Reference:
     """The reference model, built once per job in this trusted process, and what one call of it holds. No
     reference runs in a candidate's process, so there is no reference output memory for a candidate to read;
     each trial's inputs and outputs are made here when that trial is judged and dropped after it, so memory does
-    not grow with the number of trials."""
+    not grow with the number of trials.
+
+    With ``verify.reference_precision: float64`` the outputs compared against are a float64 copy of the model's on
+    the same inputs widened, rounded back to the outputs' own types: at K = 4096 the float32 reference's own
+    summation errors are larger than 1e-4 near zero, so at that tolerance only a kernel that sums in the
+    reference's exact order could pass against it, while against the exact outputs any accurate kernel does."""
 
     def __init__(self, ctx: RunContext, problem: str, plan: list[dict]) -> None:
         import torch
@@ -38,23 +50,58 @@ class Reference:
         self.device = ctx.device
         self.model = self.problem.make_reference(ctx.seed, ctx.device)
         self.input_bytes = self.output_bytes = 0
+        self.wide: torch.nn.Module | None = None
+        self.precision = "native"
+        self.unwidened = ""  # why a float64 reference was asked for and could not be had
+        self.out_dtypes: list = []
         if plan:
             inputs = trials.make_inputs(self.problem, plan[0], ctx.device)
             with torch.no_grad():
                 outs = flatten_outputs(self.model(*inputs))
             self.input_bytes, self.output_bytes = tensor_bytes(inputs), tensor_bytes(outs)
+            self.out_dtypes = [o.dtype for o in outs]
+            if ctx.config["verify"].get("reference_precision", "native") == "float64":
+                self._widen(inputs, outs)
             del inputs, outs
         self.param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
-    def trial(self, plan: list[dict], k: int) -> tuple[list, list]:
-        """Inputs and reference outputs of trial ``k``, as the candidate's process made its inputs."""
+    def _widen(self, inputs: list, outs: list) -> None:
+        """A float64 copy of the model, kept only if it runs on widened inputs and gives outputs of the same
+        shapes (a forward that makes float32 tensors of its own, or an op without a float64 kernel, does not)."""
+        import copy
+
         import torch
 
         from kernelcraft.harness.sandbox.tasks import flatten_outputs
 
-        inputs = trials.trial_inputs(self.problem, plan, k, self.device)
+        wide = copy.deepcopy(self.model).double()
+        try:
+            with torch.no_grad():
+                got = flatten_outputs(wide(*_widened(inputs)))
+            if [tuple(o.shape) for o in got] != [tuple(o.shape) for o in outs]:
+                raise ValueError("its outputs' shapes differ from the model's")
+        except Exception as exc:  # noqa: BLE001 - the reference's own code; it is compared in its own precision
+            self.unwidened = f"{type(exc).__name__}: {exc}"[:200]
+            return
+        self.wide, self.precision = wide, "float64"
+
+    def outputs(self, inputs: list) -> list:
+        """The outputs a candidate's are compared against on ``inputs`` (verification and the timed calls' checks
+        alike): the model's, or its float64 copy's rounded to the model's output types."""
+        import torch
+
+        from kernelcraft.harness.sandbox.tasks import flatten_outputs
+
         with torch.no_grad():
-            return inputs, flatten_outputs(self.model(*inputs))
+            if self.wide is None:
+                return flatten_outputs(self.model(*inputs))
+            outs = flatten_outputs(self.wide(*_widened(inputs)))
+            return [o.to(d) for o, d in zip(outs, self.out_dtypes, strict=True)]
+
+    def trial(self, plan: list[dict], k: int) -> tuple[list, list]:
+        """Inputs and reference outputs of trial ``k``, as the candidate's process made its inputs."""
+        inputs = trials.trial_inputs(self.problem, plan, k, self.device)
+        return inputs, self.outputs(inputs)
 
 
 def _received(result: dict, share: bool, out_file: Path) -> dict:
@@ -112,6 +159,9 @@ class Verifier:
 
     def prepare(self) -> None:
         self.ref = Reference(self.ctx, self.problem, self.plan)
+        if self.ref.unwidened:
+            report(self.problem, self.round, "verify", f"the reference does not run in float64 "
+                   f"({self.ref.unwidened}): candidates are compared against its native precision")
 
     def task_kwargs(self, candidate: Path, out_file: Path) -> dict:
         """The verification part of the child's ``evaluate`` task."""
@@ -152,8 +202,11 @@ class Verifier:
     def doc(self, results: dict[str, dict], total: int) -> dict:
         ok = sum(r["correct"] for r in results.values())
         report(self.problem, self.round, "verify", f"{ok}/{len(results)} correct ({total} candidates)")
+        ref = self.ref
         return {"tolerance": {"atol": self.atol, "rtol": self.rtol}, "pytorch_compute": self.policy,
-                "trials": self.plan, "inputs_refused": self.refused, "results": results}
+                "reference_precision": ref.precision if ref else "native",
+                "reference_float64_refused": ref.unwidened if ref else "", "trials": self.plan,
+                "inputs_refused": self.refused, "results": results}
 
 
 def static_verdict(ctx: RunContext, candidate: dict) -> Verdict | None:

@@ -112,3 +112,38 @@ def test_the_manifests_config_digest_names_the_experiment_not_the_key_order(conf
     assert config_digest(config) == config_digest(reordered)
     assert config_digest(config) != config_digest(changed)
     assert len(config_digest(config)) == 64
+
+
+def test_nested_command_line_values_are_read_as_the_schemas_numbers_and_booleans(config):
+    """Snakemake leaves every scalar of a nested --config value a string (YAML's base loader); the schema's
+    numbers, integers and booleans are read from them, enums and strings stay as given, and a string that is not
+    the wanted type still stops the run with the key named."""
+    from kernelcraft.config import coerce_strings, load_schema
+
+    given = merge(config, {"tolerance": {"atol": "1e-4", "rtol": "0.5"}, "verify": {"trials": "4",
+                           "reference_precision": "float64"}, "benchmark": {"torch_compile": "false"}})
+    coerce_strings(given, load_schema())
+    assert given["tolerance"] == {"atol": 1e-4, "rtol": 0.5}
+    assert given["verify"]["trials"] == 4 and given["verify"]["reference_precision"] == "float64"
+    assert given["benchmark"]["torch_compile"] is False and given["run"] == config["run"]
+    check_config(given)
+    bad = merge(config, {"verify": {"trials": "4.5"}, "benchmark": {"torch_compile": "1"}})
+    coerce_strings(bad, load_schema())
+    assert bad["verify"]["trials"] == "4.5" and bad["benchmark"]["torch_compile"] == "1"
+    with pytest.raises(ConfigError, match="'benchmark.torch_compile': '1' has the wrong type; expected boolean"):
+        check_config(bad)
+
+
+def test_a_strict_run_is_configured_from_the_command_line(tmp_path):
+    """The README's 1e-4 run: nested --config values pass the workflow's own check (a dry run)."""
+    import subprocess
+    import sys
+
+    snakefile = Path(__file__).resolve().parents[1] / "workflow" / "Snakefile"
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(snakefile), "-n", "--directory",
+                           str(tmp_path), "--config", "tolerance={atol: 1e-4, rtol: 1e-4}",
+                           "verify={reference_precision: float64}", "run=strict",
+                           "problems={builtin: [gelu_4096x32768]}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "This was a dry-run" in proc.stdout + proc.stderr

@@ -118,9 +118,42 @@ def check_models(config: dict) -> None:
                               f"million tokens; 0 for a free local model) or set llm.budget_usd: null")
 
 
+_SCALARS = {"number": (int, float), "integer": (int,), "boolean": (bool,), "null": (type(None),)}
+
+
+def coerce_strings(config: Any, schema: dict) -> Any:
+    """``config`` with the strings the schema wants as numbers, booleans or null read as YAML scalars, nested
+    dicts and lists changed in place. Snakemake reads a nested ``--config`` value (``tolerance='{atol: 1e-4}'``)
+    with YAML's base loader, which leaves every scalar inside a string; a top-level one it converts itself."""
+    if isinstance(config, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, value in config.items():
+            sub = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                config[key] = coerce_strings(value, sub)
+        return config
+    if isinstance(config, list) and isinstance(schema.get("items"), dict):
+        config[:] = [coerce_strings(v, schema["items"]) for v in config]
+        return config
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    wanted = tuple(t for name in types if name in _SCALARS for t in _SCALARS[name])
+    if isinstance(config, str) and wanted and "string" not in types:
+        for read in (int, float, yaml.safe_load):  # float() too: YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = read(config)
+            except (ValueError, yaml.YAMLError):
+                continue
+            if isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted):
+                return value
+    return config
+
+
 def exit_on_bad_config(config: dict) -> None:
-    """For the Snakefile: stop with one line, before any job, when the config is wrong."""
+    """For the Snakefile: stop with one line, before any job, when the config is wrong (after reading the
+    scalars of nested command-line values as the schema's types)."""
     try:
+        coerce_strings(config, load_schema())
         check_config({k: v for k, v in config.items() if not k.startswith("_")})
     except ConfigError as err:
         raise SystemExit(f"kernelcraft: {err}") from None

@@ -153,8 +153,9 @@ def exit_on_bad_config(config: dict) -> None:
     """For the Snakefile: stop with one line, before any job, when the config is wrong (after reading the
     scalars of nested command-line values as the schema's types)."""
     try:
-        coerce_strings(config, load_schema())
-        check_config({k: v for k, v in config.items() if not k.startswith("_")})
+        schema = load_schema()
+        coerce_strings(config, schema)
+        check_config({k: v for k, v in config.items() if not k.startswith("_")}, schema)
     except ConfigError as err:
         raise SystemExit(f"kernelcraft: {err}") from None
 

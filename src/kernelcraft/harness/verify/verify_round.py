@@ -51,7 +51,6 @@ class Reference:
         self.model = self.problem.make_reference(ctx.seed, ctx.device)
         self.input_bytes = self.output_bytes = 0
         self.wide: torch.nn.Module | None = None
-        self.precision = "native"
         self.unwidened = ""  # why a float64 reference was asked for and could not be had
         self.out_dtypes: list = []
         if plan:
@@ -83,7 +82,12 @@ class Reference:
         except Exception as exc:  # noqa: BLE001 - the reference's own code; it is compared in its own precision
             self.unwidened = f"{type(exc).__name__}: {exc}"[:200]
             return
-        self.wide, self.precision = wide, "float64"
+        self.wide = wide
+
+    @property
+    def precision(self) -> str:
+        """What candidates are compared against: "float64" with the widened copy, else "native"."""
+        return "native" if self.wide is None else "float64"
 
     def outputs(self, inputs: list) -> list:
         """The outputs a candidate's are compared against on ``inputs`` (verification and the timed calls' checks

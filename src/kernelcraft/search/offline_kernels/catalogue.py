@@ -527,6 +527,11 @@ def _algo(*algos: str) -> Callable[[OpSpec, dict], bool]:
     return lambda spec, f: f.get("algo") in algos
 
 
+def _mma_precision(*precisions: str) -> Callable[[OpSpec, dict], bool]:
+    """An mma.sync kernel (matmul or convolution) of one of these precisions."""
+    return lambda spec, f: f.get("algo") == "mma" and f.get("precision") in precisions
+
+
 # A first tensor-core port in the usual shape for float32 inputs on sm_80+: 128x256x32 block tiles of eight 64x64
 # warp tiles, three cp.async stages (measured on the H200 at 4096^2, 3xTF32: 1.85 ms, against 2.0-2.6 ms for
 # 128x128 tiles with two stages)
@@ -565,15 +570,14 @@ MATMUL_CUDA: list[Idea] = [
          _TENSOR_CORES | {"precision": "tf32"}, 0.7, when=_algo("naive", "smem", "simt")),
     Idea("drop_to_tf32", PREC, "Drop the 3xTF32 correction terms and multiply the TF32 high parts only: a third "
          "of the tensor-core work, at TF32 accuracy (fails 1e-4, passes 1e-2).", {"precision": "tf32"}, 0.6,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") in ("3xtf32", "tf32bf16", "tf32f16",
-                                                                           "f16x3")),
+         when=_mma_precision("3xtf32", "tf32bf16", "tf32f16", "f16x3")),
     Idea("bf16_corrections", PREC, "Keep the TF32 product of the high parts, and compute both 3xTF32 correction "
          "products (hi*lo + lo*hi) in one bfloat16 mma.sync m16n8k16 whose 16-deep K concatenates each tap's high "
          "and low part (A's pairs (hi, lo), B's (lo, hi)): two tensor-core instructions per fragment pair instead of "
          "three, and a bfloat16 product runs at twice TF32's rate. Rounding the parts to bfloat16 costs up to about "
          "2^-18 of |a*b| per tap (3xTF32: 2^-22): inside the default tolerance, though over thousands of taps the "
          "outputs near zero miss 1e-4.", {"precision": "tf32bf16"}, 2.0,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "3xtf32"),
+         when=_mma_precision("3xtf32")),
     Idea("f16_corrections", PREC, "Scale A and B by powers of two (a first pass finds each matrix's largest "
          "magnitude) so every high and low part of the 3xTF32 split lies in float16's range, keep the TF32 product "
          "of the high parts and compute both corrections (hi*lo + lo*hi) in one float16 mma.sync m16n8k16 whose "
@@ -581,25 +585,25 @@ MATMUL_CUDA: list[Idea] = [
          "significant bits, so the high parts convert exactly and the low parts keep 3xTF32's precision "
          "(float32-accurate, where bfloat16's 8 bits are not) with two tensor-core instructions per fragment pair "
          "instead of three; the scales are undone on the accumulators.", {"precision": "tf32f16"}, 2.5,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") in ("3xtf32", "tf32bf16")),
+         when=_mma_precision("3xtf32", "tf32bf16")),
     Idea("f16_products", PREC, "Multiply the high parts in float16 too: on the power-of-two scaled operands every "
          "high part is itself a float16 value, so pairing two 8-tap steps' high parts in each float16 fragment (the "
          "pair's even k from the first step, its odd k from the second) lets one m16n8k16 product take 16 taps' "
          "hi*hi where TF32 takes two m16n8k8: three float16 tensor-core instructions per 16 taps instead of four, "
          "the same float32 accuracy.", {"precision": "f16x3"}, 2.5,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "tf32f16"),
+         when=_mma_precision("tf32f16")),
     Idea("f16_three_products", PREC, "Scale A and B by powers of two (a first pass finds each matrix's largest "
          "magnitude) so that every part of the 3xTF32 split is a float16 value (the high parts exactly, the low "
          "parts to 11 bits as TF32 keeps them), and compute all three products in float16 mma.sync m16n8k16: hi*hi "
          "over 16 taps (each fragment pairs two 8-tap steps' high parts) and hi*lo + lo*hi for each step (A's pairs "
          "(hi, lo), B's (lo, hi)); three float16 instructions per 16 taps, float32-accurate, the scales undone on "
          "the accumulators.", {"precision": "f16x3"}, 1.5,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") in ("3xtf32", "tf32bf16")),
+         when=_mma_precision("3xtf32", "tf32bf16")),
     Idea("step_sums", PREC, "Add each fragment pair's 16-tap products to the running sums as soon as they are "
          "made, with round-to-nearest float adds from a four-register scratch, instead of fresh per-tile sums in a "
          "second set of accumulators: the tensor core's truncating accumulation still stays within 16 taps, and "
          "the registers the second set held are free.", {"acc": "step"}, 1.5,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "f16x3" and f.get("acc") == "tile"),
+         when=lambda s, f: _mma_precision("f16x3")(s, f) and f.get("acc") == "tile"),
     Idea("tile_sums", PREC, "Accumulate each K tile's tensor-core products in fresh registers and add them to the "
          "running sums with ordinary round-to-nearest float adds: the tensor core truncates as it accumulates, and "
          "over K = {K} those truncations add up to errors far above float32's.", {"acc": "tile"}, 1.5,
@@ -767,7 +771,7 @@ CONV_CUDA: list[Idea] = [
          "of the outputs' scale.", _IMPLICIT_GEMM | {"precision": "tf32"}, 1.5, when=_algo("direct")),
     Idea("drop_to_tf32", PREC, "Drop the 3xTF32 correction products and multiply the TF32 high parts only: a third "
          "of the tensor-core work at TF32 accuracy.", {"precision": "tf32"}, 1.0,
-         when=lambda s, f: f.get("algo") == "mma" and f.get("precision") == "3xtf32"),
+         when=_mma_precision("3xtf32")),
     Idea("tile_sums", PREC, "Accumulate each K tile's products in fresh registers and add them to the running sums "
          "with round-to-nearest float adds, instead of letting the tensor core's truncating accumulation run over "
          "all {kd} taps.", {"acc": "tile"}, 0.8, when=lambda s, f: f.get("algo") == "mma" and f.get("acc") != "tile"),

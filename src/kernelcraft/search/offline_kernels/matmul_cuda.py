@@ -449,11 +449,14 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
         lines.append(cc.CP_ASYNC_PIPELINE)
     if io.helpers:
         lines.append(io.helpers)
+    # the high part's bits of x, cut by a mask or rounded (the split of every scheme with a low part)
+    high = "__float_as_uint(x) & 0xffffe000u" if mask else "to_tf32(x)"
+
     def split(x: str, hi: str, lo: str, b_side: bool = False) -> list[str]:
         # the high part: the top 19 bits the tensor core reads, cut by a mask (a lone TF32 product reads them from the
         # value itself) or rounded; the low part is the exact rest, as TF32 (3xTF32) or paired with the high part as
         # bfloat16 for the corrections' mma (A: high at the pair's even k; B: its low part there)
-        cut = ("__float_as_uint(x) & 0xffffe000u" if three or mix else "__float_as_uint(x)") if mask else "to_tf32(x)"
+        cut = high if three or mix or not mask else "__float_as_uint(x)"
         scaled = f"{x} * {'sb' if b_side else 'sa'}" if f16 else x
         out = [f"{{ const float x = {scaled};", f"  {hi} = {cut};"]
         if three:
@@ -495,11 +498,10 @@ def _mma(f: dict, name: str, fast: bool, io: GemmIO | None = None) -> str:
         # and + 4), its corrections' float16 pairs as tf32f16 makes them; the high parts' pairs join the two steps
         # (the pair's even k step 0's tap, its odd k step 1's), so one 16-deep float16 product takes 16 taps' hi*hi
         def split16(x: str, s_: int, lo: str, hi: str, keep: str, b_side: bool = False) -> list[str]:
-            cut = "__float_as_uint(x) & 0xffffe000u" if mask else "to_tf32(x)"
             pair = "h, x - h" if b_side else "x - h, h"
             last = f"  {hi} = pack_f16(h, {keep});" if s_ else f"  {keep} = h;"
             return [f"{{ const float x = {x} * {'sb' if b_side else 'sa'};",
-                    f"  const float h = __uint_as_float({cut});", f"  {lo} = pack_f16({pair});", last + " }"]
+                    f"  const float h = __uint_as_float({high});", f"  {lo} = pack_f16({pair});", last + " }"]
         compute = ["#pragma unroll", "for (int kk = 0; kk < BK; kk += 16) {",
                    "  unsigned ah[FM][4], bh[FN][2], al[2][FM][4], bl[2][FN][2];",
                    "  float ahold[FM][4], bhold[FN][2];  // step 0's high parts, until step 1 pairs them"]

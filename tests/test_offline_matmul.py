@@ -119,6 +119,63 @@ def _corrections_idea(key: str):
     return spec, gen, idea, parent
 
 
+STRICT = {"atol": 1e-4, "rtol": 1e-4}
+ACCURATE_TILE = {"algo": "mma", "precision": "3xtf32", "acc": "tile", "bm": 128, "bn": 128, "wm": 2, "wn": 4,
+                 "stages": 3, "cp_async": True}
+
+
+@pytest.mark.parametrize("features,k,within", [
+    (ACCURATE_TILE, 4096, True),  # 32-tap tiles: 128 float adds per output
+    (ACCURATE_TILE | {"precision": "f16x3", "acc": "step"}, 4096, True),  # 16-tap steps: 256 adds
+    (ACCURATE_TILE | {"bk": 16}, 4096, True),  # 16-tap tiles: 256 adds
+    (ACCURATE_TILE | {"acc": "tile"}, 16384, False),  # 32-tap tiles over four times the depth: 512 adds
+    (ACCURATE_TILE | {"acc": "direct"}, 4096, False),  # the tensor core's truncating sums over all of K
+    (ACCURATE_TILE | {"precision": "tf32"}, 4096, False),  # TF32's 2^-11 per product
+    (ACCURATE_TILE | {"precision": "tf32bf16"}, 4096, False),  # bfloat16's corrections
+    ({"algo": "simt"}, 4096, False),  # one float32 chain over K (cuBLAS's own sums miss by 3x)
+    ({"algo": "simt"}, 256, True),
+    (ACCURATE_TILE | {"acc": "direct"}, 256, True),
+])
+def test_a_kernel_is_judged_within_1e_4_of_the_exact_product_by_its_products_and_its_longest_float_chain(
+        tmp_path, features, k, within):
+    prob = kb_problem(tmp_path, "torch.matmul(A, B)", f"[torch.randn(64, {k}), torch.randn({k}, 64)]")
+    spec = describe(prob)
+    gen = generator("matmul", "cuda")
+    assert gen.within_1e4(spec, gen.normalise(spec, gen.baseline(spec) | features)) is within
+
+
+def test_under_a_strict_tolerance_ideas_that_miss_1e_4_are_rarely_proposed_and_the_accurate_port_comes_first():
+    prob = matmul_problem("full")
+    spec = describe(prob)
+    gen = generator("matmul", "cuda")
+    loose, strict = OfflineProposer(0, {"atol": 1e-2, "rtol": 1e-2}), OfflineProposer(0, STRICT)
+    assert not loose.strict and strict.strict and not OfflineProposer(0).strict
+    assert not OfflineProposer(0, {"atol": 1e-4, "rtol": 1e-2}).strict  # one loose bound is a loose tolerance
+    by_key = {i.key: i for i in catalogue("matmul", "cuda")}
+    naive = gen.normalise(spec, gen.baseline(spec))
+    tile = gen.normalise(spec, naive | ACCURATE_TILE)
+    for parent, key, factor in [(naive, "tensor_3xtf32_tiles", 4.0), (naive, "tensor_3xtf32", 0.05),
+                                (naive, "register_block", 0.05), (tile, "drop_to_tf32", 0.05),
+                                (tile, "bf16_corrections", 0.05), (tile, "f16_three_products", 1.0),
+                                (tile, "raster8", 1.0)]:
+        idea = by_key[key]
+        child = gen.normalise(spec, parent | idea.delta)
+        prior = idea.prior(spec, parent)
+        assert loose._weight(spec, gen, idea, parent, child) == prior
+        assert strict._weight(spec, gen, idea, parent, child) == pytest.approx(prior * factor), key
+    for seed in range(8):  # round 1 from the reference: the accurate port is always among the ideas, first
+        ideas = OfflineProposer(seed, STRICT).ideas(prob, "cuda", [{"id": "reference"}], [], 4, 1)
+        assert ideas[0]["spec"]["key"] == "tensor_3xtf32_tiles"
+        assert ideas[0]["spec"]["features"]["acc"] == "tile" and ideas[0]["spec"]["features"]["bn"] == 128
+
+
+def test_the_workflow_tells_the_offline_proposer_the_runs_tolerance():
+    from kernelcraft.search.ensemble import make_proposer
+
+    assert make_proposer({"provider": "offline"}, 0, tolerance=STRICT).strict
+    assert not make_proposer({"provider": "offline"}, 0, tolerance={"atol": 1e-2, "rtol": 1e-2}).strict
+
+
 def test_the_bf16_corrections_idea_folds_both_3xtf32_corrections_into_one_bfloat16_mma():
     spec, gen, idea, parent = _corrections_idea("bf16_corrections")
     assert not idea.applies(spec, gen.normalise(spec, parent | {"precision": "tf32"}))

@@ -39,13 +39,14 @@ def may_propose(models: dict, op: Callable[[], str | None], backend: str) -> boo
 
 
 def make_proposer(entry: dict, seed: int, *, client: Any = None, settings: Any = None,
-                  repair_attempts: int = 1) -> Any:
-    """The proposer object behind one ensemble entry: the offline proposer, or a model asked through ``client``
-    (an ``LLMClient``) with prompts rendered per ``settings`` (a ``PromptSettings``)."""
+                  repair_attempts: int = 1, tolerance: dict | None = None) -> Any:
+    """The proposer object behind one ensemble entry: the offline proposer (told the run's ``tolerance``, as a
+    model's prompt states it), or a model asked through ``client`` (an ``LLMClient``) with prompts rendered per
+    ``settings`` (a ``PromptSettings``)."""
     if entry["provider"] == "offline":
         from kernelcraft.search.offline import OfflineProposer
 
-        return OfflineProposer(seed)
+        return OfflineProposer(seed, tolerance)
     if client is None or settings is None:
         raise ValueError(f"models: {model_label(entry)} needs a model client and prompt settings")
     from kernelcraft.search.llm_proposer import LLMProposer

@@ -28,6 +28,10 @@ from kernelcraft.search.offline_kernels.opspec import OpSpec, Unsupported, descr
 
 __all__ = ["KINDS", "OfflineProposer"]
 
+STRICT_BELOW = 1e-3  # a tolerance under this (TF32's rounding alone is 2^-11 ~ 5e-4 of every product) is strict
+STRICT_MISS = 0.05  # prior factor for an idea whose kernel would miss 1e-4 of the exact result
+STRICT_REACH = 4.0  # prior factor for an idea that brings a kernel that misses it within 1e-4
+
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
@@ -38,10 +42,14 @@ class OfflineProposer:
 
     name = "offline"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, tolerance: dict | None = None) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"OfflineProposer: seed must be an int, got {type(seed).__name__}")
         self.seed = seed
+        # the run's tolerance, as a model reads it in its prompt: under 1e-3 (both atol and rtol) ideas whose kernel
+        # is known to miss 1e-4 of the exact result are rarely proposed, and those that reach it come first
+        tol = tolerance or {}
+        self.strict = bool(tol) and max(float(tol.get("atol", 1.0)), float(tol.get("rtol", 1.0))) < STRICT_BELOW
         self._specs: dict[tuple[str, str, str], OpSpec | Unsupported] = {}
 
     # -- problem support -----------------------------------------------------------------------------
@@ -190,7 +198,9 @@ class OfflineProposer:
         children_now: set[str] = set()
         for (seed, pdig, pool), quota in zip(pools, quotas, strict=True):
             parent = self.parent_features(spec, backend, seed)
-            for idea, child, text in self._pick(pool, quota, spec, parent, rng, children_now):
+            weighted = [(self._weight(spec, gen, idea, parent, child), (idea, child, text))
+                        for idea, child, text in pool]
+            for idea, child, text in self._pick(weighted, quota, rng, children_now):
                 cdig = _digest(child)
                 children_now.add(cdig)
                 delta = {k: child[k] for k in sorted(child) if child[k] != parent.get(k)}
@@ -226,17 +236,28 @@ class OfflineProposer:
                 break
         return quotas
 
+    def _weight(self, spec: OpSpec, gen: Any, idea: Idea, parent: dict, child: dict) -> float:
+        """The idea's prior, and under a strict tolerance the generator's judgement of the child's accuracy."""
+        w = idea.prior(spec, parent)
+        judge = getattr(gen, "within_1e4", None)
+        if self.strict and judge is not None:
+            if not judge(spec, child):
+                w *= STRICT_MISS
+            elif not judge(spec, parent):
+                w *= STRICT_REACH
+        return w
+
     @staticmethod
-    def _pick(pool: list[tuple[Idea, dict, str]], k: int, spec: OpSpec, parent: dict, rng: random.Random,
+    def _pick(pool: list[tuple[float, tuple[Idea, dict, str]]], k: int, rng: random.Random,
               taken: set[str]) -> list[tuple[Idea, dict, str]]:
-        """k ideas: kinds in round-robin (strongest kinds first), within a kind weighted sampling by prior."""
+        """k ideas: kinds in round-robin (strongest kinds first), within a kind weighted sampling by weight."""
         if k <= 0:
             return []
         by_kind: dict[str, list[tuple[float, tuple[Idea, dict, str]]]] = {}
-        for item in pool:
+        for weight, item in pool:
             if _digest(item[1]) in taken:
                 continue
-            w = max(item[0].prior(spec, parent), 1e-6)
+            w = max(weight, 1e-6)
             # Efraimidis-Spirakis keys: sampling without replacement, proportional to weight
             key = rng.random() ** (1.0 / w)
             by_kind.setdefault(item[0].kind, []).append((key, item))

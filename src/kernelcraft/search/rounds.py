@@ -63,8 +63,9 @@ def build_path(config: dict) -> str:
 def job_proposers(ctx: RunContext, entries: list[dict], templates: str | Path) -> list[Any]:
     """One proposer per ensemble entry for a whole job (each caches its analysis of the problem); the entries
     that ask a model share one client, made only when some entry needs it."""
+    tolerance = dict(ctx.config["tolerance"])
     if all(e["provider"] == "offline" for e in entries):
-        return [make_proposer(e, ctx.seed) for e in entries]
+        return [make_proposer(e, ctx.seed, tolerance=tolerance) for e in entries]
     from kernelcraft.llm.client import LLMClient
     from kernelcraft.llm.settings import llm_settings
     from kernelcraft.search.llm_proposer import PromptSettings
@@ -73,9 +74,10 @@ def job_proposers(ctx: RunContext, entries: list[dict], templates: str | Path) -
     client = LLMClient.from_config(ctx.root, ctx.config)
     settings = PromptSettings(templates=Path(templates), hardware=describe_hardware(ctx.backend, ctx.cuda_arch),
                               build_path=build_path(ctx.config), policy=ctx.config["verify"]["pytorch_compute"],
-                              tolerance=dict(ctx.config["tolerance"]))
+                              tolerance=tolerance)
     repairs = int(llm_settings(ctx.config)["repair_attempts"])
-    return [make_proposer(e, ctx.seed, client=client, settings=settings, repair_attempts=repairs) for e in entries]
+    return [make_proposer(e, ctx.seed, client=client, settings=settings, repair_attempts=repairs,
+                          tolerance=tolerance) for e in entries]
 
 
 def propose_ideas(ctx: RunContext, problem: str, round_: int, templates: str | Path) -> dict:

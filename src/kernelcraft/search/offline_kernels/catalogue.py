@@ -565,6 +565,13 @@ MATMUL_CUDA: list[Idea] = [
          "{T} threads, warp tiles of {wtm}x{wtn}) and keep float32 accuracy with the 3xTF32 split: each operand "
          "becomes a TF32 high part plus a TF32 remainder and three products (hi*hi + hi*lo + lo*hi) replace one.",
          _TENSOR_CORES | {"precision": "3xtf32"}, 3.5, when=_algo("naive", "smem", "simt")),
+    Idea("tensor_3xtf32_tiles", PREC, "Move the multiply-adds onto tensor cores keeping the sum within 1e-4 of the "
+         "exact product: 3xTF32 mma.sync m16n8k8 products (each operand a TF32 high part plus a TF32 remainder, "
+         "hi*hi + hi*lo + lo*hi) over {bm}x{bn}x{bk} block tiles of {T} threads with three cp.async stages, and each "
+         "K tile's products summed in fresh registers, then added to the running sums with round-to-nearest float "
+         "adds: the tensor core's truncating accumulation stays within {bk} taps and each output's float chain is "
+         "K/{bk} adds long instead of {K}.",
+         _TENSOR_CORES | {"precision": "3xtf32", "acc": "tile", "bn": 128}, 1.0, when=_algo("naive", "smem", "simt")),
     Idea("tensor_tf32", PREC, "Run the multiply-adds on TF32 tensor cores with one product per fragment pair (a "
          "10-bit mantissa: about 3x the 3xTF32 throughput, but errors near 1e-3 that a 1e-4 tolerance rejects).",
          _TENSOR_CORES | {"precision": "tf32"}, 0.7, when=_algo("naive", "smem", "simt")),

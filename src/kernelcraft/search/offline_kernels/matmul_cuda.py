@@ -55,6 +55,14 @@ SCALED = ("tf32f16", "f16x3")  # the precisions whose operands the absmax pass s
 # how a kernel sums its tensor-core products: in the tensor core's accumulators (direct), per K tile in fresh
 # registers added with float adds (tile), or per product group through a four-register scratch (step)
 ACCS = ("direct", "tile", "step")
+# The schemes whose products keep float32's precision (3xTF32's split, and its float16 forms on scaled operands)
+FLOAT32_PRODUCTS = ("3xtf32", "tf32f16", "f16x3")
+# The most float32 additions one output's sum may chain and still stay within 1e-4 + 1e-4|exact| of the exact product
+# near zero: measured on the H200 at K = 4096 against the float64 product (randn operands and the same shifted by 1,
+# worst output over the bound): per-tile sums of 32 taps, 128 adds, 0.64; 16-tap step sums, 256 adds, 0.93; 8-tap
+# groups, 512 adds, 1.00; one chain over all of K, 4096 adds: cuBLAS 3.1, the tensor core's truncating accumulation
+# 22-37
+STRICT_CHAIN_MAX = 256
 SMEM_STATIC_MAX = 48 * 1024
 SMEM_DYNAMIC_MAX = 200 * 1024  # H100/H200 allow 227 KiB per block; leave room for the driver's reservation
 _SIMT_DEFAULT = {"bm": 128, "bn": 128, "bk": 8, "tm": 8, "tn": 8}
@@ -180,6 +188,24 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     elif g["raster"] not in TUNABLES["raster"]:
         g["raster"] = 0
     return g
+
+
+def within_1e4(spec: OpSpec, f: dict) -> bool:
+    """Whether the kernel's outputs are expected within 1e-4 + 1e-4|exact| of the exact product: how the offline
+    proposer weighs ideas when the run's tolerance is that strict, as a model weighs them reading the tolerance in
+    its prompt. Float32 products are not enough: the error is the sum's, about sqrt(float adds in one output's
+    chain), so a kernel passes only with float32-exact products and short chains (per-tile or per-step sums)."""
+    k = spec.mnk[2]
+    algo = f.get("algo")
+    if algo in ("mma", "wgmma"):
+        if f.get("precision") not in FLOAT32_PRODUCTS:
+            return False
+        chain = {"tile": k // max(1, int(f.get("bk", 32))), "step": k // 16}.get(f.get("acc"), k)
+    elif algo == "gemv":
+        chain = k // max(1, int(f.get("gthreads", 256))) + 16
+    else:
+        chain = k
+    return chain <= STRICT_CHAIN_MAX
 
 
 def gemv_ok(spec: OpSpec | None) -> bool:

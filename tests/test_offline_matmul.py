@@ -169,11 +169,25 @@ def test_under_a_strict_tolerance_ideas_that_miss_1e_4_are_rarely_proposed_and_t
         assert ideas[0]["spec"]["features"]["acc"] == "tile" and ideas[0]["spec"]["features"]["bn"] == 128
 
 
-def test_the_workflow_tells_the_offline_proposer_the_runs_tolerance():
-    from kernelcraft.search.ensemble import make_proposer
+@pytest.mark.parametrize("tolerance,first", [(STRICT, "tensor_3xtf32_tiles"), ({"atol": 1e-2, "rtol": 1e-2},
+                                                                                "tensor_3xtf32")])
+def test_the_ideas_stage_tells_the_offline_proposer_the_runs_tolerance(tmp_path, tolerance, first):
+    from kernelcraft import layout
+    from kernelcraft.config import load_config, merge
+    from kernelcraft.context import RunContext
+    from kernelcraft.jsonio import write_json
+    from kernelcraft.search import rounds
 
-    assert make_proposer({"provider": "offline"}, 0, tolerance=STRICT).strict
-    assert not make_proposer({"provider": "offline"}, 0, tolerance={"atol": 1e-2, "rtol": 1e-2}).strict
+    offline = [{"provider": "offline", "model": "offline-v1", "weight": 1}]
+    config = load_config(overrides={"run": "strict", "backend": "cuda", "tolerance": tolerance,
+                                    "models": {"ideas": offline, "implement": offline}})
+    resolved = {"backend": "cuda", "size": "full", "cuda_arch": "sm_90a",
+                "problems": {"matmul": str(matmul_problem("full").path)}}
+    ctx = RunContext.from_config(merge(config, {"_resolved": resolved}), results=tmp_path / "results")
+    write_json(layout.baseline_file(ctx.root, "matmul"), {"eager_ms": 2.7})
+    templates = Path(__file__).parents[1] / "workflow" / "templates"
+    ideas = rounds.propose_ideas(ctx, "matmul", 1, templates)["ideas"]
+    assert len(ideas) == 4 and ideas[0]["spec"]["key"] == first
 
 
 def test_the_bf16_corrections_idea_folds_both_3xtf32_corrections_into_one_bfloat16_mma():

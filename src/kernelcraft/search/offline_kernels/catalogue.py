@@ -112,6 +112,7 @@ def context(spec: OpSpec, child: dict) -> dict:
         if child.get("algo") == "mma":
             ctx["T"] = matmul_cuda.mma_threads(child)
             ctx["wtm"], ctx["wtn"] = child["bm"] // child["wm"], child["bn"] // child["wn"]
+            ctx["nb"] = -(-ctx["N"] // child["bn"])  # the blocks along N, each reading all of A's rows it covers
         elif child.get("algo") == "simt":
             ctx["T"] = matmul_cuda.simt_threads(child)
         elif child.get("algo") == "wgmma":
@@ -606,6 +607,13 @@ MATMUL_CUDA: list[Idea] = [
          "(hi, lo), B's (lo, hi)); three float16 instructions per 16 taps, float32-accurate, the scales undone on "
          "the accumulators.", {"precision": "f16x3"}, 1.5,
          when=_mma_precision("3xtf32", "tf32bf16")),
+    Idea("split_once", COMP, "Split each operand once, before the product, instead of in every block that reads it "
+         "(each of A's values {nb} times): after the absmax pass, a pass writes A's scaled float16 high and low parts "
+         "and B's, transposed so that both tiles are rows along K, and the main loop copies float16 tiles with "
+         "cp.async and loads each fragment with one ldmatrix: per 16 taps a warp issues its fragment loads and the "
+         "three m16n8k16 products and nothing else. The same parts and products, so the same accuracy; a workspace "
+         "as large as A and B.", {"split": "once"}, 2.0,
+         when=lambda s, f: _mma_precision("f16x3")(s, f) and f.get("split") != "once" and bool(f.get("cp_async"))),
     Idea("step_sums", PREC, "Add each fragment pair's 16-tap products to the running sums as soon as they are "
          "made, with round-to-nearest float adds from a four-register scratch, instead of fresh per-tile sums in a "
          "second set of accumulators: the tensor core's truncating accumulation still stays within 16 taps, and "

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from kernelcraft.search.offline_kernels import cuda_common as cc
 from kernelcraft.search.offline_kernels import matmul_layout
+from kernelcraft.search.offline_kernels import matmul_presplit as ps
 from kernelcraft.search.offline_kernels import matmul_wgmma as wg
 from kernelcraft.search.offline_kernels.opspec import OpSpec
 
@@ -114,6 +115,8 @@ def mma_ldb(f: dict) -> int:
 
 
 def mma_smem_bytes(f: dict) -> int:
+    if f.get("split") == "once":
+        return ps.smem_bytes(f)
     return f["stages"] * (f["bm"] * mma_lda(f) + (f["bn"] if f.get("bnm") else f["bk"]) * mma_ldb(f)) * 4
 
 
@@ -122,7 +125,8 @@ def _mma_ok(f: dict) -> bool:
     frags = (wtm // 16) * (wtn // 8) * (2 if f["acc"] == "tile" else 1)  # accumulator registers / 4
     return (f["bm"] % (16 * f["wm"]) == 0 and f["bn"] % (8 * f["wn"]) == 0 and frags <= 32
             and 64 <= mma_threads(f) <= 512 and f["bk"] % 8 == 0 and mma_smem_bytes(f) <= SMEM_DYNAMIC_MAX
-            and _tile_loads_ok(f["bm"], f["bn"], f["bk"], mma_threads(f), f["vec"]))
+            and _tile_loads_ok(f["bm"], f["bn"], f["bk"], mma_threads(f), f["vec"])
+            and (f.get("split") != "once" or ps.loads_ok(f, mma_threads(f))))
 
 
 def normalise(spec: OpSpec, f: dict) -> dict:
@@ -162,7 +166,9 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         g["acc"] = g["acc"] if g["acc"] in ACCS else "direct"
         # f16x3 pairs the taps of two 8-deep steps in each float16 fragment: the scalar fragments' layout
         g["frag"] = "vec" if g["frag"] == "vec" and g["precision"] != "f16x3" else "scalar"
-        g["split"] = "mask" if g["split"] == "mask" else "rna"
+        g["split"] = g["split"] if g["split"] in ("mask", "once") else "rna"
+        if g["split"] == "once" and not (g["precision"] == "f16x3" and g["cp_async"]):
+            g["split"] = "mask"  # a split pass before the product: f16x3's parts, copied by cp.async
         if g["frag"] == "vec":
             g["pad"] = 0  # the layout is the fragments' own (mma_lda, mma_ldb)
         if g["bk"] not in (16, 32):
@@ -779,6 +785,8 @@ def render_source(spec: OpSpec, f: dict, name: str, fast: bool = True) -> str:
         return _simt(f, name)
     if f["algo"] == "wgmma":
         return wg.source(f, name, _raster(f))
+    if f["split"] == "once":
+        return ps.source(f, name, _raster(f), mma_threads(f))
     return _mma(f, name, fast)
 
 
@@ -798,6 +806,8 @@ def _safe_features(spec: OpSpec, f: dict) -> dict:
 def fast_conditions(f: dict) -> list[str]:
     if f["algo"] == "gemv":
         return ["K % 4 == 0", "a.data_ptr() % 16 == 0", "b.data_ptr() % 16 == 0"] if f["vec"] == 4 else []
+    if f["algo"] == "mma" and f["split"] == "once":  # 16-byte chunks of float16 parts along K
+        return ["K % 8 == 0", "a.data_ptr() % 16 == 0", "out.data_ptr() % 16 == 0"]
     if f["algo"] in ("mma", "wgmma") or (f["algo"] == "simt" and f["vec"] == 4):
         return ["K % 4 == 0", "N % 4 == 0", "a.data_ptr() % 16 == 0", "b.data_ptr() % 16 == 0",
                 "out.data_ptr() % 16 == 0"]
@@ -819,6 +829,8 @@ def _launch(f: dict, var: str) -> list[str]:
                 "args=(a, bt, out, M, N, K))"]
     threads = simt_threads(f) if f["algo"] == "simt" else mma_threads(f)
     grid = f"grid=(-(-M // {f['bm']}) * -(-N // {f['bn']}),), block=({threads},)"
+    if f["algo"] == "mma" and f["split"] == "once":
+        return ps.launch(f, var, threads)
     if f["algo"] == "mma" and f["precision"] in SCALED:
         return ["amax = torch.zeros(2, dtype=torch.int32, device=a.device)",
                 "_absmax(grid=(min(1024, max(1, -(-max(M * K, K * N) // 1024))), 2), block=(256,), "
@@ -841,6 +853,9 @@ def render(spec: OpSpec, f: dict) -> tuple[str, list[str]]:
         mod += ["", f"SRC_T = r'''\n{wg.TRANSPOSE}'''", "", '_transpose = cuda_kernel(SRC_T, "transpose_b")']
     if f["algo"] == "mma" and f["precision"] in SCALED:
         mod += ["", f"SRC_MAX = r'''\n{ABSMAX}'''", "", '_absmax = cuda_kernel(SRC_MAX, "absmax2")']
+    if f["algo"] == "mma" and f["split"] == "once":
+        mod += ["", f"SRC_SPLIT = r'''\n{ps.SPLIT}'''", "", '_split_a = cuda_kernel(SRC_SPLIT, "split_a")',
+                '_split_bt = cuda_kernel(SRC_SPLIT, "split_bt")']
     safe = _safe_features(spec, f)
     if conds:
         mod += ["", "# Scalar-load fallback for operands the vector path cannot take (see forward).",

@@ -18,7 +18,9 @@ registers), ``mma`` (tensor cores through PTX ``mma.sync`` m16n8k8, TF32 or 3xTF
 memory-bound, so one block per row of A streams it once and reduces its dot product with warp shuffles; tiles
 would compute 63 wasted columns of every 64). Every kernel takes any M, N, K: loads
 past an edge read zeros and stores past it are skipped. The vectorised path needs K and N multiples of 4 and
-aligned pointers, which the launcher checks, falling back to a scalar-load kernel.
+aligned pointers, which the launcher checks, falling back to a scalar-load kernel. The float16 three-product
+scheme can instead have its operands split once per call, into float16 parts in a workspace, before the product
+(``split: once``: ``matmul_presplit``).
 """
 
 from __future__ import annotations

@@ -155,3 +155,25 @@ def _sm_count(device_index: int) -> int:
 
 def options(fast_math: bool) -> str:
     return '("--use_fast_math",)' if fast_math else "()"
+
+
+# D += A(16x16, row) * B(16x8, col) in one 16-bit tensor-core instruction, float32 accumulate: the template of the
+# matmul kernels' bfloat16 and float16 products (HALF -> bf16 or f16).
+MMA_HALF = r"""__device__ __forceinline__ void mma_HALF(float* d, const unsigned* a, const unsigned* b) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.HALF.HALF.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+               "{%8, %9}, {%0, %1, %2, %3};"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+"""
+
+# The float16 products' operand scale, from the absmax pass's bits (the in-loop and the split-once f16 kernels).
+POW2_SCALE = r"""
+// 2^(14 - floor(log2 m)) for the bits of m = max |x|: m times it lies in [2^14, 2^15), under float16's 65504. A zero
+// or tiny m takes 2^127, an infinite or NaN one 1 (the result is not finite either way).
+__device__ __forceinline__ float pow2_scale(unsigned bits) {
+  const int e = (int)((bits >> 23) & 0xffu);
+  if (e == 255) return 1.f;
+  return __uint_as_float((unsigned)(268 - max(e, 14)) << 23);
+}
+"""

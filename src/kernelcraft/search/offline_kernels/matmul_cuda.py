@@ -693,18 +693,14 @@ _MMA_BF16 = r"""
 """
 
 # The 16-bit product and pair packing both correction schemes use, HALF being bf16 or f16 (the same fragments).
-_MMA_HALF = r"""__device__ __forceinline__ void mma_HALF(float* d, const unsigned* a, const unsigned* b) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.HALF.HALF.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-               "{%8, %9}, {%0, %1, %2, %3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ unsigned pack_HALF(float upper, float lower) {  // lower: the pair's first (even) k
+_PACK_HALF = (r"""__device__ __forceinline__ unsigned pack_HALF(float upper, float lower) {"""
+              r"""  // lower: the pair's first (even) k
   unsigned r;
   asm("cvt.rn.HALFx2.f32 %0, %1, %2;" : "=r"(r) : "f"(upper), "f"(lower));
   return r;
 }
-"""
+""")
+_MMA_HALF = cc.MMA_HALF + _PACK_HALF
 _MMA_BF16 += _MMA_HALF.replace("HALF", "bf16")
 
 
@@ -716,15 +712,7 @@ _MMA_F16 = r"""
 // TF32 low part does: the operands are first scaled by powers of two that put each matrix's largest magnitude in
 // [2^14, 2^15) (from the absmax pass), the accumulators unscaled at the end. Low parts under 2^-14 after scaling
 // (elements under about 2^-17 of their matrix's largest) keep fewer bits, on terms 2^-11 of products that small.
-//
-// 2^(14 - floor(log2 m)) for the bits of m = max |x|: m times it lies in [2^14, 2^15), under float16's 65504. A zero
-// or tiny m takes 2^127, an infinite or NaN one 1 (the result is not finite either way).
-__device__ __forceinline__ float pow2_scale(unsigned bits) {
-  const int e = (int)((bits >> 23) & 0xffu);
-  if (e == 255) return 1.f;
-  return __uint_as_float((unsigned)(268 - max(e, 14)) << 23);
-}
-""" + _MMA_HALF.replace("HALF", "f16")
+//""" + cc.POW2_SCALE + _MMA_HALF.replace("HALF", "f16")
 
 ABSMAX = r"""
 // max |x| over A (blockIdx.y 0) and B (1) as float bits (the bits of non-negative floats order as the floats; NaN

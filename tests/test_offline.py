@@ -8,6 +8,7 @@ needed) and, where a GPU is visible, run against the reference too (``-m gpu``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,12 @@ ROW_CUDA_PATHS = [
     {"mapping": "split", "vec": 4, "ilp": 4, "stats": "shifted", "phint": True}, {"phint": True, "fma_apply": True},
     {"grid": "persistent", "bps": 4, "l2_prefetch": True, "launch_min": 2, "unroll": True, "load": "ldg",
      "stream": True, "fast_math": True, "idx32": True},
+    {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 4, "stats": "online", "keep_exp": True,
+     "recip": True, "fast_math": True, "threads": 512, "launch_min": 3},
+    {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 4, "stats": "online", "keep_exp": True},
+    {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 8, "reduce": "shuffle", "exp": "exp2",
+     "grid": "persistent", "bps": 2, "stream": True},
+    {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 2, "stats": "welford", "threads": 1024},
 ]
 ROW_C_PATHS = [
     {}, {"par": "rows", "simd": True}, {"par": "rows", "accs": 4, "unroll": 4},
@@ -503,6 +510,125 @@ def test_a_cluster_can_hold_its_row_in_registers_keep_the_exponentials_and_excha
     base = generator("rowwise", "cuda").baseline(spec)
     assert ideas["cluster_regs"].applies(spec, base) and not ideas["keep_exp"].applies(spec, base)
     assert ideas["keep_exp"].applies(spec, f | {"keep_exp": False})
+
+
+def test_a_streaming_cluster_copies_its_share_with_cp_async_and_folds_each_slot_into_the_statistics_as_it_lands():
+    """cp_async on a cluster: a 256 KiB softmax row over 4 blocks whose threads own 16 float4 slots of the share
+    (slot k of thread t at t + 256k), all copied at the start of the row, one commit group each, and folded into
+    the statistics in slot order as the groups land (at most 7 groups waited past); the block's partial state is
+    published with one block barrier before the cluster's. Kept exponentials (online, softmax): each slot is
+    overwritten by exp(x - the running maximum at that slot), the maximum kept per slot for the write pass's one
+    scale a slot. Only a share that fills the slots exactly
+    streams (no bounds check per slot); any other length at run time takes the fallback."""
+    from kernelcraft.search.offline_kernels import rowwise_cuda as rc
+
+    spec = describe(suite("softmax_4096x65536", "full"))
+    f = rc.normalise(spec, {"mapping": "cluster", "cache": "none", "cp_async": True, "vec": 4, "cluster": 4})
+    assert (rc.streams(f), rc.stream_slots(spec, f), f["threads"]) == (True, 16, 256)
+    src = rc._Kernel(spec, f, "k").source()
+    copies = [src.index(f"cp_async16(sc + (threadIdx.x + {256 * k}), xs_ + {256 * k}, true);") for k in range(16)]
+    assert copies == sorted(copies) and src.count("cp_async_commit();") == 16
+    pos = copies[-1]
+    for k in range(16):  # each slot read right after the wait that lands its group
+        pos = src.index(f"cp_async_wait<{min(15 - k, 7)}>();", pos + 1)
+        assert src.index("const float4 v0 = sc[", pos) == src.index(f"const float4 v0 = sc[threadIdx.x + {256 * k}];")
+    assert "if ((int)" not in src and "const long long i = seg0" not in src.split("extern \"C\"")[1]
+    publish = src[src.index("warp_reduce_p0(a_m0);", pos):src.index("cluster_sync();", pos)]
+    assert publish.count("__syncthreads();") == 1 and "if (lane_ == 0) { xs0_m[par] = a_m0; }" in publish
+    # kept exponentials: a running maximum per slot, one exponential per element, one scale per slot
+    keep = rc.normalise(spec, f | {"stats": "online", "keep_exp": True, "recip": True})
+    ksrc = rc._Kernel(spec, keep, "k").source()
+    assert keep["keep_exp"] and "float mk_[16];" in ksrc and "sc[threadIdx.x + 256] = e_; mk_[1] = sh_;" in ksrc
+    assert "const float sh_ = a_m0 == -INFINITY ? 0.f : a_m0;" in ksrc  # a slot of -inf adds 0, not NaN
+    assert "const float f_ = EXPF(mk_[15] - c_max) * c_inv;" in ksrc and "o_.x = e_.x * f_;" in ksrc
+    assert ksrc.count("e_.x = EXPF(v0.x - sh_);") == 16 and ksrc.count("EXPF(") == 1 + 2 + 16 * 5 + 16
+    # (the macro, the online merge's two, a slot's rescale and four elements, and one scale a slot to write)
+    # the launch, and the run-time condition that the shares fill the slots
+    mod, fwd = rc.render(spec, keep)
+    assert "and N == 65536:" in "\n".join(fwd) and "shared_mem=-(-(N // 4) // 4) * 16" in "\n".join(fwd)
+    # when a cluster streams: the share fills at most 32 slots exactly, in shared memory, read as float4s
+    for other in ({"threads": 128, "cluster": 2}, {"cache": "regs"}, {"vec": 1}, {"mapping": "block"}):
+        assert not rc.streams(rc.normalise(spec, f | other)), other
+    assert rc.stream_slots(spec, f | {"threads": 1024}) == 4 and rc.stream_slots(spec, f | {"threads": 128}) == 32
+    assert not rc.normalise(spec, f | {"keep_exp": True})["keep_exp"]  # three passes keep nothing
+    assert not rc.normalise(describe(suite("log_softmax_4096x32768", "full")),
+                            f | {"stats": "online", "keep_exp": True})["keep_exp"]
+    # the ideas: the stream (for softmax with kept exponentials) from the baseline or a cluster, then three blocks
+    ideas = {i.key: i for i in catalogue("rowwise", "cuda")}
+    base = generator("rowwise", "cuda").baseline(spec)
+    regs8 = rc.normalise(spec, {"mapping": "cluster", "cache": "regs", "vec": 4})
+    assert ideas["cluster_stream_keep"].applies(spec, base) and ideas["cluster_stream_keep"].applies(spec, regs8)
+    assert not ideas["cluster_stream"].applies(spec, base)  # the plain stream is log_softmax's and the norms'
+    assert rc.normalise(spec, base | ideas["cluster_stream_keep"].delta) == keep
+    assert not ideas["cluster_stream_keep"].applies(spec, f) and not ideas["cluster_stream_keep"].applies(spec, keep)
+    lsm = describe(suite("log_softmax_4096x32768", "full"))  # a 128 KiB row: one block's shared memory holds it
+    assert not ideas["cluster_stream"].applies(lsm, generator("rowwise", "cuda").baseline(lsm))
+    three = rc.normalise(spec, keep | ideas["stream_three_blocks"].delta)
+    assert (three["threads"], three["launch_min"], rc.stream_slots(spec, three)) == (512, 3, 8)
+    assert "__launch_bounds__(512, 3)" in rc._Kernel(spec, three, "k").source()
+    assert ideas["stream_three_blocks"].applies(spec, keep) and not ideas["stream_three_blocks"].applies(spec, three)
+    ln = describe(suite("layernorm_16x64x256x256", "full"))  # 16 MiB rows: no cluster holds a quarter
+    assert not ideas["cluster_stream"].applies(spec=ln, parent=generator("rowwise", "cuda").baseline(ln))
+
+
+def test_the_online_softmax_pass_adds_nothing_for_minus_infinity_while_the_running_maximum_is_minus_infinity(
+        tmp_path):
+    """The CUDA kernels' online (max, sum) update, element by element and a float4 at a time, compiled as C and run:
+    a thread whose first elements are -inf (a masked row) must not add exp(-inf - -inf) = NaN to its sum."""
+    import subprocess
+
+    from kernelcraft.search.offline_kernels.phases import fmt, row_op
+
+    p0 = row_op("softmax", "online", "float").phases[0]
+    acc = fmt(p0.acc, {"m": "m", "s": "s", "v": "x[i]"})
+    acc4 = fmt(p0.acc4, {"m": "m", "s": "s"} | {f"v{k}": f"x[i + {k}]" for k in range(4)})
+    src = tmp_path / "online.c"
+    src.write_text("#include <math.h>\n#include <stdio.h>\n#define EXPF(x) expf(x)\nint main(void) {\n"
+                   "  float x[12] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, 1.f, -INFINITY, 2.f, 0.f,\n"
+                   "                 -INFINITY, -INFINITY, -INFINITY, -INFINITY};\n"
+                   f"  float m = -INFINITY, s = 0.f;\n  for (int i = 0; i < 12; ++i) {{ {acc} }}\n"
+                   '  printf("%.9g %.9g ", m, s);\n  m = -INFINITY; s = 0.f;\n'
+                   f"  for (int i = 0; i < 12; i += 4) {{ {acc4} }}\n"
+                   '  printf("%.9g %.9g\\n", m, s);\n  return 0;\n}\n')
+    subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "online"), str(src), "-lm"], check=True)
+    got = [float(v) for v in subprocess.run([str(tmp_path / "online")], capture_output=True, text=True,
+                                            check=True).stdout.split()]
+    want = math.exp(-1.0) + 1.0 + math.exp(-2.0)
+    assert got[0] == got[2] == 2.0 and got[1] == pytest.approx(want, rel=1e-6)
+    assert got[3] == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_streaming_clusters_match_the_reference_on_exact_shares_infinities_and_other_lengths(tmp_path):
+    """The streamed share on the GPU: rows whose quarters fill the slots exactly (the fast path), with -inf
+    entries, large offsets and a row of one huge value; and the same candidates on lengths that do not fill them
+    (the fallback)."""
+    feats = [{"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 4, "stats": "online", "keep_exp": True,
+              "recip": True, "fast_math": True, "threads": 512, "launch_min": 3},
+             {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 4, "stats": "online", "keep_exp": True},
+             {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 8, "reduce": "shuffle", "exp": "exp2"},
+             {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 4, "stats": "online", "threads": 128,
+              "grid": "persistent", "bps": 2}]
+    import torch
+
+    from kernelcraft.search.offline_kernels import rowwise_cuda as rc
+
+    for op in ("softmax", "log_softmax"):
+        prob = fixture_problem(tmp_path, op, (64, 16384))
+        spec = describe(prob)
+        for f in feats:
+            g = rc.normalise(spec, f)
+            assert rc.streams(g), f
+            module = import_source(candidate_source(spec, "cuda", g, "stream", "reference"), tmp_path)
+            x = torch.randn(64, 16384, device="cuda") * 4
+            x[2] += 1000.0
+            x[3, 5] = 80.0
+            if op == "softmax":  # (log_softmax's -inf outputs have no difference to compare)
+                x[1, ::7] = float("-inf")
+                x[4, :8192] = float("-inf")  # a block's whole quarter and more: its slots add zeros
+            check_candidate(module, prob, [x, torch.randn(3, 16384, device="cuda"),
+                                           torch.randn(5, 16380, device="cuda")], "cuda")
 
 
 def test_the_grid_kernel_can_hold_its_share_in_registers_and_the_norm_parameters_in_shared_memory():

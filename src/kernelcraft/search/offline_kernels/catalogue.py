@@ -73,6 +73,7 @@ def context(spec: OpSpec, child: dict) -> dict:
         ctx["wrk"] = rowwise_cuda.weight_regs(spec, {"threads": child.get("threads", 256)})
         ctx["slots"] = rowwise_cuda.regs_per_thread(spec, child)
         ctx["kb"] = rowwise_cuda.bias_slots(spec, child)
+        ctx["sslots"] = rowwise_cuda.stream_slots(spec, child)
     if spec.family == "conv":
         g = spec.geometry
         ctx |= {"cout": g["cout"], "kd": g["cin"] * g["r"] * g["s"], "M": g["n"] * g["oh"] * g["ow"],
@@ -168,6 +169,25 @@ def _keep_exp_ok(spec: OpSpec, f: dict) -> bool:
     return rowwise_cuda.normalise(spec, f | {"cache": "regs"})["cache"] == "regs"
 
 
+def _stream_ok(spec: OpSpec, f: dict) -> bool:
+    """A row too long for one block's shared memory whose quarters fill a cluster block's cp.async slots exactly
+    (and the parent does not stream already)."""
+    g = rowwise_cuda.normalise(spec, f | _STREAM)
+    return (_multi(spec, f) and not _smem_fits(spec, f) and rowwise_cuda.streams(g)
+            and not rowwise_cuda.streams(rowwise_cuda.normalise(spec, f)))
+
+
+def _stream_three_ok(spec: OpSpec, f: dict) -> bool:
+    """A streaming cluster whose shares let three 512-thread blocks share an SM's shared memory, not yet so."""
+    g = rowwise_cuda.normalise(spec, f | {"threads": 512, "launch_min": 3})
+    share = spec.row_len * 4 // g["cluster"]
+    return (rowwise_cuda.streams(rowwise_cuda.normalise(spec, f)) and rowwise_cuda.streams(g)
+            and 3 * (share + 1024) <= rowwise_cuda.GRID_SMEM and (f.get("threads"), f.get("launch_min")) != (512, 3))
+
+
+_STREAM = {"mapping": "cluster", "cache": "none", "cp_async": True, "vec": 4, "cluster": 4}
+
+
 def _grid_ok(spec: OpSpec, f: dict) -> bool:
     """Few rows too long for a cluster but short enough for one block per SM to hold a share (a grid-wide
     barrier per row and pass costs microseconds, so many rows would spend their time waiting)."""
@@ -230,6 +250,20 @@ ROWWISE_CUDA: list[Idea] = [
          "shared-memory copy): the {rowkb} KiB row is read from HBM once, every later pass runs from registers, "
          "and only the blocks' partial statistics cross the cluster through distributed shared memory.",
          {"mapping": "cluster", "cache": "regs", "vec": 4}, 9.0, when=_cluster_regs_ok),
+    Idea("cluster_stream", ASYNC, "Give each row to a cluster of 4 blocks whose threads copy their {sslots} "
+         "float4 slots of the block's quarter of the {rowkb} KiB row straight into shared memory with cp.async (no "
+         "registers), each slot its own commit group, all issued at the start of the row, and fold each slot into "
+         "the statistics as soon as its group lands (cp.async.wait_group): the statistics run under the copies "
+         "instead of after them, the row is read from HBM once, and its exchange waits on 4 SMs, not 8.",
+         _STREAM, 6.0, ops=("log_softmax",) + NORMS, when=_stream_ok),
+    Idea("cluster_stream_keep", ASYNC, "Give each row to a cluster of 4 blocks whose threads copy their {sslots} "
+         "float4 slots of the block's quarter of the {rowkb} KiB row straight into shared memory with cp.async (no "
+         "registers), each slot its own commit group, all issued at the start of the row, and fold each slot into "
+         "one online (max, sum) pass as soon as its group lands (cp.async.wait_group), overwriting it with its "
+         "exponentials against the thread's running maximum at that slot (kept in a register per slot): the "
+         "statistics run under the copies, the row is read from HBM once, its exchange waits on 4 SMs, not 8, and "
+         "the write pass scales each slot by exp(slot max - row max) / sum: one exponential per element.",
+         _STREAM | {"stats": "online", "keep_exp": True, "recip": True}, 9.0, ops=("softmax",), when=_stream_ok),
     Idea("grid_resident", MEM, "Spread each of the {R} rows over the whole GPU: a cooperative launch of one "
          "1024-thread block per SM, each keeping its share of every {rowkb} KiB row in shared memory between the "
          "statistics and the normalisation, publishing its partial statistics to a workspace and merging all of "
@@ -323,6 +357,10 @@ ROWWISE_CUDA: list[Idea] = [
          "reduction barriers overlap the other's loads.", {"grid": "persistent", "bps": 2}, 1.2),
     Idea("persistent4", PAR, "Launch a persistent grid of four blocks per SM looping over rows, for more "
          "independent rows in flight per SM.", {"grid": "persistent", "bps": 4}, 0.8),
+    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
+         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
+         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
+         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler caps registers to keep at least two "
          "blocks resident per SM.", {"launch_min": 2}, 0.8),
     Idea("shuffle_reduce", CTRL, "Replace the shared-memory tree reduction (log2({T}) barrier steps) with warp "
@@ -460,6 +498,10 @@ ELEMENTWISE_CUDA: list[Idea] = [
          {"grid": "persistent", "bps": 8}, 1.0),
     Idea("persistent16", PAR, "Launch a persistent grid of 16 blocks per SM that strides over the tensor.",
          {"grid": "persistent", "bps": 16}, 0.6),
+    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
+         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
+         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
+         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) to cap registers for at least two resident blocks "
          "per SM.", {"launch_min": 2}, 0.5),
     Idea("launch_bounds4", PAR, "Add __launch_bounds__({T}, 4) to cap registers for at least four resident blocks "
@@ -658,6 +700,10 @@ MATMUL_CUDA: list[Idea] = [
          {"bk": 16}, 1.0, when=lambda s, f: f.get("algo") == "simt" and f.get("bk") == 8),
     Idea("bk16_tc", CTRL, "Halve the K tile to 16: half the shared memory per stage, so more stages or blocks fit.",
          {"bk": 16}, 0.5, when=lambda s, f: f.get("algo") == "mma" and f.get("bk") == 32),
+    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
+         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
+         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
+         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler keeps registers low enough for two "
          "resident blocks per SM.", {"launch_min": 2}, 0.6, when=_algo("simt")),
     Idea("raster16", PAR, "Launch the blocks in groups of 16 block-rows: a wider band of A's row panels shares each "
@@ -827,6 +873,10 @@ CONV_CUDA: list[Idea] = [
          when=lambda s, f: f.get("algo") == "direct" and f.get("threads") != 512),
     Idea("persistent", PAR, "Launch a persistent grid of eight blocks per SM looping over the outputs, so no tail "
          "wave.", {"grid": "persistent"}, 0.5, when=_algo("direct")),
+    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
+         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
+         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
+         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler keeps registers low enough for two "
          "resident blocks per SM.", {"launch_min": 2}, 0.5, when=_algo("direct")),
     Idea("fast_math", PREC, "Compile the direct kernel with --use_fast_math (fused multiply-adds everywhere, denormals "

@@ -132,12 +132,14 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
         if stats == "online":
             p0 = Phase(
                 fields=(Field("m", "float", "-INFINITY"), Field("s", "float", "0.f")),
+                # (While the running maximum is -inf every element seen is -inf and adds 0: exp(-inf - -inf)
+                # would add NaN, so the sum skips it; a row masked with -inf keeps its finite softmax.)
                 acc=(f"if ({{v}} > {{m}}) {{ {{s}} = {{s}} * {exp}({{m}} - {{v}}) + 1.f; {{m}} = {{v}}; }} "
-                     f"else {{ {{s}} += {exp}({{v}} - {{m}}); }}"),
+                     f"else if ({{m}} != -INFINITY) {{ {{s}} += {exp}({{v}} - {{m}}); }}"),
                 acc4=(f"{{ const float mx_ = fmaxf(fmaxf({{v0}}, {{v1}}), fmaxf({{v2}}, {{v3}})); "
                       f"if (mx_ > {{m}}) {{ {{s}} *= {exp}({{m}} - mx_); {{m}} = mx_; }} "
-                      f"{{s}} += ({exp}({{v0}} - {{m}}) + {exp}({{v1}} - {{m}})) + "
-                      f"({exp}({{v2}} - {{m}}) + {exp}({{v3}} - {{m}})); }}"),
+                      f"if ({{m}} != -INFINITY) {{ {{s}} += ({exp}({{v0}} - {{m}}) + {exp}({{v1}} - {{m}})) + "
+                      f"({exp}({{v2}} - {{m}}) + {exp}({{v3}} - {{m}})); }} }}"),
                 merge=online_merge,
                 final="c_max = m; c_sum = s;",
                 consts=("c_max", "c_sum"))

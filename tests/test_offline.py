@@ -598,6 +598,24 @@ def test_the_online_softmax_pass_adds_nothing_for_minus_infinity_while_the_runni
     assert got[3] == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("features", [{"stats": "online", "tile": 256}, {"stats": "online", "tile": 256, "simd": True},
+                                      {"stats": "online", "tile": 256, "par": "split", "chunk": 16384},
+                                      {"stats": "online", "tile": 4096, "store_exp": True, "recip": True}])
+def test_the_c_online_softmax_keeps_rows_masked_with_minus_infinity_finite(tmp_path, features):
+    """The C kernels' online pass over L1 tiles: a tile of -inf while the running maximum is still -inf adds
+    nothing (exp(-inf - -inf) would make the whole row NaN)."""
+    import torch
+
+    prob = fixture_problem(tmp_path, "softmax", (6, 9000))
+    module = import_source(candidate_source(describe(prob), "cpu", features, "masked", "reference"), tmp_path)
+    x = torch.randn(6, 9000)
+    x[1, :700] = float("-inf")  # the first tiles all masked
+    x[2, ::3] = float("-inf")
+    x[3, :8999] = float("-inf")  # one value left: the softmax is one-hot
+    with one_thread():
+        check_candidate(module, prob, [x], "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 def test_streaming_clusters_match_the_reference_on_exact_shares_infinities_and_other_lengths(tmp_path):

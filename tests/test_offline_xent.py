@@ -94,12 +94,16 @@ def test_label_smoothing_is_not_taken_for_plain_cross_entropy(tmp_path):
 
 
 def _inputs(prob, device: str) -> list[tuple]:
-    """The reference's own draw, one with a large offset (the shift by the row maximum matters) and, where a class
-    is ignored, targets that are all ignored in some rows' places."""
+    """The reference's own draw, one with a large offset (the shift by the row maximum matters), one whose first
+    half of the classes is masked with -inf (the targets among the others: an online pass must not add
+    exp(-inf - -inf)) and, where a class is ignored, targets that are all ignored in some rows' places."""
     module = prob.load_module()
     torch.manual_seed(5)
     x, t = module.get_inputs()
-    out = [(x, t), (x + 80.0, t)]
+    k = x.shape[1] // 2
+    masked = x.clone()
+    masked[:, :k] = float("-inf")
+    out = [(x, t), (x + 80.0, t), (masked, k + t % (x.shape[1] - k))]
     if "ignored" in prob.id:
         out.append((x, torch.where(torch.arange(len(t)) % 3 == 0, torch.full_like(t, 3), t)))
     return [(a.to(device), b.to(device)) for a, b in out]

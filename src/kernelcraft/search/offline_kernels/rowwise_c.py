@@ -121,7 +121,9 @@ def _phases(spec: OpSpec, f: dict):
                        f"  const int64_t t1 = t0 + {tile} < {hi} ? t0 + {tile} : {hi};",
                        "  float tm = -INFINITY;"]
                 out += ["  " + ln for ln in c.reduce_loop("t0", "t1", "max", [("tm", "xr[j]")], f, "float")]
-                out += [f"  if (tm > m) {{ s *= {EXP}(m - tm); m = tm; }}", "  float ts = 0.f;"]
+                # (a tile of -inf while the running maximum is -inf adds 0: exp(-inf - -inf) would add NaN)
+                out += [f"  if (tm > m) {{ s *= {EXP}(m - tm); m = tm; }}", "  if (m == -INFINITY) continue;",
+                        "  float ts = 0.f;"]
                 out += ["  " + ln for ln in c.reduce_loop("t0", "t1", "sum", [("ts", f"{EXP}(xr[j] - m)")],
                                                           f, "float")]
                 out += ["  s += ts;", "}"]

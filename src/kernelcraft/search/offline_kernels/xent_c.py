@@ -63,7 +63,7 @@ def render_source(spec: OpSpec, f: dict) -> str:
     if f["stats"] == "online":
         stats = [f"float m = -INFINITY; {acc} s = 0;", *c.pragma_unroll(f["unroll"]),
                  "for (int64_t i = 0; i < C_; ++i) {", "  const float v = xr[i];",
-                 "  if (v > m) { s = s * EXPF(m - v) + 1; m = v; } else { s += EXPF(v - m); }", "}"]
+                 "  if (v > m) { s = s * EXPF(m - v) + 1; m = v; } else if (m != -INFINITY) { s += EXPF(v - m); }", "}"]
     else:
         reduce_max = ["#pragma omp simd reduction(max:m)"] if f["simd"] else loop
         reduce_sum = ["#pragma omp simd reduction(+:s)"] if f["simd"] else loop

@@ -112,7 +112,7 @@ def _row_body(f: dict, warp: bool) -> list[str]:
     if f["stats"] == "online":
         body += ["float m0 = -INFINITY, s0 = 0.f;" + (" float m1 = -INFINITY, s1 = 0.f;" if two else ""),
                  *_lane_loop(f, stride, "if (v > m{a}) { s{a} = s{a} * EXPF(m{a} - v) + 1.f; m{a} = v; } "
-                                        "else { s{a} += EXPF(v - m{a}); }"),
+                                        "else if (m{a} != -INFINITY) { s{a} += EXPF(v - m{a}); }"),
                  "float m = m0, s = s0;", *(["merge(m, s, m1, s1);"] if two else []), "warp_merge(m, s);"]
         if not warp:
             body += ["if ((lane & 31) == 0) { wm[lane >> 5] = m; ws[lane >> 5] = s; }", "__syncthreads();",

@@ -729,8 +729,8 @@ class _Kernel:
                  self.nv_line(),
                  f"const {idx} chunk = (NV + {CL} - 1) / {CL};",
                  f"const {idx} seg0 = min(NV, ({idx})crank * chunk);",
-                 f"const {idx} seg1 = min(NV, seg0 + chunk);"]
-        body += ["for (long long row = cid; row < R; row += ncl, par ^= 1u) {"]
+                 f"const {idx} seg1 = min(NV, seg0 + chunk);",
+                 "for (long long row = cid; row < R; row += ncl, par ^= 1u) {"]
         inner = self.row_prelude()
         if f["l2_prefetch"]:
             # The block's share of the cluster's next row goes to L2 now: its loads then wait on L2, not HBM,

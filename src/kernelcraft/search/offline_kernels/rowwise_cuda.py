@@ -16,7 +16,9 @@ forward. The features are the classic levers for memory-bound row reductions:
 - how the row is read: float4 vectors, loads in flight per thread (``ilp``), read-only / streaming cache
   hints (and an L2 evict-last policy for a norm's weight and bias, read again for every row), an L2 prefetch of
   the next row, caching the row in shared memory (filled by cp.async, optionally) or
-  in registers so later passes do not go back to HBM;
+  in registers so later passes do not go back to HBM; a cluster block's share streamed into shared memory with
+  cp.async, one commit group per thread-owned slot, each slot folded into the statistics as its copy lands (and,
+  for an online softmax, overwritten by its exponentials, so the write pass only scales them);
 - the statistics algorithm (three-pass vs online softmax; two-pass, Welford or shifted single-pass variance),
   accumulator precision (float, double, Kahan), reduction style (shared-memory tree vs warp shuffles),
   fast intrinsics (``__expf``, ``exp2f``, ``rsqrtf``, ``--use_fast_math``) and launch shape.

@@ -567,6 +567,9 @@ def test_a_streaming_cluster_copies_its_share_with_cp_async_and_folds_each_slot_
     assert (three["threads"], three["launch_min"], rc.stream_slots(spec, three)) == (512, 3, 8)
     assert "__launch_bounds__(512, 3)" in rc._Kernel(spec, three, "k").source()
     assert ideas["stream_three_blocks"].applies(spec, keep) and not ideas["stream_three_blocks"].applies(spec, three)
+    homes = {key for key, listed in CATALOGUE.items() for i in listed if i.key.startswith(("cluster_stream",
+                                                                                             "stream_three"))}
+    assert homes == {("rowwise", "cuda")}  # the streamed cluster is a rowwise kernel's, no other family's
     ln = describe(suite("layernorm_16x64x256x256", "full"))  # 16 MiB rows: no cluster holds a quarter
     assert not ideas["cluster_stream"].applies(spec=ln, parent=generator("rowwise", "cuda").baseline(ln))
 

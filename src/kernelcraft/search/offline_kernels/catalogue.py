@@ -169,6 +169,9 @@ def _keep_exp_ok(spec: OpSpec, f: dict) -> bool:
     return rowwise_cuda.normalise(spec, f | {"cache": "regs"})["cache"] == "regs"
 
 
+_STREAM = {"mapping": "cluster", "cache": "none", "cp_async": True, "vec": 4, "cluster": 4}
+
+
 def _stream_ok(spec: OpSpec, f: dict) -> bool:
     """A row too long for one block's shared memory whose quarters fill a cluster block's cp.async slots exactly
     (and the parent does not stream already)."""
@@ -183,9 +186,6 @@ def _stream_three_ok(spec: OpSpec, f: dict) -> bool:
     share = spec.row_len * 4 // g["cluster"]
     return (rowwise_cuda.streams(rowwise_cuda.normalise(spec, f)) and rowwise_cuda.streams(g)
             and 3 * (share + 1024) <= rowwise_cuda.GRID_SMEM and (f.get("threads"), f.get("launch_min")) != (512, 3))
-
-
-_STREAM = {"mapping": "cluster", "cache": "none", "cp_async": True, "vec": 4, "cluster": 4}
 
 
 def _grid_ok(spec: OpSpec, f: dict) -> bool:
@@ -498,10 +498,6 @@ ELEMENTWISE_CUDA: list[Idea] = [
          {"grid": "persistent", "bps": 8}, 1.0),
     Idea("persistent16", PAR, "Launch a persistent grid of 16 blocks per SM that strides over the tensor.",
          {"grid": "persistent", "bps": 16}, 0.6),
-    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
-         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
-         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
-         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) to cap registers for at least two resident blocks "
          "per SM.", {"launch_min": 2}, 0.5),
     Idea("launch_bounds4", PAR, "Add __launch_bounds__({T}, 4) to cap registers for at least four resident blocks "
@@ -700,10 +696,6 @@ MATMUL_CUDA: list[Idea] = [
          {"bk": 16}, 1.0, when=lambda s, f: f.get("algo") == "simt" and f.get("bk") == 8),
     Idea("bk16_tc", CTRL, "Halve the K tile to 16: half the shared memory per stage, so more stages or blocks fit.",
          {"bk": 16}, 0.5, when=lambda s, f: f.get("algo") == "mma" and f.get("bk") == 32),
-    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
-         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
-         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
-         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler keeps registers low enough for two "
          "resident blocks per SM.", {"launch_min": 2}, 0.6, when=_algo("simt")),
     Idea("raster16", PAR, "Launch the blocks in groups of 16 block-rows: a wider band of A's row panels shares each "
@@ -873,10 +865,6 @@ CONV_CUDA: list[Idea] = [
          when=lambda s, f: f.get("algo") == "direct" and f.get("threads") != 512),
     Idea("persistent", PAR, "Launch a persistent grid of eight blocks per SM looping over the outputs, so no tail "
          "wave.", {"grid": "persistent"}, 0.5, when=_algo("direct")),
-    Idea("stream_three_blocks", PAR, "Use 512-thread blocks under __launch_bounds__(512, 3) in the streamed "
-         "cluster: three of the {cl} blocks' shares fill an SM's shared memory, and capping the registers at 40 a "
-         "thread keeps all three resident (1536 threads, 24 KiB of copies each in flight), where 256-thread blocks "
-         "leave half the SM's threads idle.", {"threads": 512, "launch_min": 3}, 2.5, when=_stream_three_ok),
     Idea("launch_bounds2", PAR, "Add __launch_bounds__({T}, 2) so the compiler keeps registers low enough for two "
          "resident blocks per SM.", {"launch_min": 2}, 0.5, when=_algo("direct")),
     Idea("fast_math", PREC, "Compile the direct kernel with --use_fast_math (fused multiply-adds everywhere, denormals "

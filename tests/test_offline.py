@@ -601,6 +601,36 @@ def test_the_online_softmax_pass_adds_nothing_for_minus_infinity_while_the_runni
     assert got[3] == pytest.approx(want, rel=1e-6)
 
 
+def test_the_online_merge_is_branch_free_and_a_state_of_minus_infinity_adds_nothing(tmp_path):
+    """Two (max, sum) states merged as the CUDA kernels' warp-shuffle reductions merge them: without an if/else
+    (lanes holding different maxima ran both sides in turn: 3% of a streamed softmax on the H200), the larger
+    maximum kept and the other sum rescaled, and a state that has seen nothing but -inf adding 0, not NaN."""
+    import subprocess
+
+    from kernelcraft.search.offline_kernels.phases import row_op
+
+    for keep in (False, True):
+        merge = row_op("softmax", "online", "float", keep_exp=keep).phases[0].merge
+        assert "if" not in merge.replace("fmaxf", "")
+    merge = row_op("softmax", "online", "float").phases[0].merge
+    src = tmp_path / "merge.c"
+    src.write_text("#include <math.h>\n#include <stdio.h>\n#define EXPF(x) expf(x)\n"
+                   f"static void merge(float* pm, float* ps, float m_b, float s_b) {{\n"
+                   f"  float m = *pm, s = *ps;\n  {merge}\n  *pm = m; *ps = s;\n}}\n"
+                   "int main(void) {\n"
+                   "  float c[5][4] = {{-INFINITY, 0.f, -INFINITY, 0.f}, {1.f, 2.f, -INFINITY, 0.f},\n"
+                   "                   {-INFINITY, 0.f, 2.f, 3.f}, {1.f, 2.f, 3.f, 1.f}, {3.f, 1.f, 1.f, 2.f}};\n"
+                   "  for (int i = 0; i < 5; ++i) { float m = c[i][0], s = c[i][1]; merge(&m, &s, c[i][2], c[i][3]);\n"
+                   '    printf("%.9g %.9g ", m, s); }\n  return 0;\n}\n')
+    subprocess.run(["gcc", "-O2", "-o", str(tmp_path / "merge"), str(src), "-lm"], check=True)
+    got = [float(v) for v in subprocess.run([str(tmp_path / "merge")], capture_output=True, text=True,
+                                            check=True).stdout.split()]
+    assert got[:6] == [-math.inf, 0.0, 1.0, 2.0, 2.0, 3.0]
+    both = 2.0 * math.exp(-2.0) + 1.0  # (1, 2) and (3, 1): the sum taken against 1 moves onto 3
+    assert got[6] == 3.0 and got[7] == pytest.approx(both, rel=1e-6)
+    assert got[8] == 3.0 and got[9] == pytest.approx(both, rel=1e-6)  # the same states in the other order
+
+
 @pytest.mark.parametrize("features", [{"stats": "online", "tile": 256}, {"stats": "online", "tile": 256, "simd": True},
                                       {"stats": "online", "tile": 256, "par": "split", "chunk": 16384},
                                       {"stats": "online", "tile": 4096, "store_exp": True, "recip": True}])

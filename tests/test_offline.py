@@ -604,14 +604,17 @@ def test_the_online_softmax_pass_adds_nothing_for_minus_infinity_while_the_runni
 def test_the_online_merge_is_branch_free_and_a_state_of_minus_infinity_adds_nothing(tmp_path):
     """Two (max, sum) states merged as the CUDA kernels' warp-shuffle reductions merge them: without an if/else
     (lanes holding different maxima ran both sides in turn: 3% of a streamed softmax on the H200), the larger
-    maximum kept and the other sum rescaled, and a state that has seen nothing but -inf adding 0, not NaN."""
+    maximum kept and the other sum rescaled, and a state that has seen nothing but -inf adding 0, not NaN; the
+    rowwise and the cross-entropy kernels share it."""
     import subprocess
 
+    from kernelcraft.search.offline_kernels import xent_cuda
     from kernelcraft.search.offline_kernels.phases import row_op
 
     for keep in (False, True):
         merge = row_op("softmax", "online", "float", keep_exp=keep).phases[0].merge
         assert "if" not in merge.replace("fmaxf", "")
+        assert merge in xent_cuda._HELPERS  # the cross-entropy kernels merge their (max, sum) states the same way
     merge = row_op("softmax", "online", "float").phases[0].merge
     src = tmp_path / "merge.c"
     src.write_text("#include <math.h>\n#include <stdio.h>\n#define EXPF(x) expf(x)\n"

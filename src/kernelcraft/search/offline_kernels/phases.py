@@ -97,6 +97,17 @@ def _total(name: str, accum: str) -> str:
     return name
 
 
+def merge_online(exp: str = "EXPF") -> str:
+    """C for merging a partial (max ``m``, sum ``s`` of exp(x - m)) state with another (``m_b``, ``s_b``): the larger
+    maximum wins, the other sum is rescaled. Without branches: the merges run in warp shuffles, where lanes holding
+    different maxima took both sides of an if/else one after the other (on the H200 a streamed 4096 x 65536 softmax
+    ran 3% slower with the branching merge: 0.5870 against 0.5695 ms). A state whose maximum is -inf (nothing seen,
+    or a masked stretch) adds 0 rather than exp(-inf - -inf) = NaN. The rowwise and cross-entropy CUDA kernels'."""
+    return ("const float mn_ = fmaxf(m, m_b); "
+            f"s = (m == -INFINITY ? 0.f : s * {exp}(m - mn_)) + (m_b == -INFINITY ? 0.f : s_b * {exp}(m_b - mn_)); "
+            "m = mn_;")
+
+
 def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "RSQRT", recip: bool = False,
            fma_apply: bool = False, has_weight: bool = True, has_bias: bool = True, keep_exp: bool = False) -> RowOp:
     """The phases of ``op`` with the given statistics algorithm and accumulator ("float"/"double"/"kahan").
@@ -108,14 +119,7 @@ def row_op(op: str, stats: str, accum: str, *, exp: str = "EXPF", rsqrt: str = "
     exponentials are shifted by each thread's own maximum (a first sweep, ``Phase.pre``).
     """
     if op in ("softmax", "log_softmax"):
-        # two partial (max, sum of exp(x - max)) states merged: the larger max wins, the other sum is rescaled.
-        # Without branches: the merges run in warp shuffles, where lanes holding different maxima took both
-        # sides of an if/else one after the other (on the H200 a streamed 4096 x 65536 softmax ran 3% slower with
-        # the branching merge: 0.5870 against 0.5695 ms). A state whose max is -inf (nothing seen, or a masked
-        # stretch) adds 0 rather than exp(-inf - -inf) = NaN.
-        online_merge = ("const float mn_ = fmaxf(m, m_b); "
-                        f"s = (m == -INFINITY ? 0.f : s * {exp}(m - mn_)) + "
-                        f"(m_b == -INFINITY ? 0.f : s_b * {exp}(m_b - mn_)); m = mn_;")
+        online_merge = merge_online(exp)
         if stats == "online" and keep_exp:
             # Two levels: a thread first takes the maximum of its own cached elements, then overwrites each with
             # exp(x - that maximum) and sums them; threads' states merge as online pairs, and the write pass

@@ -15,6 +15,7 @@ from __future__ import annotations
 from kernelcraft.search.offline_kernels import cuda_common as cc
 from kernelcraft.search.offline_kernels.candidate import scores_guard
 from kernelcraft.search.offline_kernels.opspec import OpSpec
+from kernelcraft.search.offline_kernels.phases import merge_online
 
 FAMILY = "xent"
 BACKEND = "cuda"
@@ -89,8 +90,8 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 // (m, s): a running maximum and the sum of exp(v - m); merging rescales the side with the smaller maximum
-__device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
-  if (m2 > m) { s = s * EXPF(m - m2) + s2; m = m2; } else if (s2 != 0.f) { s += s2 * EXPF(m2 - m); }
+__device__ __forceinline__ void merge(float& m, float& s, float m_b, float s_b) {
+  """ + merge_online() + r"""
 }
 __device__ __forceinline__ void warp_merge(float& m, float& s) {
 #pragma unroll

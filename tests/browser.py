@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -72,41 +74,40 @@ def load(page: Path, screenshot: Path, expression: str, timeout: float = 60.0) -
     exe = chromium()
     if exe is None:
         raise RuntimeError("no Chromium on PATH")
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.Popen(
-            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1280,1600", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
-            while not port_file.is_file() or not port_file.read_text().strip():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("Chromium did not open its DevTools port")
-                time.sleep(0.05)
-            port = int(port_file.read_text().split()[0])
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as resp:
-                targets = json.load(resp)
-            target = next(t for t in targets if t.get("type") == "page")
-            session = _Session(target["webSocketDebuggerUrl"], timeout)
-            for domain in ("Network", "Runtime", "Log", "Page"):
-                session.call(f"{domain}.enable")
-            session.call("Page.navigate", url=page.resolve().as_uri())
-            session.wait_for("Page.loadEventFired", time.monotonic() + timeout)
-            settle = time.monotonic() + 0.5
-            while time.monotonic() < settle:  # late console errors and requests (timers, lazy loads)
-                session.call("Runtime.evaluate", expression="0")
-                time.sleep(0.1)
-            value = session.call("Runtime.evaluate", expression=expression, returnByValue=True)
-            shot = session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
-            screenshot.write_bytes(base64.b64decode(shot["data"]))
-            session.ws.close()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    profile = tempfile.mkdtemp(prefix="kc-chromium-")
+    # A session of its own, so the browser's helpers (renderer, crash handler), which may still write to the
+    # profile after the main process exits, are stopped with it before the profile is removed.
+    proc = subprocess.Popen(
+        [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+         "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1280,1600", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("Chromium did not open its DevTools port")
+            time.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as resp:
+            targets = json.load(resp)
+        target = next(t for t in targets if t.get("type") == "page")
+        session = _Session(target["webSocketDebuggerUrl"], timeout)
+        for domain in ("Network", "Runtime", "Log", "Page"):
+            session.call(f"{domain}.enable")
+        session.call("Page.navigate", url=page.resolve().as_uri())
+        session.wait_for("Page.loadEventFired", time.monotonic() + timeout)
+        settle = time.monotonic() + 0.5
+        while time.monotonic() < settle:  # late console errors and requests (timers, lazy loads)
+            session.call("Runtime.evaluate", expression="0")
+            time.sleep(0.1)
+        value = session.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        shot = session.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        screenshot.write_bytes(base64.b64decode(shot["data"]))
+        session.ws.close()
+    finally:
+        _stop(proc)
+        _remove(profile)
     out = PageLoad(facts=value.get("result", {}).get("value"))
     if "exceptionDetails" in value:
         out.errors.append(f"the test's expression failed: {value['exceptionDetails']}")
@@ -123,3 +124,35 @@ def load(page: Path, screenshot: Path, expression: str, timeout: float = 60.0) -
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
             out.errors.append(f"log: {params['entry'].get('text')}")
     return out
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """The browser and every process of its session: asked to quit, then killed."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # helpers that outlived the main process
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _remove(profile: str) -> None:
+    """The profile directory, retried while a helper that was still exiting writes its last files into it."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -616,6 +616,9 @@ def test_the_online_merge_is_branch_free_and_a_state_of_minus_infinity_adds_noth
         assert "if" not in merge.replace("fmaxf", "")
         assert merge in xent_cuda._HELPERS  # the cross-entropy kernels merge their (max, sum) states the same way
     merge = row_op("softmax", "online", "float").phases[0].merge
+    split = candidate_source(describe(fixture_problem(tmp_path, "softmax", (6, 9000))), "cpu",
+                             {"stats": "online", "tile": 256, "par": "split", "chunk": 2048}, "split", "reference")
+    assert merge in split  # so do the C kernels that split a row over threads
     src = tmp_path / "merge.c"
     src.write_text("#include <math.h>\n#include <stdio.h>\n#define EXPF(x) expf(x)\n"
                    f"static void merge(float* pm, float* ps, float m_b, float s_b) {{\n"

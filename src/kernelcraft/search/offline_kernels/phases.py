@@ -102,7 +102,8 @@ def merge_online(exp: str = "EXPF") -> str:
     maximum wins, the other sum is rescaled. Without branches: the merges run in warp shuffles, where lanes holding
     different maxima took both sides of an if/else one after the other (on the H200 a streamed 4096 x 65536 softmax
     ran 3% slower with the branching merge: 0.5870 against 0.5695 ms). A state whose maximum is -inf (nothing seen,
-    or a masked stretch) adds 0 rather than exp(-inf - -inf) = NaN. The rowwise and cross-entropy CUDA kernels'."""
+    or a masked stretch) adds 0 rather than exp(-inf - -inf) = NaN. The rowwise (CUDA and C) and cross-entropy CUDA
+    kernels' one merge."""
     return ("const float mn_ = fmaxf(m, m_b); "
             f"s = (m == -INFINITY ? 0.f : s * {exp}(m - mn_)) + (m_b == -INFINITY ? 0.f : s_b * {exp}(m_b - mn_)); "
             "m = mn_;")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from kernelcraft.search.offline_kernels import c_common as c
 from kernelcraft.search.offline_kernels import rowwise_cuda
 from kernelcraft.search.offline_kernels.opspec import OpSpec
-from kernelcraft.search.offline_kernels.phases import scaled_exp
+from kernelcraft.search.offline_kernels.phases import merge_online, scaled_exp
 
 FAMILY = "rowwise"
 BACKEND = "cpu"
@@ -128,9 +128,7 @@ def _phases(spec: OpSpec, f: dict):
                                                           f, "float")]
                 out += ["  s += ts;", "}"]
                 return out
-            phases = [_Phase([("float", "m", "-INFINITY"), ("float", "s", "0")], online,
-                             f"if (m_b > m) {{ s = s * {EXP}(m - m_b) + s_b; m = m_b; }} "
-                             f"else if (s_b != 0.f) {{ s += s_b * {EXP}(m_b - m); }}",
+            phases = [_Phase([("float", "m", "-INFINITY"), ("float", "s", "0")], online, merge_online(EXP),
                              "c_max = m; c_sum = s;", ["c_max", "c_sum"])]
         else:
             def pmax(lo: str, hi: str) -> list[str]:

@@ -144,6 +144,10 @@ ROW_CUDA_PATHS = [
     {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 8, "reduce": "shuffle", "exp": "exp2",
      "grid": "persistent", "bps": 2, "stream": True},
     {"mapping": "cluster", "cp_async": True, "vec": 4, "cluster": 2, "stats": "welford", "threads": 1024},
+    {"mapping": "grid", "pipe": True, "vec": 4, "stats": "shifted", "phint": True, "fast_math": True},
+    {"mapping": "grid", "pipe": True, "vec": 4, "stats": "welford", "idx32": True, "load": "ldg"},
+    {"mapping": "grid", "pipe": True, "vec": 4, "stats": "online", "exp": "fast", "recip": True},
+    {"mapping": "grid", "pipe": True, "vec": 4, "accum": "double", "reduce": "shuffle"},
 ]
 ROW_C_PATHS = [
     {}, {"par": "rows", "simd": True}, {"par": "rows", "accs": 4, "unroll": 4},
@@ -729,3 +733,68 @@ def test_the_grid_kernel_can_hold_its_share_in_registers_and_the_norm_parameters
     assert ideas["grid_regs"].applies(spec, base) and not ideas["grid_bias_smem"].applies(spec, base)
     assert ideas["grid_bias_smem"].applies(spec, grid) and not ideas["grid_regs"].applies(spec, grid)
     assert ideas["params_evict_last"].applies(spec, base) and not ideas["params_evict_last"].applies(plain, base)
+
+
+def test_the_pipelined_grid_kernel_splits_each_block_into_producer_statistics_and_consumer_warps():
+    """LayerNorm's 16 rows of 16 MiB without a grid barrier: 8 producer warps of every 1024-thread block read its
+    slice of a row (8 float4 loads in flight a thread) and publish the block's shifted sums to a ring of 4 row slots
+    with a counter each; one warp waits for all blocks' sums of a row, merges them and hands the mean and rstd to
+    the 23 consumer warps at a named barrier; the consumers read the slice back with evict-first loads, the next
+    batch's loads in flight while they write the current one with evict-first stores, the weight's slice and as much
+    of the bias as fits in shared memory. The producers run at most two thirds of a row past the row after their
+    consumers'."""
+    from kernelcraft.search.offline_kernels import rowwise_cuda as rc
+
+    spec = describe(suite("layernorm_16x64x256x256", "full"))
+    f = rc.normalise(spec, {"mapping": "grid", "pipe": True, "vec": 4, "stats": "shifted", "phint": True,
+                            "cache": "regs", "threads": 256, "wcache": True, "bcache": True, "l2_prefetch": True})
+    assert (f["pipe"], f["threads"], f["cache"], f["stream"], f["wcache"], f["bcache"], f["l2_prefetch"]) == \
+        (True, 1024, "none", True, False, False, False)
+    src = rc._Kernel(spec, f, "k").source()
+    assert "__launch_bounds__(1024, 1) k(" in src and "grid_barrier" not in src
+    assert "if (warp_ < 8) {" in src and "} else if (warp_ == 8) {" in src
+    assert "const int t_ = threadIdx.x - 288;" in src
+    # producers: pacing, loads in flight, the block's state published to its row slot
+    assert "const unsigned need = (unsigned)(((row - 2) * nbat + (2 * nbat + 2) / 3) * 23);" in src
+    assert "while ((int)(*(volatile unsigned*)&cons_prog - need) < 0) __nanosleep(256);" in src
+    assert "for (int base = threadIdx.x; base < len; base += 2048) {" in src and "float4 v_[8];" in src
+    assert src.index("v_[u] = *(xs + i);") < src.index("const float d_ = v_[u].x - c_k;")
+    assert "bar_sync(1, 256);" in src
+    assert "for (int k = 1; k < 8; ++k) merge_p0(a_s0, a_q0, pw_s[pb_][k], pw_q[pb_][k]);" in src
+    assert "double* pp = part + ((row % 4) * G + blockIdx.x) * 2;" in src
+    assert src.index("__threadfence();") < src.index("atomicAdd(cnt + (row % 4) * 32, 1u);")
+    # the statistics warp: every block's state of the row, then the constants for the consumers
+    assert "const unsigned goal = G * (unsigned)(row / 4 + 1);" in src
+    assert "if (lane_ == 0) while (ld_acquire(cnt + (row % 4) * 32) < goal) __nanosleep(64);" in src
+    assert "(float)__ldcg(part + ((row % 4) * G + q) * 2 + 1)" in src
+    assert "if (lane_ == 0) { pc_c_mean = c_mean; pc_c_rstd = c_rstd; }" in src
+    assert src.count("bar_arrive(2, 768);") == 1 and src.count("bar_sync(2, 768);") == 1
+    assert "if (row >= 1) bar_sync(3, 768);" in src and "if (row + 1 < R) bar_arrive(3, 768);" in src
+    # consumers: parameters in shared memory, batches of 4 float4 with the next batch in flight
+    assert "for (int i = t_; i < len; i += 736) sw[i] = __ldg(reinterpret_cast<const float4*>(w) + seg0 + i);" in src
+    assert "float4* __restrict__ sb = sw + chunk;" in src and "bar_sync(4, 736);" in src
+    assert ("const float4 bv_ = (i < nbb ? sb[i] : ld_keep(reinterpret_cast<const float4*>(b) + seg0 + i));"
+            in src)
+    assert "nxt_[u] = __ldcs(xs + i);" in src and "__stcs(yr + i, o_);" in src
+    assert src.index("nxt_[u] = __ldcs(xs + i);") < src.index("__stcs(yr + i, o_);")
+    assert "if (lane_ == 0) atomicAdd(&cons_prog, 1u);" in src
+    _, fwd = rc.render(spec, f)
+    fwd = "\n".join(fwd)
+    assert f"nb = max(0, min(chunk, {rc.PIPE_SMEM // 16} - chunk))" in fwd
+    assert "part = torch.empty(4 * G * 2, dtype=torch.float64, device=x.device)" in fwd
+    assert "cnt = torch.zeros(128, dtype=torch.int32, device=x.device)" in fwd
+    assert "args=args + (part, cnt, nb), shared_mem=(chunk + nb) * 16, cooperative=True" in fwd
+    assert f"-(-(N // 4) // _sm_count(x.device.index)) * 16 <= {rc.PIPE_SMEM}" in fwd  # the weight's slice fits
+    # one pass of statistics only: two-pass variance or three-pass softmax is the plain grid kernel
+    assert not rc.normalise(spec, f | {"stats": "two_pass"})["pipe"]
+    softmax = describe(suite("softmax_4096x65536", "full"))
+    assert rc.normalise(softmax, f | {"stats": "online"})["pipe"]
+    assert not rc.normalise(softmax, f | {"stats": "three_pass"})["pipe"]
+    online = rc._Kernel(softmax, rc.normalise(softmax, f | {"stats": "online"}), "k").source()
+    assert "sw[" not in online and "sb[" not in online and "pc_c_max = c_max;" in online
+    ideas = {i.key: i for i in catalogue("rowwise", "cuda")}
+    base = generator("rowwise", "cuda").baseline(spec)
+    child = rc.normalise(spec, base | ideas["grid_pipe"].delta)
+    assert ideas["grid_pipe"].applies(spec, base) and child["pipe"] and child["stats"] == "shifted"
+    assert not ideas["grid_pipe"].applies(spec, child)
+    assert not ideas["grid_pipe"].applies(describe(suite("rmsnorm_4096x8192", "full")), base)  # 4096 rows

@@ -202,6 +202,18 @@ def _grid_regs_ok(spec: OpSpec, f: dict) -> bool:
             and rowwise_cuda.regs_per_thread(spec, g) > 0 and (f.get("mapping"), f.get("cache")) != ("grid", "regs"))
 
 
+_PIPE = {"mapping": "grid", "pipe": True, "threads": 1024, "vec": 4, "stats": "shifted"}
+
+
+def _grid_pipe_ok(spec: OpSpec, f: dict) -> bool:
+    """Few rows too long for a cluster, a whole number of float4s whose weight slice (1/#SM of a row) fits one
+    block's shared memory, and a parent not pipelined yet."""
+    wslice = -(-(spec.row_len // 4) // H100_SMS) * 16 if spec.weight is not None else 0
+    return (_multi(spec, f) and spec.rows <= 64 and not rowwise_cuda.cluster_fits(spec, f, 8)
+            and spec.row_len % 4 == 0 and wslice <= rowwise_cuda.PIPE_SMEM and not f.get("pipe")
+            and rowwise_cuda.normalise(spec, f | _PIPE)["pipe"])
+
+
 def _bias_slots_ok(spec: OpSpec, f: dict) -> bool:
     """The grid kernel with a register share and the weight in shared memory, whose bias has room beside it."""
     return not f.get("bcache") and rowwise_cuda.bias_slots(spec, rowwise_cuda.normalise(spec, f | {"bcache": True})) > 0
@@ -286,6 +298,14 @@ ROWWISE_CUDA: list[Idea] = [
          "{slots} register slots in shared memory beside the weight's slice, read once for all {R} rows: the write "
          "pass then reads only the rest of the bias from L2, a dependent load less per slot on every row's critical "
          "path.", {"bcache": True}, 3.0, ops=("layernorm",), when=_bias_slots_ok),
+    Idea("grid_pipe", ASYNC, "Replace the whole-GPU kernel's grid barrier by a pipeline inside each 1024-thread "
+         "block: 8 producer warps read the block's slice of the next row from HBM and publish its one-pass "
+         "statistics (shifted sums for a LayerNorm), one warp merges all blocks' statistics of a row as soon as they "
+         "are complete, and 23 consumer warps normalise the current row, reading the slice back from L2 "
+         "(evict-first) with the weight's slice and as much of the bias as fits in shared memory and streaming "
+         "the output out; the producers stay within two thirds of a row of their consumers so L2 still holds each "
+         "{rowkb} KiB row when it is read back: every row is read from HBM once and no SM waits for the others.",
+         _PIPE, 9.0, ops=NORMS, when=_grid_pipe_ok),
     Idea("params_evict_last", MEM, "Read the weight and bias under an L2 evict-last cache policy (createpolicy + "
          "ld.global.nc.L2::cache_hint): they are read again for every row, so they should stay in L2 while the "
          "rows stream past them.", {"phint": True}, 1.5, ops=NORMS,

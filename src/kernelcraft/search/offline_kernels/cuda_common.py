@@ -144,6 +144,22 @@ __device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned target) {
 }
 """
 
+PIPE_HELPERS = r"""
+// Warp-specialised roles of one block meet at named barriers (ids 1-15; 0 is __syncthreads): bar.sync waits for
+// the count, bar.arrive counts itself in without waiting, so a producing role never stalls on its consumers.
+__device__ __forceinline__ void bar_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+"""
+
 SM_COUNT_PY = '''
 
 @functools.lru_cache(maxsize=None)

@@ -12,7 +12,9 @@ forward. The features are the classic levers for memory-bound row reductions:
   every row in shared memory or registers, partial statistics published to a workspace and merged after a
   grid-wide barrier; for rows of megabytes such as layernorm's 16 MiB rows, which no cluster can hold, read from
   HBM once; a norm's weight slice stays on chip for all rows, in registers beside a shared-memory share or in
-  shared memory beside a register share, with as many of the bias's slots as fit);
+  shared memory beside a register share, with as many of the bias's slots as fit; or, ``pipe``, warp-specialised:
+  producer warps read each block's slice of the next rows from HBM and publish its statistics while consumer warps
+  normalise the current row from L2 with the weight's slice in shared memory, so no grid barrier stalls the SMs);
 - how the row is read: float4 vectors, loads in flight per thread (``ilp``), read-only / streaming cache
   hints (and an L2 evict-last policy for a norm's weight and bias, read again for every row), an L2 prefetch of
   the next row, caching the row in shared memory (filled by cp.async, optionally) or
@@ -71,6 +73,7 @@ def baseline(spec: OpSpec) -> dict:
         "rsqrt": False, "recip": False, "fma_apply": False, "accum": default_accum(spec.op), "grid": "rows", "bps": 2,
         "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
         "finish": "kernel", "cluster": 2, "wcache": False, "keep_exp": False, "bcache": False, "phint": False,
+        "pipe": False,
     }
 
 
@@ -151,6 +154,25 @@ def bias_slots(spec: OpSpec, f: dict) -> int:
     wbytes = -(-(spec.row_len // 4) // GRID_SMS) * 16
     room = GRID_SMEM - reduce_smem(spec, f) - wbytes
     return max(0, min(regs_per_thread(spec, f), room // (f["threads"] * 16)))
+
+
+PIPE_PRODUCERS = 8  # warps of a pipelined grid block that read rows ahead and publish their statistics
+PIPE_UNROLL = 8  # float4 loads a producer thread has in flight
+PIPE_BATCH = 4  # float4 a consumer thread normalises per batch, the next batch's loads in flight meanwhile
+PIPE_RING = 4  # row slots of the partial statistics: blocks' producers are at most three rows apart
+PIPE_THREADS = 1024  # 8 producer warps, 1 statistics warp, 23 consumer warps
+PIPE_CONSUMERS = PIPE_THREADS - 32 * (PIPE_PRODUCERS + 1)
+PIPE_SMEM = GRID_SMEM - 1024  # beside the static state of the roles (a few hundred bytes)
+
+
+def pipe_ok(spec: OpSpec, f: dict) -> bool:
+    """Whether the pipelined grid kernel can compute the op with features ``f``: its producers read each row once,
+    so the statistics must be one pass (online softmax, shifted or Welford variance, RMSNorm's sum of squares)
+    with no sweep over a register cache, and something must be written per element."""
+    rop = row_op(spec.op, f["stats"], f["accum"], recip=f["recip"], fma_apply=f["fma_apply"],
+                 has_weight=spec.weight is not None, has_bias=spec.bias is not None, keep_exp=False)
+    return (spec.op in ("softmax", "log_softmax", "layernorm", "rmsnorm") and len(rop.phases) == 1
+            and rop.phases[0].pre is None and rop.reduce_out is None)
 
 
 def grid_fits(spec: OpSpec, sms: int) -> bool:
@@ -271,6 +293,14 @@ def normalise(spec: OpSpec, f: dict) -> dict:
     # (or, streaming a cluster's share, the online pass overwrites each shared-memory slot with its exponentials)
     g["keep_exp"] = bool(g["keep_exp"]) and op == "softmax" and (
         g["cache"] == "regs" or (streams(g) and g["stats"] == "online"))
+    # The pipelined grid kernel keeps nothing of a row on chip (its consumers read it back from L2, once, with
+    # evict-first loads, and stream the output out with evict-first stores so L2 keeps the rows still to come), and
+    # its 32 warps are split between the roles. The weight's slice and as much of the bias as fits stay in shared
+    # memory; the rest of the bias is read from L2 (under evict-last with ``phint``).
+    g["pipe"] = bool(g["pipe"]) and mapping == "grid" and g["vec"] == 4 and pipe_ok(spec, g)
+    if g["pipe"]:
+        g.update(threads=PIPE_THREADS, cache="none", stream=True, wcache=False, bcache=False, l2_prefetch=False,
+                 keep_exp=False, ilp=1, unroll=False, cp_async=False)
     return g
 
 
@@ -477,7 +507,7 @@ class _Kernel:
         if f["mapping"] == "cluster":
             out.append(cc.CLUSTER)
         if f["mapping"] == "grid":
-            out.append(cc.GRID_BARRIER)
+            out.append(cc.PIPE_HELPERS if f["pipe"] else cc.GRID_BARRIER)
         return out
 
     def signature(self, name: str, extra: str = "") -> str:
@@ -886,6 +916,153 @@ class _Kernel:
         extra = ", double* __restrict__ part, unsigned* __restrict__ bar"
         return self.signature(self.prefix, extra) + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
 
+    def pipe_params(self) -> tuple[bool, bool]:
+        """(weight, bias): which of the op's parameters the write pass reads (the pipe keeps them on chip)."""
+        return (self.spec.weight is not None and "{w}" in self.rop.apply,
+                self.spec.bias is not None and "{b}" in self.rop.apply)
+
+    def kernel_grid_pipe(self) -> str:
+        """The whole GPU per row without a grid barrier: each block's warps split into roles that run rows apart.
+
+        Producer warps (``PIPE_PRODUCERS``) read the block's slice of a row from HBM, reduce it to the phase's
+        state, and publish it to ``part`` with a counter per row slot; the statistics warp waits for all blocks'
+        states of a row, merges them and hands the row constants to the consumer warps through shared memory; the
+        consumer warps read the slice back (from L2: the producers brought it in a row earlier) and write the
+        output. Producers run ahead of their own block's consumers by at most two thirds of a row beyond the next,
+        measured on the H200 (LayerNorm, 16 rows of 16 MiB): a row further and L2 no longer holds the rows between
+        the two reads (DRAM reads of 490 MB instead of 300), a third less and the producers wait on the other SMs.
+        Every role's wait is a named barrier or a poll with a sleep, so waiting warps take no issue slots from the
+        working ones. Blocks' producers are never more than three rows apart (each waits for its consumers, which
+        wait for every block's statistics), so ``part`` and the counters are a ring of ``PIPE_RING`` rows."""
+        f = self.f
+        idx = self.idx
+        ph = self.rop.phases[0]
+        nf = len(ph.fields)
+        PW, PU, CB, RING = PIPE_PRODUCERS, PIPE_UNROLL, PIPE_BATCH, PIPE_RING
+        PT, CT = 32 * PW, PIPE_CONSUMERS
+        CW, SYNC = CT // 32, CT + 32  # consumer warps; threads meeting the statistics warp at its barriers
+        has_w, has_b = self.pipe_params()
+        consts = all_consts(self.rop)
+        shift = ["const float c_k = __ldg(x + row * N);"] if self.rop.needs_shift else []
+        init = [f"{fl.ctype} a_{fl.name}0 = {fl.init};" for fl in ph.fields]
+        state = ", ".join(f"a_{n}0" for n in ph.names())
+        body = ["extern __shared__ __align__(16) unsigned char smem_raw[];"]
+        body += [f"__shared__ {fl.ctype} pw_{fl.name}[2][{PW}];" for fl in ph.fields]
+        body += [f"__shared__ float pc_{c};" for c in consts]
+        body += ["__shared__ unsigned cons_prog;  // consumer batches done, for the producers' pacing",
+                 self.nv_line(),
+                 "const unsigned G = gridDim.x;",
+                 f"const {idx} chunk = (NV + G - 1) / G;",
+                 f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
+                 "const int len = (int)(min(NV, seg0 + chunk) - seg0);",
+                 "const int warp_ = threadIdx.x >> 5, lane_ = threadIdx.x & 31;",
+                 f"const int nbat = ((len + {CT - 1}) / {CT} + {CB - 1}) / {CB};  // consumer batches a row",
+                 "if (threadIdx.x == 0) cons_prog = 0u;",
+                 "__syncthreads();"]
+        # -- producers
+        acc = self.acc_lines(ph, 0, "v_[u]")
+        put = " ".join(f"pw_{fl.name}[pb_][warp_] = a_{fl.name}0;" for fl in ph.fields)
+        merge = ", ".join([f"a_{n}0" for n in ph.names()] + [f"pw_{n}[pb_][k]" for n in ph.names()])
+        stores = " ".join(f"pp[{k}] = (double)a_{fl.name}0;" for k, fl in enumerate(ph.fields))
+        body += [f"if (warp_ < {PW}) {{",
+                 "  for (long long row = 0; row < R; ++row) {",
+                 "    if (row >= 2) {  // this block's consumers two thirds through row - 2",
+                 f"      const unsigned need = (unsigned)(((row - 2) * nbat + (2 * nbat + 2) / 3) * {CW});",
+                 "      while ((int)(*(volatile unsigned*)&cons_prog - need) < 0) __nanosleep(256);",
+                 "    }",
+                 "    const float4* __restrict__ xs = reinterpret_cast<const float4*>(x + row * N) + seg0;"]
+        body += ["    " + ln for ln in shift + init]
+        body += [f"    for (int base = threadIdx.x; base < len; base += {PT * PU}) {{",
+                 f"      float4 v_[{PU}];",
+                 "#pragma unroll",
+                 f"      for (int u = 0; u < {PU}; ++u) {{ const int i = base + u * {PT}; "
+                 f"if (i < len) v_[u] = {cc.load(f['load'], 'xs + i')}; }}",
+                 "#pragma unroll",
+                 f"      for (int u = 0; u < {PU}; ++u) {{",
+                 f"        if (base + u * {PT} < len) {{"]
+        body += ["          " + ln for ln in acc]
+        body += ["        }", "      }", "    }",
+                 f"    warp_reduce_p0({state});",
+                 "    const int pb_ = (int)(row & 1);  // by row parity: thread 0 reads them past one barrier",
+                 f"    if (lane_ == 0) {{ {put} }}",
+                 f"    bar_sync(1, {PT});",
+                 "    if (threadIdx.x == 0) {",
+                 f"      for (int k = 1; k < {PW}; ++k) merge_p0({merge});",
+                 f"      double* pp = part + ((row % {RING}) * G + blockIdx.x) * {nf};",
+                 f"      {stores}",
+                 "      __threadfence();",
+                 f"      atomicAdd(cnt + (row % {RING}) * 32, 1u);",
+                 "    }",
+                 "  }"]
+        # -- the statistics warp
+        gets = ", ".join([f"a_{n}0" for n in ph.names()]
+                         + [f"({fl.ctype})__ldcg(part + ((row % {RING}) * G + q) * {nf} + {k})"
+                            for k, fl in enumerate(ph.fields)])
+        body += [f"}} else if (warp_ == {PW}) {{",
+                 "  for (long long row = 0; row < R; ++row) {",
+                 f"    if (row >= 1) bar_sync(3, {SYNC});  // the consumers have taken row - 1's constants",
+                 f"    const unsigned goal = G * (unsigned)(row / {RING} + 1);",
+                 f"    if (lane_ == 0) while (ld_acquire(cnt + (row % {RING}) * 32) < goal) __nanosleep(64);",
+                 "    __syncwarp();"]
+        body += ["    " + ln for ln in init]
+        body += [f"    for (unsigned q = lane_; q < G; q += 32) merge_p0({gets});",
+                 f"    warp_reduce_p0({state});"]
+        if consts:
+            body.append("    float " + ", ".join(f"{c} = 0.f" for c in consts) + ";")
+        body += ["    " + ln for ln in shift + self.final_lines(0, ph)]
+        body += ["    if (lane_ == 0) { " + " ".join(f"pc_{c} = {c};" for c in consts) + " }",
+                 f"    bar_arrive(2, {SYNC});",
+                 "  }"]
+        # -- consumers
+        body += ["} else {",
+                 f"  const int t_ = threadIdx.x - {PT + 32};"]
+        wreg = breg = None
+        if has_w:
+            body += ["  float4* __restrict__ sw = reinterpret_cast<float4*>(smem_raw);",
+                     f"  for (int i = t_; i < len; i += {CT}) "
+                     "sw[i] = __ldg(reinterpret_cast<const float4*>(w) + seg0 + i);"]
+            wreg = "sw[i]"
+        if has_b:
+            base = "sw + chunk" if has_w else "reinterpret_cast<float4*>(smem_raw)"
+            body += [f"  float4* __restrict__ sb = {base};",
+                     "  const int nbb = (int)min((long long)len, nb);",
+                     f"  for (int i = t_; i < nbb; i += {CT}) "
+                     "sb[i] = __ldg(reinterpret_cast<const float4*>(b) + seg0 + i);"]
+            breg = f"(i < nbb ? sb[i] : {self.param_load('b', 'seg0 + i', 'float4')})"
+        body.append(f"  bar_sync(4, {CT});")
+
+        def batch(dst: str, row: str, k: str) -> str:
+            return (f"{{ const float4* __restrict__ xs = reinterpret_cast<const float4*>(x + ({row}) * N) + seg0;"
+                    f" _Pragma(\"unroll\") for (int u = 0; u < {CB}; ++u) {{ const int i = t_ + (({k}) * {CB} + u) "
+                    f"* {CT}; if (i < len && ({row}) < R) {dst}[u] = {cc.load('ldcs', 'xs + i')}; }} }}")
+        body += [f"  float4 cur_[{CB}], nxt_[{CB}];",
+                 "  " + batch("cur_", "0LL", "0"),
+                 "  for (long long row = 0; row < R; ++row) {",
+                 f"    bar_sync(2, {SYNC});  // row's constants are in shared memory"]
+        if consts:
+            body.append("    float " + ", ".join(f"{c} = pc_{c}" for c in consts) + ";  // the prelude may set more")
+        body += [f"    if (row + 1 < R) bar_arrive(3, {SYNC});",
+                 "    float4* __restrict__ yr = reinterpret_cast<float4*>(y + row * N) + seg0;"]
+        if self.rop.prelude:
+            body.append("    " + self.rop.prelude)
+        body += ["    for (int k = 0; k < nbat; ++k) {  // the next batch (of this row or the next) loads meanwhile",
+                 "      if (k + 1 < nbat) " + batch("nxt_", "row", "k + 1") + " else " + batch("nxt_", "row + 1", "0"),
+                 "#pragma unroll",
+                 f"      for (int u = 0; u < {CB}; ++u) {{",
+                 f"        const int i = t_ + (k * {CB} + u) * {CT};",
+                 "        if (i < len) {"]
+        body += ["          " + ln for ln in self.apply_lines("cur_[u]", "i", wreg, breg)]
+        body += ["        }", "      }",
+                 "      __syncwarp();",
+                 "      if (lane_ == 0) atomicAdd(&cons_prog, 1u);",
+                 "#pragma unroll",
+                 f"      for (int u = 0; u < {CB}; ++u) cur_[u] = nxt_[u];",
+                 "    }", "  }", "}"]
+        extra = ", double* __restrict__ part, unsigned* __restrict__ cnt, long long nb"
+        sig = self.signature(self.prefix, extra).replace(f"__launch_bounds__({self.T})",
+                                                         f"__launch_bounds__({self.T}, 1)")
+        return sig + " {\n" + "\n".join("  " + ln for ln in body) + "\n}"
+
     def source(self) -> str:
         parts = ["// generated by kernelcraft's offline proposer (rowwise_cuda)"] + self.header()
         parts += self.device_functions()
@@ -895,7 +1072,7 @@ class _Kernel:
         elif mapping == "split":
             parts += self.kernels_split()
         elif mapping == "grid":
-            parts.append(self.kernel_grid())
+            parts.append(self.kernel_grid_pipe() if self.f["pipe"] else self.kernel_grid())
         else:
             parts.append(self.kernel_cluster())
         return "\n\n".join(parts) + "\n"
@@ -939,7 +1116,10 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
         conds.append(f"-(-(N // {f['vec']}) // {cl}) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
         if streams(f):  # every block's share exactly fills the unrolled slots
             conds.append(f"N == {4 * cl * stream_slots(spec, f) * f['threads']}")
-    if f["mapping"] == "grid" and f["cache"] != "regs":
+    if f["pipe"]:  # the weight's slice fits the block's shared memory
+        if spec.weight is not None:
+            conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) * 16 <= {PIPE_SMEM}")
+    elif f["mapping"] == "grid" and f["cache"] != "regs":
         conds.append(f"-(-(N // {f['vec']}) // _sm_count(x.device.index)) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
     if f["wcache"] and f["cache"] == "regs":
         kb = bias_slots(spec, f)
@@ -964,6 +1144,17 @@ def _launch(spec: OpSpec, f: dict, kern: _Kernel, var: str) -> list[str]:
             out.append(f"grid = min(grid, _sm_count(x.device.index) * {f['bps']})")
         smem = "N * 4" if f["cache"] == "smem" else "0"
         out.append(f"{var}(grid=(grid,), block=({T},), args=args, shared_mem={smem})")
+    elif mapping == "grid" and f["pipe"]:
+        nf = len(kern.rop.phases[0].fields)
+        wslice = "chunk" if kern.pipe_params()[0] else "0"
+        bslots = f"max(0, min(chunk, {PIPE_SMEM // 16} - {wslice}))" if kern.pipe_params()[1] else "0"
+        out += ["G = _sm_count(x.device.index)",
+                "chunk = -(-(N // 4) // G)",
+                f"nb = {bslots}",
+                f"part = torch.empty({PIPE_RING} * G * {nf}, dtype=torch.float64, device=x.device)",
+                f"cnt = torch.zeros({PIPE_RING * 32}, dtype=torch.int32, device=x.device)",
+                f"{var}(grid=(G,), block=({T},), args=args + (part, cnt, nb), "
+                f"shared_mem=({wslice} + nb) * 16, cooperative=True)"]
     elif mapping == "grid":
         nf = sum(len(p.fields) for p in kern.rop.phases)
         # shared memory holds the block's share of the row, or beside a register share the weight's slice

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -755,7 +756,10 @@ def test_the_pipelined_grid_kernel_splits_each_block_into_producer_statistics_an
     assert "if (warp_ < 8) {" in src and "} else if (warp_ == 8) {" in src
     assert "const int t_ = threadIdx.x - 288;" in src
     # producers: pacing, loads in flight, the block's state published to its row slot
-    assert "const unsigned need = (unsigned)(((row - 2) * nbat + (2 * nbat + 2) / 3) * 23);" in src
+    assert "const unsigned need = (unsigned)(((row - 2) * (nbat + 1) + 1 + (2 * nbat + 2) / 3) * 23);" in src
+    # a unit per row begun, before any batch: a block whose slice is empty still paces its producers
+    assert src.index("if (row + 1 < R) bar_arrive(3, 768);\n      if (lane_ == 0) atomicAdd(&cons_prog, 1u);") < \
+        src.index("for (int k = 0; k < nbat; ++k)")
     assert "while ((int)(*(volatile unsigned*)&cons_prog - need) < 0) __nanosleep(256);" in src
     assert "for (int base = threadIdx.x; base < len; base += 2048) {" in src and "float4 v_[8];" in src
     assert src.index("v_[u] = *(xs + i);") < src.index("const float d_ = v_[u].x - c_k;")
@@ -798,3 +802,95 @@ def test_the_pipelined_grid_kernel_splits_each_block_into_producer_statistics_an
     assert ideas["grid_pipe"].applies(spec, base) and child["pipe"] and child["stats"] == "shifted"
     assert not ideas["grid_pipe"].applies(spec, child)
     assert not ideas["grid_pipe"].applies(describe(suite("rmsnorm_4096x8192", "full")), base)  # 4096 rows
+
+
+def _pipe_protocol_runs(need, ring: int, start_unit: bool, nbats: list[int], R: int, seed: int, CW: int = 2):
+    """Random interleavings of the pipelined grid kernel's roles, one block per entry of ``nbats`` (its consumer
+    batches a row): producers publish row p to slot p % ring when ``need(p, nbat)`` consumer units are done, each
+    block's statistics warp waits for the slot's counter and then reads every block's state, consumers take a row's
+    constants (a unit, with ``start_unit``) and do their batches (a unit each). Returns the first read of a state
+    from another row, or None; raises if the roles deadlock."""
+    rng = random.Random(seed)
+    G = len(nbats)
+    part = [[-1] * G for _ in range(ring)]
+    cnt = [0] * ring
+    prod = [0] * G                        # next row each block's producers publish
+    stats = [[0, False] for _ in range(G)]  # next row of the statistics warp, counter seen
+    full = [-1] * G                       # last row whose constants the statistics warp handed over
+    cons = [[[0, -1] for _ in range(CW)] for _ in range(G)]  # per warp: row, batches done (-1: not begun)
+    prog = [0] * G
+    while True:
+        moves = []
+        for k in range(G):
+            p = prod[k]
+            if p < R and (p < 2 or prog[k] >= need(p, nbats[k]) * CW):
+                moves.append(("prod", k))
+            s, seen = stats[k]
+            if s < R and (seen or (cnt[s % ring] >= G * (s // ring + 1)
+                                   and all(c[0] > s - 1 or (c[0] == s - 1 and c[1] >= 0) for c in cons[k]))):
+                moves.append(("stats", k))
+            for w, (c, b) in enumerate(cons[k]):
+                if c < R and (b >= 0 or full[k] >= c):
+                    moves.append(("cons", k, w))
+        if not moves:
+            assert all(p == R for p in prod) and all(c[0] == R for blk in cons for c in blk), "deadlock"
+            return None
+        move = rng.choice(moves)
+        k = move[1]
+        if move[0] == "prod":
+            part[prod[k] % ring][k] = prod[k]
+            cnt[prod[k] % ring] += 1
+            prod[k] += 1
+        elif move[0] == "stats":
+            s, seen = stats[k]
+            if not seen:
+                stats[k][1] = True
+                continue
+            rows = set(part[s % ring])
+            if rows != {s}:
+                return f"block {k} read row {s}'s slot holding rows {sorted(rows)}"
+            full[k] = s
+            stats[k] = [s + 1, False]
+        else:
+            c = cons[k][move[2]]
+            if c[1] < 0:
+                c[1] = 0
+                prog[k] += start_unit
+            else:
+                c[1] += 1
+                prog[k] += 1
+            if c[1] >= nbats[k]:
+                c[0], c[1] = c[0] + 1, -1
+
+
+def test_the_pipelined_grid_kernels_pacing_keeps_every_row_slot_until_every_block_has_read_it():
+    """The generated kernel's pacing (its producers' wait, read from the source) and ring of row slots, run as a
+    model over random interleavings of the roles, blocks with empty slices among them (a row shorter than 4
+    floats an SM): no statistics warp ever reads a slot holding another row's state, and no interleaving
+    deadlocks. The pacing before the empty-slice fix (units for batches only) lets an empty block's producers
+    run rows ahead and fails the same model, which is how the H200 showed it (RMSNorm, 4096 rows of 8192)."""
+    from kernelcraft.search.offline_kernels import rowwise_cuda as rc
+
+    spec = describe(suite("rmsnorm_4096x8192", "full"))
+    src = rc._Kernel(spec, rc.normalise(spec, {"mapping": "grid", "pipe": True, "vec": 4}), "k").source()
+    expr = re.search(r"const unsigned need = \(unsigned\)\((.*)\);\n", src).group(1)
+    cw = int(re.search(r"\) \* (\d+)$", expr).group(1))
+    assert cw == rc.PIPE_CONSUMERS // 32 and f"(row % {rc.PIPE_RING})" in src
+    units = expr[: expr.rindex(" * ")].replace("/", "//")
+
+    def need(row: int, nbat: int) -> int:
+        return eval(units, {"row": row, "nbat": nbat})  # noqa: S307 - the kernel's own integer expression
+
+    start = "if (lane_ == 0) atomicAdd(&cons_prog, 1u);  // a unit a row" in src
+    assert start
+    shapes = [[3, 3, 3, 0], [1, 2, 0, 0], [4, 0], [2, 2, 2], [1, 1]]
+    for seed in range(60):
+        nbats = shapes[seed % len(shapes)]
+        assert _pipe_protocol_runs(need, rc.PIPE_RING, start, nbats, 12, seed) is None, (seed, nbats)
+
+    def need_before_fix(row: int, nbat: int) -> int:
+        return (row - 2) * nbat + (2 * nbat + 2) // 3
+
+    found = [_pipe_protocol_runs(need_before_fix, rc.PIPE_RING, False, [3, 3, 0], 12, seed) for seed in range(40)]
+    assert any(found) and all(_pipe_protocol_runs(need_before_fix, rc.PIPE_RING, False, [3, 3, 3], 12, seed) is None
+                              for seed in range(20))

@@ -748,9 +748,10 @@ def test_the_pipelined_grid_kernel_splits_each_block_into_producer_statistics_an
 
     spec = describe(suite("layernorm_16x64x256x256", "full"))
     f = rc.normalise(spec, {"mapping": "grid", "pipe": True, "vec": 4, "stats": "shifted", "phint": True,
-                            "cache": "regs", "threads": 256, "wcache": True, "bcache": True, "l2_prefetch": True})
-    assert (f["pipe"], f["threads"], f["cache"], f["stream"], f["wcache"], f["bcache"], f["l2_prefetch"]) == \
-        (True, 1024, "none", True, False, False, False)
+                            "cache": "regs", "threads": 256, "wcache": True, "bcache": True, "l2_prefetch": True,
+                            "launch_min": 2})
+    assert (f["pipe"], f["threads"], f["cache"], f["stream"], f["wcache"], f["bcache"], f["l2_prefetch"],
+            f["launch_min"]) == (True, 1024, "none", True, False, False, False, 0)
     src = rc._Kernel(spec, f, "k").source()
     assert "__launch_bounds__(1024, 1) k(" in src and "grid_barrier" not in src
     assert "if (warp_ < 8) {" in src and "} else if (warp_ == 8) {" in src

@@ -753,7 +753,7 @@ def test_the_pipelined_grid_kernel_splits_each_block_into_producer_statistics_an
     assert (f["pipe"], f["threads"], f["cache"], f["stream"], f["wcache"], f["bcache"], f["l2_prefetch"],
             f["launch_min"]) == (True, 1024, "none", True, False, False, False, 0)
     src = rc._Kernel(spec, f, "k").source()
-    assert "__launch_bounds__(1024, 1) k(" in src and "grid_barrier" not in src
+    assert "__launch_bounds__(1024) k(" in src and "grid_barrier" not in src
     assert "if (warp_ < 8) {" in src and "} else if (warp_ == 8) {" in src
     assert "const int t_ = threadIdx.x - 288;" in src
     # producers: pacing, loads in flight, the block's state published to its row slot

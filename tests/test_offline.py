@@ -771,12 +771,19 @@ def test_the_pipelined_grid_kernel_splits_each_block_into_producer_statistics_an
     # the statistics warp: every block's state of the row, then the constants for the consumers
     assert "const unsigned goal = G * (unsigned)(row / 4 + 1);" in src
     assert "if (lane_ == 0) while (ld_acquire(cnt + (row % 4) * 32) < goal) __nanosleep(64);" in src
-    assert "(float)__ldcg(part + ((row % 4) * G + q) * 2 + 1)" in src
+    # all of a lane's loads (up to 160 blocks) issued before its first merge, in the order the plain loop merged
+    assert ("for (unsigned j = 0; j < 5; ++j) if (lane_ + 32u * j < G) { pv_s[j] = __ldcg(part + ((row % 4) * G "
+            "+ lane_ + 32u * j) * 2 + 0); pv_q[j] = __ldcg(part + ((row % 4) * G + lane_ + 32u * j) * 2 + 1); }") in src
+    assert src.index("pv_q[j] = __ldcg(") < src.index("merge_p0(a_s0, a_q0, (float)pv_s[j], (float)pv_q[j]);")
+    assert "for (unsigned q = lane_ + 160u; q < G; q += 32) merge_p0(a_s0, a_q0, (float)__ldcg(" in src
     assert "if (lane_ == 0) { pc_c_mean = c_mean; pc_c_rstd = c_rstd; }" in src
     assert src.count("bar_arrive(2, 768);") == 1 and src.count("bar_sync(2, 768);") == 1
     assert "if (row >= 1) bar_sync(3, 768);" in src and "if (row + 1 < R) bar_arrive(3, 768);" in src
     # consumers: parameters in shared memory, batches of 4 float4 with the next batch in flight
-    assert "for (int i = t_; i < len; i += 736) sw[i] = __ldg(reinterpret_cast<const float4*>(w) + seg0 + i);" in src
+    assert "for (int i0 = t_; i0 < len; i0 += 5888) {" in src and "for (int i0 = t_; i0 < nbb; i0 += 5888) {" in src
+    assert ('_Pragma("unroll") for (int u = 0; u < 8; ++u) { const int i = i0 + u * 736; if (i < len) '
+            't_f[u] = __ldg(reinterpret_cast<const float4*>(w) + seg0 + i); }') in src  # 8 loads, then 8 stores
+    assert src.index("t_f[u] = __ldg(reinterpret_cast<const float4*>(w)") < src.index("sw[i] = t_f[u];")
     assert "float4* __restrict__ sb = sw + chunk;" in src and "bar_sync(4, 736);" in src
     assert ("const float4 bv_ = (i < nbb ? sb[i] : ld_keep(reinterpret_cast<const float4*>(b) + seg0 + i));"
             in src)

@@ -944,13 +944,13 @@ class _Kernel:
 
         Timed per role with %globaltimer on the H200 (LayerNorm, 16 rows), the producers set the pace: a row's
         statistics wait for its slowest block (the median block publishes 3-5 us earlier), and handing out a row's
-        slice in pieces through atomic counters (a single one, or stealing from other blocks' slices) evened the
-        blocks out but cost more than it saved (0.209-0.228 ms against 0.194). What did pay: the statistics warp
-        issues all its loads of the blocks' states before its first merge (a single L2 round trip on every row's
-        critical path), and the consumers copy the parameters with 8 loads in flight (together 1.2% in a 5-round
-        run, 0.1946 -> 0.1923 ms, each 0.4-0.8% timed alone). L2 policies on the
-        row itself (producers evict-last, consumers evict-first) ran 1.5% slower in a 5-round run (0.196 ms against
-        its parent's 0.193), and left lines pinned in L2 after the call."""
+        slice in pieces through atomic counters (a single one, or stealing from other blocks' slices or their tails)
+        evened the blocks out but cost more than it saved (0.199-0.343 ms against 0.192-0.195). What did pay: the
+        statistics warp issues all its loads of the blocks' states before its first merge (a single L2 round trip on
+        every row's critical path), and the consumers copy the parameters with 8 loads in flight (together 1.2% in a
+        5-round run, 0.1946 -> 0.1923 ms, each 0.4-0.8% timed alone). L2 policies on the row itself (producers
+        evict-last, consumers evict-first) ran 1.5% slower in a 5-round run (0.196 ms against its parent's 0.193), and
+        left lines pinned in L2 after the call."""
         f = self.f
         idx = self.idx
         ph = self.rop.phases[0]
@@ -1013,12 +1013,15 @@ class _Kernel:
                  "  }"]
         # -- the statistics warp
         MQ = PIPE_MERGE_LOADS
-        loads = " ".join(f"pv_{fl.name}[j] = __ldcg(part + ((row % {RING}) * G + lane_ + 32u * j) * {nf} + {k});"
-                         for k, fl in enumerate(ph.fields))
+
+        def state_of(q: str, k: int) -> str:
+            """Field k of block q's published state for this row."""
+            return f"__ldcg(part + ((row % {RING}) * G + {q}) * {nf} + {k})"
+
+        loads = " ".join(f"pv_{fl.name}[j] = {state_of('lane_ + 32u * j', k)};" for k, fl in enumerate(ph.fields))
         held = ", ".join([f"a_{n}0" for n in ph.names()] + [f"({fl.ctype})pv_{fl.name}[j]" for fl in ph.fields])
         gets = ", ".join([f"a_{n}0" for n in ph.names()]
-                         + [f"({fl.ctype})__ldcg(part + ((row % {RING}) * G + q) * {nf} + {k})"
-                            for k, fl in enumerate(ph.fields)])
+                         + [f"({fl.ctype}){state_of('q', k)}" for k, fl in enumerate(ph.fields)])
         body += [f"}} else if (warp_ == {PW}) {{",
                  "  for (long long row = 0; row < R; ++row) {",
                  f"    if (row >= 1) bar_sync(3, {SYNC});  // the consumers have taken row - 1's constants",
@@ -1047,8 +1050,8 @@ class _Kernel:
         wreg = breg = None
 
         def fill(dst: str, n: str, src: str) -> list[str]:
-            """Copy a parameter's slots to shared memory with PIPE_FILL loads in flight a thread: they share HBM
-            with the producers' first row, and a load at a time kept the consumers' part of it latency-bound."""
+            """Copy a parameter's slots to shared memory with PIPE_FILL loads in flight a thread rather than one at a
+            time (0.1928 ms against 0.1935 and 0.1950 in the same calls)."""
             at = f"const int i = i0 + u * {CT}; if (i < {n})"
             return [f"  for (int i0 = t_; i0 < {n}; i0 += {PIPE_FILL * CT}) {{",
                     f"    float4 t_f[{PIPE_FILL}];",

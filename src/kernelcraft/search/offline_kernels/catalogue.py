@@ -214,6 +214,14 @@ def _grid_pipe_ok(spec: OpSpec, f: dict) -> bool:
             and rowwise_cuda.normalise(spec, f | _PIPE)["pipe"])
 
 
+def _interleave_ok(spec: OpSpec, f: dict) -> bool:
+    """A pipelined whole-GPU kernel with contiguous slices, whose weight slice still fits shared memory when the
+    slices are granules (the largest can be a granule longer than a ceiling share)."""
+    g = rowwise_cuda.normalise(spec, f | {"ilv": 64})
+    wslice = rowwise_cuda.pipe_slice(spec.row_len // 4, H100_SMS, 64) * 16 if spec.weight is not None else 0
+    return bool(f.get("pipe")) and not f.get("ilv") and g["ilv"] == 64 and wslice <= rowwise_cuda.PIPE_SMEM
+
+
 def _bias_slots_ok(spec: OpSpec, f: dict) -> bool:
     """The grid kernel with a register share and the weight in shared memory, whose bias has room beside it."""
     return not f.get("bcache") and rowwise_cuda.bias_slots(spec, rowwise_cuda.normalise(spec, f | {"bcache": True})) > 0
@@ -306,6 +314,12 @@ ROWWISE_CUDA: list[Idea] = [
          "the output out; the producers stay within two thirds of a row of their consumers so L2 still holds each "
          "{rowkb} KiB row when it is read back: every row is read from HBM once and no SM waits for the others.",
          _PIPE, 9.0, ops=NORMS, when=_grid_pipe_ok),
+    Idea("grid_interleave", MEM, "In the pipelined whole-GPU kernel, interleave the blocks' slices of each "
+         "{rowkb} KiB row in 1 KiB granules (block b takes granules b, b + #SM, b + 2 #SM, ...; the weight and bias "
+         "slices in shared memory follow the same map) instead of one contiguous 1/#SM piece each: at any moment "
+         "all producers read, and all consumers write, one narrow window of the row, so HBM serves a few "
+         "sequential streams rather than a read and a write stream per SM, far apart.",
+         {"ilv": 64}, 9.0, ops=NORMS, when=_interleave_ok),
     Idea("params_evict_last", MEM, "Read the weight and bias under an L2 evict-last cache policy (createpolicy + "
          "ld.global.nc.L2::cache_hint): they are read again for every row, so they should stay in L2 while the "
          "rows stream past them.", {"phint": True}, 1.5, ops=NORMS,

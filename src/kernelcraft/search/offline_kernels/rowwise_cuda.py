@@ -73,7 +73,7 @@ def baseline(spec: OpSpec) -> dict:
         "rsqrt": False, "recip": False, "fma_apply": False, "accum": default_accum(spec.op), "grid": "rows", "bps": 2,
         "launch_min": 0, "idx32": False, "unroll": False, "l2_prefetch": False, "fast_math": False,
         "finish": "kernel", "cluster": 2, "wcache": False, "keep_exp": False, "bcache": False, "phint": False,
-        "pipe": False,
+        "pipe": False, "ilv": 0,
     }
 
 
@@ -165,6 +165,23 @@ PIPE_RING = 4  # row slots of the partial statistics: blocks' producers are at m
 PIPE_THREADS = 1024  # 8 producer warps, 1 statistics warp, 23 consumer warps
 PIPE_CONSUMERS = PIPE_THREADS - 32 * (PIPE_PRODUCERS + 1)
 PIPE_SMEM = GRID_SMEM - 1024  # beside the static state of the roles (a few hundred bytes)
+PIPE_GRANULES = (32, 64, 128, 256)  # float4 a granule of the interleaved slices (feature ``ilv``); 0: contiguous
+
+
+def pipe_slice(nv: int, sms: int, ilv: int) -> int:
+    """Float4 in the largest block's slice of a row of ``nv`` float4 over ``sms`` blocks: the stride of the
+    parameters' slices in shared memory. Contiguous slices are a ceiling share; interleaved ones are whole rounds
+    of one granule a block, and the blocks first in the last round get one granule (or what is left) more."""
+    if not ilv:
+        return -(-nv // sms)
+    return nv // (sms * ilv) * ilv + min(ilv, nv % (sms * ilv))
+
+
+def pipe_slice_expr(ilv: int, sms: str) -> str:
+    """:func:`pipe_slice` as the Python expression the forward evaluates (over N and the SM count ``sms``)."""
+    if not ilv:
+        return f"-(-(N // 4) // {sms})"
+    return f"((N // 4) // ({sms} * {ilv}) * {ilv} + min({ilv}, (N // 4) % ({sms} * {ilv})))"
 
 
 def pipe_ok(spec: OpSpec, f: dict) -> bool:
@@ -305,6 +322,9 @@ def normalise(spec: OpSpec, f: dict) -> dict:
         # 0.195 in a 5-round run).
         g.update(threads=PIPE_THREADS, cache="none", stream=True, wcache=False, bcache=False, l2_prefetch=False,
                  keep_exp=False, ilp=1, unroll=False, cp_async=False, launch_min=0)
+    # Interleaved slices (granules of ``ilv`` float4) are a layout of the pipelined kernel's rows only.
+    if not g["pipe"] or g["ilv"] not in PIPE_GRANULES:
+        g["ilv"] = 0
     return g
 
 
@@ -966,13 +986,31 @@ class _Kernel:
         body = ["extern __shared__ __align__(16) unsigned char smem_raw[];"]
         body += [f"__shared__ {fl.ctype} pw_{fl.name}[2][{PW}];" for fl in ph.fields]
         body += [f"__shared__ float pc_{c};" for c in consts]
+        C = f["ilv"]
+
+        def pos(i: str) -> str:
+            """Row position (float4) of the block's slot ``i``: past seg0, or in the block's granules."""
+            return f"at_({i})" if C else i
+
+        off = "" if C else " + seg0"  # the row pointers' offset to the block's slice
         body += ["__shared__ unsigned cons_prog;  // consumer rows begun and batches done, the producers' pacing",
                  self.nv_line(),
-                 "const unsigned G = gridDim.x;",
-                 f"const {idx} chunk = (NV + G - 1) / G;",
-                 f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
-                 "const int len = (int)(min(NV, seg0 + chunk) - seg0);",
-                 "const int warp_ = threadIdx.x >> 5, lane_ = threadIdx.x & 31;",
+                 "const unsigned G = gridDim.x;"]
+        if C:
+            body += [f"// the blocks' slices interleave in granules of {C} float4: "
+                     "block b takes granules b, b + G, ...",
+                     f"const {idx} CG_ = ({idx})G * {C};",
+                     f"const {idx} nr_ = NV / CG_, rm_ = NV - nr_ * CG_;",
+                     f"const {idx} chunk = nr_ * {C} + min(({idx}){C}, rm_);  // the largest slice",
+                     f"const int len = (int)(nr_ * {C} + max(({idx})0, "
+                     f"min(({idx}){C}, rm_ - ({idx})blockIdx.x * {C})));",
+                     f"const auto at_ = [=](int i) -> {idx} {{ return ({idx})((unsigned)i / {C}u) * CG_ + "
+                     f"({idx})blockIdx.x * {C} + ({idx})((unsigned)i % {C}u); }};"]
+        else:
+            body += [f"const {idx} chunk = (NV + G - 1) / G;",
+                     f"const {idx} seg0 = min(NV, ({idx})blockIdx.x * chunk);",
+                     "const int len = (int)(min(NV, seg0 + chunk) - seg0);"]
+        body += ["const int warp_ = threadIdx.x >> 5, lane_ = threadIdx.x & 31;",
                  f"const int nbat = ((len + {CT - 1}) / {CT} + {CB - 1}) / {CB};  // consumer batches a row",
                  "if (threadIdx.x == 0) cons_prog = 0u;",
                  "__syncthreads();"]
@@ -987,13 +1025,13 @@ class _Kernel:
                  f"      const unsigned need = (unsigned)(((row - 2) * (nbat + 1) + 1 + (2 * nbat + 2) / 3) * {CW});",
                  "      while ((int)(*(volatile unsigned*)&cons_prog - need) < 0) __nanosleep(256);",
                  "    }",
-                 "    const float4* __restrict__ xs = reinterpret_cast<const float4*>(x + row * N) + seg0;"]
+                 f"    const float4* __restrict__ xs = reinterpret_cast<const float4*>(x + row * N){off};"]
         body += ["    " + ln for ln in shift + init]
         body += [f"    for (int base = threadIdx.x; base < len; base += {PT * PU}) {{",
                  f"      float4 v_[{PU}];",
                  "#pragma unroll",
                  f"      for (int u = 0; u < {PU}; ++u) {{ const int i = base + u * {PT}; "
-                 f"if (i < len) v_[u] = {cc.load(f['load'], 'xs + i')}; }}",
+                 f"if (i < len) v_[u] = {cc.load(f['load'], 'xs + ' + pos('i'))}; }}",
                  "#pragma unroll",
                  f"      for (int u = 0; u < {PU}; ++u) {{",
                  f"        if (base + u * {PT} < len) {{"]
@@ -1056,7 +1094,7 @@ class _Kernel:
             return [f"  for (int i0 = t_; i0 < {n}; i0 += {PIPE_FILL * CT}) {{",
                     f"    float4 t_f[{PIPE_FILL}];",
                     f"    _Pragma(\"unroll\") for (int u = 0; u < {PIPE_FILL}; ++u) {{ {at} "
-                    f"t_f[u] = __ldg(reinterpret_cast<const float4*>({src}) + seg0 + i); }}",
+                    f"t_f[u] = __ldg(reinterpret_cast<const float4*>({src}) + {pos('i') if C else 'seg0 + i'}); }}",
                     f"    _Pragma(\"unroll\") for (int u = 0; u < {PIPE_FILL}; ++u) {{ {at} {dst}[i] = t_f[u]; }}",
                     "  }"]
 
@@ -1067,13 +1105,13 @@ class _Kernel:
             base = "sw + chunk" if has_w else "reinterpret_cast<float4*>(smem_raw)"
             body += [f"  float4* __restrict__ sb = {base};",
                      "  const int nbb = (int)min((long long)len, nb);"] + fill("sb", "nbb", "b")
-            breg = f"(i < nbb ? sb[i] : {self.param_load('b', 'seg0 + i', 'float4')})"
+            breg = f"(i < nbb ? sb[i] : {self.param_load('b', pos('i') if C else 'seg0 + i', 'float4')})"
         body.append(f"  bar_sync(4, {CT});")
 
         def batch(dst: str, row: str, k: str) -> str:
-            return (f"{{ const float4* __restrict__ xs = reinterpret_cast<const float4*>(x + ({row}) * N) + seg0;"
+            return (f"{{ const float4* __restrict__ xs = reinterpret_cast<const float4*>(x + ({row}) * N){off};"
                     f" _Pragma(\"unroll\") for (int u = 0; u < {CB}; ++u) {{ const int i = t_ + (({k}) * {CB} + u) "
-                    f"* {CT}; if (i < len && ({row}) < R) {dst}[u] = {cc.load('ldcs', 'xs + i')}; }} }}")
+                    f"* {CT}; if (i < len && ({row}) < R) {dst}[u] = {cc.load('ldcs', 'xs + ' + pos('i'))}; }} }}")
         body += [f"  float4 cur_[{CB}], nxt_[{CB}];",
                  "  " + batch("cur_", "0LL", "0"),
                  "  for (long long row = 0; row < R; ++row) {",
@@ -1082,7 +1120,7 @@ class _Kernel:
             body.append("    float " + ", ".join(f"{c} = pc_{c}" for c in consts) + ";  // the prelude may set more")
         body += [f"    if (row + 1 < R) bar_arrive(3, {SYNC});",
                  "    if (lane_ == 0) atomicAdd(&cons_prog, 1u);  // a unit a row, even for an empty slice",
-                 "    float4* __restrict__ yr = reinterpret_cast<float4*>(y + row * N) + seg0;"]
+                 f"    float4* __restrict__ yr = reinterpret_cast<float4*>(y + row * N){off};"]
         if self.rop.prelude:
             body.append("    " + self.rop.prelude)
         body += ["    for (int k = 0; k < nbat; ++k) {  // the next batch (of this row or the next) loads meanwhile",
@@ -1091,7 +1129,7 @@ class _Kernel:
                  f"      for (int u = 0; u < {CB}; ++u) {{",
                  f"        const int i = t_ + (k * {CB} + u) * {CT};",
                  "        if (i < len) {"]
-        body += ["          " + ln for ln in self.apply_lines("cur_[u]", "i", wreg, breg)]
+        body += ["          " + ln for ln in self.apply_lines("cur_[u]", pos("i"), wreg, breg)]
         body += ["        }", "      }",
                  "      __syncwarp();",
                  "      if (lane_ == 0) atomicAdd(&cons_prog, 1u);",
@@ -1156,7 +1194,7 @@ def fast_conditions(spec: OpSpec, f: dict) -> list[str]:
             conds.append(f"N == {4 * cl * stream_slots(spec, f) * f['threads']}")
     if f["pipe"]:  # the weight's slice fits the block's shared memory
         if spec.weight is not None:
-            conds.append(f"-(-(N // 4) // _sm_count(x.device.index)) * 16 <= {PIPE_SMEM}")
+            conds.append(f"{pipe_slice_expr(f['ilv'], '_sm_count(x.device.index)')} * 16 <= {PIPE_SMEM}")
     elif f["mapping"] == "grid" and f["cache"] != "regs":
         conds.append(f"-(-(N // {f['vec']}) // _sm_count(x.device.index)) * {4 * f['vec']} <= {cc.SMEM_CACHE_MAX}")
     if f["wcache"] and f["cache"] == "regs":
@@ -1187,7 +1225,7 @@ def _launch(spec: OpSpec, f: dict, kern: _Kernel, var: str) -> list[str]:
         wslice = "chunk" if kern.params_read()[0] else "0"
         bslots = f"max(0, min(chunk, {PIPE_SMEM // 16} - {wslice}))" if kern.params_read()[1] else "0"
         out += ["G = _sm_count(x.device.index)",
-                "chunk = -(-(N // 4) // G)",
+                f"chunk = {pipe_slice_expr(f['ilv'], 'G')}",
                 f"nb = {bslots}",
                 f"part = torch.empty({PIPE_RING} * G * {nf}, dtype=torch.float64, device=x.device)",
                 f"cnt = torch.zeros({PIPE_RING * 32}, dtype=torch.int32, device=x.device)",

@@ -62,7 +62,8 @@ class Idea:
 def context(spec: OpSpec, child: dict) -> dict:
     """Values the text templates may use."""
     n = spec.row_len if spec.family == "rowwise" else spec.numel
-    ctx = {"N": n, "R": spec.rows, "rowkb": round(spec.row_len * 4 / 1024, 1), "op": spec.op,
+    kb = round(spec.row_len * 4 / 1024, 1)
+    ctx = {"N": n, "R": spec.rows, "rowkb": int(kb) if kb == int(kb) else kb, "op": spec.op,  # 16384, not 16384.0
            "numel": spec.numel, "mb": round(spec.numel * 4 / 2**20)}
     ctx.update({k: v for k, v in child.items() if isinstance(v, int | str | bool)})
     ctx["T"] = child.get("threads", 256)

@@ -126,7 +126,17 @@ __device__ __forceinline__ double dsmem_load(const double* p, unsigned rank) {
 }
 """
 
-GRID_BARRIER = r"""
+LD_ACQUIRE = r"""
+// A load that orders every later read of this thread after it: the read of a counter that other blocks' writes
+// were published before (their __threadfence() and atomicAdd), at GPU scope.
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+"""
+
+GRID_BARRIER = LD_ACQUIRE + r"""
 // A grid-wide barrier for a cooperative launch (every block resident): each block's thread 0 publishes the
 // block's writes, counts itself in, and waits until all blocks of this and every earlier barrier have arrived
 // (the counter only grows, so no reset can race with a late reader).
@@ -135,16 +145,13 @@ __device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned target) {
   if (threadIdx.x == 0) {
     __threadfence();
     atomicAdd(bar, 1u);
-    unsigned seen;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
-    } while (seen < target);
+    while (ld_acquire(bar) < target) {}
   }
   __syncthreads();
 }
 """
 
-PIPE_HELPERS = r"""
+PIPE_HELPERS = LD_ACQUIRE + r"""
 // Warp-specialised roles of one block meet at named barriers (ids 1-15; 0 is __syncthreads): bar.sync waits for
 // the count, bar.arrive counts itself in without waiting, so a producing role never stalls on its consumers.
 __device__ __forceinline__ void bar_sync(int id, int n) {
@@ -152,11 +159,6 @@ __device__ __forceinline__ void bar_sync(int id, int n) {
 }
 __device__ __forceinline__ void bar_arrive(int id, int n) {
   asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(n) : "memory");
-}
-__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
 }
 """
 

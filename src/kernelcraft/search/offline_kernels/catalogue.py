@@ -209,7 +209,7 @@ _PIPE = {"mapping": "grid", "pipe": True, "threads": 1024, "vec": 4, "stats": "s
 def _grid_pipe_ok(spec: OpSpec, f: dict) -> bool:
     """Few rows too long for a cluster, a whole number of float4s whose weight slice (1/#SM of a row) fits one
     block's shared memory, and a parent not pipelined yet."""
-    wslice = -(-(spec.row_len // 4) // H100_SMS) * 16 if spec.weight is not None else 0
+    wslice = rowwise_cuda.pipe_slice(spec.row_len // 4, H100_SMS, 0) * 16 if spec.weight is not None else 0
     return (_multi(spec, f) and spec.rows <= 64 and not rowwise_cuda.cluster_fits(spec, f, 8)
             and spec.row_len % 4 == 0 and wslice <= rowwise_cuda.PIPE_SMEM and not f.get("pipe")
             and rowwise_cuda.normalise(spec, f | _PIPE)["pipe"])

@@ -996,8 +996,12 @@ class _Kernel:
         C = f["ilv"]
 
         def pos(i: str) -> str:
-            """Row position (float4) of the block's slot ``i``: past seg0, or in the block's granules."""
+            """Row position (float4) of the block's slot ``i`` past the row pointers' offset (``off``)."""
             return f"at_({i})" if C else i
+
+        def param_pos(i: str) -> str:
+            """Position of the block's slot ``i`` in a parameter, whose pointer has no offset."""
+            return pos(i) if C else f"seg0 + {i}"
 
         off = "" if C else " + seg0"  # the row pointers' offset to the block's slice
         body += ["__shared__ unsigned cons_prog;  // consumer rows begun and batches done, the producers' pacing",
@@ -1101,7 +1105,7 @@ class _Kernel:
             return [f"  for (int i0 = t_; i0 < {n}; i0 += {PIPE_FILL * CT}) {{",
                     f"    float4 t_f[{PIPE_FILL}];",
                     f"    _Pragma(\"unroll\") for (int u = 0; u < {PIPE_FILL}; ++u) {{ {at} "
-                    f"t_f[u] = __ldg(reinterpret_cast<const float4*>({src}) + {pos('i') if C else 'seg0 + i'}); }}",
+                    f"t_f[u] = __ldg(reinterpret_cast<const float4*>({src}) + {param_pos('i')}); }}",
                     f"    _Pragma(\"unroll\") for (int u = 0; u < {PIPE_FILL}; ++u) {{ {at} {dst}[i] = t_f[u]; }}",
                     "  }"]
 
@@ -1112,7 +1116,7 @@ class _Kernel:
             base = "sw + chunk" if has_w else "reinterpret_cast<float4*>(smem_raw)"
             body += [f"  float4* __restrict__ sb = {base};",
                      "  const int nbb = (int)min((long long)len, nb);"] + fill("sb", "nbb", "b")
-            breg = f"(i < nbb ? sb[i] : {self.param_load('b', pos('i') if C else 'seg0 + i', 'float4')})"
+            breg = f"(i < nbb ? sb[i] : {self.param_load('b', param_pos('i'), 'float4')})"
         body.append(f"  bar_sync(4, {CT});")
 
         def batch(dst: str, row: str, k: str) -> str:

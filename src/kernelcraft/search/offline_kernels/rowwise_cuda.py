@@ -977,7 +977,16 @@ class _Kernel:
         narrow window of the row: 0.181 ms against 0.191 on the H200 (32 to 256 float4 within 1%, 1024 float4
         0.185), DRAM reads 333 MB against 362 (Nsight Compute). More producer bytes in flight did not pay on top of
         either layout: L2 prefetches a granule or an unroll ahead (bulk or per line, by producers or by waiting
-        consumers) ran 0.2-6% slower, 12 or 16 loads a producer thread under ``setmaxnreg`` 6-13% slower."""
+        consumers) ran 0.2-6% slower, 12 or 16 loads a producer thread under ``setmaxnreg`` 6-13% slower.
+
+        What bounds it (Nsight Compute, H200): the link between the two L2 partitions, busy 84% of the kernel's cycles
+        (``lts__ltcfabric2ltc_cycles_active``; DRAM 70%). About half of every stream crosses it, the copy's too (a
+        write-only kernel: 137 of 268 MB), so its ~2.2 TB/s sets the copy floor as well; this kernel moves 325-330 MB
+        across it where the row's bytes need 285, the rest being the bias read from L2 (18 MB; leaving it out, which
+        is wrong, ran 2.5% faster) and rows evicted from the near partition before their second read. Consumer warps
+        that help produce while they wait (chunks claimed from one shared counter, partial sums merged in chunk
+        order) ran 12-60% slower; dropping consumed lines (``discard.global.L2``) 3% slower; any evict-first hint on
+        the producers' loads (L2 policy or ``L1::evict_first``) 24% slower, the rows then read twice from DRAM."""
         f = self.f
         idx = self.idx
         ph = self.rop.phases[0]

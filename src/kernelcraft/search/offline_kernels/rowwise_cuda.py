@@ -979,15 +979,16 @@ class _Kernel:
         either layout: L2 prefetches a granule or an unroll ahead (bulk or per line, by producers or by waiting
         consumers) ran 0.2-6% slower, 12 or 16 loads a producer thread under ``setmaxnreg`` 6-13% slower.
 
-        What bounds it (Nsight Compute, H200): the link between the two L2 partitions, busy 84% of the kernel's cycles
-        (``lts__ltcfabric2ltc_cycles_active``; DRAM 70%). About half of every stream crosses it, the copy's too (a
-        write-only kernel: 137 of 268 MB), and at its ~2.2 TB/s the copy's share takes 122 of the copy's 129 us, near
-        the link's limit as well; this kernel moves 323-330 MB across it where the row's bytes need 285, the rest being
-        the bias read from L2 (18 MB; leaving it out, which is wrong, ran 2.5% faster) and rows evicted from the near
-        partition before their second read. Consumer warps that help produce while they wait (chunks claimed from one
-        shared counter, partial sums merged in chunk order) ran 12-60% slower; dropping consumed lines
-        (``discard.global.L2``) 3-4% slower; any evict-first hint on the producers' loads (L2 policy or
-        ``L1::evict_first``) 24% slower, the rows then read twice from DRAM."""
+        What bounds it (Nsight Compute, H200): its busiest unit is the link between the two L2 partitions, busy 84% of
+        the kernel's cycles (``lts__ltcfabric2ltc_cycles_active``; DRAM 70%). About half of every stream crosses it, the
+        copy's too (a write-only kernel: 137 of 268 MB), and at its ~2.2 TB/s the copy's share takes 122 of the copy's
+        129 us, near the link's limit as well; this kernel moves 323-332 MB across it where the row's bytes need 285,
+        the rest mostly rows evicted from the near partition before their second read. The bias's slots beyond shared
+        memory held in registers (consumer batches of 3 free the two float4 a thread needs) took 47 MB off the SMs' L2
+        reads but only 8 MB off the link and under 1% off the time: not kept. Consumer warps that help produce while
+        they wait (chunks claimed from one shared counter, partial sums merged in chunk order) ran 12-60% slower;
+        dropping consumed lines (``discard.global.L2``) 3-4% slower; any evict-first hint on the producers' loads (L2
+        policy or ``L1::evict_first``) 24% slower, the rows then read twice from DRAM."""
         f = self.f
         idx = self.idx
         ph = self.rop.phases[0]

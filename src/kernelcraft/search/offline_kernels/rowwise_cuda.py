@@ -992,12 +992,12 @@ class _Kernel:
 
         Keeping the row on chip instead of reading it back from L2 does not pay either (H200, hand-written): a block
         holding its slice of a row in registers, the weight's slice and some of the bias's in shared memory, and the
-        next row's first slots streamed into shared memory with ``cp.async`` (or its slice prefetched into L2) while it
-        waits for the grid's statistics, every row load evict-first, reads the minimum from DRAM (302 MB) yet runs
-        0.189-0.24 ms against this kernel's 0.182-0.184 in the same calls: each thread normalises, loads and reduces in
-        turn, and the fence before a block publishes its sums waits for the block's stores of the row before (1-2 us a
-        row; left out, which is unsafe, 0.185 ms; a fence-free publish, each block's sums one 64-bit word polled until
-        written, 0.233)."""
+        next row's first slots streamed into shared memory with ``cp.async`` while it waits for the grid's statistics,
+        the row's loads evict-first, reads the minimum from DRAM (302 MB) yet runs 0.189-0.21 ms against this kernel's
+        0.182-0.184 in the same calls (the next row prefetched into L2 instead, 0.209-0.236): each thread normalises,
+        loads and reduces in turn, and the fence before a block publishes its sums waits for the block's stores of the
+        row before (1-2 us a row; left out, which is unsafe, 0.185 ms; a fence-free publish, each block's sums one
+        64-bit word polled until written, 0.233)."""
         f = self.f
         idx = self.idx
         ph = self.rop.phases[0]

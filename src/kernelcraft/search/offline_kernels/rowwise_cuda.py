@@ -997,7 +997,11 @@ class _Kernel:
         0.182-0.184 in the same calls (the next row prefetched into L2 instead, 0.209-0.236): each thread normalises,
         loads and reduces in turn, and the fence before a block publishes its sums waits for the block's stores of the
         row before (1-2 us a row; left out, which is unsafe, 0.185 ms; a fence-free publish, each block's sums one
-        64-bit word polled until written, 0.233)."""
+        64-bit word polled until written, 0.233).
+        Loading the next row's first half into registers as well, before a block reduces its row (480 threads of 17
+        float4 each, and a statistics warp that stores no output, so its fence waits on none of the output's stores),
+        ran 0.216-0.219 ms: the normalising pass writes at ~3 TB/s, 8 us a row, and the hand-off still takes 2.5-3 us
+        a row with only half a row's loads to overlap it (the bias's overflow from L2 costs 1 us a row of that)."""
         f = self.f
         idx = self.idx
         ph = self.rop.phases[0]

@@ -1000,8 +1000,8 @@ class _Kernel:
         64-bit word polled until written, 0.233).
         Loading the next row's first half into registers as well, before a block reduces its row (480 threads of 17
         float4 each, and a statistics warp that stores no output, so its fence waits on none of the output's stores),
-        ran 0.216-0.219 ms: the normalising pass writes at ~3 TB/s, 8 us a row, and the hand-off still takes 2.5-3 us
-        a row with only half a row's loads to overlap it (the bias's overflow from L2 costs 1 us a row of that)."""
+        ran 0.216-0.219 ms: the normalising pass takes 8 us a row (writes at ~2.1 TB/s, the copy's rate for them)
+        and the hand-off still 2.5-3 us a row with no stores to overlap it (the bias's overflow from L2: 1 us a row)."""
         f = self.f
         idx = self.idx
         ph = self.rop.phases[0]
